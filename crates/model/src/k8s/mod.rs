@@ -1,0 +1,356 @@
+//! Conversion from `k8s-openapi` objects to the model.
+//!
+//! Each function returns the converted object plus the problems found in fields that were
+//! dropped, or [`Rejected`] when the whole object is ignored or unusable. Nothing here panics
+//! on any input.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::{
+    ANNOTATION_TRIGGER_TIME, Cidr, DEFAULT_AFFINITY_TIMEOUT_SECS, Endpoint, EndpointPort, EndpointSlice,
+    IpFamily, Ignored, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, LABEL_ZONE, MAX_ENDPOINTS_PER_SLICE,
+    Node, ObjectKind, Problem, Protocol, Reason, Rejected, Service, ServiceKey, ServicePort, ServiceType,
+    SliceKey, TargetPort, TrafficPolicy, parse_ip,
+};
+
+fn port_u16(v: i64) -> Option<u16> {
+    u16::try_from(v).ok().filter(|p| *p != 0)
+}
+
+/// Converts a Service.
+///
+/// Ignored: headless services, ExternalName services, services without a ClusterIP, and
+/// services labelled `service.kubernetes.io/service-proxy-name`. Invalid ClusterIPs reject the
+/// service; invalid external IPs, ingress IPs, source ranges and ports are dropped one by one.
+pub fn service(svc: &core::Service) -> Result<(Service, Vec<Problem>), Rejected> {
+    let meta = &svc.metadata;
+    let (namespace, name) = match (&meta.namespace, &meta.name) {
+        (Some(ns), Some(n)) if !ns.is_empty() && !n.is_empty() => (ns.clone(), n.clone()),
+        _ => {
+            return Err(Rejected::Invalid(Problem {
+                kind: ObjectKind::Service,
+                namespace: meta.namespace.clone().unwrap_or_default(),
+                name: meta.name.clone().unwrap_or_default(),
+                reason: Reason::MissingName,
+            }));
+        }
+    };
+    if let Some(proxy) = meta.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE_PROXY_NAME)) {
+        return Err(Ignored::OtherProxy(proxy.clone()).into());
+    }
+    let problem = |reason: Reason| Problem {
+        kind: ObjectKind::Service,
+        namespace: namespace.clone(),
+        name: name.clone(),
+        reason,
+    };
+    let spec = svc.spec.clone().unwrap_or_default();
+    let service_type = match spec.type_.as_deref() {
+        Some("ExternalName") => return Err(Ignored::ExternalName.into()),
+        Some("NodePort") => ServiceType::NodePort,
+        Some("LoadBalancer") => ServiceType::LoadBalancer,
+        _ => ServiceType::ClusterIp,
+    };
+
+    // ClusterIPs: `clusterIPs` when set, else `clusterIP`.
+    let raw_ips: Vec<String> = match (&spec.cluster_ips, &spec.cluster_ip) {
+        (Some(ips), _) if !ips.is_empty() => ips.clone(),
+        (_, Some(ip)) if !ip.is_empty() => vec![ip.clone()],
+        _ => vec![],
+    };
+    if raw_ips.iter().any(|ip| ip == "None") {
+        return Err(Ignored::Headless.into());
+    }
+    if raw_ips.is_empty() {
+        return Err(Ignored::NoClusterIp.into());
+    }
+    let mut cluster_ips = Vec::new();
+    for raw in &raw_ips {
+        let ip = parse_ip(raw).ok_or_else(|| problem(Reason::InvalidClusterIp(raw.clone())))?;
+        if cluster_ips.iter().all(|c: &IpAddr| IpFamily::of(c) != IpFamily::of(&ip)) {
+            cluster_ips.push(ip);
+        }
+    }
+
+    let mut problems = Vec::new();
+    let mut external_ips = Vec::new();
+    for raw in spec.external_ips.iter().flatten() {
+        match parse_ip(raw) {
+            Some(ip) if !external_ips.contains(&ip) => external_ips.push(ip),
+            Some(_) => {}
+            None => problems.push(problem(Reason::InvalidExternalIp(raw.clone()))),
+        }
+    }
+
+    let mut load_balancer_ips = Vec::new();
+    if service_type == ServiceType::LoadBalancer {
+        let ingress = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|l| l.ingress.as_ref());
+        for ing in ingress.into_iter().flatten() {
+            // Only VIP mode is programmed: `ipMode: Proxy` means the load balancer itself
+            // delivers traffic to the node, not to the VIP.
+            if ing.ip_mode.as_deref().is_some_and(|m| m != "VIP") {
+                continue;
+            }
+            if let Some(raw) = &ing.ip {
+                if raw.is_empty() {
+                    continue;
+                }
+                match parse_ip(raw) {
+                    Some(ip) if !load_balancer_ips.contains(&ip) => load_balancer_ips.push(ip),
+                    Some(_) => {}
+                    None => problems.push(problem(Reason::InvalidIngressIp(raw.clone()))),
+                }
+            }
+        }
+    }
+
+    let mut load_balancer_source_ranges = Vec::new();
+    if service_type == ServiceType::LoadBalancer {
+        for raw in spec.load_balancer_source_ranges.iter().flatten() {
+            // Entries may be comma-separated and padded with spaces (as kube-proxy accepts).
+            for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                match part.parse::<Cidr>() {
+                    Ok(c) => load_balancer_source_ranges.push(c),
+                    Err(_) => problems.push(problem(Reason::InvalidSourceRange(part.to_owned()))),
+                }
+            }
+        }
+    }
+
+    let mut ports = Vec::new();
+    let mut seen = BTreeSet::new();
+    for p in spec.ports.iter().flatten() {
+        let pname = p.name.clone().unwrap_or_default();
+        let Some(protocol) = Protocol::parse(p.protocol.as_deref()) else {
+            problems.push(problem(Reason::UnknownProtocol {
+                name: pname,
+                protocol: p.protocol.clone().unwrap_or_default(),
+            }));
+            continue;
+        };
+        let Some(port) = port_u16(i64::from(p.port)) else {
+            problems.push(problem(Reason::InvalidPort { name: pname, value: i64::from(p.port) }));
+            continue;
+        };
+        let node_port = match p.node_port {
+            None | Some(0) => None,
+            Some(np) => match port_u16(i64::from(np)) {
+                Some(np) if service_type != ServiceType::ClusterIp => Some(np),
+                Some(_) => None,
+                None => {
+                    problems.push(problem(Reason::InvalidNodePort { name: pname, value: i64::from(np) }));
+                    continue;
+                }
+            },
+        };
+        if !seen.insert((pname.clone(), protocol)) {
+            problems.push(problem(Reason::DuplicatePort(pname)));
+            continue;
+        }
+        let target_port = match &p.target_port {
+            Some(IntOrString::Int(i)) => port_u16(i64::from(*i)).map(TargetPort::Number),
+            Some(IntOrString::String(s)) => Some(TargetPort::Name(s.clone())),
+            None => None,
+        };
+        ports.push(ServicePort { name: pname, protocol, port, node_port, target_port });
+    }
+
+    let policy = |v: &Option<String>| match v.as_deref() {
+        Some("Local") => TrafficPolicy::Local,
+        _ => TrafficPolicy::Cluster,
+    };
+    let health_check_node_port = match spec.health_check_node_port {
+        None | Some(0) => None,
+        Some(v) => match port_u16(i64::from(v)) {
+            Some(p) => Some(p),
+            None => {
+                problems.push(problem(Reason::InvalidHealthCheckNodePort(i64::from(v))));
+                None
+            }
+        },
+    };
+    let session_affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .filter(|t| *t > 0)
+            .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_SECS)
+    });
+
+    Ok((
+        Service {
+            key: ServiceKey { namespace, name },
+            service_type,
+            cluster_ips,
+            external_ips,
+            load_balancer_ips,
+            load_balancer_source_ranges,
+            external_traffic_policy: policy(&spec.external_traffic_policy),
+            internal_traffic_policy: policy(&spec.internal_traffic_policy),
+            health_check_node_port,
+            session_affinity_timeout,
+            ports,
+        },
+        problems,
+    ))
+}
+
+/// Converts an EndpointSlice.
+///
+/// Ignored: FQDN slices. Rejected: slices without the `kubernetes.io/service-name` label, of
+/// an unknown address type, or with more than [`MAX_ENDPOINTS_PER_SLICE`] endpoints. Bad
+/// endpoints and ports are dropped one by one.
+pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<(EndpointSlice, Vec<Problem>), Rejected> {
+    let meta = &slice.metadata;
+    let (namespace, name) = match (&meta.namespace, &meta.name) {
+        (Some(ns), Some(n)) if !ns.is_empty() && !n.is_empty() => (ns.clone(), n.clone()),
+        _ => {
+            return Err(Rejected::Invalid(Problem {
+                kind: ObjectKind::EndpointSlice,
+                namespace: meta.namespace.clone().unwrap_or_default(),
+                name: meta.name.clone().unwrap_or_default(),
+                reason: Reason::MissingName,
+            }));
+        }
+    };
+    let problem = |reason: Reason| Problem {
+        kind: ObjectKind::EndpointSlice,
+        namespace: namespace.clone(),
+        name: name.clone(),
+        reason,
+    };
+    let family = match slice.address_type.as_str() {
+        "IPv4" => IpFamily::V4,
+        "IPv6" => IpFamily::V6,
+        "FQDN" => return Err(Ignored::Fqdn.into()),
+        other => return Err(problem(Reason::UnknownAddressType(other.to_owned())).into()),
+    };
+    let service_name = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_SERVICE_NAME))
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| problem(Reason::MissingServiceNameLabel))?;
+    if slice.endpoints.len() > MAX_ENDPOINTS_PER_SLICE {
+        return Err(problem(Reason::TooManyEndpoints(slice.endpoints.len())).into());
+    }
+
+    let mut problems = Vec::new();
+    let mut ports = Vec::new();
+    for p in slice.ports.iter().flatten() {
+        let pname = p.name.clone().unwrap_or_default();
+        let Some(protocol) = Protocol::parse(p.protocol.as_deref()) else {
+            problems.push(problem(Reason::UnknownProtocol {
+                name: pname,
+                protocol: p.protocol.clone().unwrap_or_default(),
+            }));
+            continue;
+        };
+        // A port without a number is skipped silently, like kube-proxy does: it happens
+        // while the controller cannot resolve a named target port.
+        let Some(raw) = p.port else { continue };
+        let Some(port) = port_u16(i64::from(raw)) else {
+            if raw != 0 {
+                problems.push(problem(Reason::InvalidPort { name: pname, value: i64::from(raw) }));
+            }
+            continue;
+        };
+        ports.push(EndpointPort { name: pname, protocol, port });
+    }
+
+    let mut endpoints = Vec::new();
+    for ep in &slice.endpoints {
+        let Some(raw) = ep.addresses.first() else {
+            problems.push(problem(Reason::NoAddress));
+            continue;
+        };
+        let Some(address) = parse_ip(raw) else {
+            problems.push(problem(Reason::InvalidAddress(raw.clone())));
+            continue;
+        };
+        if IpFamily::of(&address) != family {
+            problems.push(problem(Reason::AddressFamilyMismatch { address: raw.clone(), family }));
+            continue;
+        }
+        let cond = ep.conditions.clone().unwrap_or_default();
+        let hints = ep.hints.as_ref();
+        endpoints.push(Endpoint {
+            address,
+            ready: cond.ready.unwrap_or(true),
+            serving: cond.serving.unwrap_or(true),
+            terminating: cond.terminating.unwrap_or(false),
+            node_name: ep.node_name.clone(),
+            zone: ep.zone.clone(),
+            zone_hints: hints.and_then(|h| h.for_zones.as_ref()).map(|z| z.iter().map(|z| z.name.clone()).collect()),
+            node_hints: hints.and_then(|h| h.for_nodes.as_ref()).map(|n| n.iter().map(|n| n.name.clone()).collect()),
+        });
+    }
+    let trigger_time = meta.annotations.as_ref().and_then(|a| a.get(ANNOTATION_TRIGGER_TIME)).cloned();
+    Ok((
+        EndpointSlice {
+            key: SliceKey { namespace: namespace.clone(), name: name.clone() },
+            service: ServiceKey { namespace, name: service_name.clone() },
+            family,
+            ports,
+            endpoints,
+            trigger_time,
+        },
+        problems,
+    ))
+}
+
+/// Converts a Node: its primary addresses (the first InternalIP of each family, falling back
+/// to ExternalIP, as kube-proxy's `GetNodeHostIPs`), zone label and pod CIDRs.
+pub fn node(node: &core::Node) -> (Node, Vec<Problem>) {
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let problem = |reason: Reason| Problem { kind: ObjectKind::Node, namespace: String::new(), name: name.clone(), reason };
+    let mut problems = Vec::new();
+    let mut internal = Vec::new();
+    let mut external = Vec::new();
+    for a in node.status.as_ref().and_then(|s| s.addresses.as_ref()).into_iter().flatten() {
+        let list = match a.type_.as_str() {
+            "InternalIP" => &mut internal,
+            "ExternalIP" => &mut external,
+            _ => continue,
+        };
+        match parse_ip(&a.address) {
+            Some(ip) => list.push(ip),
+            None => problems.push(problem(Reason::InvalidNodeAddress(a.address.clone()))),
+        }
+    }
+    let mut addresses = Vec::new();
+    for family in [IpFamily::V4, IpFamily::V6] {
+        let pick = internal
+            .iter()
+            .find(|ip| IpFamily::of(ip) == family)
+            .or_else(|| external.iter().find(|ip| IpFamily::of(ip) == family));
+        if let Some(ip) = pick {
+            addresses.push(*ip);
+        }
+    }
+    // Keep the family of the first listed address first, as Kubernetes treats it as primary.
+    if let (Some(first), [a, b]) = (internal.first().or(external.first()), addresses.as_mut_slice()) {
+        if IpFamily::of(first) == IpFamily::of(b) {
+            std::mem::swap(a, b);
+        }
+    }
+    let mut pod_cidrs = Vec::new();
+    for raw in node.spec.as_ref().and_then(|s| s.pod_cidrs.as_ref()).into_iter().flatten() {
+        match raw.parse::<Cidr>() {
+            Ok(c) => pod_cidrs.push(c),
+            Err(_) => problems.push(problem(Reason::InvalidNodeAddress(raw.clone()))),
+        }
+    }
+    let zone = node.metadata.labels.as_ref().and_then(|l| l.get(LABEL_ZONE)).cloned();
+    (Node { name, addresses, zone, pod_cidrs }, problems)
+}
+
+#[cfg(test)]
+mod tests;

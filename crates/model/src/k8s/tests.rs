@@ -1,0 +1,171 @@
+use serde_json::json;
+
+use super::*;
+use crate::ProxyState;
+
+fn svc(v: serde_json::Value) -> core::Service {
+    serde_json::from_value(v).expect("valid Service JSON")
+}
+
+fn slice(v: serde_json::Value) -> discovery::EndpointSlice {
+    serde_json::from_value(v).expect("valid EndpointSlice JSON")
+}
+
+#[test]
+fn converts_a_load_balancer_service() {
+    let (s, problems) = service(&svc(json!({
+        "metadata": {"namespace": "ns", "name": "web"},
+        "spec": {
+            "type": "LoadBalancer", "clusterIP": "10.96.0.1", "clusterIPs": ["10.96.0.1", "fd00::1"],
+            "externalIPs": ["1.2.3.4", "bogus"],
+            "ports": [
+                {"name": "http", "port": 80, "targetPort": "web", "nodePort": 30080},
+                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353},
+                {"name": "bad", "port": 70000},
+                {"name": "icmp", "port": 1, "protocol": "ICMP"}
+            ],
+            "externalTrafficPolicy": "Local", "healthCheckNodePort": 32000,
+            "sessionAffinity": "ClientIP",
+            "loadBalancerSourceRanges": [" 10.0.0.0/8 ", "192.168.0.0/16,nonsense"]
+        },
+        "status": {"loadBalancer": {"ingress": [
+            {"ip": "5.6.7.8"}, {"ip": "5.6.7.9", "ipMode": "Proxy"}, {"hostname": "lb.example"}, {"ip": "x"}
+        ]}}
+    })))
+    .expect("service converts");
+    assert_eq!(s.service_type, ServiceType::LoadBalancer);
+    assert_eq!(s.cluster_ips.len(), 2);
+    assert_eq!(s.cluster_ip(IpFamily::V6), Some("fd00::1".parse().unwrap()));
+    assert_eq!(s.external_ips, vec!["1.2.3.4".parse::<IpAddr>().unwrap()]);
+    assert_eq!(s.load_balancer_ips, vec!["5.6.7.8".parse::<IpAddr>().unwrap()]);
+    assert_eq!(s.load_balancer_source_ranges.len(), 2);
+    assert_eq!(s.ports.len(), 2);
+    assert_eq!(s.ports[0].node_port, Some(30080));
+    assert_eq!(s.ports[0].target_port, Some(TargetPort::Name("web".into())));
+    assert_eq!(s.ports[1].protocol, Protocol::Udp);
+    assert_eq!(s.external_traffic_policy, TrafficPolicy::Local);
+    assert_eq!(s.health_check_node_port, Some(32000));
+    assert_eq!(s.session_affinity_timeout, Some(DEFAULT_AFFINITY_TIMEOUT_SECS));
+    let labels: Vec<&str> = problems.iter().map(|p| p.reason.label()).collect();
+    assert_eq!(
+        labels,
+        vec!["invalid_external_ip", "invalid_ingress_ip", "invalid_source_range", "invalid_port", "unknown_protocol"]
+    );
+    assert!(problems[0].to_string().starts_with("Service ns/web: invalid externalIP"));
+}
+
+#[test]
+fn ignores_what_a_node_proxy_must_not_program() {
+    let headless = svc(json!({"metadata": {"namespace": "a", "name": "h"}, "spec": {"clusterIP": "None"}}));
+    assert_eq!(service(&headless).unwrap_err(), Rejected::Ignored(Ignored::Headless));
+    let ext = svc(json!({"metadata": {"namespace": "a", "name": "e"},
+        "spec": {"type": "ExternalName", "externalName": "example.com"}}));
+    assert_eq!(service(&ext).unwrap_err(), Rejected::Ignored(Ignored::ExternalName));
+    let other = svc(json!({"metadata": {"namespace": "a", "name": "o",
+        "labels": {"service.kubernetes.io/service-proxy-name": "cilium"}}, "spec": {"clusterIP": "10.0.0.1"}}));
+    assert!(matches!(service(&other).unwrap_err(), Rejected::Ignored(Ignored::OtherProxy(_))));
+    let bad = svc(json!({"metadata": {"namespace": "a", "name": "b"}, "spec": {"clusterIP": "10.0.0.300"}}));
+    match service(&bad).unwrap_err() {
+        Rejected::Invalid(p) => assert_eq!(p.reason, Reason::InvalidClusterIp("10.0.0.300".into())),
+        other => panic!("unexpected {other:?}"),
+    }
+    let unnamed = svc(json!({"spec": {"clusterIP": "10.0.0.1"}}));
+    assert!(matches!(service(&unnamed).unwrap_err(), Rejected::Invalid(Problem { reason: Reason::MissingName, .. })));
+}
+
+#[test]
+fn converts_slices_and_skips_bad_endpoints() {
+    let (s, problems) = endpoint_slice(&slice(json!({
+        "metadata": {"namespace": "ns", "name": "web-abc", "labels": {"kubernetes.io/service-name": "web"},
+            "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": "2026-01-01T00:00:00Z"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080}, {"name": "nope"}, {"name": "bad", "port": -1}],
+        "endpoints": [
+            {"addresses": ["10.244.1.2"], "nodeName": "n1", "conditions": {"ready": false, "terminating": true}},
+            {"addresses": ["fd00::5"]},
+            {"addresses": ["not-an-ip"]},
+            {"addresses": []},
+            {"addresses": ["10.244.2.2"], "hints": {"forZones": [{"name": "z1"}]}}
+        ]
+    })))
+    .expect("slice converts");
+    assert_eq!(s.service, ServiceKey::new("ns", "web"));
+    assert_eq!(s.ports, vec![EndpointPort { name: "http".into(), protocol: Protocol::Tcp, port: 8080 }]);
+    assert_eq!(s.endpoints.len(), 2);
+    assert!(!s.endpoints[0].ready && s.endpoints[0].serving && s.endpoints[0].terminating);
+    assert_eq!(s.endpoints[1].zone_hints, Some(vec!["z1".to_string()]));
+    assert!(s.trigger_time.is_some());
+    let labels: Vec<&str> = problems.iter().map(|p| p.reason.label()).collect();
+    assert_eq!(labels, vec!["invalid_port", "address_family_mismatch", "invalid_address", "no_address"]);
+
+    let nolabel = slice(json!({"metadata": {"namespace": "ns", "name": "x"}, "addressType": "IPv4", "endpoints": []}));
+    assert!(matches!(
+        endpoint_slice(&nolabel).unwrap_err(),
+        Rejected::Invalid(Problem { reason: Reason::MissingServiceNameLabel, .. })
+    ));
+    let fqdn = slice(json!({"metadata": {"namespace": "ns", "name": "x"}, "addressType": "FQDN", "endpoints": []}));
+    assert_eq!(endpoint_slice(&fqdn).unwrap_err(), Rejected::Ignored(Ignored::Fqdn));
+    let many: Vec<serde_json::Value> = (0..1001).map(|i| json!({"addresses": [format!("10.1.{}.{}", i / 256, i % 256)]})).collect();
+    let huge = slice(json!({"metadata": {"namespace": "ns", "name": "x", "labels": {"kubernetes.io/service-name": "w"}},
+        "addressType": "IPv4", "endpoints": many}));
+    assert!(matches!(
+        endpoint_slice(&huge).unwrap_err(),
+        Rejected::Invalid(Problem { reason: Reason::TooManyEndpoints(1001), .. })
+    ));
+}
+
+#[test]
+fn node_addresses_prefer_internal_ips() {
+    let n: core::Node = serde_json::from_value(json!({
+        "metadata": {"name": "n1", "labels": {"topology.kubernetes.io/zone": "z1"}},
+        "spec": {"podCIDRs": ["10.244.1.0/24", "garbage"]},
+        "status": {"addresses": [
+            {"type": "Hostname", "address": "n1"},
+            {"type": "ExternalIP", "address": "1.1.1.1"},
+            {"type": "InternalIP", "address": "172.18.0.2"},
+            {"type": "InternalIP", "address": "fc00::2"},
+            {"type": "InternalIP", "address": "oops"}
+        ]}
+    }))
+    .unwrap();
+    let (node, problems) = node(&n);
+    assert_eq!(node.addresses, vec!["172.18.0.2".parse::<IpAddr>().unwrap(), "fc00::2".parse().unwrap()]);
+    assert_eq!(node.zone.as_deref(), Some("z1"));
+    assert_eq!(node.pod_cidrs.len(), 1);
+    assert_eq!(problems.len(), 2);
+}
+
+#[test]
+fn state_tracks_changes_and_merges_duplicate_endpoints() {
+    let (s, _) = service(&svc(json!({"metadata": {"namespace": "ns", "name": "web"},
+        "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "http", "port": 80}]}}))).unwrap();
+    let mk = |name: &str, term: bool| {
+        endpoint_slice(&slice(json!({
+            "metadata": {"namespace": "ns", "name": name, "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"terminating": term}}]
+        })))
+        .unwrap()
+        .0
+    };
+    let mut st = ProxyState::new();
+    assert!(st.upsert_service(s.clone()));
+    assert!(!st.upsert_service(s.clone()), "same content is not a change");
+    assert!(st.upsert_slice(mk("a", true)));
+    assert!(st.upsert_slice(mk("b", false)));
+    assert_eq!(st.take_dirty().len(), 1);
+    assert!(st.take_dirty().is_empty());
+    let eps = st.endpoints_for(&s, &s.ports[0], IpFamily::V4);
+    assert_eq!(eps.len(), 1);
+    assert!(!eps[0].terminating, "non-terminating duplicate wins");
+    assert!(!st.upsert_slice(mk("b", false)));
+    assert!(st.remove_slice(&SliceKey { namespace: "ns".into(), name: "b".into() }));
+    assert!(st.endpoints_for(&s, &s.ports[0], IpFamily::V4)[0].terminating);
+    assert!(st.dirty().contains(&ServiceKey::new("ns", "web")));
+    // replace_all marks only what changed.
+    st.take_dirty();
+    st.replace_all(vec![s.clone()], vec![mk("a", true)]);
+    assert!(st.take_dirty().is_empty());
+    st.replace_all(vec![], vec![mk("a", true)]);
+    assert_eq!(st.take_dirty().into_iter().collect::<Vec<_>>(), vec![ServiceKey::new("ns", "web")]);
+}

@@ -1,0 +1,503 @@
+//! Rudder's normalized view of the cluster: what a node proxy needs to know, and nothing else.
+//!
+//! This crate owns the domain types ([`Service`], [`ServicePort`], [`EndpointSlice`],
+//! [`Endpoint`], [`Node`]), their construction from the Kubernetes API types of
+//! `k8s-openapi` (module [`k8s`]), and [`ProxyState`]: the current Services and
+//! EndpointSlices, with change tracking that records which services an update touched.
+//!
+//! Invalid input never panics and never poisons unrelated objects: a bad field is dropped
+//! (or the object skipped) with a typed [`Problem`] that callers log and count; objects a node
+//! proxy must ignore (headless, ExternalName, other proxies' services, FQDN slices) are reported
+//! as [`Ignored`].
+//!
+//! What it must not do: I/O of any kind, talk to the API server, or know about nftables.
+//!
+//! ```
+//! use rudder_model::{k8s, ProxyState};
+//! let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+//!     "metadata": {"namespace": "default", "name": "web"},
+//!     "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80, "protocol": "TCP"}]}
+//! })).unwrap();
+//! let (service, problems) = k8s::service(&svc).unwrap();
+//! assert!(problems.is_empty());
+//! let mut state = ProxyState::new();
+//! assert!(state.upsert_service(service));
+//! assert_eq!(state.take_dirty().len(), 1);
+//! ```
+
+mod cidr;
+pub mod k8s;
+mod state;
+
+use std::fmt;
+use std::net::IpAddr;
+
+pub use cidr::{Cidr, CidrError, parse_ip};
+pub use state::{ProxyState, ResolvedEndpoint};
+
+/// Label that names the service an EndpointSlice belongs to.
+pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+/// Label that hands a service to another proxy; services that carry it are ignored.
+pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+/// Label set on EndpointSlices of headless services.
+pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
+/// The node label that holds the node's zone.
+pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
+/// EndpointSlice annotation with the time of the change that caused the last update.
+pub const ANNOTATION_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+/// Most endpoints one EndpointSlice may hold (the API server's own limit).
+pub const MAX_ENDPOINTS_PER_SLICE: usize = 1000;
+/// Default ClientIP session affinity timeout, in seconds (3 hours).
+pub const DEFAULT_AFFINITY_TIMEOUT_SECS: u32 = 10800;
+
+/// An IP family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IpFamily {
+    /// IPv4.
+    V4,
+    /// IPv6.
+    V6,
+}
+
+impl IpFamily {
+    /// The family of an address.
+    pub fn of(addr: &IpAddr) -> IpFamily {
+        if addr.is_ipv4() { IpFamily::V4 } else { IpFamily::V6 }
+    }
+}
+
+impl fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IpFamily::V4 => "IPv4",
+            IpFamily::V6 => "IPv6",
+        })
+    }
+}
+
+/// A transport protocol a Service port can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+impl Protocol {
+    /// Parses the Kubernetes spelling (`TCP`, `UDP`, `SCTP`); an absent protocol means TCP.
+    pub fn parse(s: Option<&str>) -> Option<Protocol> {
+        match s {
+            None | Some("TCP") => Some(Protocol::Tcp),
+            Some("UDP") => Some(Protocol::Udp),
+            Some("SCTP") => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name, as in `tcp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Namespace and name of a Service.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl ServiceKey {
+    /// The key `namespace/name`.
+    pub fn new(namespace: &str, name: &str) -> ServiceKey {
+        ServiceKey { namespace: namespace.to_owned(), name: name.to_owned() }
+    }
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Identity of one port of one Service: `namespace/name:port` plus protocol.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServicePortName {
+    /// The service.
+    pub service: ServiceKey,
+    /// The port's name (empty for a single unnamed port).
+    pub port: String,
+    /// The port's protocol.
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for ServicePortName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.port.is_empty() {
+            write!(f, "{}/{}", self.service, self.protocol)
+        } else {
+            write!(f, "{}:{}/{}", self.service, self.port, self.protocol)
+        }
+    }
+}
+
+/// `spec.type` of the Services Rudder programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ServiceType {
+    /// `ClusterIP`.
+    ClusterIp,
+    /// `NodePort`.
+    NodePort,
+    /// `LoadBalancer`.
+    LoadBalancer,
+}
+
+/// `externalTrafficPolicy` / `internalTrafficPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum TrafficPolicy {
+    /// Use endpoints on every node.
+    #[default]
+    Cluster,
+    /// Use only endpoints on this node.
+    Local,
+}
+
+/// The target of a service port, as written in the Service (informational: endpoints carry
+/// the resolved port numbers).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TargetPort {
+    /// A port number.
+    Number(u16),
+    /// A named container port.
+    Name(String),
+}
+
+/// One port of a Service.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServicePort {
+    /// Port name (may be empty).
+    pub name: String,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// The service port.
+    pub port: u16,
+    /// The node port, for NodePort and LoadBalancer services.
+    pub node_port: Option<u16>,
+    /// The target port.
+    pub target_port: Option<TargetPort>,
+}
+
+/// A Service, normalized: only what a node proxy uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// Namespace and name.
+    pub key: ServiceKey,
+    /// Type.
+    pub service_type: ServiceType,
+    /// ClusterIPs, at most one per family.
+    pub cluster_ips: Vec<IpAddr>,
+    /// External IPs.
+    pub external_ips: Vec<IpAddr>,
+    /// LoadBalancer ingress IPs in VIP mode (`ipMode: Proxy` entries are left out).
+    pub load_balancer_ips: Vec<IpAddr>,
+    /// `loadBalancerSourceRanges`; empty means no filtering.
+    pub load_balancer_source_ranges: Vec<Cidr>,
+    /// `externalTrafficPolicy`.
+    pub external_traffic_policy: TrafficPolicy,
+    /// `internalTrafficPolicy`.
+    pub internal_traffic_policy: TrafficPolicy,
+    /// `healthCheckNodePort` (LoadBalancer with `externalTrafficPolicy: Local`).
+    pub health_check_node_port: Option<u16>,
+    /// ClientIP session affinity timeout in seconds, if affinity is on.
+    pub session_affinity_timeout: Option<u32>,
+    /// Ports.
+    pub ports: Vec<ServicePort>,
+}
+
+impl Service {
+    /// The ClusterIP of a family, if the service has one.
+    pub fn cluster_ip(&self, family: IpFamily) -> Option<IpAddr> {
+        self.cluster_ips.iter().copied().find(|ip| IpFamily::of(ip) == family)
+    }
+
+    /// The identity of one of this service's ports.
+    pub fn port_name(&self, port: &ServicePort) -> ServicePortName {
+        ServicePortName { service: self.key.clone(), port: port.name.clone(), protocol: port.protocol }
+    }
+
+    /// Whether traffic from outside the cluster can reach the service (external IPs, load
+    /// balancer IPs or node ports).
+    pub fn externally_accessible(&self) -> bool {
+        !self.external_ips.is_empty()
+            || !self.load_balancer_ips.is_empty()
+            || self.ports.iter().any(|p| p.node_port.is_some())
+    }
+}
+
+/// Namespace and name of an EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SliceKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl fmt::Display for SliceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A port of an EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EndpointPort {
+    /// Name; matches the service port's name.
+    pub name: String,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// The endpoints' port number.
+    pub port: u16,
+}
+
+/// One endpoint of an EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Endpoint {
+    /// The endpoint's address (`addresses[0]`).
+    pub address: IpAddr,
+    /// `conditions.ready` (absent means true).
+    pub ready: bool,
+    /// `conditions.serving` (absent means true).
+    pub serving: bool,
+    /// `conditions.terminating` (absent means false).
+    pub terminating: bool,
+    /// `nodeName`.
+    pub node_name: Option<String>,
+    /// `zone`.
+    pub zone: Option<String>,
+    /// `hints.forZones`, if present.
+    pub zone_hints: Option<Vec<String>>,
+    /// `hints.forNodes`, if present.
+    pub node_hints: Option<Vec<String>>,
+}
+
+/// An EndpointSlice, normalized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSlice {
+    /// Namespace and name.
+    pub key: SliceKey,
+    /// The service it belongs to (from the `kubernetes.io/service-name` label).
+    pub service: ServiceKey,
+    /// Address family.
+    pub family: IpFamily,
+    /// Ports.
+    pub ports: Vec<EndpointPort>,
+    /// Endpoints with a valid address of the slice's family.
+    pub endpoints: Vec<Endpoint>,
+    /// The `endpoints.kubernetes.io/last-change-trigger-time` annotation, verbatim.
+    pub trigger_time: Option<String>,
+}
+
+/// The node Rudder runs on.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Node {
+    /// Node name.
+    pub name: String,
+    /// Primary addresses: the first InternalIP of each family, or else the first ExternalIP.
+    pub addresses: Vec<IpAddr>,
+    /// `topology.kubernetes.io/zone` label.
+    pub zone: Option<String>,
+    /// `spec.podCIDRs`.
+    pub pod_cidrs: Vec<Cidr>,
+}
+
+impl Node {
+    /// The primary address of a family.
+    pub fn address(&self, family: IpFamily) -> Option<IpAddr> {
+        self.addresses.iter().copied().find(|a| IpFamily::of(a) == family)
+    }
+}
+
+/// Which kind of object a [`Problem`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ObjectKind {
+    /// A Service.
+    Service,
+    /// An EndpointSlice.
+    EndpointSlice,
+    /// A Node.
+    Node,
+}
+
+impl fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ObjectKind::Service => "Service",
+            ObjectKind::EndpointSlice => "EndpointSlice",
+            ObjectKind::Node => "Node",
+        })
+    }
+}
+
+/// Why (part of) an object was skipped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Reason {
+    /// The object has no name or namespace.
+    #[error("object has no name or namespace")]
+    MissingName,
+    /// A ClusterIP does not parse.
+    #[error("invalid clusterIP {0:?}")]
+    InvalidClusterIp(String),
+    /// An external IP does not parse.
+    #[error("invalid externalIP {0:?}")]
+    InvalidExternalIp(String),
+    /// A load balancer ingress IP does not parse.
+    #[error("invalid load balancer ingress IP {0:?}")]
+    InvalidIngressIp(String),
+    /// A `loadBalancerSourceRanges` entry does not parse.
+    #[error("invalid loadBalancerSourceRanges entry {0:?}")]
+    InvalidSourceRange(String),
+    /// A port number is outside 1–65535.
+    #[error("port {name:?}: invalid port number {value}")]
+    InvalidPort {
+        /// Port name.
+        name: String,
+        /// The value found.
+        value: i64,
+    },
+    /// A node port is outside 1–65535.
+    #[error("port {name:?}: invalid nodePort {value}")]
+    InvalidNodePort {
+        /// Port name.
+        name: String,
+        /// The value found.
+        value: i64,
+    },
+    /// The health check node port is outside 1–65535.
+    #[error("invalid healthCheckNodePort {0}")]
+    InvalidHealthCheckNodePort(i64),
+    /// A protocol other than TCP, UDP or SCTP.
+    #[error("port {name:?}: unknown protocol {protocol:?}")]
+    UnknownProtocol {
+        /// Port name.
+        name: String,
+        /// The protocol found.
+        protocol: String,
+    },
+    /// Two ports with the same name and protocol.
+    #[error("duplicate port {0:?}")]
+    DuplicatePort(String),
+    /// An EndpointSlice without the `kubernetes.io/service-name` label.
+    #[error("EndpointSlice has no kubernetes.io/service-name label")]
+    MissingServiceNameLabel,
+    /// An address type other than IPv4, IPv6 or FQDN.
+    #[error("unknown addressType {0:?}")]
+    UnknownAddressType(String),
+    /// An endpoint address that does not parse.
+    #[error("invalid endpoint address {0:?}")]
+    InvalidAddress(String),
+    /// An endpoint address of the other family than the slice's addressType.
+    #[error("endpoint address {address} does not match addressType {family}")]
+    AddressFamilyMismatch {
+        /// The address.
+        address: String,
+        /// The slice's family.
+        family: IpFamily,
+    },
+    /// An endpoint without addresses.
+    #[error("endpoint without addresses")]
+    NoAddress,
+    /// More endpoints than one slice may hold.
+    #[error("{0} endpoints in one slice, the limit is {MAX_ENDPOINTS_PER_SLICE}")]
+    TooManyEndpoints(usize),
+    /// A node address or pod CIDR that does not parse.
+    #[error("invalid node address or podCIDR {0:?}")]
+    InvalidNodeAddress(String),
+}
+
+impl Reason {
+    /// A short, stable label for metrics (`invalid_port`, `unknown_protocol`, ...).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Reason::MissingName => "missing_name",
+            Reason::InvalidClusterIp(_) => "invalid_cluster_ip",
+            Reason::InvalidExternalIp(_) => "invalid_external_ip",
+            Reason::InvalidIngressIp(_) => "invalid_ingress_ip",
+            Reason::InvalidSourceRange(_) => "invalid_source_range",
+            Reason::InvalidPort { .. } => "invalid_port",
+            Reason::InvalidNodePort { .. } => "invalid_node_port",
+            Reason::InvalidHealthCheckNodePort(_) => "invalid_health_check_node_port",
+            Reason::UnknownProtocol { .. } => "unknown_protocol",
+            Reason::DuplicatePort(_) => "duplicate_port",
+            Reason::MissingServiceNameLabel => "missing_service_name_label",
+            Reason::UnknownAddressType(_) => "unknown_address_type",
+            Reason::InvalidAddress(_) => "invalid_address",
+            Reason::AddressFamilyMismatch { .. } => "address_family_mismatch",
+            Reason::NoAddress => "no_address",
+            Reason::TooManyEndpoints(_) => "too_many_endpoints",
+            Reason::InvalidNodeAddress(_) => "invalid_node_address",
+        }
+    }
+}
+
+/// A problem with one object: what was skipped and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} {namespace}/{name}: {reason}")]
+pub struct Problem {
+    /// Kind of object.
+    pub kind: ObjectKind,
+    /// Its namespace (empty for nodes).
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// What is wrong.
+    pub reason: Reason,
+}
+
+/// Why an object is deliberately not programmed. These are not errors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Ignored {
+    /// `clusterIP: None`.
+    #[error("headless service")]
+    Headless,
+    /// `type: ExternalName`.
+    #[error("ExternalName service")]
+    ExternalName,
+    /// No ClusterIP was allocated.
+    #[error("service has no clusterIP")]
+    NoClusterIp,
+    /// Labelled `service.kubernetes.io/service-proxy-name`.
+    #[error("handled by service proxy {0:?}")]
+    OtherProxy(String),
+    /// An FQDN EndpointSlice.
+    #[error("FQDN EndpointSlice")]
+    Fqdn,
+}
+
+/// Why an object was not converted: deliberately ignored, or invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    /// Not for this proxy.
+    #[error(transparent)]
+    Ignored(#[from] Ignored),
+    /// Invalid input.
+    #[error(transparent)]
+    Invalid(#[from] Problem),
+}

@@ -1,0 +1,207 @@
+//! The proxy's current view of Services and EndpointSlices, with change tracking.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use crate::{EndpointSlice, IpFamily, Service, ServiceKey, ServicePort, SliceKey};
+
+/// One endpoint of one service port, resolved from all of the service's EndpointSlices.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ResolvedEndpoint {
+    /// Address.
+    pub ip: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// Ready condition.
+    pub ready: bool,
+    /// Serving condition.
+    pub serving: bool,
+    /// Terminating condition.
+    pub terminating: bool,
+    /// Node the endpoint runs on.
+    pub node_name: Option<String>,
+    /// Zone the endpoint runs in.
+    pub zone: Option<String>,
+    /// `hints.forZones`.
+    pub zone_hints: Option<Vec<String>>,
+    /// `hints.forNodes`.
+    pub node_hints: Option<Vec<String>>,
+}
+
+/// Services and EndpointSlices as last seen, and which services changed since the last
+/// [`ProxyState::take_dirty`].
+///
+/// Every update compares the new object with the stored one: an update that changes nothing
+/// (a resync, or the same content with a new resourceVersion) marks nothing dirty.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyState {
+    services: BTreeMap<ServiceKey, Service>,
+    slices: BTreeMap<SliceKey, EndpointSlice>,
+    by_service: BTreeMap<ServiceKey, BTreeSet<SliceKey>>,
+    dirty: BTreeSet<ServiceKey>,
+}
+
+impl ProxyState {
+    /// An empty state.
+    pub fn new() -> ProxyState {
+        ProxyState::default()
+    }
+
+    /// Adds or replaces a service. Returns whether anything changed.
+    pub fn upsert_service(&mut self, svc: Service) -> bool {
+        if self.services.get(&svc.key) == Some(&svc) {
+            return false;
+        }
+        self.dirty.insert(svc.key.clone());
+        self.services.insert(svc.key.clone(), svc);
+        true
+    }
+
+    /// Removes a service. Returns whether it existed.
+    pub fn remove_service(&mut self, key: &ServiceKey) -> bool {
+        let existed = self.services.remove(key).is_some();
+        if existed {
+            self.dirty.insert(key.clone());
+        }
+        existed
+    }
+
+    /// Adds or replaces an EndpointSlice. Returns whether anything changed. A slice that moves
+    /// to another service (its label changed) marks both services.
+    pub fn upsert_slice(&mut self, slice: EndpointSlice) -> bool {
+        if let Some(old) = self.slices.get(&slice.key) {
+            if *old == slice {
+                return false;
+            }
+            let old_service = old.service.clone();
+            self.unlink(&old_service, &slice.key);
+            self.dirty.insert(old_service);
+        }
+        self.dirty.insert(slice.service.clone());
+        self.by_service.entry(slice.service.clone()).or_default().insert(slice.key.clone());
+        self.slices.insert(slice.key.clone(), slice);
+        true
+    }
+
+    /// Removes an EndpointSlice. Returns whether it existed.
+    pub fn remove_slice(&mut self, key: &SliceKey) -> bool {
+        match self.slices.remove(key) {
+            Some(old) => {
+                self.unlink(&old.service, key);
+                self.dirty.insert(old.service);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn unlink(&mut self, service: &ServiceKey, slice: &SliceKey) {
+        if let Some(set) = self.by_service.get_mut(service) {
+            set.remove(slice);
+            if set.is_empty() {
+                self.by_service.remove(service);
+            }
+        }
+    }
+
+    /// Replaces the whole content (after a re-list or a reload of manifests). Only services
+    /// whose Service or slices really changed are marked dirty.
+    pub fn replace_all(&mut self, services: Vec<Service>, slices: Vec<EndpointSlice>) {
+        let new_services: BTreeSet<ServiceKey> = services.iter().map(|s| s.key.clone()).collect();
+        let new_slices: BTreeSet<SliceKey> = slices.iter().map(|s| s.key.clone()).collect();
+        let gone_services: Vec<ServiceKey> =
+            self.services.keys().filter(|k| !new_services.contains(*k)).cloned().collect();
+        for k in gone_services {
+            self.remove_service(&k);
+        }
+        let gone_slices: Vec<SliceKey> = self.slices.keys().filter(|k| !new_slices.contains(*k)).cloned().collect();
+        for k in gone_slices {
+            self.remove_slice(&k);
+        }
+        for s in services {
+            self.upsert_service(s);
+        }
+        for s in slices {
+            self.upsert_slice(s);
+        }
+    }
+
+    /// Marks every known service dirty (used for full syncs).
+    pub fn mark_all_dirty(&mut self) {
+        self.dirty.extend(self.services.keys().cloned());
+        self.dirty.extend(self.by_service.keys().cloned());
+    }
+
+    /// Returns and clears the set of services changed since the last call.
+    pub fn take_dirty(&mut self) -> BTreeSet<ServiceKey> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Services changed since the last [`ProxyState::take_dirty`], without clearing them.
+    pub fn dirty(&self) -> &BTreeSet<ServiceKey> {
+        &self.dirty
+    }
+
+    /// A service by key.
+    pub fn service(&self, key: &ServiceKey) -> Option<&Service> {
+        self.services.get(key)
+    }
+
+    /// All services, sorted by key.
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.values()
+    }
+
+    /// Number of services.
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
+    /// All EndpointSlices, sorted by key.
+    pub fn slices(&self) -> impl Iterator<Item = &EndpointSlice> {
+        self.slices.values()
+    }
+
+    /// The EndpointSlices of a service, sorted by slice key.
+    pub fn slices_for<'a>(&'a self, key: &ServiceKey) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
+        self.by_service.get(key).into_iter().flatten().filter_map(|k| self.slices.get(k))
+    }
+
+    /// The endpoints of one service port in one family, from every slice of the service:
+    /// slices of that family whose port of the same name and protocol has a number.
+    ///
+    /// Duplicates of the same `ip:port` are merged; a non-terminating entry wins over a
+    /// terminating one, otherwise the first in slice-name order is kept. The result is sorted
+    /// by address and port.
+    pub fn endpoints_for(&self, svc: &Service, port: &ServicePort, family: IpFamily) -> Vec<ResolvedEndpoint> {
+        let mut out: BTreeMap<(IpAddr, u16), ResolvedEndpoint> = BTreeMap::new();
+        for slice in self.slices_for(&svc.key) {
+            if slice.family != family {
+                continue;
+            }
+            let Some(sp) = slice.ports.iter().find(|p| p.name == port.name && p.protocol == port.protocol) else {
+                continue;
+            };
+            for ep in &slice.endpoints {
+                let resolved = ResolvedEndpoint {
+                    ip: ep.address,
+                    port: sp.port,
+                    ready: ep.ready,
+                    serving: ep.serving,
+                    terminating: ep.terminating,
+                    node_name: ep.node_name.clone(),
+                    zone: ep.zone.clone(),
+                    zone_hints: ep.zone_hints.clone(),
+                    node_hints: ep.node_hints.clone(),
+                };
+                match out.get(&(ep.address, sp.port)) {
+                    Some(existing) if !(existing.terminating && !resolved.terminating) => {}
+                    _ => {
+                        out.insert((ep.address, sp.port), resolved);
+                    }
+                }
+            }
+        }
+        out.into_values().collect()
+    }
+}

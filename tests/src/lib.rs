@@ -1,0 +1,38 @@
+//! Test-support library for Rudder's end-to-end tests.
+//!
+//! This crate owns everything an end-to-end test needs to exercise Rudder against a real
+//! kernel without touching the machine it runs on:
+//!
+//! * [`netns`]: throwaway network namespaces ([`Netns`]) that are deleted on drop, even when a
+//!   test panics, plus helpers to run commands or closures inside them;
+//! * [`topo`]: a small cluster-like [`Topology`] (a node, three pods and an external client)
+//!   wired together with veth pairs, dual-stack;
+//! * [`serve`]: TCP and UDP echo servers ([`EchoServers`]) that answer with a pod name and
+//!   record the peers they saw;
+//! * [`client`]: TCP and UDP request helpers and answer histograms run from inside a
+//!   namespace;
+//! * [`nft`]: reading and loading nftables rulesets inside a namespace;
+//! * [`root`]: the root-privilege gate ([`e2e_enabled`]).
+//!
+//! # Safety rules
+//!
+//! The library must never touch the root namespace's firewall and must never send traffic
+//! outside namespaces it created itself. Every `nft`, `sysctl` and address change goes through
+//! `ip netns exec <name>` or `ip -n <name>` for a namespace created by [`Netns::new`], and every
+//! socket is created on a thread that first joined such a namespace ([`Netns::enter`]). Veth
+//! pairs are created with both ends placed directly into their target namespaces, so no
+//! interface ever appears in the root namespace.
+
+pub mod client;
+pub mod netns;
+pub mod nft;
+pub mod root;
+pub mod serve;
+pub mod topo;
+
+pub use client::{Proto, RequestError, histogram, tcp_request, udp_request};
+pub use netns::Netns;
+pub use root::{e2e_enabled, require_root};
+pub use serve::EchoServers;
+pub use serve::serve_pod;
+pub use topo::Topology;
