@@ -1,0 +1,357 @@
+//! The table layout: object names, the static skeleton, and the per-class objects.
+//!
+//! See `docs/rules.md` for the picture. In short: every frontend (ClusterIP, external IP or
+//! load balancer IP `. proto . port`, and every NodePort `proto . port`) is one element of a
+//! verdict map that jumps to a chain shared by all services with the same number of
+//! endpoints N (an *endpoint class*). That chain's single rule DNATs through one map per
+//! class keyed by `frontend . numgen random mod N`. No map is referenced by more than one
+//! rule and no anonymous set exists per service, which keeps the kernel's work per element
+//! constant (see the performance notes in `docs/performance.md`).
+
+use rudder_model::Cidr;
+use rudder_nft::{
+    Atom, ChainDecl, ChainType, CmpOp, DataType, Expr, Family, FibKind, Hook, Key, KeyType, Name, Reject, Rule,
+    Ruleset, SetDecl, Stmt, TableRef, Transaction, Verdict,
+};
+
+use crate::{Config, NodePortIps};
+
+/// Names of the static objects.
+pub mod names {
+    /// Set of every active ClusterIP.
+    pub const CLUSTER_IPS: &str = "cluster-ips";
+    /// Set of node addresses that accept NodePort traffic.
+    pub const NODEPORT_IPS: &str = "nodeport-ips";
+    /// Set of `ep . ep . proto . port` for local endpoints, to masquerade hairpin traffic.
+    pub const HAIRPIN: &str = "hairpin-connections";
+    /// Verdict map `addr . proto . port` → endpoint-class chain.
+    pub const SERVICE_IPS: &str = "service-ips";
+    /// Verdict map `proto . port` → NodePort endpoint-class chain.
+    pub const SERVICE_NODEPORTS: &str = "service-nodeports";
+    /// Verdict map for service IPs without endpoints (reject or drop).
+    pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
+    /// Verdict map for node ports without endpoints.
+    pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
+    /// Verdict map for load balancer IPs with source ranges.
+    pub const FIREWALL_IPS: &str = "firewall-ips";
+    /// Dispatch chain, hooked at nat prerouting and output.
+    pub const SERVICES: &str = "services";
+    /// Postrouting masquerade chain.
+    pub const MASQUERADING: &str = "masquerading";
+    /// Rejects traffic to unused ports of ClusterIPs.
+    pub const CLUSTER_IPS_CHECK: &str = "cluster-ips-check";
+    /// Pre-DNAT source-range filtering.
+    pub const FIREWALL_CHECK: &str = "firewall-check";
+    /// Rejects or drops traffic to services without endpoints.
+    pub const SERVICE_ENDPOINTS_CHECK: &str = "service-endpoints-check";
+    /// Same, for node ports.
+    pub const NODEPORT_ENDPOINTS_CHECK: &str = "nodeport-endpoints-check";
+    /// Holds the reject rules (`reject` is not a verdict a map can return).
+    pub const REJECT_CHAIN: &str = "reject-chain";
+}
+
+/// A compile-time-valid static name.
+pub(crate) fn n(s: &str) -> Name {
+    // Every caller passes a constant from `names` or a prefix plus a number: never input.
+    Name::new(s).expect("static object names are valid")
+}
+
+/// The sets and maps the compiler fills with elements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SetId {
+    /// `cluster-ips`
+    ClusterIps,
+    /// `hairpin-connections`
+    Hairpin,
+    /// `service-ips`
+    ServiceIps,
+    /// `service-nodeports`
+    ServiceNodeports,
+    /// `no-endpoint-services`
+    NoEndpointServices,
+    /// `no-endpoint-nodeports`
+    NoEndpointNodeports,
+    /// `cluster-endpoints-N`
+    ClusterEndpoints(u32),
+    /// `nodeport-endpoints-N`
+    NodeportEndpoints(u32),
+}
+
+impl SetId {
+    /// The set's name.
+    pub fn name(self) -> Name {
+        match self {
+            SetId::ClusterIps => n(names::CLUSTER_IPS),
+            SetId::Hairpin => n(names::HAIRPIN),
+            SetId::ServiceIps => n(names::SERVICE_IPS),
+            SetId::ServiceNodeports => n(names::SERVICE_NODEPORTS),
+            SetId::NoEndpointServices => n(names::NO_ENDPOINT_SERVICES),
+            SetId::NoEndpointNodeports => n(names::NO_ENDPOINT_NODEPORTS),
+            SetId::ClusterEndpoints(c) => n(&format!("cluster-endpoints-{c}")),
+            SetId::NodeportEndpoints(c) => n(&format!("nodeport-endpoints-{c}")),
+        }
+    }
+}
+
+/// A group of objects shared by every frontend whose service has the same number of
+/// endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Class {
+    /// Chain `cluster-N` and map `cluster-endpoints-N`: DNAT for service IPs.
+    Cluster(u32),
+    /// Chain `external-N`: masquerade mark, then `goto cluster-N`.
+    External(u32),
+    /// Chain `nodeport-N` and map `nodeport-endpoints-N`: mark and DNAT for node ports.
+    NodePort(u32),
+}
+
+impl Class {
+    /// The entry chain of the class.
+    pub fn chain(self) -> Name {
+        match self {
+            Class::Cluster(c) => n(&format!("cluster-{c}")),
+            Class::External(c) => n(&format!("external-{c}")),
+            Class::NodePort(c) => n(&format!("nodeport-{c}")),
+        }
+    }
+
+    /// The verdict that sends a frontend to this class.
+    pub fn verdict(self) -> Key {
+        Key::verdict(Verdict::Goto(self.chain()))
+    }
+}
+
+fn addr_type(f: Family) -> DataType {
+    match f {
+        Family::Ip => DataType::Ipv4Addr,
+        Family::Ip6 => DataType::Ipv6Addr,
+    }
+}
+
+fn frontend_key(f: Family) -> Expr {
+    Expr::Concat(vec![Expr::Daddr(f), Expr::L4Proto, Expr::ThDport])
+}
+
+fn ct_new() -> Stmt {
+    Stmt::Cmp(Expr::CtState, CmpOp::Eq, Expr::Keyword("new"))
+}
+
+fn jump(c: &str) -> Stmt {
+    Stmt::Verdict(Verdict::Jump(n(c)))
+}
+
+/// The static part of the table: base chains, fixed chains, and the declarations of the
+/// fixed sets and maps (with the `nodeport-ips` elements, which depend only on the node).
+pub fn skeleton(family: Family, table: &TableRef, config: &Config, node_port_ips: &NodePortIps) -> Ruleset {
+    use names::*;
+    let f = family;
+    let mark = config.masquerade_mark();
+    let mut tx = Transaction::new();
+    tx.add_table(table.clone());
+    let at = addr_type(f);
+    let sets = [
+        SetDecl::set(n(CLUSTER_IPS), KeyType::types([at])),
+        SetDecl::set(n(HAIRPIN), KeyType::types([at, at, DataType::InetProto, DataType::InetService])),
+        SetDecl::map(n(SERVICE_IPS), KeyType::types([at, DataType::InetProto, DataType::InetService]), DataType::Verdict),
+        SetDecl::map(n(SERVICE_NODEPORTS), KeyType::types([DataType::InetProto, DataType::InetService]), DataType::Verdict),
+        SetDecl::map(
+            n(NO_ENDPOINT_SERVICES),
+            KeyType::types([at, DataType::InetProto, DataType::InetService]),
+            DataType::Verdict,
+        ),
+        SetDecl::map(n(NO_ENDPOINT_NODEPORTS), KeyType::types([DataType::InetProto, DataType::InetService]), DataType::Verdict),
+        SetDecl::map(n(FIREWALL_IPS), KeyType::types([at, DataType::InetProto, DataType::InetService]), DataType::Verdict),
+    ];
+    for s in sets {
+        tx.add_set(table, s);
+    }
+    let specific_node_ports = match node_port_ips {
+        NodePortIps::All => false,
+        NodePortIps::Only(ips) => {
+            tx.add_set(table, SetDecl::set(n(NODEPORT_IPS), KeyType::types([at])));
+            let elems: Vec<_> = ips
+                .iter()
+                .filter(|ip| Family::of(ip) == f)
+                .map(|ip| (Key::new(vec![Atom::ip(*ip)]), None))
+                .collect();
+            tx.add_elements(table, &n(NODEPORT_IPS), elems);
+            true
+        }
+    };
+
+    // Regular chains first, so base chains can jump to them.
+    for c in [SERVICES, MASQUERADING, CLUSTER_IPS_CHECK, FIREWALL_CHECK, SERVICE_ENDPOINTS_CHECK, NODEPORT_ENDPOINTS_CHECK, REJECT_CHAIN] {
+        tx.add_chain(table, ChainDecl::regular(n(c)));
+    }
+    let base = [
+        ("filter-prerouting-pre-dnat", ChainType::Filter, Hook::Prerouting, -110, vec![vec![ct_new(), jump(FIREWALL_CHECK)]]),
+        ("filter-output-pre-dnat", ChainType::Filter, Hook::Output, -110, vec![vec![ct_new(), jump(FIREWALL_CHECK)]]),
+        (
+            "filter-input",
+            ChainType::Filter,
+            Hook::Input,
+            0,
+            vec![vec![ct_new(), jump(NODEPORT_ENDPOINTS_CHECK)], vec![ct_new(), jump(SERVICE_ENDPOINTS_CHECK)]],
+        ),
+        (
+            "filter-forward",
+            ChainType::Filter,
+            Hook::Forward,
+            0,
+            vec![vec![ct_new(), jump(SERVICE_ENDPOINTS_CHECK)], vec![ct_new(), jump(CLUSTER_IPS_CHECK)]],
+        ),
+        (
+            "filter-output",
+            ChainType::Filter,
+            Hook::Output,
+            0,
+            vec![vec![ct_new(), jump(SERVICE_ENDPOINTS_CHECK)], vec![ct_new(), jump(CLUSTER_IPS_CHECK)]],
+        ),
+        ("nat-prerouting", ChainType::Nat, Hook::Prerouting, -100, vec![vec![jump(SERVICES)]]),
+        ("nat-output", ChainType::Nat, Hook::Output, -100, vec![vec![jump(SERVICES)]]),
+        ("nat-postrouting", ChainType::Nat, Hook::Postrouting, 100, vec![vec![jump(MASQUERADING)]]),
+    ];
+    for (name, kind, hook, prio, rules) in base {
+        let cname = n(name);
+        tx.add_chain(table, ChainDecl::base(cname.clone(), kind, hook, prio));
+        for r in rules {
+            tx.add_rule(table, &cname, Rule::new(r));
+        }
+    }
+
+    // services: masquerade marking for off-cluster traffic to ClusterIPs, then dispatch.
+    let services = n(SERVICES);
+    let to_cluster_ip = Stmt::Lookup(Expr::Daddr(f), CmpOp::Eq, n(CLUSTER_IPS));
+    if config.masquerade_all {
+        tx.add_rule(
+            table,
+            &services,
+            Rule::new(vec![to_cluster_ip, Stmt::MarkOr(mark)]).with_comment("masquerade all traffic to ClusterIPs"),
+        );
+    } else if let Some(not_local) = not_local_match(f, &config.cluster_cidrs) {
+        tx.add_rule(
+            table,
+            &services,
+            Rule::new(vec![to_cluster_ip, not_local, Stmt::MarkOr(mark)])
+                .with_comment("masquerade off-cluster traffic to ClusterIPs"),
+        );
+    }
+    tx.add_rule(table, &services, Rule::new(vec![Stmt::Vmap(frontend_key(f), n(SERVICE_IPS))]));
+    let port_key = Expr::Concat(vec![Expr::L4Proto, Expr::ThDport]);
+    tx.add_rule(table, &services, Rule::new(nodeport_match(f, specific_node_ports, Stmt::Vmap(port_key.clone(), n(SERVICE_NODEPORTS)))));
+
+    // masquerading
+    let masq = n(MASQUERADING);
+    tx.add_rule(
+        table,
+        &masq,
+        Rule::new(vec![
+            Stmt::Cmp(Expr::MarkAnd(mark), CmpOp::Ne, Expr::Const(Atom::Int(0))),
+            Stmt::MarkXor(mark),
+            Stmt::Masquerade { fully_random: true },
+        ]),
+    );
+    tx.add_rule(
+        table,
+        &masq,
+        Rule::new(vec![
+            Stmt::Cmp(Expr::CtStatus, CmpOp::Eq, Expr::Keyword("dnat")),
+            Stmt::Lookup(
+                Expr::Concat(vec![Expr::Saddr(f), Expr::Daddr(f), Expr::L4Proto, Expr::ThDport]),
+                CmpOp::Eq,
+                n(HAIRPIN),
+            ),
+            Stmt::Masquerade { fully_random: true },
+        ])
+        .with_comment("hairpin"),
+    );
+
+    // Checks in the filter hooks.
+    tx.add_rule(
+        table,
+        &n(CLUSTER_IPS_CHECK),
+        Rule::new(vec![Stmt::Lookup(Expr::Daddr(f), CmpOp::Eq, n(CLUSTER_IPS)), Stmt::Verdict(Verdict::Goto(n(REJECT_CHAIN)))])
+            .with_comment("reject traffic to invalid ports of ClusterIPs"),
+    );
+    tx.add_rule(table, &n(FIREWALL_CHECK), Rule::new(vec![Stmt::Vmap(frontend_key(f), n(FIREWALL_IPS))]));
+    tx.add_rule(table, &n(SERVICE_ENDPOINTS_CHECK), Rule::new(vec![Stmt::Vmap(frontend_key(f), n(NO_ENDPOINT_SERVICES))]));
+    tx.add_rule(
+        table,
+        &n(NODEPORT_ENDPOINTS_CHECK),
+        Rule::new(nodeport_match(f, specific_node_ports, Stmt::Vmap(port_key, n(NO_ENDPOINT_NODEPORTS)))),
+    );
+    let rj = n(REJECT_CHAIN);
+    tx.add_rule(
+        table,
+        &rj,
+        Rule::new(vec![Stmt::Cmp(Expr::L4Proto, CmpOp::Eq, Expr::Const(Atom::Proto(rudder_nft::L4Proto::Tcp))), Stmt::Reject(Reject::TcpReset)]),
+    );
+    tx.add_rule(table, &rj, Rule::new(vec![Stmt::Reject(Reject::Default)]));
+
+    let mut rs = Ruleset::new();
+    // The skeleton is built from constants and typed values only; if it ever failed to apply
+    // that would be a bug caught by the unit tests, so an empty ruleset is a safe fallback.
+    let _ = rs.apply(&tx);
+    rs
+}
+
+/// `ip saddr != CIDR` (or `!= { CIDRs }`) for the cluster CIDRs of a family, if any.
+fn not_local_match(f: Family, cidrs: &[Cidr]) -> Option<Stmt> {
+    let mine: Vec<Expr> = cidrs
+        .iter()
+        .filter(|c| Family::of(&c.addr()) == f)
+        .map(|c| Expr::Prefix(c.addr(), c.prefix_len()))
+        .collect();
+    match mine.len() {
+        0 => None,
+        1 => mine.into_iter().next().map(|p| Stmt::Cmp(Expr::Saddr(f), CmpOp::Ne, p)),
+        _ => Some(Stmt::Cmp(Expr::Saddr(f), CmpOp::Ne, Expr::AnonSet(mine))),
+    }
+}
+
+/// The statements selecting node-port traffic, followed by `then`.
+fn nodeport_match(f: Family, specific: bool, then: Stmt) -> Vec<Stmt> {
+    if specific {
+        vec![Stmt::Lookup(Expr::Daddr(f), CmpOp::Eq, n(names::NODEPORT_IPS)), then]
+    } else {
+        let loopback = match f {
+            Family::Ip => Expr::Prefix(std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0)), 8),
+            Family::Ip6 => Expr::Const(Atom::Ipv6(std::net::Ipv6Addr::LOCALHOST)),
+        };
+        vec![
+            Stmt::Cmp(Expr::FibType(FibKind::Daddr), CmpOp::Eq, Expr::Keyword("local")),
+            Stmt::Cmp(Expr::Daddr(f), CmpOp::Ne, loopback),
+            then,
+        ]
+    }
+}
+
+/// The transaction that creates the objects of `class` (their elements are added separately).
+pub fn class_objects(family: Family, table: &TableRef, class: Class, mark: u32, tx: &mut Transaction) {
+    let f = family;
+    match class {
+        Class::Cluster(c) => {
+            let map = SetId::ClusterEndpoints(c).name();
+            let mut key = vec![Expr::Daddr(f), Expr::L4Proto, Expr::ThDport, Expr::Numgen(c)];
+            tx.add_set(table, SetDecl::map_typeof(map.clone(), key.clone(), vec![Expr::Daddr(f), Expr::ThDport]));
+            tx.add_chain(table, ChainDecl::regular(class.chain()));
+            key.truncate(4);
+            tx.add_rule(table, &class.chain(), Rule::new(vec![Stmt::DnatMap(f, Expr::Concat(key), map)]));
+        }
+        Class::External(c) => {
+            tx.add_chain(table, ChainDecl::regular(class.chain()));
+            tx.add_rule(
+                table,
+                &class.chain(),
+                Rule::new(vec![Stmt::MarkOr(mark), Stmt::Verdict(Verdict::Goto(Class::Cluster(c).chain()))]),
+            );
+        }
+        Class::NodePort(c) => {
+            let map = SetId::NodeportEndpoints(c).name();
+            let key = vec![Expr::L4Proto, Expr::ThDport, Expr::Numgen(c)];
+            tx.add_set(table, SetDecl::map_typeof(map.clone(), key.clone(), vec![Expr::Daddr(f), Expr::ThDport]));
+            tx.add_chain(table, ChainDecl::regular(class.chain()));
+            tx.add_rule(table, &class.chain(), Rule::new(vec![Stmt::MarkOr(mark), Stmt::DnatMap(f, Expr::Concat(key), map)]));
+        }
+    }
+}

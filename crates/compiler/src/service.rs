@@ -1,0 +1,107 @@
+//! Compilation of one service into its claims on set and map elements.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use rudder_model::{IpFamily, Protocol, ProxyState, ResolvedEndpoint, Service};
+use rudder_nft::{Atom, Key, L4Proto, Verdict};
+
+use crate::layout::{Class, SetId, n, names};
+use crate::policy::categorize;
+use crate::{Ctx, Fragment};
+
+fn l4(p: Protocol) -> L4Proto {
+    match p {
+        Protocol::Tcp => L4Proto::Tcp,
+        Protocol::Udp => L4Proto::Udp,
+        Protocol::Sctp => L4Proto::Sctp,
+    }
+}
+
+fn endpoint_value(ep: &ResolvedEndpoint) -> Key {
+    Key::new(vec![Atom::ip(ep.ip), Atom::Port(ep.port)])
+}
+
+/// Compiles `svc` for one family.
+///
+/// Per port, with endpoints:
+/// - `cluster-ips` gets the ClusterIP;
+/// - `service-ips` maps `clusterIP . proto . port` to `goto cluster-N`, and every external
+///   and load balancer IP to `goto external-N` (which marks for masquerade first);
+/// - `service-nodeports` maps `proto . nodePort` to `goto nodeport-N`;
+/// - `cluster-endpoints-N` / `nodeport-endpoints-N` map `frontend . i` to the i-th endpoint;
+/// - `hairpin-connections` gets the endpoints on this node.
+///
+/// Without usable endpoints, the same frontends go to `no-endpoint-services` /
+/// `no-endpoint-nodeports` with `goto reject-chain`, and nothing is DNATed.
+pub(crate) fn compile(family: IpFamily, state: &ProxyState, svc: &Service, ctx: &Ctx) -> Fragment {
+    let mut frag = Fragment::default();
+    let Some(cluster_ip) = svc.cluster_ip(family) else { return frag };
+    let mut externals: Vec<IpAddr> = Vec::new();
+    for ip in svc.external_ips.iter().chain(&svc.load_balancer_ips) {
+        if IpFamily::of(ip) == family && !externals.contains(ip) && *ip != cluster_ip {
+            externals.push(*ip);
+        }
+    }
+    for port in &svc.ports {
+        let owner = Arc::new(svc.port_name(port));
+        let proto = l4(port.protocol);
+        let frontend = |ip: IpAddr| vec![Atom::ip(ip), Atom::Proto(proto), Atom::Port(port.port)];
+        let mut claim = |set: SetId, key: Vec<Atom>, value: Option<Key>| {
+            frag.claims.push((set, Key::new(key), owner.clone(), value));
+        };
+        claim(SetId::ClusterIps, vec![Atom::ip(cluster_ip)], None);
+
+        let endpoints = state.endpoints_for(svc, port, family);
+        let cat = categorize(svc, &endpoints, &ctx.node.name);
+        let eps = &cat.cluster;
+        if eps.is_empty() {
+            let reject = Some(Key::verdict(Verdict::Goto(n(names::REJECT_CHAIN))));
+            claim(SetId::NoEndpointServices, frontend(cluster_ip), reject.clone());
+            for ip in &externals {
+                claim(SetId::NoEndpointServices, frontend(*ip), reject.clone());
+            }
+            if let Some(np) = port.node_port {
+                claim(SetId::NoEndpointNodeports, vec![Atom::Proto(proto), Atom::Port(np)], reject);
+            }
+            continue;
+        }
+
+        // Endpoint counts are bounded by the number of endpoints in the state, which fits
+        // in u32 on every platform Rudder runs on.
+        let count = u32::try_from(eps.len()).unwrap_or(u32::MAX);
+        let cluster = Class::Cluster(count);
+        claim(SetId::ServiceIps, frontend(cluster_ip), Some(cluster.verdict()));
+        let per_frontend = |claim: &mut dyn FnMut(SetId, Vec<Atom>, Option<Key>), fe: Vec<Atom>| {
+            for (i, ep) in eps.iter().enumerate() {
+                let mut key = fe.clone();
+                key.push(Atom::Int(i as u32));
+                claim(SetId::ClusterEndpoints(count), key, Some(endpoint_value(ep)));
+            }
+        };
+        per_frontend(&mut claim, frontend(cluster_ip));
+        frag.classes.insert(cluster);
+        if !externals.is_empty() {
+            let external = Class::External(count);
+            for ip in &externals {
+                claim(SetId::ServiceIps, frontend(*ip), Some(external.verdict()));
+                per_frontend(&mut claim, frontend(*ip));
+            }
+            frag.classes.insert(external);
+        }
+        if let Some(np) = port.node_port {
+            let class = Class::NodePort(count);
+            claim(SetId::ServiceNodeports, vec![Atom::Proto(proto), Atom::Port(np)], Some(class.verdict()));
+            for (i, ep) in eps.iter().enumerate() {
+                let key = vec![Atom::Proto(proto), Atom::Port(np), Atom::Int(i as u32)];
+                claim(SetId::NodeportEndpoints(count), key, Some(endpoint_value(ep)));
+            }
+            frag.classes.insert(class);
+        }
+        for ep in eps.iter().filter(|e| e.node_name.as_deref() == Some(ctx.node.name.as_str())) {
+            let key = vec![Atom::ip(ep.ip), Atom::ip(ep.ip), Atom::Proto(proto), Atom::Port(ep.port)];
+            claim(SetId::Hairpin, key, None);
+        }
+    }
+    frag
+}

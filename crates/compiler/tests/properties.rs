@@ -1,0 +1,200 @@
+//! Property tests of the compiler's contracts:
+//! - an incremental update applied to the old ruleset yields exactly the full rebuild;
+//! - `apply(diff(a, b), a) == b` for any two compiled rulesets;
+//! - the output does not depend on the order objects arrived in;
+//! - object names (whatever characters they hold) never reach the ruleset.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::*;
+use proptest::prelude::*;
+use rudder_compiler::{Compiler, Config};
+use rudder_model::{Endpoint, EndpointSlice, IpFamily, Protocol, ProxyState, Service, ServiceKey, ServiceType};
+use rudder_nft::{Ruleset, diff};
+
+const NAMES: &[&str] = &["a", "b", "c", "d", "e"];
+
+fn arb_protocol() -> impl Strategy<Value = Protocol> {
+    prop_oneof![Just(Protocol::Tcp), Just(Protocol::Udp), Just(Protocol::Sctp)]
+}
+
+fn arb_service(idx: usize) -> impl Strategy<Value = (Service, Vec<EndpointSlice>)> {
+    // Small pools so that ClusterIPs, node ports and external IPs collide between services.
+    let ports = prop::collection::vec((0..2usize, arb_protocol(), 1u16..4, prop::option::of(30000u16..30003)), 1..3);
+    let eps = prop::collection::vec((0u8..6, any::<bool>(), 0..2usize, any::<bool>()), 0..6);
+    (0u8..4, any::<bool>(), prop::option::of(0u8..3), ports, eps, any::<bool>()).prop_map(
+        move |(cip, v6, ext, ports, eps, split)| {
+            let ns = "ns";
+            let name = NAMES[idx];
+            let mut ips = vec![format!("10.96.0.{cip}")];
+            if v6 {
+                ips.push(format!("fd00::{cip}"));
+            }
+            let ip_refs: Vec<&str> = ips.iter().map(String::as_str).collect();
+            let mut svc = service(ns, name, &ip_refs);
+            svc.service_type = ServiceType::NodePort;
+            if let Some(e) = ext {
+                svc.external_ips = vec![ip(&format!("192.0.2.{e}"))];
+            }
+            let mut seen = BTreeSet::new();
+            for (pname, proto, p, np) in ports {
+                let pn = ["http", "dns"][pname];
+                if seen.insert((pn, proto)) {
+                    svc.ports.push(port(pn, proto, 80 + p, np));
+                }
+            }
+            let slice_ports: Vec<(&str, Protocol, u16)> =
+                svc.ports.iter().map(|p| (if p.name == "http" { "http" } else { "dns" }, p.protocol, 8000 + p.port)).collect();
+            let mk = |ep: &(u8, bool, usize, bool), fam: IpFamily| -> Endpoint {
+                let addr = match fam {
+                    IpFamily::V4 => format!("10.244.{}.{}", idx, ep.0),
+                    IpFamily::V6 => format!("fd00:10:244:{}::{}", idx, ep.0),
+                };
+                let mut e = endpoint(&addr, ep.1, ["node-a", "node-b"][ep.2]);
+                e.terminating = ep.3;
+                e.serving = ep.1 || ep.3;
+                e
+            };
+            let (first, second): (Vec<_>, Vec<_>) = eps.iter().enumerate().partition(|(i, _)| !split || i % 2 == 0);
+            let mut slices = vec![slice(ns, &format!("{name}-1"), name, IpFamily::V4, &slice_ports, first.iter().map(|(_, e)| mk(e, IpFamily::V4)).collect())];
+            slices.push(slice(ns, &format!("{name}-2"), name, IpFamily::V4, &slice_ports, second.iter().map(|(_, e)| mk(e, IpFamily::V4)).collect()));
+            slices.push(slice(ns, &format!("{name}-6"), name, IpFamily::V6, &slice_ports, eps.iter().map(|e| mk(e, IpFamily::V6)).collect()));
+            (svc, slices)
+        },
+    )
+}
+
+fn arb_state() -> impl Strategy<Value = (Vec<Service>, Vec<EndpointSlice>)> {
+    (arb_service(0), arb_service(1), arb_service(2), arb_service(3), arb_service(4), prop::collection::vec(any::<bool>(), 5))
+        .prop_map(|(a, b, c, d, e, keep)| {
+            let mut services = Vec::new();
+            let mut slices = Vec::new();
+            for ((svc, sl), k) in [a, b, c, d, e].into_iter().zip(keep) {
+                if k {
+                    services.push(svc);
+                }
+                slices.extend(sl);
+            }
+            (services, slices)
+        })
+}
+
+fn new_compiler() -> Compiler {
+    let mut config = Config::default();
+    config.cluster_cidrs = vec!["10.244.0.0/16".parse().unwrap()];
+    compiler(node("node-a", &["172.18.0.2", "fc00::2"]), config)
+}
+
+fn full_ruleset(st: &ProxyState) -> Ruleset {
+    let mut c = new_compiler();
+    c.full(st);
+    c.ruleset().expect("full ruleset applies")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, .. ProptestConfig::default() })]
+
+    #[test]
+    fn incremental_update_equals_full_rebuild((s1, l1) in arb_state(), (s2, l2) in arb_state()) {
+        let mut st = state(s1, l1);
+        let mut c = new_compiler();
+        let full_tx = c.full(&st);
+        let mut kernel = Ruleset::new();
+        kernel.apply(&full_tx).expect("full transaction applies to an empty kernel");
+        prop_assert_eq!(&kernel, &c.ruleset().expect("ruleset"));
+
+        st.replace_all(s2, l2);
+        let changed = st.take_dirty();
+        let tx = c.update(&st, &changed);
+        kernel.apply(&tx).expect("update applies to the previous ruleset");
+        let mut expected = full_ruleset(&st);
+        // Classes are kept while unused until the next full sync; drop empty ones from the
+        // comparison by re-adding them to the expectation.
+        for (t, table) in &kernel.tables {
+            for (name, chain) in &table.chains {
+                if let Some(et) = expected.tables.get_mut(t) {
+                    et.chains.entry(name.clone()).or_insert_with(|| chain.clone());
+                }
+            }
+            for (name, set) in &table.sets {
+                if set.elements.is_empty() {
+                    if let Some(et) = expected.tables.get_mut(t) {
+                        et.sets.entry(name.clone()).or_insert_with(|| set.clone());
+                    }
+                }
+            }
+        }
+        prop_assert_eq!(kernel, expected);
+
+        // Nothing changed: nothing to do.
+        prop_assert!(c.update(&st, &changed).is_empty());
+    }
+
+    #[test]
+    fn diff_then_apply_round_trips((s1, l1) in arb_state(), (s2, l2) in arb_state()) {
+        let a = full_ruleset(&state(s1, l1));
+        let b = full_ruleset(&state(s2, l2));
+        let mut x = a.clone();
+        x.apply(&diff(&a, &b)).expect("diff applies");
+        prop_assert_eq!(&x, &b);
+        prop_assert!(diff(&b, &b).is_empty());
+    }
+
+    #[test]
+    fn output_does_not_depend_on_arrival_order((s1, l1) in arb_state()) {
+        let forward = state(s1.clone(), l1.clone());
+        let mut rs = ProxyState::new();
+        for s in s1.into_iter().rev() { rs.upsert_service(s); }
+        for s in l1.into_iter().rev() { rs.upsert_slice(s); }
+        let mut a = new_compiler();
+        let mut b = new_compiler();
+        prop_assert_eq!(a.full(&forward).render(), b.full(&rs).render());
+    }
+
+    #[test]
+    fn names_never_reach_the_ruleset((s1, l1) in arb_state(), evil in "[ -~\\n\\t\"';{}@$\\\\]{1,40}") {
+        let plain = full_ruleset(&state(s1.clone(), l1.clone())).render();
+        // Rename every namespace and service to hostile text, keeping their relative order.
+        let rename = |k: &ServiceKey| ServiceKey::new(&format!("{evil}{}", k.namespace), &format!("{evil}{}", k.name));
+        let services: Vec<Service> = s1.into_iter().map(|mut s| { s.key = rename(&s.key); s }).collect();
+        let slices: Vec<EndpointSlice> = l1.into_iter().map(|mut s| {
+            s.service = rename(&s.service);
+            s.key.namespace = format!("{evil}{}", s.key.namespace);
+            s
+        }).collect();
+        let hostile = full_ruleset(&state(services, slices)).render();
+        prop_assert_eq!(plain, hostile);
+    }
+}
+
+#[test]
+fn one_endpoint_change_touches_only_that_service() {
+    let mut services = Vec::new();
+    let mut slices = Vec::new();
+    for i in 0..200u32 {
+        let name = format!("svc{i}");
+        let mut s = service("ns", &name, &[&format!("10.96.{}.{}", i / 250, i % 250 + 1)]);
+        s.ports = vec![port("http", Protocol::Tcp, 80, None)];
+        services.push(s);
+        let eps = (0..3).map(|e| endpoint(&format!("10.{}.{}.{}", 1 + i / 250, i % 250, e + 1), true, "node-b")).collect();
+        slices.push(slice("ns", &format!("{name}-x"), &name, IpFamily::V4, &[("http", Protocol::Tcp, 8080)], eps));
+    }
+    let mut st = state(services, slices.clone());
+    let mut c = new_compiler();
+    c.full(&st);
+    // Replace the last endpoint of svc7.
+    let mut changed_slice = slices[7].clone();
+    changed_slice.endpoints[2].address = ip("10.99.99.99");
+    st.upsert_slice(changed_slice);
+    let dirty = st.take_dirty();
+    assert_eq!(dirty.iter().map(|k| k.name.as_str()).collect::<Vec<_>>(), vec!["svc7"]);
+    let tx = c.update(&st, &dirty);
+    let text = tx.render();
+    assert_eq!(
+        text,
+        "delete element ip rudder cluster-endpoints-3 { 10.96.0.8 . tcp . 80 . 2 }\n\
+         add element ip rudder cluster-endpoints-3 { 10.96.0.8 . tcp . 80 . 2 : 10.99.99.99 . 8080 }\n"
+    );
+}
