@@ -1,1 +1,114 @@
-fn main() {}
+//! The `rudder` binary: glue between the command line, manifest files, the rule compiler and
+//! the nftables backend.
+//!
+//! It owns process concerns only: flags, logging, signals, the sync loop's timing, and exit
+//! codes. Rule semantics live in `rudder-compiler`, kernel access in `rudder-nft-backend`.
+
+mod cli;
+mod manifests;
+mod proxier;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use rudder_compiler::Compiler;
+use rudder_model::IpFamily;
+use rudder_nft::{Family, Name, Op, TableRef, Transaction};
+use rudder_nft_backend::NftBackend;
+
+use crate::cli::{Cli, Command, LogArgs, LogFormat};
+
+fn init_logging(log: &LogArgs) {
+    let level = match log.verbosity {
+        0..=2 => "info",
+        3..=4 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUDDER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match log.logging_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Compile(args) => {
+            init_logging(&args.proxy.log);
+            compile(args)
+        }
+        Command::Run(args) => {
+            init_logging(&args.proxy.log);
+            run::run(args)
+        }
+        Command::Cleanup(args) => {
+            init_logging(&args.log);
+            cleanup(args)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rudder: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `rudder compile`: manifests in, `nft -f` text out.
+fn compile(args: cli::CompileArgs) -> anyhow::Result<ExitCode> {
+    let settings = proxier::Settings::from_args(&args.proxy)?;
+    let (files, errors) = manifests::load(&args.proxy.manifests, &Default::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for e in &errors {
+        eprintln!("rudder: skipping {e}");
+    }
+    let objs = manifests::merge(&files);
+    let conv = proxier::convert(&objs, &settings.hostname);
+    for p in &conv.problems {
+        eprintln!("rudder: skipping invalid input: {p}");
+    }
+    if args.strict && (!errors.is_empty() || !conv.problems.is_empty()) {
+        anyhow::bail!("invalid input (see above) and --strict is set");
+    }
+    if conv.node.is_none() && settings.node_ip_override.is_empty() {
+        eprintln!(
+            "rudder: no Node named {:?} in the manifests and no --node-ip: node ports listen on no address",
+            settings.hostname
+        );
+    }
+    let node = settings.node_context(conv.node.as_ref(), None);
+    let mut state = rudder_model::ProxyState::new();
+    state.replace_all(conv.services, conv.slices);
+    // Offline output is the same whatever the host: both families, always.
+    let mut compiler = Compiler::new(&[IpFamily::V4, IpFamily::V6], settings.config.clone(), node);
+    compiler.full(&state);
+    let ruleset = compiler.ruleset().map_err(|e| anyhow::anyhow!("internal error: inconsistent ruleset: {e}"))?;
+    // The prologue makes the output replace Rudder's tables atomically when loaded with
+    // `nft -f`, whether or not they exist.
+    let mut prologue = Transaction::new();
+    for t in compiler.tables() {
+        prologue.push(Op::AddTable(t.clone()));
+        prologue.push(Op::DeleteTable(t));
+    }
+    print!("{}{}", prologue.render(), ruleset.render());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rudder cleanup`: delete Rudder's tables.
+fn cleanup(args: cli::CleanupArgs) -> anyhow::Result<ExitCode> {
+    let name = Name::new(&args.table).map_err(|e| anyhow::anyhow!("--nftables-table: {e}"))?;
+    let backend = NftBackend::with_program(&args.nft_path);
+    let tables = [TableRef::new(Family::Ip, name.clone()), TableRef::new(Family::Ip6, name)];
+    let deleted = backend.delete_tables(&tables)?;
+    if deleted.is_empty() {
+        tracing::info!("nothing to clean up");
+    }
+    for t in deleted {
+        tracing::info!(table = %t, "deleted table");
+    }
+    Ok(ExitCode::SUCCESS)
+}

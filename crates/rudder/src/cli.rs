@@ -1,0 +1,206 @@
+//! Command-line interface. Flag names follow kube-proxy's where kube-proxy has the option.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Rudder: a kube-proxy replacement that programs nftables.
+#[derive(Debug, Parser)]
+#[command(name = "rudder", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the complete ruleset for the objects in manifest files, as `nft -f` input.
+    Compile(CompileArgs),
+    /// Program this network namespace's kernel and keep it in sync with manifest files.
+    Run(RunArgs),
+    /// Remove everything Rudder created (its `ip` and `ip6` tables), and nothing else.
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProxyArgs {
+    /// YAML or JSON files, or directories of them, holding Services, EndpointSlices and Nodes.
+    #[arg(long = "manifests", value_name = "PATH", required = true)]
+    pub manifests: Vec<PathBuf>,
+
+    /// The name of this node: endpoints with this nodeName are local, and its Node object
+    /// gives the node IPs. Defaults to the host name, lower-cased.
+    #[arg(long = "hostname-override", value_name = "NAME")]
+    pub hostname_override: Option<String>,
+
+    /// The node's IPs (at most one per family, comma-separated). Overrides the addresses in
+    /// the Node object.
+    #[arg(long = "node-ip", value_name = "IP[,IP6]", value_delimiter = ',')]
+    pub node_ip: Vec<String>,
+
+    /// Pod CIDRs of the cluster (comma-separated, one per family). Traffic to a ClusterIP
+    /// from outside these ranges is masqueraded.
+    #[arg(long = "cluster-cidr", value_name = "CIDR[,CIDR]", value_delimiter = ',')]
+    pub cluster_cidr: Vec<String>,
+
+    /// Masquerade all traffic sent to ClusterIPs.
+    #[arg(long = "masquerade-all")]
+    pub masquerade_all: bool,
+
+    /// Addresses that accept NodePort traffic: `primary` (the node IPs, the default) or a
+    /// comma-separated list of CIDRs (`0.0.0.0/0,::/0` for every local address).
+    #[arg(long = "nodeport-addresses", value_name = "primary|CIDR,...", value_delimiter = ',')]
+    pub nodeport_addresses: Vec<String>,
+
+    /// Proxy mode. Only `nftables` is implemented.
+    #[arg(long = "proxy-mode", value_name = "MODE", default_value = "nftables")]
+    pub proxy_mode: String,
+
+    /// Name of Rudder's nftables tables (one `ip` and one `ip6` table).
+    #[arg(long = "nftables-table", value_name = "NAME", default_value = rudder_compiler::DEFAULT_TABLE)]
+    pub table: String,
+
+    /// Bit of the packet mark used to request masquerading (kube-proxy's masqueradeBit).
+    #[arg(long = "masquerade-bit", value_name = "0-31", default_value_t = 14)]
+    pub masquerade_bit: u8,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log verbosity: 0–2 info, 3–4 debug, 5 and more trace (like kube-proxy's `-v`).
+    #[arg(short = 'v', long = "v", value_name = "N", default_value_t = 0, global = true)]
+    pub verbosity: u8,
+
+    /// Log format.
+    #[arg(long = "logging-format", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub logging_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct CompileArgs {
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+
+    /// Fail (exit code 1) if any document is invalid, instead of skipping it.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+
+    /// Minimum time between two syncs: bursts of changes coalesce into one sync.
+    #[arg(long = "iptables-min-sync-period", value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub min_sync_period: Duration,
+
+    /// Retry interval after a failed sync.
+    #[arg(long = "iptables-sync-period", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub sync_period: Duration,
+
+    /// Interval of full resyncs, which also repair rules changed behind Rudder's back.
+    #[arg(long = "full-sync-period", value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub full_sync_period: Duration,
+
+    /// How often manifest files are checked for changes.
+    #[arg(long = "manifests-poll-interval", value_name = "DURATION", default_value = "200ms", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+
+    /// Path of the nft program.
+    #[arg(long = "nft-path", value_name = "PATH", default_value = "nft")]
+    pub nft_path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// Name of Rudder's nftables tables.
+    #[arg(long = "nftables-table", value_name = "NAME", default_value = rudder_compiler::DEFAULT_TABLE)]
+    pub table: String,
+
+    /// Path of the nft program.
+    #[arg(long = "nft-path", value_name = "PATH", default_value = "nft")]
+    pub nft_path: PathBuf,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Parses a Go-style duration: `1h30m`, `1s`, `500ms`, `0`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        if num_len == 0 {
+            return Err(format!("invalid duration {s:?}: expected a number"));
+        }
+        let value: f64 = rest[..num_len].parse().map_err(|_| format!("invalid duration {s:?}"))?;
+        rest = &rest[num_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let secs = match unit {
+            "h" => value * 3600.0,
+            "m" => value * 60.0,
+            "s" => value,
+            "ms" => value / 1e3,
+            "us" | "µs" => value / 1e6,
+            "ns" => value / 1e9,
+            "" => return Err(format!("invalid duration {s:?}: missing unit (s, m, h, ms)")),
+            u => return Err(format!("invalid duration {s:?}: unknown unit {u:?}")),
+        };
+        total += Duration::try_from_secs_f64(secs).map_err(|_| format!("invalid duration {s:?}"))?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_go() {
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("1x").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn cli_parses_kube_proxy_flags() {
+        let cli = Cli::try_parse_from([
+            "rudder", "run", "--manifests", "/tmp/x", "--hostname-override", "n1", "--cluster-cidr", "10.244.0.0/16,fd00::/56",
+            "--iptables-min-sync-period", "0s", "--masquerade-all", "--nodeport-addresses", "primary", "--v", "4",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else { panic!("not run") };
+        assert_eq!(run.proxy.cluster_cidr.len(), 2);
+        assert_eq!(run.min_sync_period, Duration::ZERO);
+        assert!(run.proxy.masquerade_all);
+        assert_eq!(run.proxy.log.verbosity, 4);
+        assert!(Cli::try_parse_from(["rudder", "run", "--manifests", "x", "--no-such-flag"]).is_err());
+    }
+}

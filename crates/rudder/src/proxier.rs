@@ -1,0 +1,289 @@
+//! Wiring: settings from flags, Kubernetes objects into the model, the node context, and
+//! the sync step (compile, apply, account).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rudder_compiler::{Compiler, Config, NodeContext, NodePortIps};
+use rudder_model::{Cidr, IpFamily, Node, Problem, ProxyState, Rejected, k8s, parse_ip};
+use rudder_nft::Name;
+use rudder_nft_backend::NftBackend;
+use tracing::{debug, info, warn};
+
+use crate::cli::ProxyArgs;
+use crate::manifests::Objects;
+
+/// How node ports are exposed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodePortSpec {
+    /// The node's primary IPs.
+    Primary,
+    /// Local addresses inside these CIDRs.
+    Cidrs(Vec<Cidr>),
+}
+
+/// Validated settings shared by `compile` and `run`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub hostname: String,
+    pub node_ip_override: Vec<IpAddr>,
+    pub nodeport: NodePortSpec,
+    pub config: Config,
+}
+
+/// The host name, lower-cased, as kube-proxy defaults `--hostname-override`.
+fn default_hostname() -> anyhow::Result<String> {
+    let h = nix::unistd::gethostname().context("cannot read the host name; pass --hostname-override")?;
+    Ok(h.to_string_lossy().trim().to_lowercase())
+}
+
+impl Settings {
+    pub fn from_args(args: &ProxyArgs) -> anyhow::Result<Settings> {
+        if args.proxy_mode != "nftables" {
+            bail!("--proxy-mode {:?} is not supported: Rudder implements \"nftables\"", args.proxy_mode);
+        }
+        let hostname = match &args.hostname_override {
+            Some(h) if !h.trim().is_empty() => h.trim().to_lowercase(),
+            _ => default_hostname()?,
+        };
+        let mut node_ip_override: Vec<IpAddr> = Vec::new();
+        for raw in args.node_ip.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+            let ip = parse_ip(raw).with_context(|| format!("--node-ip: {raw:?} is not an IP address"))?;
+            if node_ip_override.iter().any(|o| IpFamily::of(o) == IpFamily::of(&ip)) {
+                bail!("--node-ip: at most one address per IP family");
+            }
+            node_ip_override.push(ip);
+        }
+        let mut cluster_cidrs = Vec::new();
+        for raw in args.cluster_cidr.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+            cluster_cidrs.push(raw.parse::<Cidr>().with_context(|| format!("--cluster-cidr: {raw:?} is not a CIDR"))?);
+        }
+        let nodeport = match args.nodeport_addresses.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).collect::<Vec<_>>() {
+            v if v.is_empty() || v == ["primary"] => NodePortSpec::Primary,
+            v => {
+                let mut cidrs = Vec::new();
+                for raw in v {
+                    cidrs.push(raw.parse::<Cidr>().with_context(|| {
+                        format!("--nodeport-addresses: {raw:?} is neither \"primary\" nor a CIDR")
+                    })?);
+                }
+                NodePortSpec::Cidrs(cidrs)
+            }
+        };
+        let table = Name::new(&args.table).map_err(|e| anyhow::anyhow!("--nftables-table: {e}"))?;
+        if args.masquerade_bit > 31 {
+            bail!("--masquerade-bit must be between 0 and 31");
+        }
+        Ok(Settings {
+            hostname,
+            node_ip_override,
+            nodeport,
+            config: Config { table, masquerade_all: args.masquerade_all, masquerade_bit: args.masquerade_bit, cluster_cidrs },
+        })
+    }
+
+    /// The node context for the compiler. `local_addrs` are the addresses of the local
+    /// interfaces (`None` when compiling offline: node IPs stand in for them).
+    pub fn node_context(&self, node: Option<&Node>, local_addrs: Option<&[IpAddr]>) -> NodeContext {
+        let node_ips = self.node_ips(node);
+        let node_port_ips = match &self.nodeport {
+            NodePortSpec::Primary => NodePortIps::Only(node_ips),
+            NodePortSpec::Cidrs(cidrs) if cidrs.iter().any(Cidr::is_all) => NodePortIps::All,
+            NodePortSpec::Cidrs(cidrs) => {
+                let candidates: Vec<IpAddr> = match local_addrs {
+                    Some(a) => a.to_vec(),
+                    None => node_ips,
+                };
+                let mut ips: Vec<IpAddr> = candidates
+                    .into_iter()
+                    .filter(|ip| !ip.is_loopback() && cidrs.iter().any(|c| c.contains(ip)))
+                    .collect();
+                ips.sort();
+                ips.dedup();
+                NodePortIps::Only(ips)
+            }
+        };
+        NodeContext { name: self.hostname.clone(), node_port_ips }
+    }
+
+    /// The node's IPs: `--node-ip`, else the Node object's primary addresses.
+    pub fn node_ips(&self, node: Option<&Node>) -> Vec<IpAddr> {
+        if !self.node_ip_override.is_empty() {
+            return self.node_ip_override.clone();
+        }
+        node.map(|n| n.addresses.clone()).unwrap_or_default()
+    }
+}
+
+/// Addresses of the local interfaces of this network namespace.
+pub fn local_addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for a in addrs {
+            if let Some(addr) = a.address {
+                if let Some(v4) = addr.as_sockaddr_in() {
+                    out.push(IpAddr::V4(v4.ip()));
+                } else if let Some(v6) = addr.as_sockaddr_in6() {
+                    out.push(IpAddr::V6(v6.ip()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether this network namespace has IPv6.
+pub fn ipv6_available() -> bool {
+    std::path::Path::new("/proc/net/if_inet6").exists()
+}
+
+/// The model objects converted from manifests, with what was skipped.
+#[derive(Debug, Default)]
+pub struct Converted {
+    pub services: Vec<rudder_model::Service>,
+    pub slices: Vec<rudder_model::EndpointSlice>,
+    pub node: Option<Node>,
+    pub problems: Vec<Problem>,
+    pub ignored: usize,
+}
+
+/// Converts Kubernetes objects into the model; `hostname` picks this node's Node object.
+pub fn convert(objs: &Objects, hostname: &str) -> Converted {
+    let mut out = Converted::default();
+    let mut seen_services = BTreeMap::new();
+    for s in &objs.services {
+        match k8s::service(s) {
+            Ok((svc, problems)) => {
+                out.problems.extend(problems);
+                seen_services.insert(svc.key.clone(), svc);
+            }
+            Err(Rejected::Ignored(why)) => {
+                debug!(namespace = ?s.metadata.namespace, name = ?s.metadata.name, "ignoring service: {why}");
+                out.ignored += 1;
+            }
+            Err(Rejected::Invalid(p)) => out.problems.push(p),
+        }
+    }
+    out.services = seen_services.into_values().collect();
+    let mut seen_slices = BTreeMap::new();
+    for s in &objs.slices {
+        match k8s::endpoint_slice(s) {
+            Ok((slice, problems)) => {
+                out.problems.extend(problems);
+                seen_slices.insert(slice.key.clone(), slice);
+            }
+            Err(Rejected::Ignored(_)) => out.ignored += 1,
+            Err(Rejected::Invalid(p)) => out.problems.push(p),
+        }
+    }
+    out.slices = seen_slices.into_values().collect();
+    for n in &objs.nodes {
+        if n.metadata.name.as_deref().map(str::to_lowercase).as_deref() == Some(hostname) {
+            let (node, problems) = k8s::node(n);
+            out.problems.extend(problems);
+            out.node = Some(node);
+        }
+    }
+    out
+}
+
+/// What one sync did.
+#[derive(Debug, Clone)]
+pub struct SyncReport {
+    pub full: bool,
+    pub services_changed: usize,
+    pub objects: usize,
+    pub elements_added: usize,
+    pub elements_deleted: usize,
+    pub bytes: usize,
+    pub compile: Duration,
+    pub apply: Duration,
+}
+
+/// Compiles and applies: full when needed, otherwise only the changed services.
+pub struct Syncer {
+    pub compiler: Compiler,
+    pub backend: NftBackend,
+    pub needs_full: bool,
+    pub last_full: Option<Instant>,
+    pub full_sync_period: Duration,
+    pub syncs: u64,
+}
+
+impl Syncer {
+    pub fn new(compiler: Compiler, backend: NftBackend, full_sync_period: Duration) -> Syncer {
+        Syncer { compiler, backend, needs_full: true, last_full: None, full_sync_period, syncs: 0 }
+    }
+
+    /// Whether a sync has work to do.
+    pub fn pending(&self, state: &ProxyState) -> bool {
+        self.needs_full || !state.dirty().is_empty() || self.full_due()
+    }
+
+    fn full_due(&self) -> bool {
+        self.last_full.is_none_or(|t| t.elapsed() >= self.full_sync_period)
+    }
+
+    /// One sync. On failure the next sync is a full one, which replaces the tables whatever
+    /// state the failed transaction left them in (it left them unchanged: transactions are
+    /// atomic, but the compiler had already moved on).
+    pub fn sync(&mut self, state: &mut ProxyState) -> anyhow::Result<SyncReport> {
+        let full = self.needs_full || self.full_due();
+        let t0 = Instant::now();
+        let dirty = state.take_dirty();
+        let tx = if full { self.compiler.full(state) } else { self.compiler.update(state, &dirty) };
+        let compile = t0.elapsed();
+        let stats = tx.stats();
+        let result = self.backend.apply(&tx);
+        self.syncs += 1;
+        match result {
+            Ok(applied) => {
+                if full {
+                    self.needs_full = false;
+                    self.last_full = Some(Instant::now());
+                }
+                let report = SyncReport {
+                    full,
+                    services_changed: if full { state.service_count() } else { dirty.len() },
+                    objects: stats.objects,
+                    elements_added: stats.elements_added,
+                    elements_deleted: stats.elements_deleted,
+                    bytes: applied.bytes,
+                    compile,
+                    apply: applied.duration,
+                };
+                info!(
+                    kind = if report.full { "full" } else { "partial" },
+                    services_changed = report.services_changed,
+                    objects = report.objects,
+                    elements_added = report.elements_added,
+                    elements_deleted = report.elements_deleted,
+                    bytes = report.bytes,
+                    compile_ms = report.compile.as_secs_f64() * 1e3,
+                    apply_ms = report.apply.as_secs_f64() * 1e3,
+                    "sync done"
+                );
+                Ok(report)
+            }
+            Err(e) => {
+                self.needs_full = true;
+                warn!(kind = if full { "full" } else { "partial" }, "sync failed: {e}");
+                Err(e).context("applying the nftables transaction")
+            }
+        }
+    }
+}
+
+/// Logs the problems found in objects, one line each.
+pub fn log_problems(problems: &[Problem]) {
+    for p in problems {
+        warn!(reason = p.reason.label(), kind = %p.kind, namespace = %p.namespace, name = %p.name, "skipped invalid input: {}", p.reason);
+    }
+}
+
+/// Families to program: IPv4, plus IPv6 when the namespace has it.
+pub fn families(ipv6: bool) -> Vec<IpFamily> {
+    if ipv6 { vec![IpFamily::V4, IpFamily::V6] } else { vec![IpFamily::V4] }
+}
