@@ -12,6 +12,8 @@
 //! * [`client`]: TCP and UDP request helpers and answer histograms run from inside a
 //!   namespace;
 //! * [`nft`]: reading and loading nftables rulesets inside a namespace;
+//! * [`daemon`]: the real `rudder` binary running in a namespace ([`Daemon`]) and temporary
+//!   directories ([`TempDir`]);
 //! * [`root`]: the root-privilege gate ([`e2e_enabled`]).
 //!
 //! # Safety rules
@@ -24,6 +26,7 @@
 //! interface ever appears in the root namespace.
 
 pub mod client;
+pub mod daemon;
 pub mod netns;
 pub mod nft;
 pub mod root;
@@ -31,6 +34,7 @@ pub mod serve;
 pub mod topo;
 
 pub use client::{Proto, RequestError, histogram, tcp_request, udp_request};
+pub use daemon::{Daemon, TempDir};
 pub use netns::Netns;
 pub use root::{e2e_enabled, require_root};
 pub use serve::EchoServers;

@@ -101,6 +101,12 @@ impl Topology {
         address(client, ETH0, &format!("{}/64", self.client_ipv6()))?;
         default_route(client, &self.node_ipv4().to_string())?;
         default_route(client, &self.node_ipv6().to_string())?;
+        // Like a real node (kind's node behind its docker bridge), the node has a default
+        // route: traffic to service VIPs must be routable before it is DNATed, and replies to
+        // off-node clients need a way out.
+        let node = self.node.name();
+        default_route(node, &self.client_ipv4().to_string())?;
+        default_route(node, &self.client_ipv6().to_string())?;
         Ok(())
     }
 

@@ -10,8 +10,8 @@
 
 use rudder_model::Cidr;
 use rudder_nft::{
-    Atom, ChainDecl, ChainType, CmpOp, DataType, Expr, Family, FibKind, Hook, Key, KeyType, Name, Reject, Rule,
-    Ruleset, SetDecl, Stmt, TableRef, Transaction, Verdict,
+    Atom, ChainDecl, ChainType, CmpOp, DataType, Expr, Family, FibKind, Hook, Key, KeyType, Name,
+    Reject, Rule, Ruleset, SetDecl, Stmt, TableRef, Transaction, Verdict,
 };
 
 use crate::{Config, NodePortIps};
@@ -142,7 +142,12 @@ fn jump(c: &str) -> Stmt {
 
 /// The static part of the table: base chains, fixed chains, and the declarations of the
 /// fixed sets and maps (with the `nodeport-ips` elements, which depend only on the node).
-pub fn skeleton(family: Family, table: &TableRef, config: &Config, node_port_ips: &NodePortIps) -> Ruleset {
+pub fn skeleton(
+    family: Family,
+    table: &TableRef,
+    config: &Config,
+    node_port_ips: &NodePortIps,
+) -> Ruleset {
     use names::*;
     let f = family;
     let mark = config.masquerade_mark();
@@ -151,16 +156,35 @@ pub fn skeleton(family: Family, table: &TableRef, config: &Config, node_port_ips
     let at = addr_type(f);
     let sets = [
         SetDecl::set(n(CLUSTER_IPS), KeyType::types([at])),
-        SetDecl::set(n(HAIRPIN), KeyType::types([at, at, DataType::InetProto, DataType::InetService])),
-        SetDecl::map(n(SERVICE_IPS), KeyType::types([at, DataType::InetProto, DataType::InetService]), DataType::Verdict),
-        SetDecl::map(n(SERVICE_NODEPORTS), KeyType::types([DataType::InetProto, DataType::InetService]), DataType::Verdict),
+        SetDecl::set(
+            n(HAIRPIN),
+            KeyType::types([at, at, DataType::InetProto, DataType::InetService]),
+        ),
+        SetDecl::map(
+            n(SERVICE_IPS),
+            KeyType::types([at, DataType::InetProto, DataType::InetService]),
+            DataType::Verdict,
+        ),
+        SetDecl::map(
+            n(SERVICE_NODEPORTS),
+            KeyType::types([DataType::InetProto, DataType::InetService]),
+            DataType::Verdict,
+        ),
         SetDecl::map(
             n(NO_ENDPOINT_SERVICES),
             KeyType::types([at, DataType::InetProto, DataType::InetService]),
             DataType::Verdict,
         ),
-        SetDecl::map(n(NO_ENDPOINT_NODEPORTS), KeyType::types([DataType::InetProto, DataType::InetService]), DataType::Verdict),
-        SetDecl::map(n(FIREWALL_IPS), KeyType::types([at, DataType::InetProto, DataType::InetService]), DataType::Verdict),
+        SetDecl::map(
+            n(NO_ENDPOINT_NODEPORTS),
+            KeyType::types([DataType::InetProto, DataType::InetService]),
+            DataType::Verdict,
+        ),
+        SetDecl::map(
+            n(FIREWALL_IPS),
+            KeyType::types([at, DataType::InetProto, DataType::InetService]),
+            DataType::Verdict,
+        ),
     ];
     for s in sets {
         tx.add_set(table, s);
@@ -180,36 +204,83 @@ pub fn skeleton(family: Family, table: &TableRef, config: &Config, node_port_ips
     };
 
     // Regular chains first, so base chains can jump to them.
-    for c in [SERVICES, MASQUERADING, CLUSTER_IPS_CHECK, FIREWALL_CHECK, SERVICE_ENDPOINTS_CHECK, NODEPORT_ENDPOINTS_CHECK, REJECT_CHAIN] {
+    for c in [
+        SERVICES,
+        MASQUERADING,
+        CLUSTER_IPS_CHECK,
+        FIREWALL_CHECK,
+        SERVICE_ENDPOINTS_CHECK,
+        NODEPORT_ENDPOINTS_CHECK,
+        REJECT_CHAIN,
+    ] {
         tx.add_chain(table, ChainDecl::regular(n(c)));
     }
     let base = [
-        ("filter-prerouting-pre-dnat", ChainType::Filter, Hook::Prerouting, -110, vec![vec![ct_new(), jump(FIREWALL_CHECK)]]),
-        ("filter-output-pre-dnat", ChainType::Filter, Hook::Output, -110, vec![vec![ct_new(), jump(FIREWALL_CHECK)]]),
+        (
+            "filter-prerouting-pre-dnat",
+            ChainType::Filter,
+            Hook::Prerouting,
+            -110,
+            vec![vec![ct_new(), jump(FIREWALL_CHECK)]],
+        ),
+        (
+            "filter-output-pre-dnat",
+            ChainType::Filter,
+            Hook::Output,
+            -110,
+            vec![vec![ct_new(), jump(FIREWALL_CHECK)]],
+        ),
         (
             "filter-input",
             ChainType::Filter,
             Hook::Input,
             0,
-            vec![vec![ct_new(), jump(NODEPORT_ENDPOINTS_CHECK)], vec![ct_new(), jump(SERVICE_ENDPOINTS_CHECK)]],
+            vec![
+                vec![ct_new(), jump(NODEPORT_ENDPOINTS_CHECK)],
+                vec![ct_new(), jump(SERVICE_ENDPOINTS_CHECK)],
+            ],
         ),
         (
             "filter-forward",
             ChainType::Filter,
             Hook::Forward,
             0,
-            vec![vec![ct_new(), jump(SERVICE_ENDPOINTS_CHECK)], vec![ct_new(), jump(CLUSTER_IPS_CHECK)]],
+            vec![
+                vec![ct_new(), jump(SERVICE_ENDPOINTS_CHECK)],
+                vec![ct_new(), jump(CLUSTER_IPS_CHECK)],
+            ],
         ),
         (
             "filter-output",
             ChainType::Filter,
             Hook::Output,
             0,
-            vec![vec![ct_new(), jump(SERVICE_ENDPOINTS_CHECK)], vec![ct_new(), jump(CLUSTER_IPS_CHECK)]],
+            vec![
+                vec![ct_new(), jump(SERVICE_ENDPOINTS_CHECK)],
+                vec![ct_new(), jump(CLUSTER_IPS_CHECK)],
+            ],
         ),
-        ("nat-prerouting", ChainType::Nat, Hook::Prerouting, -100, vec![vec![jump(SERVICES)]]),
-        ("nat-output", ChainType::Nat, Hook::Output, -100, vec![vec![jump(SERVICES)]]),
-        ("nat-postrouting", ChainType::Nat, Hook::Postrouting, 100, vec![vec![jump(MASQUERADING)]]),
+        (
+            "nat-prerouting",
+            ChainType::Nat,
+            Hook::Prerouting,
+            -100,
+            vec![vec![jump(SERVICES)]],
+        ),
+        (
+            "nat-output",
+            ChainType::Nat,
+            Hook::Output,
+            -100,
+            vec![vec![jump(SERVICES)]],
+        ),
+        (
+            "nat-postrouting",
+            ChainType::Nat,
+            Hook::Postrouting,
+            100,
+            vec![vec![jump(MASQUERADING)]],
+        ),
     ];
     for (name, kind, hook, prio, rules) in base {
         let cname = n(name);
@@ -226,7 +297,8 @@ pub fn skeleton(family: Family, table: &TableRef, config: &Config, node_port_ips
         tx.add_rule(
             table,
             &services,
-            Rule::new(vec![to_cluster_ip, Stmt::MarkOr(mark)]).with_comment("masquerade all traffic to ClusterIPs"),
+            Rule::new(vec![to_cluster_ip, Stmt::MarkOr(mark)])
+                .with_comment("masquerade all traffic to ClusterIPs"),
         );
     } else if let Some(not_local) = not_local_match(f, &config.cluster_cidrs) {
         tx.add_rule(
@@ -236,9 +308,21 @@ pub fn skeleton(family: Family, table: &TableRef, config: &Config, node_port_ips
                 .with_comment("masquerade off-cluster traffic to ClusterIPs"),
         );
     }
-    tx.add_rule(table, &services, Rule::new(vec![Stmt::Vmap(frontend_key(f), n(SERVICE_IPS))]));
+    tx.add_rule(
+        table,
+        &services,
+        Rule::new(vec![Stmt::Vmap(frontend_key(f), n(SERVICE_IPS))]),
+    );
     let port_key = Expr::Concat(vec![Expr::L4Proto, Expr::ThDport]);
-    tx.add_rule(table, &services, Rule::new(nodeport_match(f, specific_node_ports, Stmt::Vmap(port_key.clone(), n(SERVICE_NODEPORTS)))));
+    tx.add_rule(
+        table,
+        &services,
+        Rule::new(nodeport_match(
+            f,
+            specific_node_ports,
+            Stmt::Vmap(port_key.clone(), n(SERVICE_NODEPORTS)),
+        )),
+    );
 
     // masquerading
     let masq = n(MASQUERADING);
@@ -257,7 +341,12 @@ pub fn skeleton(family: Family, table: &TableRef, config: &Config, node_port_ips
         Rule::new(vec![
             Stmt::Cmp(Expr::CtStatus, CmpOp::Eq, Expr::Keyword("dnat")),
             Stmt::Lookup(
-                Expr::Concat(vec![Expr::Saddr(f), Expr::Daddr(f), Expr::L4Proto, Expr::ThDport]),
+                Expr::Concat(vec![
+                    Expr::Saddr(f),
+                    Expr::Daddr(f),
+                    Expr::L4Proto,
+                    Expr::ThDport,
+                ]),
                 CmpOp::Eq,
                 n(HAIRPIN),
             ),
@@ -270,21 +359,43 @@ pub fn skeleton(family: Family, table: &TableRef, config: &Config, node_port_ips
     tx.add_rule(
         table,
         &n(CLUSTER_IPS_CHECK),
-        Rule::new(vec![Stmt::Lookup(Expr::Daddr(f), CmpOp::Eq, n(CLUSTER_IPS)), Stmt::Verdict(Verdict::Goto(n(REJECT_CHAIN)))])
-            .with_comment("reject traffic to invalid ports of ClusterIPs"),
+        Rule::new(vec![
+            Stmt::Lookup(Expr::Daddr(f), CmpOp::Eq, n(CLUSTER_IPS)),
+            Stmt::Verdict(Verdict::Goto(n(REJECT_CHAIN))),
+        ])
+        .with_comment("reject traffic to invalid ports of ClusterIPs"),
     );
-    tx.add_rule(table, &n(FIREWALL_CHECK), Rule::new(vec![Stmt::Vmap(frontend_key(f), n(FIREWALL_IPS))]));
-    tx.add_rule(table, &n(SERVICE_ENDPOINTS_CHECK), Rule::new(vec![Stmt::Vmap(frontend_key(f), n(NO_ENDPOINT_SERVICES))]));
+    tx.add_rule(
+        table,
+        &n(FIREWALL_CHECK),
+        Rule::new(vec![Stmt::Vmap(frontend_key(f), n(FIREWALL_IPS))]),
+    );
+    tx.add_rule(
+        table,
+        &n(SERVICE_ENDPOINTS_CHECK),
+        Rule::new(vec![Stmt::Vmap(frontend_key(f), n(NO_ENDPOINT_SERVICES))]),
+    );
     tx.add_rule(
         table,
         &n(NODEPORT_ENDPOINTS_CHECK),
-        Rule::new(nodeport_match(f, specific_node_ports, Stmt::Vmap(port_key, n(NO_ENDPOINT_NODEPORTS)))),
+        Rule::new(nodeport_match(
+            f,
+            specific_node_ports,
+            Stmt::Vmap(port_key, n(NO_ENDPOINT_NODEPORTS)),
+        )),
     );
     let rj = n(REJECT_CHAIN);
     tx.add_rule(
         table,
         &rj,
-        Rule::new(vec![Stmt::Cmp(Expr::L4Proto, CmpOp::Eq, Expr::Const(Atom::Proto(rudder_nft::L4Proto::Tcp))), Stmt::Reject(Reject::TcpReset)]),
+        Rule::new(vec![
+            Stmt::Cmp(
+                Expr::L4Proto,
+                CmpOp::Eq,
+                Expr::Const(Atom::Proto(rudder_nft::L4Proto::Tcp)),
+            ),
+            Stmt::Reject(Reject::TcpReset),
+        ]),
     );
     tx.add_rule(table, &rj, Rule::new(vec![Stmt::Reject(Reject::Default)]));
 
@@ -304,7 +415,10 @@ fn not_local_match(f: Family, cidrs: &[Cidr]) -> Option<Stmt> {
         .collect();
     match mine.len() {
         0 => None,
-        1 => mine.into_iter().next().map(|p| Stmt::Cmp(Expr::Saddr(f), CmpOp::Ne, p)),
+        1 => mine
+            .into_iter()
+            .next()
+            .map(|p| Stmt::Cmp(Expr::Saddr(f), CmpOp::Ne, p)),
         _ => Some(Stmt::Cmp(Expr::Saddr(f), CmpOp::Ne, Expr::AnonSet(mine))),
     }
 }
@@ -312,14 +426,24 @@ fn not_local_match(f: Family, cidrs: &[Cidr]) -> Option<Stmt> {
 /// The statements selecting node-port traffic, followed by `then`.
 fn nodeport_match(f: Family, specific: bool, then: Stmt) -> Vec<Stmt> {
     if specific {
-        vec![Stmt::Lookup(Expr::Daddr(f), CmpOp::Eq, n(names::NODEPORT_IPS)), then]
+        vec![
+            Stmt::Lookup(Expr::Daddr(f), CmpOp::Eq, n(names::NODEPORT_IPS)),
+            then,
+        ]
     } else {
         let loopback = match f {
-            Family::Ip => Expr::Prefix(std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0)), 8),
+            Family::Ip => Expr::Prefix(
+                std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0)),
+                8,
+            ),
             Family::Ip6 => Expr::Const(Atom::Ipv6(std::net::Ipv6Addr::LOCALHOST)),
         };
         vec![
-            Stmt::Cmp(Expr::FibType(FibKind::Daddr), CmpOp::Eq, Expr::Keyword("local")),
+            Stmt::Cmp(
+                Expr::FibType(FibKind::Daddr),
+                CmpOp::Eq,
+                Expr::Keyword("local"),
+            ),
             Stmt::Cmp(Expr::Daddr(f), CmpOp::Ne, loopback),
             then,
         ]
@@ -327,31 +451,70 @@ fn nodeport_match(f: Family, specific: bool, then: Stmt) -> Vec<Stmt> {
 }
 
 /// The transaction that creates the objects of `class` (their elements are added separately).
-pub fn class_objects(family: Family, table: &TableRef, class: Class, mark: u32, tx: &mut Transaction) {
+pub fn class_objects(
+    family: Family,
+    table: &TableRef,
+    class: Class,
+    mark: u32,
+    tx: &mut Transaction,
+) {
     let f = family;
     match class {
         Class::Cluster(c) => {
             let map = SetId::ClusterEndpoints(c).name();
-            let mut key = vec![Expr::Daddr(f), Expr::L4Proto, Expr::ThDport, Expr::Numgen(c)];
-            tx.add_set(table, SetDecl::map_typeof(map.clone(), key.clone(), vec![Expr::Daddr(f), Expr::ThDport]));
+            let mut key = vec![
+                Expr::Daddr(f),
+                Expr::L4Proto,
+                Expr::ThDport,
+                Expr::Numgen(c),
+            ];
+            tx.add_set(
+                table,
+                SetDecl::map_typeof(
+                    map.clone(),
+                    key.clone(),
+                    vec![Expr::Daddr(f), Expr::ThDport],
+                ),
+            );
             tx.add_chain(table, ChainDecl::regular(class.chain()));
             key.truncate(4);
-            tx.add_rule(table, &class.chain(), Rule::new(vec![Stmt::DnatMap(f, Expr::Concat(key), map)]));
+            tx.add_rule(
+                table,
+                &class.chain(),
+                Rule::new(vec![Stmt::DnatMap(f, Expr::Concat(key), map)]),
+            );
         }
         Class::External(c) => {
             tx.add_chain(table, ChainDecl::regular(class.chain()));
             tx.add_rule(
                 table,
                 &class.chain(),
-                Rule::new(vec![Stmt::MarkOr(mark), Stmt::Verdict(Verdict::Goto(Class::Cluster(c).chain()))]),
+                Rule::new(vec![
+                    Stmt::MarkOr(mark),
+                    Stmt::Verdict(Verdict::Goto(Class::Cluster(c).chain())),
+                ]),
             );
         }
         Class::NodePort(c) => {
             let map = SetId::NodeportEndpoints(c).name();
             let key = vec![Expr::L4Proto, Expr::ThDport, Expr::Numgen(c)];
-            tx.add_set(table, SetDecl::map_typeof(map.clone(), key.clone(), vec![Expr::Daddr(f), Expr::ThDport]));
+            tx.add_set(
+                table,
+                SetDecl::map_typeof(
+                    map.clone(),
+                    key.clone(),
+                    vec![Expr::Daddr(f), Expr::ThDport],
+                ),
+            );
             tx.add_chain(table, ChainDecl::regular(class.chain()));
-            tx.add_rule(table, &class.chain(), Rule::new(vec![Stmt::MarkOr(mark), Stmt::DnatMap(f, Expr::Concat(key), map)]));
+            tx.add_rule(
+                table,
+                &class.chain(),
+                Rule::new(vec![
+                    Stmt::MarkOr(mark),
+                    Stmt::DnatMap(f, Expr::Concat(key), map),
+                ]),
+            );
         }
     }
 }

@@ -143,10 +143,19 @@ fn nft_family(f: IpFamily) -> Family {
 
 impl FamilyCompiler {
     fn effective(&self, id: &ElemId) -> Option<Option<Value>> {
-        self.claims.get(id).and_then(|c| c.first()).map(|c| c.value.clone())
+        self.claims
+            .get(id)
+            .and_then(|c| c.first())
+            .map(|c| c.value.clone())
     }
 
-    fn add_claim(&mut self, set: SetId, key: Key, owner: Arc<ServicePortName>, value: Option<Value>) {
+    fn add_claim(
+        &mut self,
+        set: SetId,
+        key: Key,
+        owner: Arc<ServicePortName>,
+        value: Option<Value>,
+    ) {
         let list = self.claims.entry((set, key)).or_default();
         let pos = list.partition_point(|c| c.owner < owner);
         list.insert(pos, Claim { owner, value });
@@ -164,7 +173,12 @@ impl FamilyCompiler {
     }
 
     /// Recompiles the given services and returns the operations for what changed.
-    fn update(&mut self, state: &ProxyState, ctx: &Ctx, changed: &BTreeSet<ServiceKey>) -> Transaction {
+    fn update(
+        &mut self,
+        state: &ProxyState,
+        ctx: &Ctx,
+        changed: &BTreeSet<ServiceKey>,
+    ) -> Transaction {
         let mut before: BTreeMap<ElemId, Option<Option<Value>>> = BTreeMap::new();
         let mut new_classes = BTreeSet::new();
         for key in changed {
@@ -177,7 +191,9 @@ impl FamilyCompiler {
                     self.remove_claim(id, &owner);
                 }
             }
-            let Some(svc) = state.service(key) else { continue };
+            let Some(svc) = state.service(key) else {
+                continue;
+            };
             let frag = service::compile(self.family, state, svc, ctx);
             for (set, k, owner, value) in &frag.claims {
                 let id = (*set, k.clone());
@@ -198,7 +214,13 @@ impl FamilyCompiler {
 
         let mut tx = Transaction::new();
         for c in &new_classes {
-            layout::class_objects(nft_family(self.family), &self.table, *c, ctx.config.masquerade_mark(), &mut tx);
+            layout::class_objects(
+                nft_family(self.family),
+                &self.table,
+                *c,
+                ctx.config.masquerade_mark(),
+                &mut tx,
+            );
         }
         let mut deletes: BTreeMap<SetId, Vec<Key>> = BTreeMap::new();
         let mut adds: BTreeMap<SetId, Vec<(Key, Option<Value>)>> = BTreeMap::new();
@@ -229,7 +251,12 @@ impl FamilyCompiler {
         self.frags.clear();
         self.claims.clear();
         self.classes.clear();
-        self.skeleton = layout::skeleton(nft_family(self.family), &self.table, &ctx.config, &ctx.node.node_port_ips);
+        self.skeleton = layout::skeleton(
+            nft_family(self.family),
+            &self.table,
+            &ctx.config,
+            &ctx.node.node_port_ips,
+        );
         let all: BTreeSet<ServiceKey> = state.services().map(|s| s.key.clone()).collect();
         // Compile into the (now empty) state; the element operations are regenerated below
         // in one sorted pass, so the update's own output is not needed.
@@ -241,11 +268,19 @@ impl FamilyCompiler {
     fn create_transaction(&self, ctx: &Ctx) -> Transaction {
         let mut tx = self.skeleton.to_transaction();
         for c in &self.classes {
-            layout::class_objects(nft_family(self.family), &self.table, *c, ctx.config.masquerade_mark(), &mut tx);
+            layout::class_objects(
+                nft_family(self.family),
+                &self.table,
+                *c,
+                ctx.config.masquerade_mark(),
+                &mut tx,
+            );
         }
         let mut current: Option<(SetId, Vec<(Key, Option<Value>)>)> = None;
         for ((set, key), claims) in &self.claims {
-            let Some(first) = claims.first() else { continue };
+            let Some(first) = claims.first() else {
+                continue;
+            };
             match &mut current {
                 Some((s, elems)) if s == set => elems.push((key.clone(), first.value.clone())),
                 _ => {
@@ -294,7 +329,10 @@ impl Compiler {
                 classes: BTreeSet::new(),
             })
             .collect();
-        Compiler { ctx: Ctx { config, node }, families }
+        Compiler {
+            ctx: Ctx { config, node },
+            families,
+        }
     }
 
     /// The families compiled.
@@ -380,4 +418,3 @@ impl Compiler {
         s
     }
 }
-

@@ -25,17 +25,31 @@ fn pick<'a>(eps: impl Iterator<Item = &'a ResolvedEndpoint> + Clone) -> Vec<&'a 
 /// Splits `endpoints` (sorted, deduplicated) by policy for the node `node_name`.
 ///
 /// Topology hints are not applied yet: every cluster endpoint is used.
-pub fn categorize<'a>(svc: &Service, endpoints: &'a [ResolvedEndpoint], node_name: &str) -> Categorized<'a> {
+pub fn categorize<'a>(
+    svc: &Service,
+    endpoints: &'a [ResolvedEndpoint],
+    node_name: &str,
+) -> Categorized<'a> {
     let uses_local = svc.internal_traffic_policy == TrafficPolicy::Local
         || (svc.external_traffic_policy == TrafficPolicy::Local && svc.externally_accessible());
     let cluster = pick(endpoints.iter());
     let local = if uses_local {
-        pick(endpoints.iter().filter(|e| e.node_name.as_deref() == Some(node_name)))
+        pick(
+            endpoints
+                .iter()
+                .filter(|e| e.node_name.as_deref() == Some(node_name)),
+        )
     } else {
         Vec::new()
     };
-    let has_any = endpoints.iter().any(|e| e.ready || (e.serving && e.terminating));
-    Categorized { cluster, local, has_any }
+    let has_any = endpoints
+        .iter()
+        .any(|e| e.ready || (e.serving && e.terminating));
+    Categorized {
+        cluster,
+        local,
+        has_any,
+    }
 }
 
 #[cfg(test)]
@@ -75,19 +89,34 @@ mod tests {
 
     #[test]
     fn ready_endpoints_win_over_terminating_ones() {
-        let eps = vec![ep("10.0.0.1", true, true, false, "a"), ep("10.0.0.2", false, true, true, "b")];
+        let eps = vec![
+            ep("10.0.0.1", true, true, false, "a"),
+            ep("10.0.0.2", false, true, true, "b"),
+        ];
         let c = categorize(&svc(), &eps, "a");
         assert_eq!(c.cluster.len(), 1);
         assert_eq!(c.cluster[0].ip.to_string(), "10.0.0.1");
-        assert!(c.local.is_empty(), "Cluster policies do not compute local endpoints");
+        assert!(
+            c.local.is_empty(),
+            "Cluster policies do not compute local endpoints"
+        );
         assert!(c.has_any);
     }
 
     #[test]
     fn serving_terminating_endpoints_are_the_fallback() {
-        let eps = vec![ep("10.0.0.1", false, false, true, "a"), ep("10.0.0.2", false, true, true, "b")];
+        let eps = vec![
+            ep("10.0.0.1", false, false, true, "a"),
+            ep("10.0.0.2", false, true, true, "b"),
+        ];
         let c = categorize(&svc(), &eps, "a");
-        assert_eq!(c.cluster.iter().map(|e| e.ip.to_string()).collect::<Vec<_>>(), vec!["10.0.0.2"]);
+        assert_eq!(
+            c.cluster
+                .iter()
+                .map(|e| e.ip.to_string())
+                .collect::<Vec<_>>(),
+            vec!["10.0.0.2"]
+        );
         let none = vec![ep("10.0.0.1", false, false, false, "a")];
         let c = categorize(&svc(), &none, "a");
         assert!(c.cluster.is_empty() && !c.has_any);
@@ -97,9 +126,15 @@ mod tests {
     fn local_policy_keeps_only_this_nodes_endpoints() {
         let mut s = svc();
         s.internal_traffic_policy = TrafficPolicy::Local;
-        let eps = vec![ep("10.0.0.1", true, true, false, "a"), ep("10.0.0.2", true, true, false, "b")];
+        let eps = vec![
+            ep("10.0.0.1", true, true, false, "a"),
+            ep("10.0.0.2", true, true, false, "b"),
+        ];
         let c = categorize(&s, &eps, "b");
-        assert_eq!(c.local.iter().map(|e| e.ip.to_string()).collect::<Vec<_>>(), vec!["10.0.0.2"]);
+        assert_eq!(
+            c.local.iter().map(|e| e.ip.to_string()).collect::<Vec<_>>(),
+            vec!["10.0.0.2"]
+        );
         assert_eq!(c.cluster.len(), 2);
     }
 }

@@ -36,7 +36,9 @@ fn endpoint_value(ep: &ResolvedEndpoint) -> Key {
 /// `no-endpoint-nodeports` with `goto reject-chain`, and nothing is DNATed.
 pub(crate) fn compile(family: IpFamily, state: &ProxyState, svc: &Service, ctx: &Ctx) -> Fragment {
     let mut frag = Fragment::default();
-    let Some(cluster_ip) = svc.cluster_ip(family) else { return frag };
+    let Some(cluster_ip) = svc.cluster_ip(family) else {
+        return frag;
+    };
     let mut externals: Vec<IpAddr> = Vec::new();
     for ip in svc.external_ips.iter().chain(&svc.load_balancer_ips) {
         if IpFamily::of(ip) == family && !externals.contains(ip) && *ip != cluster_ip {
@@ -57,12 +59,20 @@ pub(crate) fn compile(family: IpFamily, state: &ProxyState, svc: &Service, ctx: 
         let eps = &cat.cluster;
         if eps.is_empty() {
             let reject = Some(Key::verdict(Verdict::Goto(n(names::REJECT_CHAIN))));
-            claim(SetId::NoEndpointServices, frontend(cluster_ip), reject.clone());
+            claim(
+                SetId::NoEndpointServices,
+                frontend(cluster_ip),
+                reject.clone(),
+            );
             for ip in &externals {
                 claim(SetId::NoEndpointServices, frontend(*ip), reject.clone());
             }
             if let Some(np) = port.node_port {
-                claim(SetId::NoEndpointNodeports, vec![Atom::Proto(proto), Atom::Port(np)], reject);
+                claim(
+                    SetId::NoEndpointNodeports,
+                    vec![Atom::Proto(proto), Atom::Port(np)],
+                    reject,
+                );
             }
             continue;
         }
@@ -71,12 +81,20 @@ pub(crate) fn compile(family: IpFamily, state: &ProxyState, svc: &Service, ctx: 
         // in u32 on every platform Rudder runs on.
         let count = u32::try_from(eps.len()).unwrap_or(u32::MAX);
         let cluster = Class::Cluster(count);
-        claim(SetId::ServiceIps, frontend(cluster_ip), Some(cluster.verdict()));
+        claim(
+            SetId::ServiceIps,
+            frontend(cluster_ip),
+            Some(cluster.verdict()),
+        );
         let per_frontend = |claim: &mut dyn FnMut(SetId, Vec<Atom>, Option<Key>), fe: Vec<Atom>| {
             for (i, ep) in eps.iter().enumerate() {
                 let mut key = fe.clone();
                 key.push(Atom::Int(i as u32));
-                claim(SetId::ClusterEndpoints(count), key, Some(endpoint_value(ep)));
+                claim(
+                    SetId::ClusterEndpoints(count),
+                    key,
+                    Some(endpoint_value(ep)),
+                );
             }
         };
         per_frontend(&mut claim, frontend(cluster_ip));
@@ -91,15 +109,31 @@ pub(crate) fn compile(family: IpFamily, state: &ProxyState, svc: &Service, ctx: 
         }
         if let Some(np) = port.node_port {
             let class = Class::NodePort(count);
-            claim(SetId::ServiceNodeports, vec![Atom::Proto(proto), Atom::Port(np)], Some(class.verdict()));
+            claim(
+                SetId::ServiceNodeports,
+                vec![Atom::Proto(proto), Atom::Port(np)],
+                Some(class.verdict()),
+            );
             for (i, ep) in eps.iter().enumerate() {
                 let key = vec![Atom::Proto(proto), Atom::Port(np), Atom::Int(i as u32)];
-                claim(SetId::NodeportEndpoints(count), key, Some(endpoint_value(ep)));
+                claim(
+                    SetId::NodeportEndpoints(count),
+                    key,
+                    Some(endpoint_value(ep)),
+                );
             }
             frag.classes.insert(class);
         }
-        for ep in eps.iter().filter(|e| e.node_name.as_deref() == Some(ctx.node.name.as_str())) {
-            let key = vec![Atom::ip(ep.ip), Atom::ip(ep.ip), Atom::Proto(proto), Atom::Port(ep.port)];
+        for ep in eps
+            .iter()
+            .filter(|e| e.node_name.as_deref() == Some(ctx.node.name.as_str()))
+        {
+            let key = vec![
+                Atom::ip(ep.ip),
+                Atom::ip(ep.ip),
+                Atom::Proto(proto),
+                Atom::Port(ep.port),
+            ];
             claim(SetId::Hairpin, key, None);
         }
     }

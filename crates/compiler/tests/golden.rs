@@ -18,16 +18,28 @@ fn check(name: &str, actual: &str) {
         let mut msg = format!("golden mismatch for {name} (RUDDER_BLESS=1 rewrites it):\n");
         for (i, (e, a)) in expected.lines().zip(actual.lines()).enumerate() {
             if e != a {
-                msg.push_str(&format!("first difference at line {}:\n- {e}\n+ {a}\n", i + 1));
+                msg.push_str(&format!(
+                    "first difference at line {}:\n- {e}\n+ {a}\n",
+                    i + 1
+                ));
                 break;
             }
         }
-        msg.push_str(&format!("expected {} lines, got {}\n", expected.lines().count(), actual.lines().count()));
+        msg.push_str(&format!(
+            "expected {} lines, got {}\n",
+            expected.lines().count(),
+            actual.lines().count()
+        ));
         panic!("{msg}");
     }
 }
 
-fn render(st: &rudder_model::ProxyState, node_ctx: NodeContext, config: Config, families: &[IpFamily]) -> String {
+fn render(
+    st: &rudder_model::ProxyState,
+    node_ctx: NodeContext,
+    config: Config,
+    families: &[IpFamily],
+) -> String {
     let mut c = rudder_compiler::Compiler::new(families, config, node_ctx);
     c.full(st);
     let rs = c.ruleset().expect("compiled ruleset applies");
@@ -37,7 +49,12 @@ fn render(st: &rudder_model::ProxyState, node_ctx: NodeContext, config: Config, 
 #[test]
 fn empty_cluster_is_just_the_skeleton() {
     let st = state(vec![], vec![]);
-    let out = render(&st, node("node-a", &["172.18.0.2"]), Config::default(), &[IpFamily::V4]);
+    let out = render(
+        &st,
+        node("node-a", &["172.18.0.2"]),
+        Config::default(),
+        &[IpFamily::V4],
+    );
     check("empty", &out);
 }
 
@@ -54,12 +71,22 @@ fn clusterip_nodeport_loadbalancer_and_external_ip() {
         "nginx-service",
         IpFamily::V4,
         &[("http", Protocol::Tcp, 8080)],
-        vec![endpoint("10.244.1.2", true, "node-a"), endpoint("10.244.2.2", true, "node-b"), endpoint("10.244.3.2", true, "node-b"), endpoint("10.244.3.3", false, "node-b")],
+        vec![
+            endpoint("10.244.1.2", true, "node-a"),
+            endpoint("10.244.2.2", true, "node-b"),
+            endpoint("10.244.3.2", true, "node-b"),
+            endpoint("10.244.3.3", false, "node-b"),
+        ],
     );
     let st = state(vec![svc], vec![sl]);
     let mut config = Config::default();
     config.cluster_cidrs = vec!["10.244.0.0/16".parse().unwrap()];
-    let out = render(&st, node("node-a", &["172.18.0.2"]), config, &[IpFamily::V4]);
+    let out = render(
+        &st,
+        node("node-a", &["172.18.0.2"]),
+        config,
+        &[IpFamily::V4],
+    );
     check("loadbalancer", &out);
 }
 
@@ -69,8 +96,18 @@ fn no_endpoints_reject_and_multi_slice_udp_sctp() {
     empty.service_type = ServiceType::NodePort;
     empty.ports = vec![port("", Protocol::Tcp, 80, Some(30080))];
     let mut multi = service("ns", "multi", &["10.96.0.6"]);
-    multi.ports = vec![port("dns", Protocol::Udp, 53, None), port("sctp", Protocol::Sctp, 9999, None)];
-    let s1 = slice("ns", "multi-1", "multi", IpFamily::V4, &[("dns", Protocol::Udp, 5353)], vec![endpoint("10.244.1.5", true, "node-a")]);
+    multi.ports = vec![
+        port("dns", Protocol::Udp, 53, None),
+        port("sctp", Protocol::Sctp, 9999, None),
+    ];
+    let s1 = slice(
+        "ns",
+        "multi-1",
+        "multi",
+        IpFamily::V4,
+        &[("dns", Protocol::Udp, 5353)],
+        vec![endpoint("10.244.1.5", true, "node-a")],
+    );
     let s2 = slice(
         "ns",
         "multi-2",
@@ -82,7 +119,10 @@ fn no_endpoints_reject_and_multi_slice_udp_sctp() {
     let st = state(vec![empty, multi], vec![s1, s2]);
     let mut config = Config::default();
     config.masquerade_all = true;
-    let node_all = NodeContext { name: "node-a".into(), node_port_ips: NodePortIps::All };
+    let node_all = NodeContext {
+        name: "node-a".into(),
+        node_port_ips: NodePortIps::All,
+    };
     let out = render(&st, node_all, config, &[IpFamily::V4]);
     check("reject-multislice", &out);
 }
@@ -92,18 +132,36 @@ fn dual_stack_service() {
     let mut svc = service("ns", "dual", &["10.96.0.9", "fd00:10:96::9"]);
     svc.service_type = ServiceType::NodePort;
     svc.ports = vec![port("web", Protocol::Tcp, 443, Some(30443))];
-    let v4 = slice("ns", "dual-v4", "dual", IpFamily::V4, &[("web", Protocol::Tcp, 8443)], vec![endpoint("10.244.1.9", true, "node-a")]);
+    let v4 = slice(
+        "ns",
+        "dual-v4",
+        "dual",
+        IpFamily::V4,
+        &[("web", Protocol::Tcp, 8443)],
+        vec![endpoint("10.244.1.9", true, "node-a")],
+    );
     let v6 = slice(
         "ns",
         "dual-v6",
         "dual",
         IpFamily::V6,
         &[("web", Protocol::Tcp, 8443)],
-        vec![endpoint("fd00:10:244:1::9", true, "node-a"), endpoint("fd00:10:244:2::9", true, "node-b")],
+        vec![
+            endpoint("fd00:10:244:1::9", true, "node-a"),
+            endpoint("fd00:10:244:2::9", true, "node-b"),
+        ],
     );
     let st = state(vec![svc], vec![v4, v6]);
     let mut config = Config::default();
-    config.cluster_cidrs = vec!["10.244.0.0/16".parse().unwrap(), "fd00:10:244::/56".parse().unwrap()];
-    let out = render(&st, node("node-a", &["172.18.0.2", "fc00::2"]), config, &[IpFamily::V4, IpFamily::V6]);
+    config.cluster_cidrs = vec![
+        "10.244.0.0/16".parse().unwrap(),
+        "fd00:10:244::/56".parse().unwrap(),
+    ];
+    let out = render(
+        &st,
+        node("node-a", &["172.18.0.2", "fc00::2"]),
+        config,
+        &[IpFamily::V4, IpFamily::V6],
+    );
     check("dual-stack", &out);
 }

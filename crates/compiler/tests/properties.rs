@@ -11,21 +11,42 @@ use std::collections::BTreeSet;
 use common::*;
 use proptest::prelude::*;
 use rudder_compiler::{Compiler, Config};
-use rudder_model::{Endpoint, EndpointSlice, IpFamily, Protocol, ProxyState, Service, ServiceKey, ServiceType};
+use rudder_model::{
+    Endpoint, EndpointSlice, IpFamily, Protocol, ProxyState, Service, ServiceKey, ServiceType,
+};
 use rudder_nft::{Ruleset, diff};
 
 const NAMES: &[&str] = &["a", "b", "c", "d", "e"];
 
 fn arb_protocol() -> impl Strategy<Value = Protocol> {
-    prop_oneof![Just(Protocol::Tcp), Just(Protocol::Udp), Just(Protocol::Sctp)]
+    prop_oneof![
+        Just(Protocol::Tcp),
+        Just(Protocol::Udp),
+        Just(Protocol::Sctp)
+    ]
 }
 
 fn arb_service(idx: usize) -> impl Strategy<Value = (Service, Vec<EndpointSlice>)> {
     // Small pools so that ClusterIPs, node ports and external IPs collide between services.
-    let ports = prop::collection::vec((0..2usize, arb_protocol(), 1u16..4, prop::option::of(30000u16..30003)), 1..3);
+    let ports = prop::collection::vec(
+        (
+            0..2usize,
+            arb_protocol(),
+            1u16..4,
+            prop::option::of(30000u16..30003),
+        ),
+        1..3,
+    );
     let eps = prop::collection::vec((0u8..6, any::<bool>(), 0..2usize, any::<bool>()), 0..6);
-    (0u8..4, any::<bool>(), prop::option::of(0u8..3), ports, eps, any::<bool>()).prop_map(
-        move |(cip, v6, ext, ports, eps, split)| {
+    (
+        0u8..4,
+        any::<bool>(),
+        prop::option::of(0u8..3),
+        ports,
+        eps,
+        any::<bool>(),
+    )
+        .prop_map(move |(cip, v6, ext, ports, eps, split)| {
             let ns = "ns";
             let name = NAMES[idx];
             let mut ips = vec![format!("10.96.0.{cip}")];
@@ -45,8 +66,17 @@ fn arb_service(idx: usize) -> impl Strategy<Value = (Service, Vec<EndpointSlice>
                     svc.ports.push(port(pn, proto, 80 + p, np));
                 }
             }
-            let slice_ports: Vec<(&str, Protocol, u16)> =
-                svc.ports.iter().map(|p| (if p.name == "http" { "http" } else { "dns" }, p.protocol, 8000 + p.port)).collect();
+            let slice_ports: Vec<(&str, Protocol, u16)> = svc
+                .ports
+                .iter()
+                .map(|p| {
+                    (
+                        if p.name == "http" { "http" } else { "dns" },
+                        p.protocol,
+                        8000 + p.port,
+                    )
+                })
+                .collect();
             let mk = |ep: &(u8, bool, usize, bool), fam: IpFamily| -> Endpoint {
                 let addr = match fam {
                     IpFamily::V4 => format!("10.244.{}.{}", idx, ep.0),
@@ -57,17 +87,47 @@ fn arb_service(idx: usize) -> impl Strategy<Value = (Service, Vec<EndpointSlice>
                 e.serving = ep.1 || ep.3;
                 e
             };
-            let (first, second): (Vec<_>, Vec<_>) = eps.iter().enumerate().partition(|(i, _)| !split || i % 2 == 0);
-            let mut slices = vec![slice(ns, &format!("{name}-1"), name, IpFamily::V4, &slice_ports, first.iter().map(|(_, e)| mk(e, IpFamily::V4)).collect())];
-            slices.push(slice(ns, &format!("{name}-2"), name, IpFamily::V4, &slice_ports, second.iter().map(|(_, e)| mk(e, IpFamily::V4)).collect()));
-            slices.push(slice(ns, &format!("{name}-6"), name, IpFamily::V6, &slice_ports, eps.iter().map(|e| mk(e, IpFamily::V6)).collect()));
+            let (first, second): (Vec<_>, Vec<_>) = eps
+                .iter()
+                .enumerate()
+                .partition(|(i, _)| !split || i % 2 == 0);
+            let mut slices = vec![slice(
+                ns,
+                &format!("{name}-1"),
+                name,
+                IpFamily::V4,
+                &slice_ports,
+                first.iter().map(|(_, e)| mk(e, IpFamily::V4)).collect(),
+            )];
+            slices.push(slice(
+                ns,
+                &format!("{name}-2"),
+                name,
+                IpFamily::V4,
+                &slice_ports,
+                second.iter().map(|(_, e)| mk(e, IpFamily::V4)).collect(),
+            ));
+            slices.push(slice(
+                ns,
+                &format!("{name}-6"),
+                name,
+                IpFamily::V6,
+                &slice_ports,
+                eps.iter().map(|e| mk(e, IpFamily::V6)).collect(),
+            ));
             (svc, slices)
-        },
-    )
+        })
 }
 
 fn arb_state() -> impl Strategy<Value = (Vec<Service>, Vec<EndpointSlice>)> {
-    (arb_service(0), arb_service(1), arb_service(2), arb_service(3), arb_service(4), prop::collection::vec(any::<bool>(), 5))
+    (
+        arb_service(0),
+        arb_service(1),
+        arb_service(2),
+        arb_service(3),
+        arb_service(4),
+        prop::collection::vec(any::<bool>(), 5),
+    )
         .prop_map(|(a, b, c, d, e, keep)| {
             let mut services = Vec::new();
             let mut slices = Vec::new();
@@ -175,11 +235,30 @@ fn one_endpoint_change_touches_only_that_service() {
     let mut slices = Vec::new();
     for i in 0..200u32 {
         let name = format!("svc{i}");
-        let mut s = service("ns", &name, &[&format!("10.96.{}.{}", i / 250, i % 250 + 1)]);
+        let mut s = service(
+            "ns",
+            &name,
+            &[&format!("10.96.{}.{}", i / 250, i % 250 + 1)],
+        );
         s.ports = vec![port("http", Protocol::Tcp, 80, None)];
         services.push(s);
-        let eps = (0..3).map(|e| endpoint(&format!("10.{}.{}.{}", 1 + i / 250, i % 250, e + 1), true, "node-b")).collect();
-        slices.push(slice("ns", &format!("{name}-x"), &name, IpFamily::V4, &[("http", Protocol::Tcp, 8080)], eps));
+        let eps = (0..3)
+            .map(|e| {
+                endpoint(
+                    &format!("10.{}.{}.{}", 1 + i / 250, i % 250, e + 1),
+                    true,
+                    "node-b",
+                )
+            })
+            .collect();
+        slices.push(slice(
+            "ns",
+            &format!("{name}-x"),
+            &name,
+            IpFamily::V4,
+            &[("http", Protocol::Tcp, 8080)],
+            eps,
+        ));
     }
     let mut st = state(services, slices.clone());
     let mut c = new_compiler();
@@ -189,7 +268,10 @@ fn one_endpoint_change_touches_only_that_service() {
     changed_slice.endpoints[2].address = ip("10.99.99.99");
     st.upsert_slice(changed_slice);
     let dirty = st.take_dirty();
-    assert_eq!(dirty.iter().map(|k| k.name.as_str()).collect::<Vec<_>>(), vec!["svc7"]);
+    assert_eq!(
+        dirty.iter().map(|k| k.name.as_str()).collect::<Vec<_>>(),
+        vec!["svc7"]
+    );
     let tx = c.update(&st, &dirty);
     let text = tx.render();
     assert_eq!(

@@ -44,12 +44,18 @@ impl Cidr {
         if prefix > max {
             return None;
         }
-        Some(Cidr { addr: mask(addr, prefix), prefix })
+        Some(Cidr {
+            addr: mask(addr, prefix),
+            prefix,
+        })
     }
 
     /// A single-address prefix (`/32` or `/128`).
     pub fn host(addr: IpAddr) -> Cidr {
-        Cidr { addr, prefix: if addr.is_ipv4() { 32 } else { 128 } }
+        Cidr {
+            addr,
+            prefix: if addr.is_ipv4() { 32 } else { 128 },
+        }
     }
 
     /// The network address.
@@ -77,12 +83,20 @@ fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
     match addr {
         IpAddr::V4(a) => {
             let bits = u32::from(a);
-            let m = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) };
+            let m = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(prefix))
+            };
             IpAddr::V4(Ipv4Addr::from(bits & m))
         }
         IpAddr::V6(a) => {
             let bits = u128::from(a);
-            let m = if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix)) };
+            let m = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(prefix))
+            };
             IpAddr::V6(Ipv6Addr::from(bits & m))
         }
     }
@@ -116,7 +130,10 @@ mod tests {
 
     #[test]
     fn parses_sloppy_ipv4_and_cidrs() {
-        assert_eq!(parse_ip("010.001.002.003"), Some("10.1.2.3".parse().unwrap()));
+        assert_eq!(
+            parse_ip("010.001.002.003"),
+            Some("10.1.2.3".parse().unwrap())
+        );
         assert_eq!(parse_ip("fd00::1"), Some("fd00::1".parse().unwrap()));
         assert_eq!(parse_ip("1.2.3"), None);
         assert_eq!(parse_ip("1.2.3.256"), None);

@@ -62,7 +62,11 @@ pub enum IpFamily {
 impl IpFamily {
     /// The family of an address.
     pub fn of(addr: &IpAddr) -> IpFamily {
-        if addr.is_ipv4() { IpFamily::V4 } else { IpFamily::V6 }
+        if addr.is_ipv4() {
+            IpFamily::V4
+        } else {
+            IpFamily::V6
+        }
     }
 }
 
@@ -125,7 +129,10 @@ pub struct ServiceKey {
 impl ServiceKey {
     /// The key `namespace/name`.
     pub fn new(namespace: &str, name: &str) -> ServiceKey {
-        ServiceKey { namespace: namespace.to_owned(), name: name.to_owned() }
+        ServiceKey {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
     }
 }
 
@@ -232,12 +239,19 @@ pub struct Service {
 impl Service {
     /// The ClusterIP of a family, if the service has one.
     pub fn cluster_ip(&self, family: IpFamily) -> Option<IpAddr> {
-        self.cluster_ips.iter().copied().find(|ip| IpFamily::of(ip) == family)
+        self.cluster_ips
+            .iter()
+            .copied()
+            .find(|ip| IpFamily::of(ip) == family)
     }
 
     /// The identity of one of this service's ports.
     pub fn port_name(&self, port: &ServicePort) -> ServicePortName {
-        ServicePortName { service: self.key.clone(), port: port.name.clone(), protocol: port.protocol }
+        ServicePortName {
+            service: self.key.clone(),
+            port: port.name.clone(),
+            protocol: port.protocol,
+        }
     }
 
     /// Whether traffic from outside the cluster can reach the service (external IPs, load
@@ -329,7 +343,10 @@ pub struct Node {
 impl Node {
     /// The primary address of a family.
     pub fn address(&self, family: IpFamily) -> Option<IpAddr> {
-        self.addresses.iter().copied().find(|a| IpFamily::of(a) == family)
+        self.addresses
+            .iter()
+            .copied()
+            .find(|a| IpFamily::of(a) == family)
     }
 }
 

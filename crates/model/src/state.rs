@@ -78,7 +78,10 @@ impl ProxyState {
             self.dirty.insert(old_service);
         }
         self.dirty.insert(slice.service.clone());
-        self.by_service.entry(slice.service.clone()).or_default().insert(slice.key.clone());
+        self.by_service
+            .entry(slice.service.clone())
+            .or_default()
+            .insert(slice.key.clone());
         self.slices.insert(slice.key.clone(), slice);
         true
     }
@@ -109,12 +112,21 @@ impl ProxyState {
     pub fn replace_all(&mut self, services: Vec<Service>, slices: Vec<EndpointSlice>) {
         let new_services: BTreeSet<ServiceKey> = services.iter().map(|s| s.key.clone()).collect();
         let new_slices: BTreeSet<SliceKey> = slices.iter().map(|s| s.key.clone()).collect();
-        let gone_services: Vec<ServiceKey> =
-            self.services.keys().filter(|k| !new_services.contains(*k)).cloned().collect();
+        let gone_services: Vec<ServiceKey> = self
+            .services
+            .keys()
+            .filter(|k| !new_services.contains(*k))
+            .cloned()
+            .collect();
         for k in gone_services {
             self.remove_service(&k);
         }
-        let gone_slices: Vec<SliceKey> = self.slices.keys().filter(|k| !new_slices.contains(*k)).cloned().collect();
+        let gone_slices: Vec<SliceKey> = self
+            .slices
+            .keys()
+            .filter(|k| !new_slices.contains(*k))
+            .cloned()
+            .collect();
         for k in gone_slices {
             self.remove_slice(&k);
         }
@@ -163,8 +175,15 @@ impl ProxyState {
     }
 
     /// The EndpointSlices of a service, sorted by slice key.
-    pub fn slices_for<'a>(&'a self, key: &ServiceKey) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
-        self.by_service.get(key).into_iter().flatten().filter_map(|k| self.slices.get(k))
+    pub fn slices_for<'a>(
+        &'a self,
+        key: &ServiceKey,
+    ) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
+        self.by_service
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.slices.get(k))
     }
 
     /// The endpoints of one service port in one family, from every slice of the service:
@@ -173,13 +192,22 @@ impl ProxyState {
     /// Duplicates of the same `ip:port` are merged; a non-terminating entry wins over a
     /// terminating one, otherwise the first in slice-name order is kept. The result is sorted
     /// by address and port.
-    pub fn endpoints_for(&self, svc: &Service, port: &ServicePort, family: IpFamily) -> Vec<ResolvedEndpoint> {
+    pub fn endpoints_for(
+        &self,
+        svc: &Service,
+        port: &ServicePort,
+        family: IpFamily,
+    ) -> Vec<ResolvedEndpoint> {
         let mut out: BTreeMap<(IpAddr, u16), ResolvedEndpoint> = BTreeMap::new();
         for slice in self.slices_for(&svc.key) {
             if slice.family != family {
                 continue;
             }
-            let Some(sp) = slice.ports.iter().find(|p| p.name == port.name && p.protocol == port.protocol) else {
+            let Some(sp) = slice
+                .ports
+                .iter()
+                .find(|p| p.name == port.name && p.protocol == port.protocol)
+            else {
                 continue;
             };
             for ep in &slice.endpoints {

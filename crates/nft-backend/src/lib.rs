@@ -88,22 +88,33 @@ impl Default for NftBackend {
 impl NftBackend {
     /// A backend running `nft` from `$PATH`.
     pub fn new() -> NftBackend {
-        NftBackend { program: PathBuf::from("nft") }
+        NftBackend {
+            program: PathBuf::from("nft"),
+        }
     }
 
     /// A backend running the given `nft` program.
     pub fn with_program(program: impl Into<PathBuf>) -> NftBackend {
-        NftBackend { program: program.into() }
+        NftBackend {
+            program: program.into(),
+        }
     }
 
     fn spawn_err(&self, source: std::io::Error) -> Error {
-        Error::Spawn { program: self.program.display().to_string(), source }
+        Error::Spawn {
+            program: self.program.display().to_string(),
+            source,
+        }
     }
 
     fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<String, Error> {
         let mut child = Command::new(&self.program)
             .args(args)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -127,9 +138,18 @@ impl NftBackend {
     /// Checks that `nft` runs and is recent enough; returns its version.
     pub fn check_version(&self) -> Result<String, Error> {
         let out = self.run(&["--version"], None)?;
-        let found = out.split_whitespace().find(|w| w.starts_with('v')).unwrap_or("").trim_start_matches('v').to_owned();
+        let found = out
+            .split_whitespace()
+            .find(|w| w.starts_with('v'))
+            .unwrap_or("")
+            .trim_start_matches('v')
+            .to_owned();
         let parts: Vec<u32> = found.split('.').map(|p| p.parse().unwrap_or(0)).collect();
-        let v = (parts.first().copied().unwrap_or(0), parts.get(1).copied().unwrap_or(0), parts.get(2).copied().unwrap_or(0));
+        let v = (
+            parts.first().copied().unwrap_or(0),
+            parts.get(1).copied().unwrap_or(0),
+            parts.get(2).copied().unwrap_or(0),
+        );
         if v < MIN_NFT_VERSION {
             return Err(Error::TooOld { found });
         }
@@ -141,21 +161,37 @@ impl NftBackend {
     pub fn apply(&self, tx: &Transaction) -> Result<Applied, Error> {
         let start = Instant::now();
         if tx.is_empty() {
-            return Ok(Applied { bytes: 0, duration: start.elapsed() });
+            return Ok(Applied {
+                bytes: 0,
+                duration: start.elapsed(),
+            });
         }
         let script = tx.render();
         self.run(&["-f", "-"], Some(&script))?;
-        Ok(Applied { bytes: script.len(), duration: start.elapsed() })
+        Ok(Applied {
+            bytes: script.len(),
+            duration: start.elapsed(),
+        })
     }
 
     /// Checks `tx` against the kernel without applying it (`nft --check -f -`).
     pub fn check(&self, tx: &Transaction) -> Result<(), Error> {
-        self.run(&["--check", "-f", "-"], Some(&tx.render())).map(|_| ())
+        self.run(&["--check", "-f", "-"], Some(&tx.render()))
+            .map(|_| ())
     }
 
     /// Lists one table, or `None` if it does not exist.
     pub fn list_table(&self, table: &TableRef) -> Result<Option<TableListing>, Error> {
-        match self.run(&["--json", "list", "table", table.family.as_str(), table.name.as_str()], None) {
+        match self.run(
+            &[
+                "--json",
+                "list",
+                "table",
+                table.family.as_str(),
+                table.name.as_str(),
+            ],
+            None,
+        ) {
             Ok(json) => TableListing::parse(&json).map(Some),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
@@ -164,7 +200,10 @@ impl NftBackend {
 
     /// Whether a table exists.
     pub fn table_exists(&self, table: &TableRef) -> Result<bool, Error> {
-        match self.run(&["list", "table", table.family.as_str(), table.name.as_str()], None) {
+        match self.run(
+            &["list", "table", table.family.as_str(), table.name.as_str()],
+            None,
+        ) {
             Ok(_) => Ok(true),
             Err(e) if e.is_not_found() => Ok(false),
             Err(e) => Err(e),

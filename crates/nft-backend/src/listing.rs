@@ -43,7 +43,11 @@ fn atom(v: &Json) -> Result<String, Error> {
                 return Ok(p?.join(" . "));
             }
             for verdict in ["goto", "jump"] {
-                if let Some(t) = o.get(verdict).and_then(|g| g.get("target")).and_then(Json::as_str) {
+                if let Some(t) = o
+                    .get(verdict)
+                    .and_then(|g| g.get("target"))
+                    .and_then(Json::as_str)
+                {
                     return Ok(format!("{verdict} {t}"));
                 }
             }
@@ -77,18 +81,36 @@ impl TableListing {
         let mut out = TableListing::default();
         for item in items {
             if let Some(c) = item.get("chain") {
-                let name = c.get("name").and_then(Json::as_str).unwrap_or_default().to_owned();
+                let name = c
+                    .get("name")
+                    .and_then(Json::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
                 let hook = c.get("hook").and_then(Json::as_str).map(str::to_owned);
                 out.chains.entry(name).or_default().hook = hook;
             } else if let Some(r) = item.get("rule") {
-                let chain = r.get("chain").and_then(Json::as_str).unwrap_or_default().to_owned();
+                let chain = r
+                    .get("chain")
+                    .and_then(Json::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
                 out.chains.entry(chain).or_default().rules += 1;
-            } else if let Some((s, is_map)) = item.get("set").map(|s| (s, false)).or_else(|| item.get("map").map(|m| (m, true))) {
-                let name = s.get("name").and_then(Json::as_str).unwrap_or_default().to_owned();
+            } else if let Some((s, is_map)) = item
+                .get("set")
+                .map(|s| (s, false))
+                .or_else(|| item.get("map").map(|m| (m, true)))
+            {
+                let name = s
+                    .get("name")
+                    .and_then(Json::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
                 let mut elements = Vec::new();
                 for e in s.get("elem").and_then(Json::as_array).into_iter().flatten() {
                     let text = match e {
-                        Json::Array(kv) if kv.len() == 2 => format!("{} : {}", atom(&kv[0])?, atom(&kv[1])?),
+                        Json::Array(kv) if kv.len() == 2 => {
+                            format!("{} : {}", atom(&kv[0])?, atom(&kv[1])?)
+                        }
                         other => atom(other)?,
                     };
                     elements.push(text);
@@ -102,8 +124,11 @@ impl TableListing {
 
     /// Every element of every set, as `set: element` lines (sorted), for comparisons.
     pub fn element_lines(&self) -> Vec<String> {
-        let mut out: Vec<String> =
-            self.sets.iter().flat_map(|(n, s)| s.elements.iter().map(move |e| format!("{n}: {e}"))).collect();
+        let mut out: Vec<String> = self
+            .sets
+            .iter()
+            .flat_map(|(n, s)| s.elements.iter().map(move |e| format!("{n}: {e}")))
+            .collect();
         out.sort();
         out
     }
@@ -125,10 +150,22 @@ mod tests {
           {"chain": {"family": "ip", "table": "t", "name": "svc", "handle": 2, "type": "nat", "hook": "output", "prio": -100, "policy": "accept"}},
           {"rule": {"family": "ip", "table": "t", "chain": "svc", "handle": 6, "expr": []}}]}"#;
         let l = TableListing::parse(json).unwrap();
-        assert_eq!(l.sets["eps"].elements, vec!["10.96.0.1 . tcp . 80 . 0 : 10.0.0.1 . 8080"]);
-        assert_eq!(l.sets["v"].elements, vec!["10.0.0.1 : drop", "10.0.0.2 : goto c"]);
+        assert_eq!(
+            l.sets["eps"].elements,
+            vec!["10.96.0.1 . tcp . 80 . 0 : 10.0.0.1 . 8080"]
+        );
+        assert_eq!(
+            l.sets["v"].elements,
+            vec!["10.0.0.1 : drop", "10.0.0.2 : goto c"]
+        );
         assert!(!l.sets["s"].is_map);
-        assert_eq!(l.chains["svc"], ListedChain { hook: Some("output".into()), rules: 1 });
+        assert_eq!(
+            l.chains["svc"],
+            ListedChain {
+                hook: Some("output".into()),
+                rules: 1
+            }
+        );
         assert_eq!(l.element_lines().len(), 4);
         assert!(TableListing::parse("{}").is_err());
         assert!(TableListing::parse("not json").is_err());

@@ -25,7 +25,15 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Transaction {
         if old_t.is_none() {
             creates.push(Op::AddTable(tref.clone()));
         }
-        diff_table(tref, old_t.unwrap_or(&empty), new_t, &mut creates, &mut drops, &mut fills, &mut removes);
+        diff_table(
+            tref,
+            old_t.unwrap_or(&empty),
+            new_t,
+            &mut creates,
+            &mut drops,
+            &mut fills,
+            &mut removes,
+        );
     }
     for tref in old.tables.keys() {
         if !new.tables.contains_key(tref) {
@@ -116,7 +124,11 @@ fn diff_table(
                 } else {
                     creates.push(Op::AddSet(t.clone(), ns.decl.clone()));
                 }
-                let elems: Vec<_> = ns.elements.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                let elems: Vec<_> = ns
+                    .elements
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
                 if !elems.is_empty() {
                     fills.push(Op::AddElements(t.clone(), name.clone(), elems));
                 }

@@ -66,7 +66,9 @@ impl IfaceName {
         let base = name.strip_suffix('*').unwrap_or(name);
         let ok = !base.is_empty()
             && base.len() <= 15
-            && base.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+            && base
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
         ok.then(|| IfaceName(name.into()))
     }
 }
@@ -185,7 +187,9 @@ impl fmt::Display for Stmt {
             Stmt::DnatTo(std::net::IpAddr::V4(a), p) => write!(f, "dnat ip to {a}:{p}"),
             Stmt::DnatTo(std::net::IpAddr::V6(a), p) => write!(f, "dnat ip6 to [{a}]:{p}"),
             Stmt::Masquerade { fully_random: true } => f.write_str("masquerade fully-random"),
-            Stmt::Masquerade { fully_random: false } => f.write_str("masquerade"),
+            Stmt::Masquerade {
+                fully_random: false,
+            } => f.write_str("masquerade"),
             Stmt::Reject(Reject::Default) => f.write_str("reject"),
             Stmt::Reject(Reject::TcpReset) => f.write_str("reject with tcp reset"),
             Stmt::Verdict(v) => write!(f, "{v}"),
@@ -224,7 +228,10 @@ pub struct Rule {
 impl Rule {
     /// A rule of the given statements, without comment.
     pub fn new(stmts: Vec<Stmt>) -> Rule {
-        Rule { stmts, comment: None }
+        Rule {
+            stmts,
+            comment: None,
+        }
     }
 
     /// The same rule with a comment.
@@ -257,7 +264,10 @@ mod tests {
     fn statements_render() {
         let key = Expr::Concat(vec![Expr::Daddr(Family::Ip), Expr::L4Proto, Expr::ThDport]);
         let vmap = Stmt::Vmap(key.clone(), Name::new("service-ips").unwrap());
-        assert_eq!(vmap.to_string(), "ip daddr . meta l4proto . th dport vmap @service-ips");
+        assert_eq!(
+            vmap.to_string(),
+            "ip daddr . meta l4proto . th dport vmap @service-ips"
+        );
         let mut k2 = vec![Expr::Daddr(Family::Ip6), Expr::L4Proto, Expr::ThDport];
         k2.push(Expr::Numgen(3));
         let dnat = Stmt::DnatMap(Family::Ip6, Expr::Concat(k2), Name::new("m").unwrap());
@@ -267,7 +277,10 @@ mod tests {
         );
         let masq = Stmt::Cmp(Expr::MarkAnd(0x4000), CmpOp::Ne, Expr::Const(Atom::Int(0)));
         assert_eq!(masq.to_string(), "meta mark and 0x4000 != 0");
-        assert_eq!(Stmt::DnatTo("fd00::1".parse().unwrap(), 80).to_string(), "dnat ip6 to [fd00::1]:80");
+        assert_eq!(
+            Stmt::DnatTo("fd00::1".parse().unwrap(), 80).to_string(),
+            "dnat ip6 to [fd00::1]:80"
+        );
     }
 
     #[test]

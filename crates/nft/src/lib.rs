@@ -41,7 +41,9 @@ mod value;
 pub use diff::diff;
 pub use expr::{CmpOp, Expr, FibKind, IfaceName, Reject, Rule, Stmt};
 pub use name::{Comment, Name, NameError};
-pub use object::{BaseChain, ChainDecl, ChainType, DataType, Hook, KeyType, Policy, SetDecl, SetFlag};
+pub use object::{
+    BaseChain, ChainDecl, ChainType, DataType, Hook, KeyType, Policy, SetDecl, SetFlag,
+};
 pub use ruleset::{ApplyError, Chain, Ruleset, Set, Table};
 pub use tx::{Op, TableRef, Transaction, TxStats};
 pub use value::{Atom, Elements, Family, Key, L4Proto, Value, Verdict};

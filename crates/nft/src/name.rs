@@ -19,7 +19,9 @@ pub enum NameError {
     #[error("nftables name is {0} bytes long, the limit is {MAX_NAME_LEN}")]
     TooLong(usize),
     /// The name contains a character outside `[A-Za-z0-9_./:-]` or does not start with a letter.
-    #[error("nftables name {0:?} must start with a letter and use only letters, digits and _ . / : -")]
+    #[error(
+        "nftables name {0:?} must start with a letter and use only letters, digits and _ . / : -"
+    )]
     BadCharacter(String),
 }
 
@@ -119,9 +121,15 @@ mod tests {
         assert_eq!(Name::new(""), Err(NameError::Empty));
         assert!(matches!(Name::new("1abc"), Err(NameError::BadCharacter(_))));
         assert!(matches!(Name::new("a b"), Err(NameError::BadCharacter(_))));
-        assert!(matches!(Name::new("a;flush ruleset"), Err(NameError::BadCharacter(_))));
+        assert!(matches!(
+            Name::new("a;flush ruleset"),
+            Err(NameError::BadCharacter(_))
+        ));
         assert!(matches!(Name::new("a\"b"), Err(NameError::BadCharacter(_))));
-        assert!(matches!(Name::new(&"a".repeat(256)), Err(NameError::TooLong(256))));
+        assert!(matches!(
+            Name::new(&"a".repeat(256)),
+            Err(NameError::TooLong(256))
+        ));
     }
 
     #[test]
@@ -129,6 +137,9 @@ mod tests {
         let c = Comment::sanitize("ns/svc\" ; flush ruleset ; \\ \n\u{202e}x");
         assert_eq!(c.as_str(), "ns/svc_ ; flush ruleset ; _ __x");
         assert_eq!(c.to_string(), "\"ns/svc_ ; flush ruleset ; _ __x\"");
-        assert_eq!(Comment::sanitize(&"x".repeat(500)).as_str().len(), MAX_COMMENT_LEN);
+        assert_eq!(
+            Comment::sanitize(&"x".repeat(500)).as_str().len(),
+            MAX_COMMENT_LEN
+        );
     }
 }

@@ -68,14 +68,23 @@ pub struct ChainDecl {
 impl ChainDecl {
     /// A regular chain, reached only by jumps and gotos.
     pub fn regular(name: Name) -> ChainDecl {
-        ChainDecl { name, base: None, comment: None }
+        ChainDecl {
+            name,
+            base: None,
+            comment: None,
+        }
     }
 
     /// A base chain.
     pub fn base(name: Name, kind: ChainType, hook: Hook, priority: i32) -> ChainDecl {
         ChainDecl {
             name,
-            base: Some(BaseChain { kind, hook, priority, policy: Policy::Accept }),
+            base: Some(BaseChain {
+                kind,
+                hook,
+                priority,
+                policy: Policy::Accept,
+            }),
             comment: None,
         }
     }
@@ -191,17 +200,30 @@ pub struct SetDecl {
 impl SetDecl {
     /// A set with the given key type.
     pub fn set(name: Name, key: KeyType) -> SetDecl {
-        SetDecl { name, key, data: None, flags: Vec::new(), timeout_secs: None, comment: None }
+        SetDecl {
+            name,
+            key,
+            data: None,
+            flags: Vec::new(),
+            timeout_secs: None,
+            comment: None,
+        }
     }
 
     /// A map whose data is one basic type (for example [`DataType::Verdict`]).
     pub fn map(name: Name, key: KeyType, data: DataType) -> SetDecl {
-        SetDecl { data: Some(KeyType::Types(vec![data])), ..SetDecl::set(name, key) }
+        SetDecl {
+            data: Some(KeyType::Types(vec![data])),
+            ..SetDecl::set(name, key)
+        }
     }
 
     /// A map whose key and data are both given as `typeof` expressions.
     pub fn map_typeof(name: Name, key: Vec<Expr>, data: Vec<Expr>) -> SetDecl {
-        SetDecl { data: Some(KeyType::Typeof(data)), ..SetDecl::set(name, KeyType::Typeof(key)) }
+        SetDecl {
+            data: Some(KeyType::Typeof(data)),
+            ..SetDecl::set(name, KeyType::Typeof(key))
+        }
     }
 
     /// Whether this declares a map.
@@ -222,7 +244,11 @@ impl SetDecl {
     /// The body written between braces in `add set|map`.
     pub(crate) fn render_body(&self) -> String {
         let mut s = String::new();
-        let kw = if self.key.is_typeof() { "typeof" } else { "type" };
+        let kw = if self.key.is_typeof() {
+            "typeof"
+        } else {
+            "type"
+        };
         s.push_str(&format!("{kw} {}", self.key));
         if let Some(d) = &self.data {
             s.push_str(&format!(" : {d}"));

@@ -114,9 +114,10 @@ impl Ruleset {
     }
 
     fn table_mut(&mut self, index: usize, t: &TableRef) -> Result<&mut Table, ApplyError> {
-        self.tables
-            .get_mut(t)
-            .ok_or_else(|| ApplyError::NotFound { index, what: format!("table {t}") })
+        self.tables.get_mut(t).ok_or_else(|| ApplyError::NotFound {
+            index,
+            what: format!("table {t}"),
+        })
     }
 
     fn apply_op(&mut self, index: usize, op: &Op) -> Result<(), ApplyError> {
@@ -126,29 +127,51 @@ impl Ruleset {
                 self.tables.entry(t.clone()).or_default();
             }
             Op::DeleteTable(t) => {
-                self.tables.remove(t).ok_or_else(|| nf(format!("table {t}")))?;
+                self.tables
+                    .remove(t)
+                    .ok_or_else(|| nf(format!("table {t}")))?;
             }
             Op::AddChain(t, decl) => {
                 let table = self.table_mut(index, t)?;
                 match table.chains.get(&decl.name) {
                     Some(c) if c.decl.base != decl.base => {
-                        return Err(ApplyError::Exists { index, what: format!("chain {}", decl.name) });
+                        return Err(ApplyError::Exists {
+                            index,
+                            what: format!("chain {}", decl.name),
+                        });
                     }
                     Some(_) => {}
                     None => {
-                        table.chains.insert(decl.name.clone(), Chain { decl: decl.clone(), rules: vec![] });
+                        table.chains.insert(
+                            decl.name.clone(),
+                            Chain {
+                                decl: decl.clone(),
+                                rules: vec![],
+                            },
+                        );
                     }
                 }
             }
             Op::FlushChain(t, name) => {
                 let table = self.table_mut(index, t)?;
-                table.chains.get_mut(name).ok_or_else(|| nf(format!("chain {name}")))?.rules.clear();
+                table
+                    .chains
+                    .get_mut(name)
+                    .ok_or_else(|| nf(format!("chain {name}")))?
+                    .rules
+                    .clear();
             }
             Op::DeleteChain(t, name) => {
                 let table = self.table_mut(index, t)?;
-                let chain = table.chains.get(name).ok_or_else(|| nf(format!("chain {name}")))?;
+                let chain = table
+                    .chains
+                    .get(name)
+                    .ok_or_else(|| nf(format!("chain {name}")))?;
                 if !chain.rules.is_empty() || table.chain_referenced(name) {
-                    return Err(ApplyError::Busy { index, what: format!("chain {name}") });
+                    return Err(ApplyError::Busy {
+                        index,
+                        what: format!("chain {name}"),
+                    });
                 }
                 table.chains.remove(name);
             }
@@ -166,23 +189,42 @@ impl Ruleset {
                         }
                     }
                 }
-                table.chains.get_mut(chain).ok_or_else(|| nf(format!("chain {chain}")))?.rules.push(rule.clone());
+                table
+                    .chains
+                    .get_mut(chain)
+                    .ok_or_else(|| nf(format!("chain {chain}")))?
+                    .rules
+                    .push(rule.clone());
             }
             Op::AddSet(t, decl) => {
                 let table = self.table_mut(index, t)?;
                 match table.sets.get(&decl.name) {
                     Some(s) if &s.decl != decl => {
-                        return Err(ApplyError::Exists { index, what: format!("set {}", decl.name) });
+                        return Err(ApplyError::Exists {
+                            index,
+                            what: format!("set {}", decl.name),
+                        });
                     }
                     Some(_) => {}
                     None => {
-                        table.sets.insert(decl.name.clone(), Set { decl: decl.clone(), elements: Elements::new() });
+                        table.sets.insert(
+                            decl.name.clone(),
+                            Set {
+                                decl: decl.clone(),
+                                elements: Elements::new(),
+                            },
+                        );
                     }
                 }
             }
             Op::FlushSet(t, name, _) => {
                 let table = self.table_mut(index, t)?;
-                table.sets.get_mut(name).ok_or_else(|| nf(format!("set {name}")))?.elements.clear();
+                table
+                    .sets
+                    .get_mut(name)
+                    .ok_or_else(|| nf(format!("set {name}")))?
+                    .elements
+                    .clear();
             }
             Op::DeleteSet(t, name, _) => {
                 let table = self.table_mut(index, t)?;
@@ -190,19 +232,28 @@ impl Ruleset {
                     return Err(nf(format!("set {name}")));
                 }
                 if table.set_referenced(name) {
-                    return Err(ApplyError::Busy { index, what: format!("set {name}") });
+                    return Err(ApplyError::Busy {
+                        index,
+                        what: format!("set {name}"),
+                    });
                 }
                 table.sets.remove(name);
             }
             Op::AddElements(t, name, elems) => {
                 let table = self.table_mut(index, t)?;
                 let chains: Vec<Name> = table.chains.keys().cloned().collect();
-                let set = table.sets.get_mut(name).ok_or_else(|| nf(format!("set {name}")))?;
+                let set = table
+                    .sets
+                    .get_mut(name)
+                    .ok_or_else(|| nf(format!("set {name}")))?;
                 for (k, v) in elems {
                     check_element(index, set, k, v.as_ref(), &chains)?;
                     match set.elements.get(k) {
                         Some(old) if old != v => {
-                            return Err(ApplyError::Exists { index, what: format!("element {k} in {name}") });
+                            return Err(ApplyError::Exists {
+                                index,
+                                what: format!("element {k} in {name}"),
+                            });
                         }
                         Some(_) => {}
                         None => {
@@ -213,7 +264,10 @@ impl Ruleset {
             }
             Op::DeleteElements(t, name, keys) => {
                 let table = self.table_mut(index, t)?;
-                let set = table.sets.get_mut(name).ok_or_else(|| nf(format!("set {name}")))?;
+                let set = table
+                    .sets
+                    .get_mut(name)
+                    .ok_or_else(|| nf(format!("set {name}")))?;
                 for k in keys {
                     if set.elements.remove(k).is_none() {
                         return Err(nf(format!("element {k} in {name}")));
@@ -234,21 +288,33 @@ fn check_element(
 ) -> Result<(), ApplyError> {
     let invalid = |what: String| ApplyError::Invalid { index, what };
     if key.atoms().len() != set.decl.key.arity() {
-        return Err(invalid(format!("key {key} does not fit set {}", set.decl.name)));
+        return Err(invalid(format!(
+            "key {key} does not fit set {}",
+            set.decl.name
+        )));
     }
     match (&set.decl.data, value) {
         (None, None) => Ok(()),
-        (Some(_), None) => Err(invalid(format!("map {} needs data for {key}", set.decl.name))),
+        (Some(_), None) => Err(invalid(format!(
+            "map {} needs data for {key}",
+            set.decl.name
+        ))),
         (None, Some(_)) => Err(invalid(format!("set {} takes no data", set.decl.name))),
         (Some(d), Some(v)) => {
             if v.atoms().len() != d.arity() {
-                return Err(invalid(format!("data {v} does not fit map {}", set.decl.name)));
+                return Err(invalid(format!(
+                    "data {v} does not fit map {}",
+                    set.decl.name
+                )));
             }
             for a in v.atoms() {
                 if let Atom::Verdict(verdict) = a {
                     if let Some(target) = verdict.target() {
                         if !chains.contains(target) {
-                            return Err(ApplyError::NotFound { index, what: format!("chain {target}") });
+                            return Err(ApplyError::NotFound {
+                                index,
+                                what: format!("chain {target}"),
+                            });
                         }
                     }
                 }
@@ -260,14 +326,30 @@ fn check_element(
 
 impl Table {
     fn chain_referenced(&self, name: &Name) -> bool {
-        let by_rule = self.chains.values().flat_map(|c| &c.rules).flat_map(|r| &r.stmts).any(|s| s.chain_ref() == Some(name));
-        let by_elem = self.sets.values().flat_map(|s| s.elements.values()).flatten().any(|v| {
-            v.atoms().iter().any(|a| matches!(a, Atom::Verdict(vd) if vd.target() == Some(name)))
-        });
+        let by_rule = self
+            .chains
+            .values()
+            .flat_map(|c| &c.rules)
+            .flat_map(|r| &r.stmts)
+            .any(|s| s.chain_ref() == Some(name));
+        let by_elem = self
+            .sets
+            .values()
+            .flat_map(|s| s.elements.values())
+            .flatten()
+            .any(|v| {
+                v.atoms()
+                    .iter()
+                    .any(|a| matches!(a, Atom::Verdict(vd) if vd.target() == Some(name)))
+            });
         by_rule || by_elem
     }
 
     fn set_referenced(&self, name: &Name) -> bool {
-        self.chains.values().flat_map(|c| &c.rules).flat_map(|r| &r.stmts).any(|s| s.set_refs() == Some(name))
+        self.chains
+            .values()
+            .flat_map(|c| &c.rules)
+            .flat_map(|r| &r.stmts)
+            .any(|s| s.set_refs() == Some(name))
     }
 }

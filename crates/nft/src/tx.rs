@@ -193,17 +193,31 @@ fn render_op(out: &mut String, op: &Op) {
             if let Some(cm) = &c.comment {
                 let _ = write!(body, " comment {cm} ;");
             }
-            if body.is_empty() { writeln!(out) } else { writeln!(out, " {{{body} }}") }
+            if body.is_empty() {
+                writeln!(out)
+            } else {
+                writeln!(out, " {{{body} }}")
+            }
         }
         Op::FlushChain(t, c) => writeln!(out, "flush chain {t} {c}"),
         Op::DeleteChain(t, c) => writeln!(out, "delete chain {t} {c}"),
         Op::AddRule(t, c, r) => writeln!(out, "add rule {t} {c} {r}"),
-        Op::AddSet(t, s) => writeln!(out, "add {} {t} {} {{ {} }}", s.keyword(), s.name, s.render_body()),
+        Op::AddSet(t, s) => writeln!(
+            out,
+            "add {} {t} {} {{ {} }}",
+            s.keyword(),
+            s.name,
+            s.render_body()
+        ),
         Op::FlushSet(t, s, is_map) => {
             writeln!(out, "flush {} {t} {s}", if *is_map { "map" } else { "set" })
         }
         Op::DeleteSet(t, s, is_map) => {
-            writeln!(out, "delete {} {t} {s}", if *is_map { "map" } else { "set" })
+            writeln!(
+                out,
+                "delete {} {t} {s}",
+                if *is_map { "map" } else { "set" }
+            )
         }
         Op::AddElements(t, s, elems) => {
             for chunk in elems.chunks(ELEMENTS_PER_LINE) {

@@ -194,7 +194,10 @@ mod tests {
         ]);
         assert_eq!(k.to_string(), "10.96.0.1 . sctp . 80 . 7");
         assert_eq!(Atom::Hex(0x4000).to_string(), "0x4000");
-        assert_eq!(Atom::Ipv6("fd00::1".parse().unwrap()).to_string(), "fd00::1");
+        assert_eq!(
+            Atom::Ipv6("fd00::1".parse().unwrap()).to_string(),
+            "fd00::1"
+        );
         let v = Key::verdict(Verdict::Goto(Name::new("cluster-3").unwrap()));
         assert_eq!(v.to_string(), "goto cluster-3");
     }

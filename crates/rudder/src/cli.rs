@@ -41,7 +41,11 @@ pub struct ProxyArgs {
 
     /// Pod CIDRs of the cluster (comma-separated, one per family). Traffic to a ClusterIP
     /// from outside these ranges is masqueraded.
-    #[arg(long = "cluster-cidr", value_name = "CIDR[,CIDR]", value_delimiter = ',')]
+    #[arg(
+        long = "cluster-cidr",
+        value_name = "CIDR[,CIDR]",
+        value_delimiter = ','
+    )]
     pub cluster_cidr: Vec<String>,
 
     /// Masquerade all traffic sent to ClusterIPs.
@@ -50,7 +54,11 @@ pub struct ProxyArgs {
 
     /// Addresses that accept NodePort traffic: `primary` (the node IPs, the default) or a
     /// comma-separated list of CIDRs (`0.0.0.0/0,::/0` for every local address).
-    #[arg(long = "nodeport-addresses", value_name = "primary|CIDR,...", value_delimiter = ',')]
+    #[arg(
+        long = "nodeport-addresses",
+        value_name = "primary|CIDR,...",
+        value_delimiter = ','
+    )]
     pub nodeport_addresses: Vec<String>,
 
     /// Proxy mode. Only `nftables` is implemented.
@@ -72,7 +80,13 @@ pub struct ProxyArgs {
 #[derive(Debug, Clone, Args)]
 pub struct LogArgs {
     /// Log verbosity: 0–2 info, 3–4 debug, 5 and more trace (like kube-proxy's `-v`).
-    #[arg(short = 'v', long = "v", value_name = "N", default_value_t = 0, global = true)]
+    #[arg(
+        short = 'v',
+        long = "v",
+        value_name = "N",
+        default_value_t = 0,
+        global = true
+    )]
     pub verbosity: u8,
 
     /// Log format.
@@ -148,13 +162,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err("empty duration".into());
     }
     while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         if num_len == 0 {
             return Err(format!("invalid duration {s:?}: expected a number"));
         }
-        let value: f64 = rest[..num_len].parse().map_err(|_| format!("invalid duration {s:?}"))?;
+        let value: f64 = rest[..num_len]
+            .parse()
+            .map_err(|_| format!("invalid duration {s:?}"))?;
         rest = &rest[num_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let secs = match unit {
@@ -164,10 +184,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "ms" => value / 1e3,
             "us" | "µs" => value / 1e6,
             "ns" => value / 1e9,
-            "" => return Err(format!("invalid duration {s:?}: missing unit (s, m, h, ms)")),
+            "" => {
+                return Err(format!(
+                    "invalid duration {s:?}: missing unit (s, m, h, ms)"
+                ));
+            }
             u => return Err(format!("invalid duration {s:?}: unknown unit {u:?}")),
         };
-        total += Duration::try_from_secs_f64(secs).map_err(|_| format!("invalid duration {s:?}"))?;
+        total +=
+            Duration::try_from_secs_f64(secs).map_err(|_| format!("invalid duration {s:?}"))?;
     }
     Ok(total)
 }
@@ -192,15 +217,32 @@ mod tests {
     #[test]
     fn cli_parses_kube_proxy_flags() {
         let cli = Cli::try_parse_from([
-            "rudder", "run", "--manifests", "/tmp/x", "--hostname-override", "n1", "--cluster-cidr", "10.244.0.0/16,fd00::/56",
-            "--iptables-min-sync-period", "0s", "--masquerade-all", "--nodeport-addresses", "primary", "--v", "4",
+            "rudder",
+            "run",
+            "--manifests",
+            "/tmp/x",
+            "--hostname-override",
+            "n1",
+            "--cluster-cidr",
+            "10.244.0.0/16,fd00::/56",
+            "--iptables-min-sync-period",
+            "0s",
+            "--masquerade-all",
+            "--nodeport-addresses",
+            "primary",
+            "--v",
+            "4",
         ])
         .unwrap();
-        let Command::Run(run) = cli.command else { panic!("not run") };
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
         assert_eq!(run.proxy.cluster_cidr.len(), 2);
         assert_eq!(run.min_sync_period, Duration::ZERO);
         assert!(run.proxy.masquerade_all);
         assert_eq!(run.proxy.log.verbosity, 4);
-        assert!(Cli::try_parse_from(["rudder", "run", "--manifests", "x", "--no-such-flag"]).is_err());
+        assert!(
+            Cli::try_parse_from(["rudder", "run", "--manifests", "x", "--no-such-flag"]).is_err()
+        );
     }
 }

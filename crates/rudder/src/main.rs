@@ -27,7 +27,9 @@ fn init_logging(log: &LogArgs) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUDDER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match log.logging_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -62,7 +64,8 @@ fn main() -> ExitCode {
 /// `rudder compile`: manifests in, `nft -f` text out.
 fn compile(args: cli::CompileArgs) -> anyhow::Result<ExitCode> {
     let settings = proxier::Settings::from_args(&args.proxy)?;
-    let (files, errors) = manifests::load(&args.proxy.manifests, &Default::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (files, errors) = manifests::load(&args.proxy.manifests, &Default::default())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     for e in &errors {
         eprintln!("rudder: skipping {e}");
     }
@@ -86,7 +89,10 @@ fn compile(args: cli::CompileArgs) -> anyhow::Result<ExitCode> {
     // Offline output is the same whatever the host: both families, always.
     let mut compiler = Compiler::new(&[IpFamily::V4, IpFamily::V6], settings.config.clone(), node);
     compiler.full(&state);
-    let ruleset = compiler.ruleset().map_err(|e| anyhow::anyhow!("internal error: inconsistent ruleset: {e}"))?;
+    // Check the output's consistency the way the kernel would, before printing it.
+    compiler
+        .ruleset()
+        .map_err(|e| anyhow::anyhow!("internal error: inconsistent ruleset: {e}"))?;
     // The prologue makes the output replace Rudder's tables atomically when loaded with
     // `nft -f`, whether or not they exist.
     let mut prologue = Transaction::new();
@@ -94,7 +100,13 @@ fn compile(args: cli::CompileArgs) -> anyhow::Result<ExitCode> {
         prologue.push(Op::AddTable(t.clone()));
         prologue.push(Op::DeleteTable(t));
     }
-    print!("{}{}", prologue.render(), ruleset.render());
+    // The body is exactly what `rudder run` applies on a full sync, in the same order, so the
+    // kernel lists both identically.
+    print!(
+        "{}{}",
+        prologue.render(),
+        compiler.create_transaction().render()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -102,7 +114,10 @@ fn compile(args: cli::CompileArgs) -> anyhow::Result<ExitCode> {
 fn cleanup(args: cli::CleanupArgs) -> anyhow::Result<ExitCode> {
     let name = Name::new(&args.table).map_err(|e| anyhow::anyhow!("--nftables-table: {e}"))?;
     let backend = NftBackend::with_program(&args.nft_path);
-    let tables = [TableRef::new(Family::Ip, name.clone()), TableRef::new(Family::Ip6, name)];
+    let tables = [
+        TableRef::new(Family::Ip, name.clone()),
+        TableRef::new(Family::Ip6, name),
+    ];
     let deleted = backend.delete_tables(&tables)?;
     if deleted.is_empty() {
         tracing::info!("nothing to clean up");

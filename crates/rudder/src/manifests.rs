@@ -30,7 +30,13 @@ impl std::fmt::Display for LoadError {
         if self.document == 0 {
             write!(f, "{}: {}", self.file.display(), self.message)
         } else {
-            write!(f, "{} (document {}): {}", self.file.display(), self.document, self.message)
+            write!(
+                f,
+                "{} (document {}): {}",
+                self.file.display(),
+                self.document,
+                self.message
+            )
         }
     }
 }
@@ -39,7 +45,10 @@ impl std::fmt::Display for LoadError {
 const MAX_FILE_BYTES: u64 = 64 << 20;
 
 fn is_manifest(p: &Path) -> bool {
-    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+    matches!(
+        p.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
 }
 
 /// Every manifest file under `paths` (files are taken as given; directories are walked
@@ -48,23 +57,39 @@ pub fn scan(paths: &[PathBuf]) -> Result<BTreeMap<PathBuf, (SystemTime, u64)>, L
     let mut out = BTreeMap::new();
     let mut stack: Vec<(PathBuf, bool)> = paths.iter().map(|p| (p.clone(), true)).collect();
     while let Some((p, explicit)) = stack.pop() {
-        let meta = std::fs::metadata(&p)
-            .map_err(|e| LoadError { file: p.clone(), document: 0, message: e.to_string() })?;
+        let meta = std::fs::metadata(&p).map_err(|e| LoadError {
+            file: p.clone(),
+            document: 0,
+            message: e.to_string(),
+        })?;
         if meta.is_dir() {
-            let rd = std::fs::read_dir(&p)
-                .map_err(|e| LoadError { file: p.clone(), document: 0, message: e.to_string() })?;
+            let rd = std::fs::read_dir(&p).map_err(|e| LoadError {
+                file: p.clone(),
+                document: 0,
+                message: e.to_string(),
+            })?;
             for entry in rd.flatten() {
                 stack.push((entry.path(), false));
             }
         } else if explicit || is_manifest(&p) {
-            out.insert(p, (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len()));
+            out.insert(
+                p,
+                (
+                    meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    meta.len(),
+                ),
+            );
         }
     }
     Ok(out)
 }
 
 fn err(file: &Path, document: usize, message: impl Into<String>) -> LoadError {
-    LoadError { file: file.to_owned(), document, message: message.into() }
+    LoadError {
+        file: file.to_owned(),
+        document,
+        message: message.into(),
+    }
 }
 
 /// Parses one file. A file that is not valid YAML at all is an error as a whole (`Err`);
@@ -72,7 +97,14 @@ fn err(file: &Path, document: usize, message: impl Into<String>) -> LoadError {
 pub fn parse_file(file: &Path) -> Result<(Objects, Vec<LoadError>), LoadError> {
     let meta = std::fs::metadata(file).map_err(|e| err(file, 0, e.to_string()))?;
     if meta.len() > MAX_FILE_BYTES {
-        return Err(err(file, 0, format!("file is {} bytes, the limit is {MAX_FILE_BYTES}", meta.len())));
+        return Err(err(
+            file,
+            0,
+            format!(
+                "file is {} bytes, the limit is {MAX_FILE_BYTES}",
+                meta.len()
+            ),
+        ));
     }
     let text = std::fs::read_to_string(file).map_err(|e| err(file, 0, e.to_string()))?;
     parse_str(file, &text)
@@ -82,7 +114,8 @@ pub fn parse_file(file: &Path) -> Result<(Objects, Vec<LoadError>), LoadError> {
 pub fn parse_str(file: &Path, text: &str) -> Result<(Objects, Vec<LoadError>), LoadError> {
     let mut docs = Vec::new();
     for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let v = serde_yaml::Value::deserialize(de).map_err(|e| err(file, i + 1, format!("invalid YAML: {e}")))?;
+        let v = serde_yaml::Value::deserialize(de)
+            .map_err(|e| err(file, i + 1, format!("invalid YAML: {e}")))?;
         docs.push(v);
     }
     let mut objs = Objects::default();
@@ -93,12 +126,26 @@ pub fn parse_str(file: &Path, text: &str) -> Result<(Objects, Vec<LoadError>), L
     Ok((objs, errors))
 }
 
-fn add_document(file: &Path, index: usize, doc: serde_yaml::Value, objs: &mut Objects, errors: &mut Vec<LoadError>) {
+fn add_document(
+    file: &Path,
+    index: usize,
+    doc: serde_yaml::Value,
+    objs: &mut Objects,
+    errors: &mut Vec<LoadError>,
+) {
     if doc.is_null() {
         return;
     }
-    let kind = doc.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_owned();
-    let api = doc.get("apiVersion").and_then(|k| k.as_str()).unwrap_or("").to_owned();
+    let kind = doc
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or("")
+        .to_owned();
+    let api = doc
+        .get("apiVersion")
+        .and_then(|k| k.as_str())
+        .unwrap_or("")
+        .to_owned();
     let json = match serde_json::to_value(&doc) {
         Ok(j) => j,
         Err(e) => return errors.push(err(file, index, format!("cannot convert to JSON: {e}"))),
@@ -118,7 +165,11 @@ fn add_document(file: &Path, index: usize, doc: serde_yaml::Value, objs: &mut Ob
             Err(e) => errors.push(bad(e)),
         },
         (_, "List") | (_, "ServiceList") | (_, "EndpointSliceList") | (_, "NodeList") => {
-            let items = doc.get("items").and_then(|i| i.as_sequence()).cloned().unwrap_or_default();
+            let items = doc
+                .get("items")
+                .and_then(|i| i.as_sequence())
+                .cloned()
+                .unwrap_or_default();
             for item in items {
                 let mut item = item;
                 // Typed lists omit kind/apiVersion on their items.
@@ -213,10 +264,19 @@ kind: Nothing
         assert_eq!(objs.slices.len(), 1);
         assert_eq!(errors.len(), 2);
         assert_eq!(errors[0].document, 3);
-        assert!(errors[0].to_string().starts_with("x.yaml (document 3): invalid Service"), "{}", errors[0]);
+        assert!(
+            errors[0]
+                .to_string()
+                .starts_with("x.yaml (document 3): invalid Service"),
+            "{}",
+            errors[0]
+        );
         assert!(errors[1].message.contains("no apiVersion"));
         let json = r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}}"#;
-        assert_eq!(parse_str(Path::new("n.json"), json).unwrap().0.nodes.len(), 1);
+        assert_eq!(
+            parse_str(Path::new("n.json"), json).unwrap().0.nodes.len(),
+            1
+        );
         assert!(parse_str(Path::new("bad.yaml"), "a: [unclosed").is_err());
     }
 }

@@ -35,32 +35,59 @@ pub struct Settings {
 
 /// The host name, lower-cased, as kube-proxy defaults `--hostname-override`.
 fn default_hostname() -> anyhow::Result<String> {
-    let h = nix::unistd::gethostname().context("cannot read the host name; pass --hostname-override")?;
+    let h = nix::unistd::gethostname()
+        .context("cannot read the host name; pass --hostname-override")?;
     Ok(h.to_string_lossy().trim().to_lowercase())
 }
 
 impl Settings {
     pub fn from_args(args: &ProxyArgs) -> anyhow::Result<Settings> {
         if args.proxy_mode != "nftables" {
-            bail!("--proxy-mode {:?} is not supported: Rudder implements \"nftables\"", args.proxy_mode);
+            bail!(
+                "--proxy-mode {:?} is not supported: Rudder implements \"nftables\"",
+                args.proxy_mode
+            );
         }
         let hostname = match &args.hostname_override {
             Some(h) if !h.trim().is_empty() => h.trim().to_lowercase(),
             _ => default_hostname()?,
         };
         let mut node_ip_override: Vec<IpAddr> = Vec::new();
-        for raw in args.node_ip.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
-            let ip = parse_ip(raw).with_context(|| format!("--node-ip: {raw:?} is not an IP address"))?;
-            if node_ip_override.iter().any(|o| IpFamily::of(o) == IpFamily::of(&ip)) {
+        for raw in args
+            .node_ip
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+        {
+            let ip = parse_ip(raw)
+                .with_context(|| format!("--node-ip: {raw:?} is not an IP address"))?;
+            if node_ip_override
+                .iter()
+                .any(|o| IpFamily::of(o) == IpFamily::of(&ip))
+            {
                 bail!("--node-ip: at most one address per IP family");
             }
             node_ip_override.push(ip);
         }
         let mut cluster_cidrs = Vec::new();
-        for raw in args.cluster_cidr.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
-            cluster_cidrs.push(raw.parse::<Cidr>().with_context(|| format!("--cluster-cidr: {raw:?} is not a CIDR"))?);
+        for raw in args
+            .cluster_cidr
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+        {
+            cluster_cidrs.push(
+                raw.parse::<Cidr>()
+                    .with_context(|| format!("--cluster-cidr: {raw:?} is not a CIDR"))?,
+            );
         }
-        let nodeport = match args.nodeport_addresses.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).collect::<Vec<_>>() {
+        let nodeport = match args
+            .nodeport_addresses
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+        {
             v if v.is_empty() || v == ["primary"] => NodePortSpec::Primary,
             v => {
                 let mut cidrs = Vec::new();
@@ -80,7 +107,12 @@ impl Settings {
             hostname,
             node_ip_override,
             nodeport,
-            config: Config { table, masquerade_all: args.masquerade_all, masquerade_bit: args.masquerade_bit, cluster_cidrs },
+            config: Config {
+                table,
+                masquerade_all: args.masquerade_all,
+                masquerade_bit: args.masquerade_bit,
+                cluster_cidrs,
+            },
         })
     }
 
@@ -105,7 +137,10 @@ impl Settings {
                 NodePortIps::Only(ips)
             }
         };
-        NodeContext { name: self.hostname.clone(), node_port_ips }
+        NodeContext {
+            name: self.hostname.clone(),
+            node_port_ips,
+        }
     }
 
     /// The node's IPs: `--node-ip`, else the Node object's primary addresses.
@@ -214,7 +249,14 @@ pub struct Syncer {
 
 impl Syncer {
     pub fn new(compiler: Compiler, backend: NftBackend, full_sync_period: Duration) -> Syncer {
-        Syncer { compiler, backend, needs_full: true, last_full: None, full_sync_period, syncs: 0 }
+        Syncer {
+            compiler,
+            backend,
+            needs_full: true,
+            last_full: None,
+            full_sync_period,
+            syncs: 0,
+        }
     }
 
     /// Whether a sync has work to do.
@@ -223,7 +265,8 @@ impl Syncer {
     }
 
     fn full_due(&self) -> bool {
-        self.last_full.is_none_or(|t| t.elapsed() >= self.full_sync_period)
+        self.last_full
+            .is_none_or(|t| t.elapsed() >= self.full_sync_period)
     }
 
     /// One sync. On failure the next sync is a full one, which replaces the tables whatever
@@ -233,7 +276,11 @@ impl Syncer {
         let full = self.needs_full || self.full_due();
         let t0 = Instant::now();
         let dirty = state.take_dirty();
-        let tx = if full { self.compiler.full(state) } else { self.compiler.update(state, &dirty) };
+        let tx = if full {
+            self.compiler.full(state)
+        } else {
+            self.compiler.update(state, &dirty)
+        };
         let compile = t0.elapsed();
         let stats = tx.stats();
         let result = self.backend.apply(&tx);
@@ -246,7 +293,11 @@ impl Syncer {
                 }
                 let report = SyncReport {
                     full,
-                    services_changed: if full { state.service_count() } else { dirty.len() },
+                    services_changed: if full {
+                        state.service_count()
+                    } else {
+                        dirty.len()
+                    },
                     objects: stats.objects,
                     elements_added: stats.elements_added,
                     elements_deleted: stats.elements_deleted,
@@ -269,7 +320,10 @@ impl Syncer {
             }
             Err(e) => {
                 self.needs_full = true;
-                warn!(kind = if full { "full" } else { "partial" }, "sync failed: {e}");
+                warn!(
+                    kind = if full { "full" } else { "partial" },
+                    "sync failed: {e}"
+                );
                 Err(e).context("applying the nftables transaction")
             }
         }
@@ -285,5 +339,9 @@ pub fn log_problems(problems: &[Problem]) {
 
 /// Families to program: IPv4, plus IPv6 when the namespace has it.
 pub fn families(ipv6: bool) -> Vec<IpFamily> {
-    if ipv6 { vec![IpFamily::V4, IpFamily::V6] } else { vec![IpFamily::V4] }
+    if ipv6 {
+        vec![IpFamily::V4, IpFamily::V6]
+    } else {
+        vec![IpFamily::V4]
+    }
 }

@@ -54,18 +54,27 @@ impl Source {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     rt.block_on(run_async(args))
 }
 
 async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::from_args(&args.proxy)?;
     let backend = NftBackend::with_program(&args.nft_path);
-    let version = backend.check_version().context("checking the nft program")?;
+    let version = backend
+        .check_version()
+        .context("checking the nft program")?;
     let families = proxier::families(proxier::ipv6_available());
     info!(node = %settings.hostname, nft = %version, families = ?families, table = %settings.config.table, "starting Rudder");
 
-    let mut source = Source { paths: args.proxy.manifests.clone(), fingerprint: BTreeMap::new(), files: BTreeMap::new() };
+    let mut source = Source {
+        paths: args.proxy.manifests.clone(),
+        fingerprint: BTreeMap::new(),
+        files: BTreeMap::new(),
+    };
     let mut state = ProxyState::new();
     let mut node = None;
     let objs = source.poll(true).unwrap_or_default();
@@ -104,7 +113,9 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
             let ctx = settings.node_context(node.as_ref(), Some(&proxier::local_addresses()));
             if ctx != current_ctx {
                 info!("node addresses changed: next sync is a full one");
-                syncer.compiler.reconfigure(settings.config.clone(), ctx.clone());
+                syncer
+                    .compiler
+                    .reconfigure(settings.config.clone(), ctx.clone());
                 syncer.needs_full = true;
                 current_ctx = ctx;
             }
@@ -113,7 +124,12 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn apply_objects(objs: &Objects, settings: &Settings, state: &mut ProxyState, node: &mut Option<rudder_model::Node>) {
+fn apply_objects(
+    objs: &Objects,
+    settings: &Settings,
+    state: &mut ProxyState,
+    node: &mut Option<rudder_model::Node>,
+) {
     let conv = proxier::convert(objs, &settings.hostname);
     proxier::log_problems(&conv.problems);
     if conv.node.is_none() && settings.node_ip_override.is_empty() {

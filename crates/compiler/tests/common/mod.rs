@@ -5,8 +5,8 @@ use std::net::IpAddr;
 
 use rudder_compiler::{Compiler, Config, NodeContext, NodePortIps};
 use rudder_model::{
-    Endpoint, EndpointPort, EndpointSlice, IpFamily, Protocol, ProxyState, Service, ServiceKey, ServicePort,
-    ServiceType, SliceKey, TrafficPolicy,
+    Endpoint, EndpointPort, EndpointSlice, IpFamily, Protocol, ProxyState, Service, ServiceKey,
+    ServicePort, ServiceType, SliceKey, TrafficPolicy,
 };
 
 pub fn ip(s: &str) -> IpAddr {
@@ -30,7 +30,13 @@ pub fn service(ns: &str, name: &str, cluster_ips: &[&str]) -> Service {
 }
 
 pub fn port(name: &str, protocol: Protocol, port: u16, node_port: Option<u16>) -> ServicePort {
-    ServicePort { name: name.into(), protocol, port, node_port, target_port: None }
+    ServicePort {
+        name: name.into(),
+        protocol,
+        port,
+        node_port,
+        target_port: None,
+    }
 }
 
 pub fn endpoint(addr: &str, ready: bool, node: &str) -> Endpoint {
@@ -46,19 +52,39 @@ pub fn endpoint(addr: &str, ready: bool, node: &str) -> Endpoint {
     }
 }
 
-pub fn slice(ns: &str, name: &str, svc: &str, family: IpFamily, ports: &[(&str, Protocol, u16)], eps: Vec<Endpoint>) -> EndpointSlice {
+pub fn slice(
+    ns: &str,
+    name: &str,
+    svc: &str,
+    family: IpFamily,
+    ports: &[(&str, Protocol, u16)],
+    eps: Vec<Endpoint>,
+) -> EndpointSlice {
     EndpointSlice {
-        key: SliceKey { namespace: ns.into(), name: name.into() },
+        key: SliceKey {
+            namespace: ns.into(),
+            name: name.into(),
+        },
         service: ServiceKey::new(ns, svc),
         family,
-        ports: ports.iter().map(|(n, p, port)| EndpointPort { name: (*n).into(), protocol: *p, port: *port }).collect(),
+        ports: ports
+            .iter()
+            .map(|(n, p, port)| EndpointPort {
+                name: (*n).into(),
+                protocol: *p,
+                port: *port,
+            })
+            .collect(),
         endpoints: eps,
         trigger_time: None,
     }
 }
 
 pub fn node(name: &str, ips: &[&str]) -> NodeContext {
-    NodeContext { name: name.into(), node_port_ips: NodePortIps::Only(ips.iter().map(|s| ip(s)).collect()) }
+    NodeContext {
+        name: name.into(),
+        node_port_ips: NodePortIps::Only(ips.iter().map(|s| ip(s)).collect()),
+    }
 }
 
 pub fn compiler(node_ctx: NodeContext, config: Config) -> Compiler {

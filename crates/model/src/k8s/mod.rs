@@ -12,10 +12,10 @@ use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::{
-    ANNOTATION_TRIGGER_TIME, Cidr, DEFAULT_AFFINITY_TIMEOUT_SECS, Endpoint, EndpointPort, EndpointSlice,
-    IpFamily, Ignored, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, LABEL_ZONE, MAX_ENDPOINTS_PER_SLICE,
-    Node, ObjectKind, Problem, Protocol, Reason, Rejected, Service, ServiceKey, ServicePort, ServiceType,
-    SliceKey, TargetPort, TrafficPolicy, parse_ip,
+    ANNOTATION_TRIGGER_TIME, Cidr, DEFAULT_AFFINITY_TIMEOUT_SECS, Endpoint, EndpointPort,
+    EndpointSlice, Ignored, IpFamily, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, LABEL_ZONE,
+    MAX_ENDPOINTS_PER_SLICE, Node, ObjectKind, Problem, Protocol, Reason, Rejected, Service,
+    ServiceKey, ServicePort, ServiceType, SliceKey, TargetPort, TrafficPolicy, parse_ip,
 };
 
 fn port_u16(v: i64) -> Option<u16> {
@@ -40,7 +40,11 @@ pub fn service(svc: &core::Service) -> Result<(Service, Vec<Problem>), Rejected>
             }));
         }
     };
-    if let Some(proxy) = meta.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE_PROXY_NAME)) {
+    if let Some(proxy) = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_SERVICE_PROXY_NAME))
+    {
         return Err(Ignored::OtherProxy(proxy.clone()).into());
     }
     let problem = |reason: Reason| Problem {
@@ -72,7 +76,10 @@ pub fn service(svc: &core::Service) -> Result<(Service, Vec<Problem>), Rejected>
     let mut cluster_ips = Vec::new();
     for raw in &raw_ips {
         let ip = parse_ip(raw).ok_or_else(|| problem(Reason::InvalidClusterIp(raw.clone())))?;
-        if cluster_ips.iter().all(|c: &IpAddr| IpFamily::of(c) != IpFamily::of(&ip)) {
+        if cluster_ips
+            .iter()
+            .all(|c: &IpAddr| IpFamily::of(c) != IpFamily::of(&ip))
+        {
             cluster_ips.push(ip);
         }
     }
@@ -89,7 +96,11 @@ pub fn service(svc: &core::Service) -> Result<(Service, Vec<Problem>), Rejected>
 
     let mut load_balancer_ips = Vec::new();
     if service_type == ServiceType::LoadBalancer {
-        let ingress = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|l| l.ingress.as_ref());
+        let ingress = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.as_ref());
         for ing in ingress.into_iter().flatten() {
             // Only VIP mode is programmed: `ipMode: Proxy` means the load balancer itself
             // delivers traffic to the node, not to the VIP.
@@ -134,7 +145,10 @@ pub fn service(svc: &core::Service) -> Result<(Service, Vec<Problem>), Rejected>
             continue;
         };
         let Some(port) = port_u16(i64::from(p.port)) else {
-            problems.push(problem(Reason::InvalidPort { name: pname, value: i64::from(p.port) }));
+            problems.push(problem(Reason::InvalidPort {
+                name: pname,
+                value: i64::from(p.port),
+            }));
             continue;
         };
         let node_port = match p.node_port {
@@ -143,7 +157,10 @@ pub fn service(svc: &core::Service) -> Result<(Service, Vec<Problem>), Rejected>
                 Some(np) if service_type != ServiceType::ClusterIp => Some(np),
                 Some(_) => None,
                 None => {
-                    problems.push(problem(Reason::InvalidNodePort { name: pname, value: i64::from(np) }));
+                    problems.push(problem(Reason::InvalidNodePort {
+                        name: pname,
+                        value: i64::from(np),
+                    }));
                     continue;
                 }
             },
@@ -157,7 +174,13 @@ pub fn service(svc: &core::Service) -> Result<(Service, Vec<Problem>), Rejected>
             Some(IntOrString::String(s)) => Some(TargetPort::Name(s.clone())),
             None => None,
         };
-        ports.push(ServicePort { name: pname, protocol, port, node_port, target_port });
+        ports.push(ServicePort {
+            name: pname,
+            protocol,
+            port,
+            node_port,
+            target_port,
+        });
     }
 
     let policy = |v: &Option<String>| match v.as_deref() {
@@ -174,15 +197,16 @@ pub fn service(svc: &core::Service) -> Result<(Service, Vec<Problem>), Rejected>
             }
         },
     };
-    let session_affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-        spec.session_affinity_config
-            .as_ref()
-            .and_then(|c| c.client_ip.as_ref())
-            .and_then(|c| c.timeout_seconds)
-            .and_then(|t| u32::try_from(t).ok())
-            .filter(|t| *t > 0)
-            .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_SECS)
-    });
+    let session_affinity_timeout =
+        (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .and_then(|t| u32::try_from(t).ok())
+                .filter(|t| *t > 0)
+                .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_SECS)
+        });
 
     Ok((
         Service {
@@ -207,7 +231,9 @@ pub fn service(svc: &core::Service) -> Result<(Service, Vec<Problem>), Rejected>
 /// Ignored: FQDN slices. Rejected: slices without the `kubernetes.io/service-name` label, of
 /// an unknown address type, or with more than [`MAX_ENDPOINTS_PER_SLICE`] endpoints. Bad
 /// endpoints and ports are dropped one by one.
-pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<(EndpointSlice, Vec<Problem>), Rejected> {
+pub fn endpoint_slice(
+    slice: &discovery::EndpointSlice,
+) -> Result<(EndpointSlice, Vec<Problem>), Rejected> {
     let meta = &slice.metadata;
     let (namespace, name) = match (&meta.namespace, &meta.name) {
         (Some(ns), Some(n)) if !ns.is_empty() && !n.is_empty() => (ns.clone(), n.clone()),
@@ -258,11 +284,18 @@ pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<(EndpointSlice
         let Some(raw) = p.port else { continue };
         let Some(port) = port_u16(i64::from(raw)) else {
             if raw != 0 {
-                problems.push(problem(Reason::InvalidPort { name: pname, value: i64::from(raw) }));
+                problems.push(problem(Reason::InvalidPort {
+                    name: pname,
+                    value: i64::from(raw),
+                }));
             }
             continue;
         };
-        ports.push(EndpointPort { name: pname, protocol, port });
+        ports.push(EndpointPort {
+            name: pname,
+            protocol,
+            port,
+        });
     }
 
     let mut endpoints = Vec::new();
@@ -276,7 +309,10 @@ pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<(EndpointSlice
             continue;
         };
         if IpFamily::of(&address) != family {
-            problems.push(problem(Reason::AddressFamilyMismatch { address: raw.clone(), family }));
+            problems.push(problem(Reason::AddressFamilyMismatch {
+                address: raw.clone(),
+                family,
+            }));
             continue;
         }
         let cond = ep.conditions.clone().unwrap_or_default();
@@ -288,15 +324,29 @@ pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<(EndpointSlice
             terminating: cond.terminating.unwrap_or(false),
             node_name: ep.node_name.clone(),
             zone: ep.zone.clone(),
-            zone_hints: hints.and_then(|h| h.for_zones.as_ref()).map(|z| z.iter().map(|z| z.name.clone()).collect()),
-            node_hints: hints.and_then(|h| h.for_nodes.as_ref()).map(|n| n.iter().map(|n| n.name.clone()).collect()),
+            zone_hints: hints
+                .and_then(|h| h.for_zones.as_ref())
+                .map(|z| z.iter().map(|z| z.name.clone()).collect()),
+            node_hints: hints
+                .and_then(|h| h.for_nodes.as_ref())
+                .map(|n| n.iter().map(|n| n.name.clone()).collect()),
         });
     }
-    let trigger_time = meta.annotations.as_ref().and_then(|a| a.get(ANNOTATION_TRIGGER_TIME)).cloned();
+    let trigger_time = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_TRIGGER_TIME))
+        .cloned();
     Ok((
         EndpointSlice {
-            key: SliceKey { namespace: namespace.clone(), name: name.clone() },
-            service: ServiceKey { namespace, name: service_name.clone() },
+            key: SliceKey {
+                namespace: namespace.clone(),
+                name: name.clone(),
+            },
+            service: ServiceKey {
+                namespace,
+                name: service_name.clone(),
+            },
             family,
             ports,
             endpoints,
@@ -310,11 +360,22 @@ pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<(EndpointSlice
 /// to ExternalIP, as kube-proxy's `GetNodeHostIPs`), zone label and pod CIDRs.
 pub fn node(node: &core::Node) -> (Node, Vec<Problem>) {
     let name = node.metadata.name.clone().unwrap_or_default();
-    let problem = |reason: Reason| Problem { kind: ObjectKind::Node, namespace: String::new(), name: name.clone(), reason };
+    let problem = |reason: Reason| Problem {
+        kind: ObjectKind::Node,
+        namespace: String::new(),
+        name: name.clone(),
+        reason,
+    };
     let mut problems = Vec::new();
     let mut internal = Vec::new();
     let mut external = Vec::new();
-    for a in node.status.as_ref().and_then(|s| s.addresses.as_ref()).into_iter().flatten() {
+    for a in node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+    {
         let list = match a.type_.as_str() {
             "InternalIP" => &mut internal,
             "ExternalIP" => &mut external,
@@ -336,20 +397,42 @@ pub fn node(node: &core::Node) -> (Node, Vec<Problem>) {
         }
     }
     // Keep the family of the first listed address first, as Kubernetes treats it as primary.
-    if let (Some(first), [a, b]) = (internal.first().or(external.first()), addresses.as_mut_slice()) {
+    if let (Some(first), [a, b]) = (
+        internal.first().or(external.first()),
+        addresses.as_mut_slice(),
+    ) {
         if IpFamily::of(first) == IpFamily::of(b) {
             std::mem::swap(a, b);
         }
     }
     let mut pod_cidrs = Vec::new();
-    for raw in node.spec.as_ref().and_then(|s| s.pod_cidrs.as_ref()).into_iter().flatten() {
+    for raw in node
+        .spec
+        .as_ref()
+        .and_then(|s| s.pod_cidrs.as_ref())
+        .into_iter()
+        .flatten()
+    {
         match raw.parse::<Cidr>() {
             Ok(c) => pod_cidrs.push(c),
             Err(_) => problems.push(problem(Reason::InvalidNodeAddress(raw.clone()))),
         }
     }
-    let zone = node.metadata.labels.as_ref().and_then(|l| l.get(LABEL_ZONE)).cloned();
-    (Node { name, addresses, zone, pod_cidrs }, problems)
+    let zone = node
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_ZONE))
+        .cloned();
+    (
+        Node {
+            name,
+            addresses,
+            zone,
+            pod_cidrs,
+        },
+        problems,
+    )
 }
 
 #[cfg(test)]

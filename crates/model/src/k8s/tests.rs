@@ -37,7 +37,10 @@ fn converts_a_load_balancer_service() {
     assert_eq!(s.cluster_ips.len(), 2);
     assert_eq!(s.cluster_ip(IpFamily::V6), Some("fd00::1".parse().unwrap()));
     assert_eq!(s.external_ips, vec!["1.2.3.4".parse::<IpAddr>().unwrap()]);
-    assert_eq!(s.load_balancer_ips, vec!["5.6.7.8".parse::<IpAddr>().unwrap()]);
+    assert_eq!(
+        s.load_balancer_ips,
+        vec!["5.6.7.8".parse::<IpAddr>().unwrap()]
+    );
     assert_eq!(s.load_balancer_source_ranges.len(), 2);
     assert_eq!(s.ports.len(), 2);
     assert_eq!(s.ports[0].node_port, Some(30080));
@@ -45,32 +48,63 @@ fn converts_a_load_balancer_service() {
     assert_eq!(s.ports[1].protocol, Protocol::Udp);
     assert_eq!(s.external_traffic_policy, TrafficPolicy::Local);
     assert_eq!(s.health_check_node_port, Some(32000));
-    assert_eq!(s.session_affinity_timeout, Some(DEFAULT_AFFINITY_TIMEOUT_SECS));
+    assert_eq!(
+        s.session_affinity_timeout,
+        Some(DEFAULT_AFFINITY_TIMEOUT_SECS)
+    );
     let labels: Vec<&str> = problems.iter().map(|p| p.reason.label()).collect();
     assert_eq!(
         labels,
-        vec!["invalid_external_ip", "invalid_ingress_ip", "invalid_source_range", "invalid_port", "unknown_protocol"]
+        vec![
+            "invalid_external_ip",
+            "invalid_ingress_ip",
+            "invalid_source_range",
+            "invalid_port",
+            "unknown_protocol"
+        ]
     );
-    assert!(problems[0].to_string().starts_with("Service ns/web: invalid externalIP"));
+    assert!(
+        problems[0]
+            .to_string()
+            .starts_with("Service ns/web: invalid externalIP")
+    );
 }
 
 #[test]
 fn ignores_what_a_node_proxy_must_not_program() {
-    let headless = svc(json!({"metadata": {"namespace": "a", "name": "h"}, "spec": {"clusterIP": "None"}}));
-    assert_eq!(service(&headless).unwrap_err(), Rejected::Ignored(Ignored::Headless));
+    let headless =
+        svc(json!({"metadata": {"namespace": "a", "name": "h"}, "spec": {"clusterIP": "None"}}));
+    assert_eq!(
+        service(&headless).unwrap_err(),
+        Rejected::Ignored(Ignored::Headless)
+    );
     let ext = svc(json!({"metadata": {"namespace": "a", "name": "e"},
         "spec": {"type": "ExternalName", "externalName": "example.com"}}));
-    assert_eq!(service(&ext).unwrap_err(), Rejected::Ignored(Ignored::ExternalName));
+    assert_eq!(
+        service(&ext).unwrap_err(),
+        Rejected::Ignored(Ignored::ExternalName)
+    );
     let other = svc(json!({"metadata": {"namespace": "a", "name": "o",
         "labels": {"service.kubernetes.io/service-proxy-name": "cilium"}}, "spec": {"clusterIP": "10.0.0.1"}}));
-    assert!(matches!(service(&other).unwrap_err(), Rejected::Ignored(Ignored::OtherProxy(_))));
-    let bad = svc(json!({"metadata": {"namespace": "a", "name": "b"}, "spec": {"clusterIP": "10.0.0.300"}}));
+    assert!(matches!(
+        service(&other).unwrap_err(),
+        Rejected::Ignored(Ignored::OtherProxy(_))
+    ));
+    let bad = svc(
+        json!({"metadata": {"namespace": "a", "name": "b"}, "spec": {"clusterIP": "10.0.0.300"}}),
+    );
     match service(&bad).unwrap_err() {
         Rejected::Invalid(p) => assert_eq!(p.reason, Reason::InvalidClusterIp("10.0.0.300".into())),
         other => panic!("unexpected {other:?}"),
     }
     let unnamed = svc(json!({"spec": {"clusterIP": "10.0.0.1"}}));
-    assert!(matches!(service(&unnamed).unwrap_err(), Rejected::Invalid(Problem { reason: Reason::MissingName, .. })));
+    assert!(matches!(
+        service(&unnamed).unwrap_err(),
+        Rejected::Invalid(Problem {
+            reason: Reason::MissingName,
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -90,27 +124,59 @@ fn converts_slices_and_skips_bad_endpoints() {
     })))
     .expect("slice converts");
     assert_eq!(s.service, ServiceKey::new("ns", "web"));
-    assert_eq!(s.ports, vec![EndpointPort { name: "http".into(), protocol: Protocol::Tcp, port: 8080 }]);
+    assert_eq!(
+        s.ports,
+        vec![EndpointPort {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port: 8080
+        }]
+    );
     assert_eq!(s.endpoints.len(), 2);
     assert!(!s.endpoints[0].ready && s.endpoints[0].serving && s.endpoints[0].terminating);
     assert_eq!(s.endpoints[1].zone_hints, Some(vec!["z1".to_string()]));
     assert!(s.trigger_time.is_some());
     let labels: Vec<&str> = problems.iter().map(|p| p.reason.label()).collect();
-    assert_eq!(labels, vec!["invalid_port", "address_family_mismatch", "invalid_address", "no_address"]);
+    assert_eq!(
+        labels,
+        vec![
+            "invalid_port",
+            "address_family_mismatch",
+            "invalid_address",
+            "no_address"
+        ]
+    );
 
-    let nolabel = slice(json!({"metadata": {"namespace": "ns", "name": "x"}, "addressType": "IPv4", "endpoints": []}));
+    let nolabel = slice(
+        json!({"metadata": {"namespace": "ns", "name": "x"}, "addressType": "IPv4", "endpoints": []}),
+    );
     assert!(matches!(
         endpoint_slice(&nolabel).unwrap_err(),
-        Rejected::Invalid(Problem { reason: Reason::MissingServiceNameLabel, .. })
+        Rejected::Invalid(Problem {
+            reason: Reason::MissingServiceNameLabel,
+            ..
+        })
     ));
-    let fqdn = slice(json!({"metadata": {"namespace": "ns", "name": "x"}, "addressType": "FQDN", "endpoints": []}));
-    assert_eq!(endpoint_slice(&fqdn).unwrap_err(), Rejected::Ignored(Ignored::Fqdn));
-    let many: Vec<serde_json::Value> = (0..1001).map(|i| json!({"addresses": [format!("10.1.{}.{}", i / 256, i % 256)]})).collect();
-    let huge = slice(json!({"metadata": {"namespace": "ns", "name": "x", "labels": {"kubernetes.io/service-name": "w"}},
-        "addressType": "IPv4", "endpoints": many}));
+    let fqdn = slice(
+        json!({"metadata": {"namespace": "ns", "name": "x"}, "addressType": "FQDN", "endpoints": []}),
+    );
+    assert_eq!(
+        endpoint_slice(&fqdn).unwrap_err(),
+        Rejected::Ignored(Ignored::Fqdn)
+    );
+    let many: Vec<serde_json::Value> = (0..1001)
+        .map(|i| json!({"addresses": [format!("10.1.{}.{}", i / 256, i % 256)]}))
+        .collect();
+    let huge = slice(
+        json!({"metadata": {"namespace": "ns", "name": "x", "labels": {"kubernetes.io/service-name": "w"}},
+        "addressType": "IPv4", "endpoints": many}),
+    );
     assert!(matches!(
         endpoint_slice(&huge).unwrap_err(),
-        Rejected::Invalid(Problem { reason: Reason::TooManyEndpoints(1001), .. })
+        Rejected::Invalid(Problem {
+            reason: Reason::TooManyEndpoints(1001),
+            ..
+        })
     ));
 }
 
@@ -129,7 +195,13 @@ fn node_addresses_prefer_internal_ips() {
     }))
     .unwrap();
     let (node, problems) = node(&n);
-    assert_eq!(node.addresses, vec!["172.18.0.2".parse::<IpAddr>().unwrap(), "fc00::2".parse().unwrap()]);
+    assert_eq!(
+        node.addresses,
+        vec![
+            "172.18.0.2".parse::<IpAddr>().unwrap(),
+            "fc00::2".parse().unwrap()
+        ]
+    );
     assert_eq!(node.zone.as_deref(), Some("z1"));
     assert_eq!(node.pod_cidrs.len(), 1);
     assert_eq!(problems.len(), 2);
@@ -138,7 +210,8 @@ fn node_addresses_prefer_internal_ips() {
 #[test]
 fn state_tracks_changes_and_merges_duplicate_endpoints() {
     let (s, _) = service(&svc(json!({"metadata": {"namespace": "ns", "name": "web"},
-        "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "http", "port": 80}]}}))).unwrap();
+        "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "http", "port": 80}]}})))
+    .unwrap();
     let mk = |name: &str, term: bool| {
         endpoint_slice(&slice(json!({
             "metadata": {"namespace": "ns", "name": name, "labels": {"kubernetes.io/service-name": "web"}},
@@ -150,7 +223,10 @@ fn state_tracks_changes_and_merges_duplicate_endpoints() {
     };
     let mut st = ProxyState::new();
     assert!(st.upsert_service(s.clone()));
-    assert!(!st.upsert_service(s.clone()), "same content is not a change");
+    assert!(
+        !st.upsert_service(s.clone()),
+        "same content is not a change"
+    );
     assert!(st.upsert_slice(mk("a", true)));
     assert!(st.upsert_slice(mk("b", false)));
     assert_eq!(st.take_dirty().len(), 1);
@@ -159,7 +235,10 @@ fn state_tracks_changes_and_merges_duplicate_endpoints() {
     assert_eq!(eps.len(), 1);
     assert!(!eps[0].terminating, "non-terminating duplicate wins");
     assert!(!st.upsert_slice(mk("b", false)));
-    assert!(st.remove_slice(&SliceKey { namespace: "ns".into(), name: "b".into() }));
+    assert!(st.remove_slice(&SliceKey {
+        namespace: "ns".into(),
+        name: "b".into()
+    }));
     assert!(st.endpoints_for(&s, &s.ports[0], IpFamily::V4)[0].terminating);
     assert!(st.dirty().contains(&ServiceKey::new("ns", "web")));
     // replace_all marks only what changed.
@@ -167,5 +246,8 @@ fn state_tracks_changes_and_merges_duplicate_endpoints() {
     st.replace_all(vec![s.clone()], vec![mk("a", true)]);
     assert!(st.take_dirty().is_empty());
     st.replace_all(vec![], vec![mk("a", true)]);
-    assert_eq!(st.take_dirty().into_iter().collect::<Vec<_>>(), vec![ServiceKey::new("ns", "web")]);
+    assert_eq!(
+        st.take_dirty().into_iter().collect::<Vec<_>>(),
+        vec![ServiceKey::new("ns", "web")]
+    );
 }

@@ -1,0 +1,493 @@
+//! End-to-end tests of the core slice: the real `rudder` binary programs a real kernel in a
+//! throwaway node namespace, and real TCP/UDP connections from pods and an external client
+//! prove the rules.
+//!
+//! Topology (see `rudder_e2e::topo`): node `172.18.0.2` / `fc00:f853:ccd:e793::2`; pods
+//! `10.244.{1,2,3}.2` / `fd00:10:244:{1,2,3}::2` answering `111`, `222`, `333`; a client at
+//! `172.18.0.10`. The manifests are `examples/nginx`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rudder_e2e::client::{histogram_with_timeout, request};
+use rudder_e2e::{
+    Daemon, EchoServers, Proto, RequestError, TempDir, Topology, e2e_enabled, nft, serve_pod,
+    tcp_request,
+};
+
+const NAMES: [&str; 3] = ["111", "222", "333"];
+const SYNC_DONE: &str = "sync done";
+
+fn rudder_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_rudder"))
+}
+
+fn example_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/nginx")
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("test socket address")
+}
+
+/// A node with three pods serving the example's backends, a copy of the example manifests
+/// that a test may edit, and a running `rudder run`.
+struct Cluster {
+    daemon: Daemon,
+    manifests: TempDir,
+    _servers: Vec<EchoServers>,
+    topo: Topology,
+}
+
+impl Cluster {
+    fn start(extra_args: &[&str]) -> Cluster {
+        let topo = Topology::new().expect("topology");
+        let servers: Vec<EchoServers> = (0..3)
+            .map(|i| serve_pod(&topo.pods[i], NAMES[i], &[80, 5353, 5432]).expect("echo servers"))
+            .collect();
+        let manifests = TempDir::new("manifests").expect("temp dir");
+        for f in ["node.yaml", "nginx.yaml", "others.yaml"] {
+            let text = std::fs::read_to_string(example_dir().join(f)).expect("example manifest");
+            manifests.write(f, &text).expect("copy manifest");
+        }
+        let dir = manifests.path().display().to_string();
+        let mut args = vec![
+            "run",
+            "--manifests",
+            &dir,
+            "--hostname-override",
+            "node-1",
+            "--cluster-cidr",
+            "10.244.0.0/16,fd00:10:244::/56",
+            "--iptables-min-sync-period",
+            "100ms",
+            "--manifests-poll-interval",
+            "50ms",
+        ];
+        args.extend_from_slice(extra_args);
+        let mut daemon = Daemon::start(&rudder_bin(), &topo.node, &args).expect("start rudder");
+        daemon
+            .wait_for(SYNC_DONE, 1, Duration::from_secs(20))
+            .expect("first sync");
+        Cluster {
+            daemon,
+            manifests,
+            _servers: servers,
+            topo,
+        }
+    }
+
+    fn hist(
+        &self,
+        from: &rudder_e2e::Netns,
+        to: &str,
+        n: usize,
+        proto: Proto,
+    ) -> BTreeMap<String, usize> {
+        histogram_with_timeout(from, addr(to), n, proto, Duration::from_secs(2))
+    }
+
+    /// Rewrites a manifest and waits for the sync it causes.
+    fn edit(&mut self, file: &str, f: impl FnOnce(String) -> String) {
+        let syncs = self.daemon.count(SYNC_DONE);
+        let old = std::fs::read_to_string(self.manifests.path().join(file)).expect("read manifest");
+        self.manifests.write(file, &f(old)).expect("write manifest");
+        self.daemon
+            .wait_for(SYNC_DONE, syncs + 1, Duration::from_secs(5))
+            .expect("re-sync after edit");
+    }
+}
+
+/// Compares two texts and reports only the first differing lines.
+fn assert_same_text(actual: &str, expected: &str, what: &str) {
+    if actual == expected {
+        return;
+    }
+    let diff: Vec<String> = actual
+        .lines()
+        .zip(expected.lines())
+        .enumerate()
+        .filter(|(_, (a, e))| a != e)
+        .take(5)
+        .map(|(i, (a, e))| format!("line {}:\n  got:      {a}\n  expected: {e}", i + 1))
+        .collect();
+    panic!(
+        "{what}: texts differ ({} vs {} lines)\n{}",
+        actual.lines().count(),
+        expected.lines().count(),
+        diff.join("\n")
+    );
+}
+
+fn assert_all_backends(hist: &BTreeMap<String, usize>, what: &str) {
+    let keys: Vec<&str> = hist.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        NAMES.to_vec(),
+        "{what}: expected every backend and no error, got {hist:?}"
+    );
+}
+
+#[test]
+fn clusterip_from_a_pod_reaches_all_backends_over_tcp_and_udp() {
+    if !e2e_enabled() {
+        return;
+    }
+    let c = Cluster::start(&[]);
+    let pod = &c.topo.pods[1];
+    assert_all_backends(
+        &c.hist(pod, "10.96.100.100:80", 60, Proto::Tcp),
+        "ClusterIP tcp",
+    );
+    assert_all_backends(
+        &c.hist(pod, "10.96.100.100:53", 60, Proto::Udp),
+        "ClusterIP udp (53 -> 5353)",
+    );
+    // Named target port through a selectorless service with a hand-written slice.
+    // (From pod 111: the hand-written endpoint has no nodeName, so it is not local and gets no
+    // hairpin masquerade, exactly like kube-proxy.)
+    let db = c.hist(&c.topo.pods[0], "10.96.100.110:5432", 10, Proto::Tcp);
+    assert_eq!(
+        db,
+        BTreeMap::from([("222".to_string(), 10)]),
+        "selectorless service"
+    );
+    // From the node itself (nat output hook).
+    assert_all_backends(
+        &c.hist(&c.topo.node, "10.96.100.100:80", 60, Proto::Tcp),
+        "ClusterIP from the node",
+    );
+}
+
+#[test]
+fn nodeport_loadbalancer_and_external_ip_from_outside_are_masqueraded() {
+    if !e2e_enabled() {
+        return;
+    }
+    let c = Cluster::start(&[]);
+    let client = &c.topo.client;
+    for target in [
+        "172.18.0.2:30001",
+        "172.18.0.2:30002",
+        "192.168.122.111:80",
+        "192.168.122.200:80",
+    ] {
+        assert_all_backends(&c.hist(client, target, 60, Proto::Tcp), target);
+    }
+    assert_all_backends(
+        &c.hist(client, "192.168.122.200:53", 60, Proto::Udp),
+        "external IP udp",
+    );
+    // External traffic is masqueraded: backends never see the client's address.
+    let peers: Vec<SocketAddr> = c._servers.iter().flat_map(|s| s.accepted_peers()).collect();
+    assert!(!peers.is_empty());
+    assert!(
+        peers.iter().all(|p| p.ip().to_string() != "172.18.0.10"),
+        "external traffic must be masqueraded, backends saw {peers:?}"
+    );
+    // A node port on an address that is not a node port address does not answer.
+    let r = tcp_request(
+        client,
+        addr("192.168.122.111:30001"),
+        Duration::from_millis(500),
+    );
+    assert!(
+        r.is_err(),
+        "node ports listen only on the node's primary IP, got {r:?}"
+    );
+}
+
+#[test]
+fn traffic_from_pods_keeps_its_source_and_hairpin_is_masqueraded() {
+    if !e2e_enabled() {
+        return;
+    }
+    let c = Cluster::start(&[]);
+    let pod0 = &c.topo.pods[0];
+    for s in &c._servers {
+        s.clear_peers();
+    }
+    let hist = c.hist(pod0, "10.96.100.100:80", 60, Proto::Tcp);
+    assert_all_backends(&hist, "pod 111 to its own service");
+    // Pod-to-service traffic to other pods keeps the pod's address (no masquerade inside the
+    // cluster CIDR) ...
+    for s in &c._servers[1..] {
+        let peers = s.accepted_peers();
+        assert!(
+            peers.iter().all(|p| p.ip().to_string() == "10.244.1.2"),
+            "{} saw {peers:?}",
+            s.name()
+        );
+    }
+    // ... but a pod reaching itself through the service is masqueraded (hairpin), or the
+    // reply would never find its way back.
+    let own = c._servers[0].accepted_peers();
+    assert!(!own.is_empty(), "hairpin connections reached the pod");
+    assert!(
+        own.iter().all(|p| p.ip().to_string() != "10.244.1.2"),
+        "hairpin must be masqueraded, saw {own:?}"
+    );
+}
+
+#[test]
+fn services_without_endpoints_refuse_connections_at_once() {
+    if !e2e_enabled() {
+        return;
+    }
+    let c = Cluster::start(&[]);
+    for (from, what) in [
+        (&c.topo.pods[0], "pod"),
+        (&c.topo.node, "node"),
+        (&c.topo.client, "client"),
+    ] {
+        for _ in 0..5 {
+            let start = Instant::now();
+            let r = tcp_request(from, addr("10.96.100.120:80"), Duration::from_secs(3));
+            assert!(
+                matches!(r, Err(RequestError::Refused)),
+                "{what}: expected refused, got {r:?}"
+            );
+            assert!(
+                start.elapsed() < Duration::from_millis(500),
+                "{what}: refusal took {:?}",
+                start.elapsed()
+            );
+        }
+    }
+    // An unused port on a valid ClusterIP is rejected too (cluster-ips-check).
+    let r = tcp_request(
+        &c.topo.pods[0],
+        addr("10.96.100.100:81"),
+        Duration::from_secs(3),
+    );
+    assert!(
+        matches!(r, Err(RequestError::Refused)),
+        "unused ClusterIP port: {r:?}"
+    );
+    // UDP gets an ICMP port unreachable.
+    let r = request(
+        &c.topo.pods[0],
+        addr("10.96.100.120:80"),
+        Proto::Udp,
+        Duration::from_secs(3),
+    );
+    assert!(
+        matches!(r, Err(RequestError::Refused)),
+        "udp without endpoints: {r:?}"
+    );
+}
+
+#[test]
+fn endpoint_changes_in_the_manifest_are_applied_without_disturbing_others() {
+    if !e2e_enabled() {
+        return;
+    }
+    let mut c = Cluster::start(&[]);
+    let pod = &c.topo.pods[1];
+    assert_all_backends(&c.hist(pod, "10.96.100.100:80", 60, Proto::Tcp), "before");
+    // Remove backend 333 from the IPv4 slice of nginx-service only.
+    c.edit("nginx.yaml", |text| {
+        text.replacen(
+            "- addresses: [10.244.3.2]\n  conditions: {ready: true}\n  nodeName: node-1\n",
+            "",
+            1,
+        )
+    });
+    let after = c.hist(&c.topo.pods[1], "10.96.100.100:80", 60, Proto::Tcp);
+    assert_eq!(
+        after.keys().map(String::as_str).collect::<Vec<_>>(),
+        vec!["111", "222"],
+        "after removal: {after:?}"
+    );
+    // The same backend behind other services is untouched.
+    assert_all_backends(
+        &c.hist(&c.topo.pods[1], "10.96.100.101:80", 60, Proto::Tcp),
+        "nginx-nodeport unchanged",
+    );
+    // The change was partial.
+    assert!(
+        c.daemon
+            .log()
+            .lines()
+            .any(|l| l.contains(SYNC_DONE) && l.contains("partial")),
+        "{}",
+        c.daemon.log()
+    );
+
+    // Mark 222 not ready: only 111 is left.
+    c.edit("nginx.yaml", |text| {
+        text.replacen(
+            "- addresses: [10.244.2.2]\n  conditions: {ready: true}",
+            "- addresses: [10.244.2.2]\n  conditions: {ready: false}",
+            1,
+        )
+    });
+    let only = c.hist(&c.topo.pods[1], "10.96.100.100:80", 20, Proto::Tcp);
+    assert_eq!(only, BTreeMap::from([("111".to_string(), 20)]));
+
+    // A file caught half-written keeps the rules it had.
+    let syncs = c.daemon.count(SYNC_DONE);
+    c.manifests
+        .write("nginx.yaml", "apiVersion: v1\nkind: [unterminated")
+        .expect("write");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        c.daemon.count(SYNC_DONE),
+        syncs,
+        "a broken file must not trigger a sync"
+    );
+    assert!(
+        c.daemon.log().contains("nginx.yaml"),
+        "the broken file is named in the log"
+    );
+    let still = c.hist(&c.topo.pods[1], "10.96.100.100:80", 10, Proto::Tcp);
+    assert_eq!(still, BTreeMap::from([("111".to_string(), 10)]));
+
+    // Deleting the file removes its services: the ClusterIP stops answering.
+    let syncs = c.daemon.count(SYNC_DONE);
+    std::fs::remove_file(c.manifests.path().join("nginx.yaml")).expect("remove");
+    c.daemon
+        .wait_for(SYNC_DONE, syncs + 1, Duration::from_secs(5))
+        .expect("sync after delete");
+    let gone = tcp_request(
+        &c.topo.pods[1],
+        addr("10.96.100.100:80"),
+        Duration::from_millis(500),
+    );
+    assert!(gone.is_err(), "deleted service still answers: {gone:?}");
+    // Other files' services still work.
+    let db = c.hist(&c.topo.pods[0], "10.96.100.110:5432", 5, Proto::Tcp);
+    assert_eq!(db, BTreeMap::from([("222".to_string(), 5)]));
+}
+
+#[test]
+fn ipv6_works_the_same() {
+    if !e2e_enabled() {
+        return;
+    }
+    let c = Cluster::start(&[]);
+    let pod = &c.topo.pods[2];
+    assert_all_backends(
+        &c.hist(pod, "[fd00:10:96::100]:80", 60, Proto::Tcp),
+        "IPv6 ClusterIP tcp",
+    );
+    assert_all_backends(
+        &c.hist(pod, "[fd00:10:96::100]:53", 60, Proto::Udp),
+        "IPv6 ClusterIP udp",
+    );
+    assert_all_backends(
+        &c.hist(&c.topo.node, "[fd00:10:96::100]:80", 30, Proto::Tcp),
+        "IPv6 from the node",
+    );
+    // Hairpin in IPv6 too: pod 333 reaches itself.
+    assert!(
+        c.hist(pod, "[fd00:10:96::100]:80", 60, Proto::Tcp)
+            .contains_key("333")
+    );
+}
+
+#[test]
+fn sigterm_leaves_rules_in_place_and_cleanup_restores_the_namespace() {
+    if !e2e_enabled() {
+        return;
+    }
+    let topo_only = Topology::new().expect("topology");
+    // A table of someone else's, which cleanup must leave alone.
+    nft::load(
+        &topo_only.node,
+        "add table inet other\nadd chain inet other c { type filter hook input priority 0 ; }\n",
+    )
+    .expect("foreign table");
+    let before = nft::list_ruleset(&topo_only.node).expect("ruleset before");
+    drop(topo_only);
+
+    let mut c = Cluster::start(&[]);
+    nft::load(
+        &c.topo.node,
+        "add table inet other\nadd chain inet other c { type filter hook input priority 0 ; }\n",
+    )
+    .expect("foreign table");
+    assert!(
+        c.daemon
+            .terminate(Duration::from_secs(5))
+            .expect("terminate"),
+        "clean exit on SIGTERM"
+    );
+    // Rules survive the daemon.
+    assert_all_backends(
+        &c.hist(&c.topo.pods[0], "10.96.100.100:80", 30, Proto::Tcp),
+        "after SIGTERM",
+    );
+    let out = c
+        .topo
+        .node
+        .command(&rudder_bin().display().to_string())
+        .arg("cleanup")
+        .output()
+        .expect("cleanup");
+    assert!(
+        out.status.success(),
+        "cleanup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = nft::list_ruleset(&c.topo.node).expect("ruleset after");
+    assert_same_text(&after, &before, "cleanup leaves exactly the foreign table");
+    let r = tcp_request(
+        &c.topo.pods[0],
+        addr("10.96.100.100:80"),
+        Duration::from_millis(300),
+    );
+    assert!(r.is_err(), "no rules after cleanup: {r:?}");
+    // Cleanup of nothing succeeds.
+    let out = c
+        .topo
+        .node
+        .command(&rudder_bin().display().to_string())
+        .arg("cleanup")
+        .output()
+        .expect("cleanup");
+    assert!(out.status.success());
+}
+
+#[test]
+fn compile_output_loads_and_matches_what_run_programs() {
+    if !e2e_enabled() {
+        return;
+    }
+    let c = Cluster::start(&[]);
+    let out = std::process::Command::new(rudder_bin())
+        .args(["compile", "--manifests"])
+        .arg(example_dir())
+        .args([
+            "--hostname-override",
+            "node-1",
+            "--cluster-cidr",
+            "10.244.0.0/16,fd00:10:244::/56",
+        ])
+        .output()
+        .expect("compile");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let compiled = String::from_utf8(out.stdout).expect("utf-8");
+    let running = nft::list_ruleset(&c.topo.node).expect("ruleset");
+    // Load the compiled text into a fresh namespace: the kernel lists the same ruleset.
+    let fresh = rudder_e2e::Netns::new("compiled").expect("netns");
+    nft::load(&fresh, &compiled).expect("compiled output loads");
+    assert_same_text(
+        &nft::list_ruleset(&fresh).expect("ruleset"),
+        &running,
+        "compiled vs running",
+    );
+    // Loading it again replaces the tables atomically instead of failing.
+    nft::load(&fresh, &compiled).expect("compiled output reloads");
+    assert_same_text(
+        &nft::list_ruleset(&fresh).expect("ruleset"),
+        &running,
+        "reloaded vs running",
+    );
+}

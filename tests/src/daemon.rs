@@ -1,0 +1,151 @@
+//! Running the real `rudder` binary inside a namespace, and temporary directories.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::netns::Netns;
+
+static DIR_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A directory under the system temp dir, removed on drop.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates `rudder-<prefix>-<pid>-<n>`.
+    pub fn new(prefix: &str) -> io::Result<TempDir> {
+        let n = DIR_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("rudder-{prefix}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path)?;
+        Ok(TempDir { path })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes a file atomically (write to a temporary name, then rename), as editors and
+    /// config management tools do.
+    pub fn write(&self, name: &str, content: &str) -> io::Result<PathBuf> {
+        let target = self.path.join(name);
+        let tmp = self.path.join(format!(".{name}.tmp"));
+        fs::write(&tmp, content)?;
+        fs::rename(&tmp, &target)?;
+        Ok(target)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A `rudder` process running in a namespace. Its stderr goes to a log file; it is killed
+/// on drop if still running.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Option<Child>,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Daemon {
+    /// Starts `binary args...` inside `ns`.
+    pub fn start(binary: &Path, ns: &Netns, args: &[&str]) -> io::Result<Daemon> {
+        let dir = TempDir::new("daemon")?;
+        let log = dir.path().join("rudder.log");
+        let file = fs::File::create(&log)?;
+        let child = ns
+            .command(&binary.display().to_string())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()?;
+        Ok(Daemon {
+            child: Some(child),
+            log,
+            _dir: dir,
+        })
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Number of log lines containing `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits until at least `n` log lines contain `needle`. Fails with the log on timeout or
+    /// if the daemon exits.
+    pub fn wait_for(&mut self, needle: &str, n: usize, timeout: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.count(needle) >= n {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    return Err(io::Error::other(format!(
+                        "rudder exited ({status}) before {needle:?}:\n{}",
+                        self.log()
+                    )));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(io::Error::other(format!(
+                    "timed out waiting for {n}× {needle:?}; log:\n{}",
+                    self.log()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns whether it exited successfully within
+    /// `timeout` (it is killed otherwise).
+    pub fn terminate(&mut self, timeout: Duration) -> io::Result<bool> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(false);
+        };
+        let pid = i32::try_from(child.id()).map_err(io::Error::other)?;
+        // `ip netns exec` execs the program, so the pid is rudder's own.
+        kill(Pid::from_raw(pid), Signal::SIGTERM).map_err(io::Error::other)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.success());
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
