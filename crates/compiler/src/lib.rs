@@ -27,7 +27,9 @@ mod layout;
 mod policy;
 mod service;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::FxHashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -109,11 +111,51 @@ struct Claim {
     value: Option<Value>,
 }
 
-/// What one service contributes to one family's ruleset.
+/// The claims on one element, sorted by owner. Almost every element has exactly one claim,
+/// which is stored inline (no allocation).
+#[derive(Debug, Clone)]
+struct Claims {
+    first: Claim,
+    rest: Vec<Claim>,
+}
+
+impl Claims {
+    fn insert(&mut self, claim: Claim) {
+        if claim.owner < self.first.owner {
+            let old = std::mem::replace(&mut self.first, claim);
+            self.rest.insert(0, old);
+        } else {
+            let pos = self.rest.partition_point(|c| c.owner < claim.owner);
+            self.rest.insert(pos, claim);
+        }
+    }
+
+    /// Removes `owner`'s claim; returns false when no claim is left.
+    fn remove(&mut self, owner: &ServicePortName) -> bool {
+        if *self.first.owner == *owner {
+            if self.rest.is_empty() {
+                return false;
+            }
+            self.first = self.rest.remove(0);
+        } else if let Some(pos) = self.rest.iter().position(|c| *c.owner == *owner) {
+            self.rest.remove(pos);
+        }
+        true
+    }
+}
+
+/// What one service contributes to one family's ruleset, as compiled.
 #[derive(Debug, Clone, Default)]
-struct Fragment {
+pub(crate) struct Fragment {
+    pub(crate) claims: Vec<(SetId, Key, Arc<ServicePortName>, Option<Value>)>,
+    pub(crate) classes: BTreeSet<Class>,
+}
+
+/// What the compiler remembers of a service: which elements it claimed (the values live in
+/// the claim table; keys are shared, not copied).
+#[derive(Debug, Clone, Default)]
+struct Stored {
     claims: Vec<(SetId, Key, Arc<ServicePortName>, Option<Value>)>,
-    classes: BTreeSet<Class>,
 }
 
 type ElemId = (SetId, Key);
@@ -124,10 +166,14 @@ struct FamilyCompiler {
     family: IpFamily,
     table: TableRef,
     skeleton: Ruleset,
-    frags: HashMap<ServiceKey, Fragment>,
+    /// Per service, in key order (which is also the order of a full ruleset's elements).
+    frags: BTreeMap<ServiceKey, Stored>,
     /// Claims per element, sorted by owner: the first claim is the effective one, so two
     /// services that claim the same frontend resolve the same way whatever their order.
-    claims: BTreeMap<ElemId, Vec<Claim>>,
+    claims: FxHashMap<ElemId, Claims>,
+    /// Elements that more than one service port claimed at some point (a superset of the
+    /// currently contested ones). Elements outside it have exactly one claim.
+    contested: rustc_hash::FxHashSet<ElemId>,
     /// Classes whose objects exist. They are kept while unused until the next full sync, so
     /// a partial sync never deletes a chain (kernels before 6.2 notice late that a chain
     /// became unreferenced).
@@ -143,42 +189,47 @@ fn nft_family(f: IpFamily) -> Family {
 
 impl FamilyCompiler {
     fn effective(&self, id: &ElemId) -> Option<Option<Value>> {
-        self.claims
-            .get(id)
-            .and_then(|c| c.first())
-            .map(|c| c.value.clone())
+        self.claims.get(id).map(|c| c.first.value.clone())
     }
 
-    fn add_claim(
-        &mut self,
-        set: SetId,
-        key: Key,
-        owner: Arc<ServicePortName>,
-        value: Option<Value>,
-    ) {
-        let list = self.claims.entry((set, key)).or_default();
-        let pos = list.partition_point(|c| c.owner < owner);
-        list.insert(pos, Claim { owner, value });
-    }
-
-    fn remove_claim(&mut self, id: ElemId, owner: &ServicePortName) {
-        if let Some(list) = self.claims.get_mut(&id) {
-            if let Some(pos) = list.iter().position(|c| *c.owner == *owner) {
-                list.remove(pos);
+    fn add_claim(&mut self, id: ElemId, owner: Arc<ServicePortName>, value: Option<Value>) {
+        let claim = Claim { owner, value };
+        match self.claims.entry(id) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                self.contested.insert(e.key().clone());
+                e.get_mut().insert(claim);
             }
-            if list.is_empty() {
-                self.claims.remove(&id);
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(Claims { first: claim, rest: Vec::new() });
             }
         }
     }
 
+    fn remove_claim(&mut self, id: &ElemId, owner: &ServicePortName) {
+        if let Some(list) = self.claims.get_mut(id) {
+            if !list.remove(owner) {
+                self.claims.remove(id);
+            }
+        }
+    }
+
+    /// Records a compiled fragment: its claims and classes. Returns the classes it needs
+    /// that did not exist yet.
+    fn insert_fragment(&mut self, key: &ServiceKey, frag: Fragment) -> Vec<Class> {
+        let mut stored = Stored { claims: Vec::with_capacity(frag.claims.len()) };
+        for (set, k, owner, value) in frag.claims {
+            stored.claims.push((set, k.clone(), owner.clone(), value.clone()));
+            self.add_claim((set, k), owner, value);
+        }
+        let new: Vec<Class> = frag.classes.into_iter().filter(|c| self.classes.insert(*c)).collect();
+        if !stored.claims.is_empty() {
+            self.frags.insert(key.clone(), stored);
+        }
+        new
+    }
+
     /// Recompiles the given services and returns the operations for what changed.
-    fn update(
-        &mut self,
-        state: &ProxyState,
-        ctx: &Ctx,
-        changed: &BTreeSet<ServiceKey>,
-    ) -> Transaction {
+    fn update(&mut self, state: &ProxyState, ctx: &Ctx, changed: &BTreeSet<ServiceKey>) -> Transaction {
         let mut before: BTreeMap<ElemId, Option<Option<Value>>> = BTreeMap::new();
         let mut new_classes = BTreeSet::new();
         for key in changed {
@@ -188,39 +239,23 @@ impl FamilyCompiler {
                     if !before.contains_key(&id) {
                         before.insert(id.clone(), self.effective(&id));
                     }
-                    self.remove_claim(id, &owner);
+                    self.remove_claim(&id, &owner);
                 }
             }
-            let Some(svc) = state.service(key) else {
-                continue;
-            };
+            let Some(svc) = state.service(key) else { continue };
             let frag = service::compile(self.family, state, svc, ctx);
-            for (set, k, owner, value) in &frag.claims {
+            for (set, k, _, _) in &frag.claims {
                 let id = (*set, k.clone());
                 if !before.contains_key(&id) {
                     before.insert(id.clone(), self.effective(&id));
                 }
-                self.add_claim(*set, k.clone(), owner.clone(), value.clone());
             }
-            for c in &frag.classes {
-                if self.classes.insert(*c) {
-                    new_classes.insert(*c);
-                }
-            }
-            if !frag.claims.is_empty() {
-                self.frags.insert(key.clone(), frag);
-            }
+            new_classes.extend(self.insert_fragment(key, frag));
         }
 
         let mut tx = Transaction::new();
         for c in &new_classes {
-            layout::class_objects(
-                nft_family(self.family),
-                &self.table,
-                *c,
-                ctx.config.masquerade_mark(),
-                &mut tx,
-            );
+            layout::class_objects(nft_family(self.family), &self.table, *c, ctx.config.masquerade_mark(), &mut tx);
         }
         let mut deletes: BTreeMap<SetId, Vec<Key>> = BTreeMap::new();
         let mut adds: BTreeMap<SetId, Vec<(Key, Option<Value>)>> = BTreeMap::new();
@@ -248,51 +283,42 @@ impl FamilyCompiler {
 
     /// Forgets everything and compiles every service: the complete table.
     fn full(&mut self, state: &ProxyState, ctx: &Ctx) -> Transaction {
+        // `clear` keeps the hash table's capacity: a resync does not grow it again.
         self.frags.clear();
         self.claims.clear();
+        self.contested.clear();
         self.classes.clear();
-        self.skeleton = layout::skeleton(
-            nft_family(self.family),
-            &self.table,
-            &ctx.config,
-            &ctx.node.node_port_ips,
-        );
-        let all: BTreeSet<ServiceKey> = state.services().map(|s| s.key.clone()).collect();
-        // Compile into the (now empty) state; the element operations are regenerated below
-        // in one sorted pass, so the update's own output is not needed.
-        let _ = self.update(state, ctx, &all);
+        self.skeleton = layout::skeleton(nft_family(self.family), &self.table, &ctx.config, &ctx.node.node_port_ips);
+        for svc in state.services() {
+            let frag = service::compile(self.family, state, svc, ctx);
+            self.insert_fragment(&svc.key, frag);
+        }
         self.create_transaction(ctx)
     }
 
-    /// The operations that create the whole table from nothing.
+    /// The operations that create the whole table from nothing. Elements are listed per set
+    /// in service-key order, then in each service's own order: deterministic without sorting.
     fn create_transaction(&self, ctx: &Ctx) -> Transaction {
         let mut tx = self.skeleton.to_transaction();
         for c in &self.classes {
-            layout::class_objects(
-                nft_family(self.family),
-                &self.table,
-                *c,
-                ctx.config.masquerade_mark(),
-                &mut tx,
-            );
+            layout::class_objects(nft_family(self.family), &self.table, *c, ctx.config.masquerade_mark(), &mut tx);
         }
-        let mut current: Option<(SetId, Vec<(Key, Option<Value>)>)> = None;
-        for ((set, key), claims) in &self.claims {
-            let Some(first) = claims.first() else {
-                continue;
-            };
-            match &mut current {
-                Some((s, elems)) if s == set => elems.push((key.clone(), first.value.clone())),
-                _ => {
-                    if let Some((s, elems)) = current.take() {
-                        tx.add_elements(&self.table, &s.name(), elems);
-                    }
-                    current = Some((*set, vec![(key.clone(), first.value.clone())]));
+        let mut per_set: BTreeMap<SetId, Vec<(Key, Option<Value>)>> = BTreeMap::new();
+        for stored in self.frags.values() {
+            for (set, key, owner, value) in &stored.claims {
+                let id = (*set, key.clone());
+                // Emit each element once: from the service port whose claim is effective.
+                // Uncontested elements have a single claim, which is this one.
+                let mine = self.contested.is_empty()
+                    || !self.contested.contains(&id)
+                    || self.claims.get(&id).is_some_and(|c| Arc::ptr_eq(&c.first.owner, owner));
+                if mine {
+                    per_set.entry(*set).or_default().push((key.clone(), value.clone()));
                 }
             }
         }
-        if let Some((s, elems)) = current {
-            tx.add_elements(&self.table, &s.name(), elems);
+        for (set, elems) in per_set {
+            tx.add_elements(&self.table, &set.name(), elems);
         }
         tx
     }
@@ -324,8 +350,9 @@ impl Compiler {
                 family,
                 table: TableRef::new(nft_family(family), config.table.clone()),
                 skeleton: Ruleset::new(),
-                frags: HashMap::new(),
-                claims: BTreeMap::new(),
+                frags: BTreeMap::new(),
+                claims: FxHashMap::default(),
+                contested: Default::default(),
                 classes: BTreeSet::new(),
             })
             .collect();

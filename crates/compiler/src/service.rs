@@ -19,7 +19,7 @@ fn l4(p: Protocol) -> L4Proto {
 }
 
 fn endpoint_value(ep: &ResolvedEndpoint) -> Key {
-    Key::new(vec![Atom::ip(ep.ip), Atom::Port(ep.port)])
+    Key::new([Atom::ip(ep.ip), Atom::Port(ep.port)])
 }
 
 /// Compiles `svc` for one family.
@@ -48,31 +48,23 @@ pub(crate) fn compile(family: IpFamily, state: &ProxyState, svc: &Service, ctx: 
     for port in &svc.ports {
         let owner = Arc::new(svc.port_name(port));
         let proto = l4(port.protocol);
-        let frontend = |ip: IpAddr| vec![Atom::ip(ip), Atom::Proto(proto), Atom::Port(port.port)];
-        let mut claim = |set: SetId, key: Vec<Atom>, value: Option<Key>| {
-            frag.claims.push((set, Key::new(key), owner.clone(), value));
+        let frontend = |ip: IpAddr| [Atom::ip(ip), Atom::Proto(proto), Atom::Port(port.port)];
+        let mut claim = |set: SetId, key: Key, value: Option<Key>| {
+            frag.claims.push((set, key, owner.clone(), value));
         };
-        claim(SetId::ClusterIps, vec![Atom::ip(cluster_ip)], None);
+        claim(SetId::ClusterIps, Key::new([Atom::ip(cluster_ip)]), None);
 
         let endpoints = state.endpoints_for(svc, port, family);
         let cat = categorize(svc, &endpoints, &ctx.node.name);
         let eps = &cat.cluster;
         if eps.is_empty() {
             let reject = Some(Key::verdict(Verdict::Goto(n(names::REJECT_CHAIN))));
-            claim(
-                SetId::NoEndpointServices,
-                frontend(cluster_ip),
-                reject.clone(),
-            );
+            claim(SetId::NoEndpointServices, Key::new(frontend(cluster_ip)), reject.clone());
             for ip in &externals {
-                claim(SetId::NoEndpointServices, frontend(*ip), reject.clone());
+                claim(SetId::NoEndpointServices, Key::new(frontend(*ip)), reject.clone());
             }
             if let Some(np) = port.node_port {
-                claim(
-                    SetId::NoEndpointNodeports,
-                    vec![Atom::Proto(proto), Atom::Port(np)],
-                    reject,
-                );
+                claim(SetId::NoEndpointNodeports, Key::new([Atom::Proto(proto), Atom::Port(np)]), reject);
             }
             continue;
         }
@@ -81,59 +73,37 @@ pub(crate) fn compile(family: IpFamily, state: &ProxyState, svc: &Service, ctx: 
         // in u32 on every platform Rudder runs on.
         let count = u32::try_from(eps.len()).unwrap_or(u32::MAX);
         let cluster = Class::Cluster(count);
-        claim(
-            SetId::ServiceIps,
-            frontend(cluster_ip),
-            Some(cluster.verdict()),
-        );
-        let per_frontend = |claim: &mut dyn FnMut(SetId, Vec<Atom>, Option<Key>), fe: Vec<Atom>| {
-            for (i, ep) in eps.iter().enumerate() {
-                let mut key = fe.clone();
-                key.push(Atom::Int(i as u32));
-                claim(
-                    SetId::ClusterEndpoints(count),
-                    key,
-                    Some(endpoint_value(ep)),
-                );
+        claim(SetId::ServiceIps, Key::new(frontend(cluster_ip)), Some(cluster.verdict()));
+        // One shared value per endpoint, whatever the number of frontends.
+        let values: Vec<Key> = eps.iter().map(|ep| endpoint_value(ep)).collect();
+        let per_frontend = |claim: &mut dyn FnMut(SetId, Key, Option<Key>), [a, p, n]: [Atom; 3]| {
+            for (i, v) in values.iter().enumerate() {
+                let key = Key::new([a.clone(), p.clone(), n.clone(), Atom::Int(i as u32)]);
+                claim(SetId::ClusterEndpoints(count), key, Some(v.clone()));
             }
         };
         per_frontend(&mut claim, frontend(cluster_ip));
         frag.classes.insert(cluster);
         if !externals.is_empty() {
             let external = Class::External(count);
+            let verdict = external.verdict();
             for ip in &externals {
-                claim(SetId::ServiceIps, frontend(*ip), Some(external.verdict()));
+                claim(SetId::ServiceIps, Key::new(frontend(*ip)), Some(verdict.clone()));
                 per_frontend(&mut claim, frontend(*ip));
             }
             frag.classes.insert(external);
         }
         if let Some(np) = port.node_port {
             let class = Class::NodePort(count);
-            claim(
-                SetId::ServiceNodeports,
-                vec![Atom::Proto(proto), Atom::Port(np)],
-                Some(class.verdict()),
-            );
-            for (i, ep) in eps.iter().enumerate() {
-                let key = vec![Atom::Proto(proto), Atom::Port(np), Atom::Int(i as u32)];
-                claim(
-                    SetId::NodeportEndpoints(count),
-                    key,
-                    Some(endpoint_value(ep)),
-                );
+            claim(SetId::ServiceNodeports, Key::new([Atom::Proto(proto), Atom::Port(np)]), Some(class.verdict()));
+            for (i, v) in values.iter().enumerate() {
+                let key = Key::new([Atom::Proto(proto), Atom::Port(np), Atom::Int(i as u32)]);
+                claim(SetId::NodeportEndpoints(count), key, Some(v.clone()));
             }
             frag.classes.insert(class);
         }
-        for ep in eps
-            .iter()
-            .filter(|e| e.node_name.as_deref() == Some(ctx.node.name.as_str()))
-        {
-            let key = vec![
-                Atom::ip(ep.ip),
-                Atom::ip(ep.ip),
-                Atom::Proto(proto),
-                Atom::Port(ep.port),
-            ];
+        for ep in eps.iter().filter(|e| e.node_name.as_deref() == Some(ctx.node.name.as_str())) {
+            let key = Key::new([Atom::ip(ep.ip), Atom::ip(ep.ip), Atom::Proto(proto), Atom::Port(ep.port)]);
             claim(SetId::Hairpin, key, None);
         }
     }

@@ -141,22 +141,22 @@ impl fmt::Display for Atom {
     }
 }
 
-/// A set key or map datum: one atom or a concatenation of several.
+/// A set key or map datum: one atom or a concatenation of several. Cheap to clone (shared).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Key(pub Box<[Atom]>);
+pub struct Key(pub std::sync::Arc<[Atom]>);
 
 /// The data of a map element (same shape as a [`Key`]).
 pub type Value = Key;
 
 impl Key {
     /// A key of the given atoms.
-    pub fn new(atoms: impl Into<Box<[Atom]>>) -> Key {
+    pub fn new(atoms: impl Into<std::sync::Arc<[Atom]>>) -> Key {
         Key(atoms.into())
     }
 
     /// A verdict as map data.
     pub fn verdict(v: Verdict) -> Key {
-        Key(Box::new([Atom::Verdict(v)]))
+        Key(std::sync::Arc::new([Atom::Verdict(v)]))
     }
 
     /// The atoms.
