@@ -12,8 +12,8 @@ use anyhow::{Context, bail};
 use rudder_compiler::{Compiler, Config, NodeContext, NodePortIps};
 use rudder_e2e::Netns;
 use rudder_model::{
-    Endpoint, EndpointPort, EndpointSlice, IpFamily, Protocol, ProxyState, Service, ServiceKey, ServicePort, ServiceType,
-    SliceKey, TrafficPolicy,
+    Endpoint, EndpointPort, EndpointSlice, IpFamily, Protocol, ProxyState, Service, ServiceKey,
+    ServicePort, ServiceType, SliceKey, TrafficPolicy,
 };
 use rudder_nft_backend::NftBackend;
 
@@ -23,7 +23,9 @@ fn svc(i: usize) -> Service {
     Service {
         key: ServiceKey::new("bench", &format!("svc-{i}")),
         service_type: ServiceType::ClusterIp,
-        cluster_ips: vec![std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a60_0000u32 + i as u32))],
+        cluster_ips: vec![std::net::IpAddr::V4(std::net::Ipv4Addr::from(
+            0x0a60_0000u32 + i as u32,
+        ))],
         external_ips: vec![],
         load_balancer_ips: vec![],
         load_balancer_source_ranges: vec![],
@@ -31,20 +33,35 @@ fn svc(i: usize) -> Service {
         internal_traffic_policy: TrafficPolicy::Cluster,
         health_check_node_port: None,
         session_affinity_timeout: None,
-        ports: vec![ServicePort { name: "http".into(), protocol: Protocol::Tcp, port: 80, node_port: None, target_port: None }],
+        ports: vec![ServicePort {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            node_port: None,
+            target_port: None,
+        }],
     }
 }
 
 fn ep_ip(i: usize, e: usize) -> std::net::IpAddr {
-    std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000u32 + (i as u32) * 64 + e as u32 + 1))
+    std::net::IpAddr::V4(std::net::Ipv4Addr::from(
+        0x0a00_0000u32 + (i as u32) * 64 + e as u32 + 1,
+    ))
 }
 
 fn slice(i: usize, eps: usize, bump: usize) -> EndpointSlice {
     EndpointSlice {
-        key: SliceKey { namespace: "bench".into(), name: format!("svc-{i}-abc") },
+        key: SliceKey {
+            namespace: "bench".into(),
+            name: format!("svc-{i}-abc"),
+        },
         service: ServiceKey::new("bench", &format!("svc-{i}")),
         family: IpFamily::V4,
-        ports: vec![EndpointPort { name: "http".into(), protocol: Protocol::Tcp, port: 8080 }],
+        ports: vec![EndpointPort {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port: 8080,
+        }],
         endpoints: (0..eps)
             .map(|e| Endpoint {
                 address: ep_ip(i, e + bump),
@@ -77,7 +94,9 @@ fn kube_proxy_script(services: usize, eps: usize) -> String {
 
 fn kube_proxy_service(i: usize, eps: usize, bump: usize) -> String {
     let chain = format!("service-{i:08}-bench/svc-{i}/tcp/http");
-    let map: Vec<String> = (0..eps).map(|e| format!("{e} : {} . 8080", ep_ip(i, e + bump))).collect();
+    let map: Vec<String> = (0..eps)
+        .map(|e| format!("{e} : {} . 8080", ep_ip(i, e + bump)))
+        .collect();
     let vip = std::net::Ipv4Addr::from(0x0a60_0000u32 + i as u32);
     format!(
         "add chain ip kube-proxy {chain}\nflush chain ip kube-proxy {chain}\nadd rule ip kube-proxy {chain} meta l4proto tcp dnat ip addr . port to numgen random mod {eps} map {{ {} }}\n\
@@ -109,9 +128,15 @@ pub fn bench(args: &[String]) -> anyhow::Result<()> {
     let eps: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10);
     let rounds = 3;
 
-    let node = NodeContext { name: "node-0".into(), node_port_ips: NodePortIps::Only(vec!["172.18.0.2".parse()?]) };
+    let node = NodeContext {
+        name: "node-0".into(),
+        node_port_ips: NodePortIps::Only(vec!["172.18.0.2".parse()?]),
+    };
     let mut state = ProxyState::new();
-    state.replace_all((0..services).map(svc).collect(), (0..services).map(|i| slice(i, eps, 0)).collect());
+    state.replace_all(
+        (0..services).map(svc).collect(),
+        (0..services).map(|i| slice(i, eps, 0)).collect(),
+    );
     state.take_dirty();
     let backend = NftBackend::new();
     let mut rows: Vec<(String, Vec<Duration>)> = Vec::new();
@@ -149,11 +174,19 @@ pub fn bench(args: &[String]) -> anyhow::Result<()> {
         let (_, d) = time(|| nft_load(&ns, &change))?;
         push("kube-proxy layout: rewrite one service's chain", d);
     }
-    println!("Kernel benchmark: {services} services × {eps} endpoints, IPv4, {rounds} rounds (median shown); Rudder full script {:.1} MiB\n", bytes as f64 / 1048576.0);
+    println!(
+        "Kernel benchmark: {services} services × {eps} endpoints, IPv4, {rounds} rounds (median shown); Rudder full script {:.1} MiB\n",
+        bytes as f64 / 1048576.0
+    );
     println!("| measurement | median | min | max |\n|---|---|---|---|");
     for (name, mut v) in rows {
         v.sort();
-        println!("| {name} | {} | {} | {} |", ms(v[v.len() / 2]), ms(v[0]), ms(v[v.len() - 1]));
+        println!(
+            "| {name} | {} | {} | {} |",
+            ms(v[v.len() / 2]),
+            ms(v[0]),
+            ms(v[v.len() - 1])
+        );
     }
     Ok(())
 }

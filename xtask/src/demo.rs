@@ -22,8 +22,12 @@ pub fn build_rudder(release: bool) -> anyhow::Result<PathBuf> {
         cmd.arg("--release");
     }
     run(&mut cmd)?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
-    Ok(target.join(if release { "release" } else { "debug" }).join("rudder"))
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    Ok(target
+        .join(if release { "release" } else { "debug" })
+        .join("rudder"))
 }
 
 fn show(topo: &Topology, from: &str, target: &str, proto: Proto, n: usize) -> anyhow::Result<()> {
@@ -40,7 +44,10 @@ fn show(topo: &Topology, from: &str, target: &str, proto: Proto, n: usize) -> an
             Err(e) => e.histogram_key(),
         });
     }
-    println!("  {proto} {target:<24} from {from:<8} -> {}", answers.join(" "));
+    println!(
+        "  {proto} {target:<24} from {from:<8} -> {}",
+        answers.join(" ")
+    );
     Ok(())
 }
 
@@ -58,15 +65,28 @@ pub fn demo() -> anyhow::Result<()> {
         .context("starting the backends")?;
     let manifests = workspace_root().join("examples/nginx");
     let dir = manifests.display().to_string();
-    println!("Rudder demo: node namespace {} (172.18.0.2), pods 10.244.1.2=111 10.244.2.2=222 10.244.3.2=333,", topo.node.name());
+    println!(
+        "Rudder demo: node namespace {} (172.18.0.2), pods 10.244.1.2=111 10.244.2.2=222 10.244.3.2=333,",
+        topo.node.name()
+    );
     println!("client 172.18.0.10; manifests {}\n", manifests.display());
     let mut daemon = Daemon::start(
         &rudder,
         &topo.node,
-        &["run", "--manifests", &dir, "--hostname-override", "node-1", "--cluster-cidr", "10.244.0.0/16,fd00:10:244::/56"],
+        &[
+            "run",
+            "--manifests",
+            &dir,
+            "--hostname-override",
+            "node-1",
+            "--cluster-cidr",
+            "10.244.0.0/16,fd00:10:244::/56",
+        ],
     )
     .context("starting rudder")?;
-    daemon.wait_for("sync done", 1, Duration::from_secs(30)).context("waiting for the first sync")?;
+    daemon
+        .wait_for("sync done", 1, Duration::from_secs(30))
+        .context("waiting for the first sync")?;
     if let Some(line) = daemon.log().lines().find(|l| l.contains("sync done")) {
         println!("rudder: {}\n", line.trim());
     }
@@ -80,9 +100,14 @@ pub fn demo() -> anyhow::Result<()> {
     show(&topo, "client", "192.168.122.200:80", Proto::Tcp, 12)?;
     show(&topo, "pod-111", "10.96.100.110:5432", Proto::Tcp, 6)?;
     show(&topo, "pod-111", "10.96.100.120:80", Proto::Tcp, 3)?;
-    println!("\n(10.96.100.110 is a selectorless service with a hand-written EndpointSlice: only 222;");
+    println!(
+        "\n(10.96.100.110 is a selectorless service with a hand-written EndpointSlice: only 222;"
+    );
     println!(" 10.96.100.120 has no endpoints: connections are refused at once.)");
     let terminated = daemon.terminate(Duration::from_secs(5))?;
-    println!("\nrudder stopped ({}); namespaces are removed now.", if terminated { "clean exit" } else { "killed" });
+    println!(
+        "\nrudder stopped ({}); namespaces are removed now.",
+        if terminated { "clean exit" } else { "killed" }
+    );
     Ok(())
 }

@@ -36,13 +36,23 @@ fn main() -> ExitCode {
 }
 
 fn have(program: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {program} >/dev/null 2>&1")]).status().is_ok_and(|s| s.success())
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program} >/dev/null 2>&1")])
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Installs nftables, iproute2 and conntrack with apt-get when they are missing.
 pub fn install_deps() -> anyhow::Result<()> {
-    let missing: Vec<&str> =
-        [("nft", "nftables"), ("ip", "iproute2"), ("conntrack", "conntrack")].into_iter().filter(|(p, _)| !have(p)).map(|(_, pkg)| pkg).collect();
+    let missing: Vec<&str> = [
+        ("nft", "nftables"),
+        ("ip", "iproute2"),
+        ("conntrack", "conntrack"),
+    ]
+    .into_iter()
+    .filter(|(p, _)| !have(p))
+    .map(|(_, pkg)| pkg)
+    .collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -50,7 +60,10 @@ pub fn install_deps() -> anyhow::Result<()> {
         bail!("missing programs from packages {missing:?} and no apt-get to install them");
     }
     eprintln!("xtask: installing {missing:?}");
-    let update = Command::new("apt-get").args(["update", "-qq"]).status().context("apt-get update")?;
+    let update = Command::new("apt-get")
+        .args(["update", "-qq"])
+        .status()
+        .context("apt-get update")?;
     if !update.success() {
         bail!("apt-get update failed");
     }
@@ -86,7 +99,9 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     }
     install_deps()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    run(cargo().args(["test", "--workspace", "--all-targets"]).args(extra))?;
+    run(cargo()
+        .args(["test", "--workspace", "--all-targets"])
+        .args(extra))?;
     run(cargo().args(["test", "--workspace", "--doc"]))?;
     Ok(())
 }

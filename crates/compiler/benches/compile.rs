@@ -10,8 +10,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use rudder_compiler::{Compiler, Config, NodeContext, NodePortIps};
 use rudder_model::{
-    Endpoint, EndpointPort, EndpointSlice, IpFamily, Protocol, ProxyState, Service, ServiceKey, ServicePort, ServiceType,
-    SliceKey, TrafficPolicy,
+    Endpoint, EndpointPort, EndpointSlice, IpFamily, Protocol, ProxyState, Service, ServiceKey,
+    ServicePort, ServiceType, SliceKey, TrafficPolicy,
 };
 
 // The same allocator as the `rudder` binary.
@@ -46,13 +46,22 @@ fn service(i: usize) -> Service {
 
 fn slice(i: usize, shift: u32) -> EndpointSlice {
     EndpointSlice {
-        key: SliceKey { namespace: "bench".into(), name: format!("svc-{i}-x") },
+        key: SliceKey {
+            namespace: "bench".into(),
+            name: format!("svc-{i}-x"),
+        },
         service: ServiceKey::new("bench", &format!("svc-{i}")),
         family: IpFamily::V4,
-        ports: vec![EndpointPort { name: "http".into(), protocol: Protocol::Tcp, port: 8080 }],
+        ports: vec![EndpointPort {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port: 8080,
+        }],
         endpoints: (0..ENDPOINTS as u32)
             .map(|e| Endpoint {
-                address: IpAddr::V4(Ipv4Addr::from(0x0a00_0000u32 + (i as u32) * 64 + e + shift + 1)),
+                address: IpAddr::V4(Ipv4Addr::from(
+                    0x0a00_0000u32 + (i as u32) * 64 + e + shift + 1,
+                )),
                 ready: true,
                 serving: true,
                 terminating: false,
@@ -68,13 +77,19 @@ fn slice(i: usize, shift: u32) -> EndpointSlice {
 
 fn state() -> ProxyState {
     let mut st = ProxyState::new();
-    st.replace_all((0..SERVICES).map(service).collect(), (0..SERVICES).map(|i| slice(i, 0)).collect());
+    st.replace_all(
+        (0..SERVICES).map(service).collect(),
+        (0..SERVICES).map(|i| slice(i, 0)).collect(),
+    );
     st.take_dirty();
     st
 }
 
 fn compiler() -> Compiler {
-    let node = NodeContext { name: "node-0".into(), node_port_ips: NodePortIps::Only(vec!["172.18.0.2".parse().unwrap()]) };
+    let node = NodeContext {
+        name: "node-0".into(),
+        node_port_ips: NodePortIps::Only(vec!["172.18.0.2".parse().unwrap()]),
+    };
     Compiler::new(&[IpFamily::V4], Config::default(), node)
 }
 
@@ -91,9 +106,10 @@ fn benches(c: &mut Criterion) {
     });
     let mut resync = compiler();
     resync.full(&st);
-    g.bench_function("full resync 10000x10 (compile + render, warm compiler)", |b| {
-        b.iter(|| black_box(resync.full(black_box(&st)).render().len()))
-    });
+    g.bench_function(
+        "full resync 10000x10 (compile + render, warm compiler)",
+        |b| b.iter(|| black_box(resync.full(black_box(&st)).render().len())),
+    );
     g.bench_function("full 10000x10 (compile only)", |b| {
         b.iter(|| {
             let mut comp = compiler();

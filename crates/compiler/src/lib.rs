@@ -34,7 +34,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use rudder_model::{Cidr, IpFamily, ProxyState, ServiceKey, ServicePortName};
-use rudder_nft::{ApplyError, Family, Key, Name, Op, Ruleset, TableRef, Transaction, Value};
+use rudder_nft::{ApplyError, Atom, Family, Key, Name, Op, Ruleset, TableRef, Transaction, Value};
 
 pub use layout::{Class, SetId, names};
 pub use policy::{Categorized, categorize};
@@ -200,7 +200,10 @@ impl FamilyCompiler {
                 e.get_mut().insert(claim);
             }
             std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(Claims { first: claim, rest: Vec::new() });
+                e.insert(Claims {
+                    first: claim,
+                    rest: Vec::new(),
+                });
             }
         }
     }
@@ -216,12 +219,20 @@ impl FamilyCompiler {
     /// Records a compiled fragment: its claims and classes. Returns the classes it needs
     /// that did not exist yet.
     fn insert_fragment(&mut self, key: &ServiceKey, frag: Fragment) -> Vec<Class> {
-        let mut stored = Stored { claims: Vec::with_capacity(frag.claims.len()) };
+        let mut stored = Stored {
+            claims: Vec::with_capacity(frag.claims.len()),
+        };
         for (set, k, owner, value) in frag.claims {
-            stored.claims.push((set, k.clone(), owner.clone(), value.clone()));
+            stored
+                .claims
+                .push((set, k.clone(), owner.clone(), value.clone()));
             self.add_claim((set, k), owner, value);
         }
-        let new: Vec<Class> = frag.classes.into_iter().filter(|c| self.classes.insert(*c)).collect();
+        let new: Vec<Class> = frag
+            .classes
+            .into_iter()
+            .filter(|c| self.classes.insert(*c))
+            .collect();
         if !stored.claims.is_empty() {
             self.frags.insert(key.clone(), stored);
         }
@@ -229,11 +240,32 @@ impl FamilyCompiler {
     }
 
     /// Recompiles the given services and returns the operations for what changed.
-    fn update(&mut self, state: &ProxyState, ctx: &Ctx, changed: &BTreeSet<ServiceKey>) -> Transaction {
+    fn update(
+        &mut self,
+        state: &ProxyState,
+        ctx: &Ctx,
+        changed: &BTreeSet<ServiceKey>,
+    ) -> Transaction {
         let mut before: BTreeMap<ElemId, Option<Option<Value>>> = BTreeMap::new();
         let mut new_classes = BTreeSet::new();
         for key in changed {
+            let mut prev_slots = service::PrevSlots::default();
             if let Some(old) = self.frags.remove(key) {
+                for (set, k, _, value) in &old.claims {
+                    if let (SetId::ClusterEndpoints(_) | SetId::NodeportEndpoints(_), Some(v)) =
+                        (set, value)
+                    {
+                        let atoms = k.atoms();
+                        if let Some((Atom::Int(slot), prefix)) = atoms.split_last() {
+                            let slots = prev_slots.entry((*set, prefix.to_vec())).or_default();
+                            let slot = *slot as usize;
+                            if slots.len() <= slot {
+                                slots.resize(slot + 1, v.clone());
+                            }
+                            slots[slot] = v.clone();
+                        }
+                    }
+                }
                 for (set, k, owner, _) in old.claims {
                     let id = (set, k);
                     if !before.contains_key(&id) {
@@ -242,8 +274,10 @@ impl FamilyCompiler {
                     self.remove_claim(&id, &owner);
                 }
             }
-            let Some(svc) = state.service(key) else { continue };
-            let frag = service::compile(self.family, state, svc, ctx);
+            let Some(svc) = state.service(key) else {
+                continue;
+            };
+            let frag = service::compile(self.family, state, svc, ctx, Some(&prev_slots));
             for (set, k, _, _) in &frag.claims {
                 let id = (*set, k.clone());
                 if !before.contains_key(&id) {
@@ -255,7 +289,13 @@ impl FamilyCompiler {
 
         let mut tx = Transaction::new();
         for c in &new_classes {
-            layout::class_objects(nft_family(self.family), &self.table, *c, ctx.config.masquerade_mark(), &mut tx);
+            layout::class_objects(
+                nft_family(self.family),
+                &self.table,
+                *c,
+                ctx.config.masquerade_mark(),
+                &mut tx,
+            );
         }
         let mut deletes: BTreeMap<SetId, Vec<Key>> = BTreeMap::new();
         let mut adds: BTreeMap<SetId, Vec<(Key, Option<Value>)>> = BTreeMap::new();
@@ -288,9 +328,14 @@ impl FamilyCompiler {
         self.claims.clear();
         self.contested.clear();
         self.classes.clear();
-        self.skeleton = layout::skeleton(nft_family(self.family), &self.table, &ctx.config, &ctx.node.node_port_ips);
+        self.skeleton = layout::skeleton(
+            nft_family(self.family),
+            &self.table,
+            &ctx.config,
+            &ctx.node.node_port_ips,
+        );
         for svc in state.services() {
-            let frag = service::compile(self.family, state, svc, ctx);
+            let frag = service::compile(self.family, state, svc, ctx, None);
             self.insert_fragment(&svc.key, frag);
         }
         self.create_transaction(ctx)
@@ -301,7 +346,13 @@ impl FamilyCompiler {
     fn create_transaction(&self, ctx: &Ctx) -> Transaction {
         let mut tx = self.skeleton.to_transaction();
         for c in &self.classes {
-            layout::class_objects(nft_family(self.family), &self.table, *c, ctx.config.masquerade_mark(), &mut tx);
+            layout::class_objects(
+                nft_family(self.family),
+                &self.table,
+                *c,
+                ctx.config.masquerade_mark(),
+                &mut tx,
+            );
         }
         let mut per_set: BTreeMap<SetId, Vec<(Key, Option<Value>)>> = BTreeMap::new();
         for stored in self.frags.values() {
@@ -311,9 +362,15 @@ impl FamilyCompiler {
                 // Uncontested elements have a single claim, which is this one.
                 let mine = self.contested.is_empty()
                     || !self.contested.contains(&id)
-                    || self.claims.get(&id).is_some_and(|c| Arc::ptr_eq(&c.first.owner, owner));
+                    || self
+                        .claims
+                        .get(&id)
+                        .is_some_and(|c| Arc::ptr_eq(&c.first.owner, owner));
                 if mine {
-                    per_set.entry(*set).or_default().push((key.clone(), value.clone()));
+                    per_set
+                        .entry(*set)
+                        .or_default()
+                        .push((key.clone(), value.clone()));
                 }
             }
         }
