@@ -110,13 +110,19 @@ pub fn parse_file(file: &Path) -> Result<(Objects, Vec<LoadError>), LoadError> {
     parse_str(file, &text)
 }
 
-/// Parses manifest text (multi-document YAML or JSON).
+/// Parses manifest text: JSON (one document) for `.json` files, multi-document YAML otherwise.
 pub fn parse_str(file: &Path, text: &str) -> Result<(Objects, Vec<LoadError>), LoadError> {
-    let mut docs = Vec::new();
-    for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let v = serde_yaml::Value::deserialize(de)
-            .map_err(|e| err(file, i + 1, format!("invalid YAML: {e}")))?;
-        docs.push(v);
+    let mut docs: Vec<serde_json::Value> = Vec::new();
+    if file.extension().and_then(|e| e.to_str()) == Some("json") {
+        docs.push(
+            serde_json::from_str(text).map_err(|e| err(file, 1, format!("invalid JSON: {e}")))?,
+        );
+    } else {
+        for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+            let v = serde_json::Value::deserialize(de)
+                .map_err(|e| err(file, i + 1, format!("invalid YAML: {e}")))?;
+            docs.push(v);
+        }
     }
     let mut objs = Objects::default();
     let mut errors = Vec::new();
@@ -129,7 +135,7 @@ pub fn parse_str(file: &Path, text: &str) -> Result<(Objects, Vec<LoadError>), L
 fn add_document(
     file: &Path,
     index: usize,
-    doc: serde_yaml::Value,
+    doc: serde_json::Value,
     objs: &mut Objects,
     errors: &mut Vec<LoadError>,
 ) {
@@ -146,34 +152,31 @@ fn add_document(
         .and_then(|k| k.as_str())
         .unwrap_or("")
         .to_owned();
-    let json = match serde_json::to_value(&doc) {
-        Ok(j) => j,
-        Err(e) => return errors.push(err(file, index, format!("cannot convert to JSON: {e}"))),
-    };
     let bad = |e: serde_json::Error| err(file, index, format!("invalid {kind}: {e}"));
     match (api.as_str(), kind.as_str()) {
-        ("v1", "Service") => match serde_json::from_value(json) {
+        ("v1", "Service") => match serde_json::from_value(doc) {
             Ok(s) => objs.services.push(s),
             Err(e) => errors.push(bad(e)),
         },
-        ("discovery.k8s.io/v1", "EndpointSlice") => match serde_json::from_value(json) {
+        ("discovery.k8s.io/v1", "EndpointSlice") => match serde_json::from_value(doc) {
             Ok(s) => objs.slices.push(s),
             Err(e) => errors.push(bad(e)),
         },
-        ("v1", "Node") => match serde_json::from_value(json) {
+        ("v1", "Node") => match serde_json::from_value(doc) {
             Ok(s) => objs.nodes.push(s),
             Err(e) => errors.push(bad(e)),
         },
         (_, "List") | (_, "ServiceList") | (_, "EndpointSliceList") | (_, "NodeList") => {
-            let items = doc
-                .get("items")
-                .and_then(|i| i.as_sequence())
-                .cloned()
-                .unwrap_or_default();
-            for item in items {
-                let mut item = item;
+            let items = match doc {
+                serde_json::Value::Object(mut m) => match m.remove("items") {
+                    Some(serde_json::Value::Array(items)) => items,
+                    _ => Vec::new(),
+                },
+                _ => Vec::new(),
+            };
+            for mut item in items {
                 // Typed lists omit kind/apiVersion on their items.
-                if let Some(m) = item.as_mapping_mut() {
+                if let Some(m) = item.as_object_mut() {
                     let list_kind = kind.trim_end_matches("List");
                     if !list_kind.is_empty() && !m.contains_key("kind") {
                         m.insert("kind".into(), list_kind.into());
