@@ -13,34 +13,21 @@ use rudder_compiler::{Compiler, Config, NodeContext, NodePortIps};
 use rudder_e2e::Netns;
 use rudder_model::{
     Endpoint, EndpointPort, EndpointSlice, IpFamily, Protocol, ProxyState, Service, ServiceKey,
-    ServicePort, ServiceType, SliceKey, TrafficPolicy,
+    ServicePort,
 };
 use rudder_nft_backend::NftBackend;
 
 use crate::install_deps;
 
 fn svc(i: usize) -> Service {
-    Service {
-        key: ServiceKey::new("bench", &format!("svc-{i}")),
-        service_type: ServiceType::ClusterIp,
-        cluster_ips: vec![std::net::IpAddr::V4(std::net::Ipv4Addr::from(
+    let mut svc = Service::new(
+        ServiceKey::new("bench", &format!("svc-{i}")),
+        vec![std::net::IpAddr::V4(std::net::Ipv4Addr::from(
             0x0a60_0000u32 + i as u32,
         ))],
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        load_balancer_source_ranges: vec![],
-        external_traffic_policy: TrafficPolicy::Cluster,
-        internal_traffic_policy: TrafficPolicy::Cluster,
-        health_check_node_port: None,
-        session_affinity_timeout: None,
-        ports: vec![ServicePort {
-            name: "http".into(),
-            protocol: Protocol::Tcp,
-            port: 80,
-            node_port: None,
-            target_port: None,
-        }],
-    }
+    );
+    svc.ports = vec![ServicePort::new("http", Protocol::Tcp, 80)];
+    svc
 }
 
 fn ep_ip(i: usize, e: usize) -> std::net::IpAddr {
@@ -50,32 +37,22 @@ fn ep_ip(i: usize, e: usize) -> std::net::IpAddr {
 }
 
 fn slice(i: usize, eps: usize, bump: usize) -> EndpointSlice {
-    EndpointSlice {
-        key: SliceKey {
-            namespace: "bench".into(),
-            name: format!("svc-{i}-abc"),
-        },
-        service: ServiceKey::new("bench", &format!("svc-{i}")),
-        family: IpFamily::V4,
-        ports: vec![EndpointPort {
-            name: "http".into(),
-            protocol: Protocol::Tcp,
-            port: 8080,
-        }],
-        endpoints: (0..eps)
-            .map(|e| Endpoint {
-                address: ep_ip(i, e + bump),
-                ready: true,
-                serving: true,
-                terminating: false,
-                node_name: Some(format!("node-{}", e % 3)),
-                zone: None,
-                zone_hints: None,
-                node_hints: None,
-            })
-            .collect(),
-        trigger_time: None,
-    }
+    let endpoints = (0..eps)
+        .map(|e| Endpoint::new(ep_ip(i, e + bump)).on_node(&format!("node-{}", e % 3)))
+        .collect();
+    let ports = vec![EndpointPort {
+        name: "http".into(),
+        protocol: Protocol::Tcp,
+        port: 8080,
+    }];
+    EndpointSlice::new(
+        "bench",
+        &format!("svc-{i}-abc"),
+        &format!("svc-{i}"),
+        IpFamily::V4,
+        ports,
+        endpoints,
+    )
 }
 
 /// kube-proxy 1.36's per-service layout for the same state (chains, anonymous numgen maps,

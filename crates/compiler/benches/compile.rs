@@ -11,7 +11,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use rudder_compiler::{Compiler, Config, NodeContext, NodePortIps};
 use rudder_model::{
     Endpoint, EndpointPort, EndpointSlice, IpFamily, Protocol, ProxyState, Service, ServiceKey,
-    ServicePort, ServiceType, SliceKey, TrafficPolicy,
+    ServicePort, ServiceType,
 };
 
 // The same allocator as the `rudder` binary.
@@ -22,57 +22,42 @@ const SERVICES: usize = 10_000;
 const ENDPOINTS: usize = 10;
 
 fn service(i: usize) -> Service {
-    Service {
-        key: ServiceKey::new("bench", &format!("svc-{i}")),
-        service_type: ServiceType::NodePort,
-        cluster_ips: vec![IpAddr::V4(Ipv4Addr::from(0x0a60_0000u32 + i as u32))],
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        load_balancer_source_ranges: vec![],
-        external_traffic_policy: TrafficPolicy::Cluster,
-        internal_traffic_policy: TrafficPolicy::Cluster,
-        health_check_node_port: None,
-        session_affinity_timeout: None,
-        // Every fourth service also has a node port.
-        ports: vec![ServicePort {
-            name: "http".into(),
-            protocol: Protocol::Tcp,
-            port: 80,
-            node_port: (i % 4 == 0 && i / 4 < 2768).then(|| 30000 + (i / 4) as u16),
-            target_port: None,
-        }],
-    }
+    let mut svc = Service::new(
+        ServiceKey::new("bench", &format!("svc-{i}")),
+        vec![IpAddr::V4(Ipv4Addr::from(0x0a60_0000u32 + i as u32))],
+    );
+    svc.service_type = ServiceType::NodePort;
+    // Every fourth service also has a node port.
+    let node_port = (i % 4 == 0 && i / 4 < 2768).then(|| 30000 + (i / 4) as u16);
+    svc.ports = vec![ServicePort {
+        node_port,
+        ..ServicePort::new("http", Protocol::Tcp, 80)
+    }];
+    svc
 }
 
 fn slice(i: usize, shift: u32) -> EndpointSlice {
-    EndpointSlice {
-        key: SliceKey {
-            namespace: "bench".into(),
-            name: format!("svc-{i}-x"),
-        },
-        service: ServiceKey::new("bench", &format!("svc-{i}")),
-        family: IpFamily::V4,
-        ports: vec![EndpointPort {
-            name: "http".into(),
-            protocol: Protocol::Tcp,
-            port: 8080,
-        }],
-        endpoints: (0..ENDPOINTS as u32)
-            .map(|e| Endpoint {
-                address: IpAddr::V4(Ipv4Addr::from(
-                    0x0a00_0000u32 + (i as u32) * 64 + e + shift + 1,
-                )),
-                ready: true,
-                serving: true,
-                terminating: false,
-                node_name: Some(format!("node-{}", e % 5)),
-                zone: None,
-                zone_hints: None,
-                node_hints: None,
-            })
-            .collect(),
-        trigger_time: None,
-    }
+    let endpoints = (0..ENDPOINTS as u32)
+        .map(|e| {
+            Endpoint::new(IpAddr::V4(Ipv4Addr::from(
+                0x0a00_0000u32 + (i as u32) * 64 + e + shift + 1,
+            )))
+            .on_node(&format!("node-{}", e % 5))
+        })
+        .collect();
+    let ports = vec![EndpointPort {
+        name: "http".into(),
+        protocol: Protocol::Tcp,
+        port: 8080,
+    }];
+    EndpointSlice::new(
+        "bench",
+        &format!("svc-{i}-x"),
+        &format!("svc-{i}"),
+        IpFamily::V4,
+        ports,
+        endpoints,
+    )
 }
 
 fn state() -> ProxyState {

@@ -7,19 +7,23 @@ use rudder_model::{ResolvedEndpoint, Service, TrafficPolicy};
 pub struct Categorized<'a> {
     /// Endpoints for `Cluster` policies: ready ones, or, when none is ready, the serving and
     /// terminating ones.
-    pub cluster: Vec<&'a ResolvedEndpoint>,
+    pub cluster: Vec<ResolvedEndpoint<'a>>,
     /// Endpoints on this node for `Local` policies, with the same terminating fallback.
-    pub local: Vec<&'a ResolvedEndpoint>,
+    pub local: Vec<ResolvedEndpoint<'a>>,
     /// Whether any endpoint is usable anywhere (ready, or serving and terminating).
     pub has_any: bool,
 }
 
-fn pick<'a>(eps: impl Iterator<Item = &'a ResolvedEndpoint> + Clone) -> Vec<&'a ResolvedEndpoint> {
-    let ready: Vec<_> = eps.clone().filter(|e| e.ready).collect();
+fn pick<'a>(
+    eps: impl Iterator<Item = &'a ResolvedEndpoint<'a>> + Clone,
+) -> Vec<ResolvedEndpoint<'a>> {
+    let ready: Vec<_> = eps.clone().filter(|e| e.endpoint.ready).copied().collect();
     if !ready.is_empty() {
         return ready;
     }
-    eps.filter(|e| e.serving && e.terminating).collect()
+    eps.filter(|e| e.endpoint.serving && e.endpoint.terminating)
+        .copied()
+        .collect()
 }
 
 /// Splits `endpoints` (sorted, deduplicated) by policy for the node `node_name`.
@@ -27,7 +31,7 @@ fn pick<'a>(eps: impl Iterator<Item = &'a ResolvedEndpoint> + Clone) -> Vec<&'a 
 /// Topology hints are not applied yet: every cluster endpoint is used.
 pub fn categorize<'a>(
     svc: &Service,
-    endpoints: &'a [ResolvedEndpoint],
+    endpoints: &'a [ResolvedEndpoint<'a>],
     node_name: &str,
 ) -> Categorized<'a> {
     let uses_local = svc.internal_traffic_policy == TrafficPolicy::Local
@@ -37,14 +41,14 @@ pub fn categorize<'a>(
         pick(
             endpoints
                 .iter()
-                .filter(|e| e.node_name.as_deref() == Some(node_name)),
+                .filter(|e| e.endpoint.node_name.as_deref() == Some(node_name)),
         )
     } else {
         Vec::new()
     };
     let has_any = endpoints
         .iter()
-        .any(|e| e.ready || (e.serving && e.terminating));
+        .any(|e| e.endpoint.ready || (e.endpoint.serving && e.endpoint.terminating));
     Categorized {
         cluster,
         local,
@@ -55,47 +59,43 @@ pub fn categorize<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rudder_model::{ServiceKey, ServiceType};
+    use rudder_model::{Endpoint, ServiceKey};
 
-    fn ep(ip: &str, ready: bool, serving: bool, terminating: bool, node: &str) -> ResolvedEndpoint {
-        ResolvedEndpoint {
-            ip: ip.parse().unwrap(),
-            port: 80,
+    fn ep(ip: &str, ready: bool, serving: bool, terminating: bool, node: &str) -> Endpoint {
+        Endpoint {
             ready,
             serving,
             terminating,
-            node_name: Some(node.into()),
-            zone: None,
-            zone_hints: None,
-            node_hints: None,
+            ..Endpoint::new(ip.parse().unwrap()).on_node(node)
         }
     }
 
+    fn resolve(eps: &[Endpoint]) -> Vec<ResolvedEndpoint<'_>> {
+        eps.iter()
+            .map(|endpoint| ResolvedEndpoint { endpoint, port: 80 })
+            .collect()
+    }
+
+    fn ips(eps: &[ResolvedEndpoint<'_>]) -> Vec<String> {
+        eps.iter().map(|e| e.endpoint.address.to_string()).collect()
+    }
+
     fn svc() -> Service {
-        Service {
-            key: ServiceKey::new("ns", "s"),
-            service_type: ServiceType::ClusterIp,
-            cluster_ips: vec!["10.0.0.1".parse().unwrap()],
-            external_ips: vec![],
-            load_balancer_ips: vec![],
-            load_balancer_source_ranges: vec![],
-            external_traffic_policy: TrafficPolicy::Cluster,
-            internal_traffic_policy: TrafficPolicy::Cluster,
-            health_check_node_port: None,
-            session_affinity_timeout: None,
-            ports: vec![],
-        }
+        Service::new(
+            ServiceKey::new("ns", "s"),
+            vec!["10.0.0.1".parse().unwrap()],
+        )
     }
 
     #[test]
     fn ready_endpoints_win_over_terminating_ones() {
-        let eps = vec![
+        let raw = [
             ep("10.0.0.1", true, true, false, "a"),
             ep("10.0.0.2", false, true, true, "b"),
         ];
+        let eps = resolve(&raw);
         let c = categorize(&svc(), &eps, "a");
-        assert_eq!(c.cluster.len(), 1);
-        assert_eq!(c.cluster[0].ip.to_string(), "10.0.0.1");
+        assert_eq!(ips(&c.cluster), vec!["10.0.0.1"]);
         assert!(
             c.local.is_empty(),
             "Cluster policies do not compute local endpoints"
@@ -105,20 +105,18 @@ mod tests {
 
     #[test]
     fn serving_terminating_endpoints_are_the_fallback() {
-        let eps = vec![
+        let raw = [
             ep("10.0.0.1", false, false, true, "a"),
             ep("10.0.0.2", false, true, true, "b"),
         ];
-        let c = categorize(&svc(), &eps, "a");
+        let eps = resolve(&raw);
         assert_eq!(
-            c.cluster
-                .iter()
-                .map(|e| e.ip.to_string())
-                .collect::<Vec<_>>(),
+            ips(&categorize(&svc(), &eps, "a").cluster),
             vec!["10.0.0.2"]
         );
-        let none = vec![ep("10.0.0.1", false, false, false, "a")];
-        let c = categorize(&svc(), &none, "a");
+        let none = [ep("10.0.0.1", false, false, false, "a")];
+        let eps = resolve(&none);
+        let c = categorize(&svc(), &eps, "a");
         assert!(c.cluster.is_empty() && !c.has_any);
     }
 
@@ -126,15 +124,13 @@ mod tests {
     fn local_policy_keeps_only_this_nodes_endpoints() {
         let mut s = svc();
         s.internal_traffic_policy = TrafficPolicy::Local;
-        let eps = vec![
+        let raw = [
             ep("10.0.0.1", true, true, false, "a"),
             ep("10.0.0.2", true, true, false, "b"),
         ];
+        let eps = resolve(&raw);
         let c = categorize(&s, &eps, "b");
-        assert_eq!(
-            c.local.iter().map(|e| e.ip.to_string()).collect::<Vec<_>>(),
-            vec!["10.0.0.2"]
-        );
+        assert_eq!(ips(&c.local), vec!["10.0.0.2"]);
         assert_eq!(c.cluster.len(), 2);
     }
 }

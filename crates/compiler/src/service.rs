@@ -19,8 +19,8 @@ fn l4(p: Protocol) -> L4Proto {
     }
 }
 
-fn endpoint_value(ep: &ResolvedEndpoint) -> Key {
-    Key::new([Atom::ip(ep.ip), Atom::Port(ep.port)])
+fn endpoint_value(ep: &ResolvedEndpoint<'_>) -> Key {
+    Key::new([Atom::ip(ep.endpoint.address), Atom::Port(ep.port)])
 }
 
 /// Compiles `svc` for one family.
@@ -170,11 +170,11 @@ pub(crate) fn compile(
         }
         for ep in eps
             .iter()
-            .filter(|e| e.node_name.as_deref() == Some(ctx.node.name.as_str()))
+            .filter(|e| e.endpoint.node_name.as_deref() == Some(ctx.node.name.as_str()))
         {
             let key = Key::new([
-                Atom::ip(ep.ip),
-                Atom::ip(ep.ip),
+                Atom::ip(ep.endpoint.address),
+                Atom::ip(ep.endpoint.address),
                 Atom::Proto(proto),
                 Atom::Port(ep.port),
             ]);

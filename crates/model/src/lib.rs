@@ -209,6 +209,19 @@ pub struct ServicePort {
     pub target_port: Option<TargetPort>,
 }
 
+impl ServicePort {
+    /// A port without node port or target port.
+    pub fn new(name: &str, protocol: Protocol, port: u16) -> ServicePort {
+        ServicePort {
+            name: name.to_owned(),
+            protocol,
+            port,
+            node_port: None,
+            target_port: None,
+        }
+    }
+}
+
 /// A Service, normalized: only what a node proxy uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
@@ -237,6 +250,24 @@ pub struct Service {
 }
 
 impl Service {
+    /// A `ClusterIP` service with the given ClusterIPs, `Cluster` traffic policies, no
+    /// external addresses, no affinity and no ports (fill in the fields you need).
+    pub fn new(key: ServiceKey, cluster_ips: Vec<IpAddr>) -> Service {
+        Service {
+            key,
+            service_type: ServiceType::ClusterIp,
+            cluster_ips,
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            load_balancer_source_ranges: Vec::new(),
+            external_traffic_policy: TrafficPolicy::Cluster,
+            internal_traffic_policy: TrafficPolicy::Cluster,
+            health_check_node_port: None,
+            session_affinity_timeout: None,
+            ports: Vec::new(),
+        }
+    }
+
     /// The ClusterIP of a family, if the service has one.
     pub fn cluster_ip(&self, family: IpFamily) -> Option<IpAddr> {
         self.cluster_ips
@@ -310,6 +341,28 @@ pub struct Endpoint {
     pub node_hints: Option<Vec<String>>,
 }
 
+impl Endpoint {
+    /// A ready, serving, non-terminating endpoint without node, zone or hints.
+    pub fn new(address: IpAddr) -> Endpoint {
+        Endpoint {
+            address,
+            ready: true,
+            serving: true,
+            terminating: false,
+            node_name: None,
+            zone: None,
+            zone_hints: None,
+            node_hints: None,
+        }
+    }
+
+    /// The same endpoint on the given node.
+    pub fn on_node(mut self, node: &str) -> Endpoint {
+        self.node_name = Some(node.to_owned());
+        self
+    }
+}
+
 /// An EndpointSlice, normalized.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointSlice {
@@ -325,6 +378,31 @@ pub struct EndpointSlice {
     pub endpoints: Vec<Endpoint>,
     /// The `endpoints.kubernetes.io/last-change-trigger-time` annotation, verbatim.
     pub trigger_time: Option<String>,
+}
+
+impl EndpointSlice {
+    /// A slice `namespace/name` of `service` (in the same namespace) with the given ports and
+    /// endpoints.
+    pub fn new(
+        namespace: &str,
+        name: &str,
+        service: &str,
+        family: IpFamily,
+        ports: Vec<EndpointPort>,
+        endpoints: Vec<Endpoint>,
+    ) -> EndpointSlice {
+        EndpointSlice {
+            key: SliceKey {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            },
+            service: ServiceKey::new(namespace, service),
+            family,
+            ports,
+            endpoints,
+            trigger_time: None,
+        }
+    }
 }
 
 /// The node Rudder runs on.

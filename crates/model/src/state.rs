@@ -3,29 +3,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use crate::{EndpointSlice, IpFamily, Service, ServiceKey, ServicePort, SliceKey};
+use crate::{Endpoint, EndpointSlice, IpFamily, Service, ServiceKey, ServicePort, SliceKey};
 
-/// One endpoint of one service port, resolved from all of the service's EndpointSlices.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ResolvedEndpoint {
-    /// Address.
-    pub ip: IpAddr,
-    /// Port.
+/// One endpoint of one service port, resolved from the service's EndpointSlices: the
+/// endpoint as its slice lists it, and the port number the slice gives for that service port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResolvedEndpoint<'a> {
+    /// The endpoint (address, conditions, node, zone, hints).
+    pub endpoint: &'a Endpoint,
+    /// The endpoint's port for this service port.
     pub port: u16,
-    /// Ready condition.
-    pub ready: bool,
-    /// Serving condition.
-    pub serving: bool,
-    /// Terminating condition.
-    pub terminating: bool,
-    /// Node the endpoint runs on.
-    pub node_name: Option<String>,
-    /// Zone the endpoint runs in.
-    pub zone: Option<String>,
-    /// `hints.forZones`.
-    pub zone_hints: Option<Vec<String>>,
-    /// `hints.forNodes`.
-    pub node_hints: Option<Vec<String>>,
 }
 
 /// Services and EndpointSlices as last seen, and which services changed since the last
@@ -197,7 +184,7 @@ impl ProxyState {
         svc: &Service,
         port: &ServicePort,
         family: IpFamily,
-    ) -> Vec<ResolvedEndpoint> {
+    ) -> Vec<ResolvedEndpoint<'_>> {
         let mut out: BTreeMap<(IpAddr, u16), ResolvedEndpoint> = BTreeMap::new();
         for slice in self.slices_for(&svc.key) {
             if slice.family != family {
@@ -212,18 +199,11 @@ impl ProxyState {
             };
             for ep in &slice.endpoints {
                 let resolved = ResolvedEndpoint {
-                    ip: ep.address,
+                    endpoint: ep,
                     port: sp.port,
-                    ready: ep.ready,
-                    serving: ep.serving,
-                    terminating: ep.terminating,
-                    node_name: ep.node_name.clone(),
-                    zone: ep.zone.clone(),
-                    zone_hints: ep.zone_hints.clone(),
-                    node_hints: ep.node_hints.clone(),
                 };
                 match out.get(&(ep.address, sp.port)) {
-                    Some(existing) if !(existing.terminating && !resolved.terminating) => {}
+                    Some(existing) if !(existing.endpoint.terminating && !ep.terminating) => {}
                     _ => {
                         out.insert((ep.address, sp.port), resolved);
                     }

@@ -8,61 +8,43 @@ use rudder_compiler::{Compiler, Config, NodeContext, NodePortIps};
 use rudder_e2e::{Netns, e2e_enabled, nft};
 use rudder_model::{
     Endpoint, EndpointPort, EndpointSlice, IpFamily, Protocol, ProxyState, Service, ServiceKey,
-    ServicePort, ServiceType, SliceKey, TrafficPolicy,
+    ServicePort, ServiceType,
 };
 use rudder_nft::{Family, Key, Name, Ruleset, TableRef, Transaction};
 use rudder_nft_backend::NftBackend;
 
 fn service(name: &str, ips: &[&str]) -> Service {
-    Service {
-        key: ServiceKey::new("ns", name),
-        service_type: ServiceType::NodePort,
-        cluster_ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
-        external_ips: vec!["192.0.2.1".parse().unwrap()],
-        load_balancer_ips: vec![],
-        load_balancer_source_ranges: vec![],
-        external_traffic_policy: TrafficPolicy::Cluster,
-        internal_traffic_policy: TrafficPolicy::Cluster,
-        health_check_node_port: None,
-        session_affinity_timeout: None,
-        ports: vec![ServicePort {
-            name: "p".into(),
-            protocol: Protocol::Udp,
-            port: 53,
-            node_port: Some(30053),
-            target_port: None,
-        }],
-    }
+    let mut svc = Service::new(
+        ServiceKey::new("ns", name),
+        ips.iter().map(|s| s.parse().unwrap()).collect(),
+    );
+    svc.service_type = ServiceType::NodePort;
+    svc.external_ips = vec!["192.0.2.1".parse().unwrap()];
+    svc.ports = vec![ServicePort {
+        node_port: Some(30053),
+        ..ServicePort::new("p", Protocol::Udp, 53)
+    }];
+    svc
 }
 
 fn slice(name: &str, family: IpFamily, addrs: &[&str]) -> EndpointSlice {
-    EndpointSlice {
-        key: SliceKey {
-            namespace: "ns".into(),
-            name: format!("{name}-{family}"),
-        },
-        service: ServiceKey::new("ns", name),
+    let endpoints = addrs
+        .iter()
+        .map(|a| Endpoint::new(a.parse().unwrap()).on_node("n1"))
+        .collect();
+    let ports = vec![EndpointPort {
+        name: "p".into(),
+        protocol: Protocol::Udp,
+        port: 5353,
+    }];
+    EndpointSlice::new(
+        "ns",
+        &format!("{name}-{family}"),
+        name,
         family,
-        ports: vec![EndpointPort {
-            name: "p".into(),
-            protocol: Protocol::Udp,
-            port: 5353,
-        }],
-        endpoints: addrs
-            .iter()
-            .map(|a| Endpoint {
-                address: a.parse().unwrap(),
-                ready: true,
-                serving: true,
-                terminating: false,
-                node_name: Some("n1".into()),
-                zone: None,
-                zone_hints: None,
-                node_hints: None,
-            })
-            .collect(),
-        trigger_time: None,
-    }
+        ports,
+        endpoints,
+    )
 }
 
 /// Elements of a ruleset in the listing's `set: element` form.

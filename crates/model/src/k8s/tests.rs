@@ -233,13 +233,20 @@ fn state_tracks_changes_and_merges_duplicate_endpoints() {
     assert!(st.take_dirty().is_empty());
     let eps = st.endpoints_for(&s, &s.ports[0], IpFamily::V4);
     assert_eq!(eps.len(), 1);
-    assert!(!eps[0].terminating, "non-terminating duplicate wins");
+    assert!(
+        !eps[0].endpoint.terminating,
+        "non-terminating duplicate wins"
+    );
     assert!(!st.upsert_slice(mk("b", false)));
     assert!(st.remove_slice(&SliceKey {
         namespace: "ns".into(),
         name: "b".into()
     }));
-    assert!(st.endpoints_for(&s, &s.ports[0], IpFamily::V4)[0].terminating);
+    assert!(
+        st.endpoints_for(&s, &s.ports[0], IpFamily::V4)[0]
+            .endpoint
+            .terminating
+    );
     assert!(st.dirty().contains(&ServiceKey::new("ns", "web")));
     // replace_all marks only what changed.
     st.take_dirty();
