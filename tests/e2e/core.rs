@@ -608,3 +608,21 @@ spec: "this is not a spec"
         .expect("run compile");
     assert!(!strict.status.success());
 }
+
+#[test]
+fn masquerade_all_masquerades_pod_traffic_to_cluster_ips() {
+    if !e2e_enabled() {
+        return;
+    }
+    let c = Cluster::start(&["--masquerade-all"]);
+    for s in &c._servers {
+        s.clear_peers();
+    }
+    let hist = c.hist(&c.topo.pods[1], "10.96.100.100:80", 30, Proto::Tcp);
+    assert!(!hist.keys().any(|k| k.starts_with('<')), "{hist:?}");
+    let peers: Vec<SocketAddr> = c._servers.iter().flat_map(|s| s.accepted_peers()).collect();
+    assert_eq!(peers.len(), 30);
+    // Masqueraded to the node's address on the backend's link, never the pod's own address.
+    assert!(peers.iter().all(|p| p.ip().to_string() != "10.244.2.2"), "{peers:?}");
+    assert!(peers.iter().all(|p| p.ip().to_string().ends_with(".1")), "{peers:?}");
+}
