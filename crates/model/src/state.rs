@@ -97,28 +97,40 @@ impl ProxyState {
     /// Replaces the whole content (after a re-list or a reload of manifests). Only services
     /// whose Service or slices really changed are marked dirty.
     pub fn replace_all(&mut self, services: Vec<Service>, slices: Vec<EndpointSlice>) {
-        let new_services: BTreeSet<ServiceKey> = services.iter().map(|s| s.key.clone()).collect();
-        let new_slices: BTreeSet<SliceKey> = slices.iter().map(|s| s.key.clone()).collect();
-        let gone_services: Vec<ServiceKey> = self
+        self.replace_services(services);
+        self.replace_slices(slices);
+    }
+
+    /// Replaces every Service (after a re-list); slices are kept. Only real changes are
+    /// marked dirty.
+    pub fn replace_services(&mut self, services: Vec<Service>) {
+        let keep: BTreeSet<ServiceKey> = services.iter().map(|s| s.key.clone()).collect();
+        let gone: Vec<ServiceKey> = self
             .services
             .keys()
-            .filter(|k| !new_services.contains(*k))
+            .filter(|k| !keep.contains(*k))
             .cloned()
             .collect();
-        for k in gone_services {
+        for k in gone {
             self.remove_service(&k);
-        }
-        let gone_slices: Vec<SliceKey> = self
-            .slices
-            .keys()
-            .filter(|k| !new_slices.contains(*k))
-            .cloned()
-            .collect();
-        for k in gone_slices {
-            self.remove_slice(&k);
         }
         for s in services {
             self.upsert_service(s);
+        }
+    }
+
+    /// Replaces every EndpointSlice (after a re-list); services are kept. Only real changes
+    /// are marked dirty.
+    pub fn replace_slices(&mut self, slices: Vec<EndpointSlice>) {
+        let keep: BTreeSet<SliceKey> = slices.iter().map(|s| s.key.clone()).collect();
+        let gone: Vec<SliceKey> = self
+            .slices
+            .keys()
+            .filter(|k| !keep.contains(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            self.remove_slice(&k);
         }
         for s in slices {
             self.upsert_slice(s);

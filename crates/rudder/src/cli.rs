@@ -26,7 +26,8 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct ProxyArgs {
     /// YAML or JSON files, or directories of them, holding Services, EndpointSlices and Nodes.
-    #[arg(long = "manifests", value_name = "PATH", required = true)]
+    /// `rudder run` without it follows a Kubernetes API server instead.
+    #[arg(long = "manifests", value_name = "PATH")]
     pub manifests: Vec<PathBuf>,
 
     /// The name of this node: endpoints with this nodeName are local, and its Node object
@@ -114,6 +115,19 @@ pub struct CompileArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub proxy: ProxyArgs,
+
+    /// Path to a kubeconfig file. Without it (and without --manifests) Rudder uses the
+    /// in-cluster configuration, like kube-proxy.
+    #[arg(long = "kubeconfig", value_name = "PATH", conflicts_with = "manifests")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The address of the Kubernetes API server (overrides any value in the kubeconfig).
+    #[arg(long = "master", value_name = "URL", conflicts_with = "manifests")]
+    pub master: Option<String>,
+
+    /// How long to wait at startup for this node's Node object (for the node IPs).
+    #[arg(long = "node-wait", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub node_wait: Duration,
 
     /// Minimum time between two syncs: bursts of changes coalesce into one sync.
     #[arg(long = "iptables-min-sync-period", value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]

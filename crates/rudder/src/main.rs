@@ -69,6 +69,9 @@ fn main() -> ExitCode {
 /// `rudder compile`: manifests in, `nft -f` text out.
 fn compile(args: cli::CompileArgs) -> anyhow::Result<ExitCode> {
     let settings = proxier::Settings::from_args(&args.proxy)?;
+    if args.proxy.manifests.is_empty() {
+        anyhow::bail!("compile needs --manifests");
+    }
     let (files, errors) = manifests::load(&args.proxy.manifests, &Default::default())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     for e in &errors {

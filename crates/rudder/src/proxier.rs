@@ -3,14 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use rudder_compiler::{Compiler, Config, NodeContext, NodePortIps};
-use rudder_model::{Cidr, IpFamily, Node, Problem, ProxyState, Rejected, k8s, parse_ip};
+use rudder_compiler::{Config, NodeContext, NodePortIps};
+use rudder_model::{Cidr, IpFamily, Node, Problem, Rejected, k8s, parse_ip};
 use rudder_nft::Name;
-use rudder_nft_backend::NftBackend;
-use tracing::{debug, info, warn};
+use tracing::debug;
 
 use crate::cli::ProxyArgs;
 use crate::manifests::Objects;
@@ -222,119 +220,6 @@ pub fn convert(objs: &Objects, hostname: &str) -> Converted {
         }
     }
     out
-}
-
-/// What one sync did.
-#[derive(Debug, Clone)]
-pub struct SyncReport {
-    pub full: bool,
-    pub services_changed: usize,
-    pub objects: usize,
-    pub elements_added: usize,
-    pub elements_deleted: usize,
-    pub bytes: usize,
-    pub compile: Duration,
-    pub apply: Duration,
-}
-
-/// Compiles and applies: full when needed, otherwise only the changed services.
-pub struct Syncer {
-    pub compiler: Compiler,
-    pub backend: NftBackend,
-    pub needs_full: bool,
-    pub last_full: Option<Instant>,
-    pub full_sync_period: Duration,
-    pub syncs: u64,
-}
-
-impl Syncer {
-    pub fn new(compiler: Compiler, backend: NftBackend, full_sync_period: Duration) -> Syncer {
-        Syncer {
-            compiler,
-            backend,
-            needs_full: true,
-            last_full: None,
-            full_sync_period,
-            syncs: 0,
-        }
-    }
-
-    /// Whether a sync has work to do.
-    pub fn pending(&self, state: &ProxyState) -> bool {
-        self.needs_full || !state.dirty().is_empty() || self.full_due()
-    }
-
-    fn full_due(&self) -> bool {
-        self.last_full
-            .is_none_or(|t| t.elapsed() >= self.full_sync_period)
-    }
-
-    /// One sync. On failure the next sync is a full one, which replaces the tables whatever
-    /// state the failed transaction left them in (it left them unchanged: transactions are
-    /// atomic, but the compiler had already moved on).
-    pub fn sync(&mut self, state: &mut ProxyState) -> anyhow::Result<SyncReport> {
-        let full = self.needs_full || self.full_due();
-        let t0 = Instant::now();
-        let dirty = state.take_dirty();
-        let tx = if full {
-            self.compiler.full(state)
-        } else {
-            self.compiler.update(state, &dirty)
-        };
-        let compile = t0.elapsed();
-        let stats = tx.stats();
-        let result = self.backend.apply(&tx);
-        self.syncs += 1;
-        match result {
-            Ok(applied) => {
-                if full {
-                    self.needs_full = false;
-                    self.last_full = Some(Instant::now());
-                }
-                let report = SyncReport {
-                    full,
-                    services_changed: if full {
-                        state.service_count()
-                    } else {
-                        dirty.len()
-                    },
-                    objects: stats.objects,
-                    elements_added: stats.elements_added,
-                    elements_deleted: stats.elements_deleted,
-                    bytes: applied.bytes,
-                    compile,
-                    apply: applied.duration,
-                };
-                info!(
-                    kind = if report.full { "full" } else { "partial" },
-                    services_changed = report.services_changed,
-                    objects = report.objects,
-                    elements_added = report.elements_added,
-                    elements_deleted = report.elements_deleted,
-                    bytes = report.bytes,
-                    compile_ms = report.compile.as_secs_f64() * 1e3,
-                    apply_ms = report.apply.as_secs_f64() * 1e3,
-                    "sync done"
-                );
-                Ok(report)
-            }
-            Err(e) => {
-                self.needs_full = true;
-                warn!(
-                    kind = if full { "full" } else { "partial" },
-                    "sync failed: {e}"
-                );
-                Err(e).context("applying the nftables transaction")
-            }
-        }
-    }
-}
-
-/// Logs the problems found in objects, one line each.
-pub fn log_problems(problems: &[Problem]) {
-    for p in problems {
-        warn!(reason = p.reason.label(), kind = %p.kind, namespace = %p.namespace, name = %p.name, "skipped invalid input: {}", p.reason);
-    }
 }
 
 /// Families to program: IPv4, plus IPv6 when the namespace has it.

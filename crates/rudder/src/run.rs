@@ -1,20 +1,142 @@
-//! `rudder run`: program the kernel from manifest files and follow their changes.
+//! `rudder run`: program the kernel and keep it in sync with manifest files or with a
+//! Kubernetes API server.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use rudder_compiler::Compiler;
-use rudder_model::ProxyState;
+use rudder_controller::{Change, Dataplane, DataplaneError, LoopConfig, NodeContextFn, SyncLoop};
+use rudder_nft::Transaction;
 use rudder_nft_backend::NftBackend;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info, warn};
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::{info, warn};
 
 use crate::cli::RunArgs;
 use crate::manifests::{self, Objects};
-use crate::proxier::{self, Settings, Syncer};
+use crate::proxier::{self, Settings};
+
+/// The kernel, through the `nft` program.
+struct Kernel(NftBackend);
+
+impl Dataplane for Kernel {
+    fn apply(&mut self, tx: &Transaction) -> Result<usize, DataplaneError> {
+        Ok(self.0.apply(tx)?.bytes)
+    }
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(run_async(args))
+}
+
+async fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = sigterm.recv() => info!("SIGTERM: exiting, rules stay in place"),
+            _ = sigint.recv() => info!("SIGINT: exiting, rules stay in place"),
+        }
+    })
+}
+
+async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let settings = Settings::from_args(&args.proxy)?;
+    let backend = NftBackend::with_program(&args.nft_path);
+    let version = backend
+        .check_version()
+        .context("checking the nft program")?;
+    let families = proxier::families(proxier::ipv6_available());
+    let source = if args.proxy.manifests.is_empty() {
+        "api-server"
+    } else {
+        "manifests"
+    };
+    info!(node = %settings.hostname, nft = %version, families = ?families, table = %settings.config.table, source, "starting Rudder");
+
+    let ctx_settings = settings.clone();
+    let node_context: NodeContextFn =
+        Box::new(move |node| ctx_settings.node_context(node, Some(&proxier::local_addresses())));
+    let compiler = Compiler::new(&families, settings.config.clone(), node_context(None));
+    let loop_config = LoopConfig {
+        min_sync_period: args.min_sync_period,
+        sync_period: args.sync_period,
+        full_sync_period: args.full_sync_period,
+        node_wait: args.node_wait,
+    };
+    let sync_loop = SyncLoop::new(compiler, Kernel(backend), node_context, loop_config);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let shutdown = shutdown_signal().await?;
+
+    let tasks = if args.proxy.manifests.is_empty() {
+        let client = kube_client(&args).await?;
+        rudder_controller::watch::spawn(client, &settings.hostname, tx)
+    } else {
+        let source = Source {
+            paths: args.proxy.manifests.clone(),
+            fingerprint: BTreeMap::new(),
+            files: BTreeMap::new(),
+        };
+        vec![tokio::spawn(follow_manifests(
+            source,
+            settings.hostname.clone(),
+            args.poll_interval,
+            tx,
+        ))]
+    };
+    let _ = sync_loop.run(rx, shutdown).await;
+    for t in tasks {
+        t.abort();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A client from `--kubeconfig` / `--master`, or the in-cluster (or default) configuration.
+async fn kube_client(args: &RunArgs) -> anyhow::Result<kube::Client> {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    let mut config = match &args.kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("loading kubeconfig {}", path.display()))?
+        }
+        None => match &args.master {
+            Some(master) => kube::Config::new(
+                master
+                    .parse()
+                    .with_context(|| format!("--master {master:?} is not a URL"))?,
+            ),
+            None => kube::Config::infer()
+                .await
+                .context("no --kubeconfig, --master or in-cluster configuration")?,
+        },
+    };
+    if let (Some(_), Some(master)) = (&args.kubeconfig, &args.master) {
+        config.cluster_url = master
+            .parse()
+            .with_context(|| format!("--master {master:?} is not a URL"))?;
+    }
+    if config.cluster_url.scheme_str() != Some("https")
+        && config.cluster_url.scheme_str() != Some("http")
+    {
+        bail!(
+            "API server URL {} must be http or https",
+            config.cluster_url
+        );
+    }
+    info!(server = %config.cluster_url, "using the Kubernetes API server");
+    kube::Client::try_from(config).context("creating the Kubernetes client")
+}
 
 /// Everything read from the manifest files.
 struct Source {
@@ -53,88 +175,33 @@ impl Source {
     }
 }
 
-pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    rt.block_on(run_async(args))
-}
-
-async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let settings = Settings::from_args(&args.proxy)?;
-    let backend = NftBackend::with_program(&args.nft_path);
-    let version = backend
-        .check_version()
-        .context("checking the nft program")?;
-    let families = proxier::families(proxier::ipv6_available());
-    info!(node = %settings.hostname, nft = %version, families = ?families, table = %settings.config.table, "starting Rudder");
-
-    let mut source = Source {
-        paths: args.proxy.manifests.clone(),
-        fingerprint: BTreeMap::new(),
-        files: BTreeMap::new(),
-    };
-    let mut state = ProxyState::new();
-    let mut node = None;
-    let objs = source.poll(true).unwrap_or_default();
-    apply_objects(&objs, &settings, &mut state, &mut node);
-    let local = proxier::local_addresses();
-    let node_ctx = settings.node_context(node.as_ref(), Some(&local));
-    let compiler = Compiler::new(&families, settings.config.clone(), node_ctx.clone());
-    let mut syncer = Syncer::new(compiler, backend, args.full_sync_period);
-    let mut current_ctx = node_ctx;
-
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut last_sync_end: Option<Instant> = None;
-    let mut retry_at: Option<Instant> = None;
-    loop {
-        let now = Instant::now();
-        let min_ok = last_sync_end.is_none_or(|t| now.duration_since(t) >= args.min_sync_period);
-        let retry_ok = retry_at.is_none_or(|t| now >= t);
-        if syncer.pending(&state) && min_ok && retry_ok {
-            match syncer.sync(&mut state) {
-                Ok(_) => retry_at = None,
-                Err(e) => {
-                    error!("{e:#}; retrying in {:?}", args.sync_period);
-                    retry_at = Some(Instant::now() + args.sync_period);
-                }
-            }
-            last_sync_end = Some(Instant::now());
-        }
-        tokio::select! {
-            _ = sigterm.recv() => { info!("SIGTERM: exiting, rules stay in place"); break; }
-            _ = sigint.recv() => { info!("SIGINT: exiting, rules stay in place"); break; }
-            _ = tokio::time::sleep(args.poll_interval) => {}
-        }
-        if let Some(objs) = source.poll(false) {
-            apply_objects(&objs, &settings, &mut state, &mut node);
-            let ctx = settings.node_context(node.as_ref(), Some(&proxier::local_addresses()));
-            if ctx != current_ctx {
-                info!("node addresses changed: next sync is a full one");
-                syncer
-                    .compiler
-                    .reconfigure(settings.config.clone(), ctx.clone());
-                syncer.needs_full = true;
-                current_ctx = ctx;
-            }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn apply_objects(
-    objs: &Objects,
-    settings: &Settings,
-    state: &mut ProxyState,
-    node: &mut Option<rudder_model::Node>,
+/// Sends a snapshot at start and whenever the files change.
+async fn follow_manifests(
+    mut source: Source,
+    hostname: String,
+    interval: Duration,
+    changes: UnboundedSender<Change>,
 ) {
-    let conv = proxier::convert(objs, &settings.hostname);
-    proxier::log_problems(&conv.problems);
-    if conv.node.is_none() && settings.node_ip_override.is_empty() {
-        warn!(node = %settings.hostname, "no Node object for this node and no --node-ip: node ports listen on no address");
+    let mut force = true;
+    loop {
+        if let Some(objs) = source.poll(force) {
+            force = false;
+            let node = objs.nodes.into_iter().find(|n| {
+                n.metadata.name.as_deref().map(str::to_lowercase).as_deref()
+                    == Some(hostname.as_str())
+            });
+            if node.is_none() {
+                warn!(node = %hostname, "no Node object for this node in the manifests");
+            }
+            let snapshot = Change::Snapshot {
+                services: objs.services,
+                slices: objs.slices,
+                node: node.map(Box::new),
+            };
+            if changes.send(snapshot).is_err() {
+                return;
+            }
+        }
+        tokio::time::sleep(interval).await;
     }
-    *node = conv.node;
-    state.replace_all(conv.services, conv.slices);
 }

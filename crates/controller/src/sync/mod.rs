@@ -1,0 +1,451 @@
+//! The sync loop: change tracking, the initial-list gate, and kube-proxy's timing rules.
+
+use std::future::Future;
+use std::time::Duration;
+
+use rudder_compiler::{Compiler, NodeContext};
+use rudder_model::{Node, ProxyState, Rejected, ServiceKey, SliceKey, k8s};
+use rudder_nft::Transaction;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::change::Change;
+
+/// An error from the dataplane, boxed so any backend fits.
+pub type DataplaneError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Where transactions go: the kernel in the binary, an in-memory ruleset in tests.
+pub trait Dataplane: Send {
+    /// Applies `tx` atomically; returns the number of bytes sent, when that means anything.
+    fn apply(&mut self, tx: &Transaction) -> Result<usize, DataplaneError>;
+}
+
+impl Dataplane for rudder_nft::Ruleset {
+    fn apply(&mut self, tx: &Transaction) -> Result<usize, DataplaneError> {
+        rudder_nft::Ruleset::apply(self, tx).map_err(|e| Box::new(e) as DataplaneError)?;
+        Ok(0)
+    }
+}
+
+/// Computes the compiler's node context from this node's Node object (or its absence). The
+/// binary supplies it, because it depends on flags and on the local interfaces.
+pub type NodeContextFn = Box<dyn Fn(Option<&Node>) -> NodeContext + Send>;
+
+/// Timing of the loop (kube-proxy's names in parentheses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoopConfig {
+    /// Minimum time from the end of one sync to the start of the next (`minSyncPeriod`):
+    /// changes arriving meanwhile coalesce into one sync.
+    pub min_sync_period: Duration,
+    /// Retry interval after a failed sync (`syncPeriod`).
+    pub sync_period: Duration,
+    /// Interval of full resyncs, which also repair rules changed behind Rudder's back.
+    pub full_sync_period: Duration,
+    /// How long to wait for this node's Node object (for the node IPs) before the first
+    /// sync goes ahead without it.
+    pub node_wait: Duration,
+}
+
+impl Default for LoopConfig {
+    fn default() -> LoopConfig {
+        LoopConfig {
+            min_sync_period: Duration::from_secs(1),
+            sync_period: Duration::from_secs(30),
+            full_sync_period: Duration::from_secs(3600),
+            node_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Full or partial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncKind {
+    /// The tables were replaced atomically with a complete compile.
+    Full,
+    /// Only changed services were recompiled and their elements updated.
+    Partial,
+}
+
+/// What one sync did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Full or partial.
+    pub kind: SyncKind,
+    /// Services recompiled.
+    pub services: usize,
+    /// Operations on tables, chains, sets and rules.
+    pub objects: usize,
+    /// Elements added.
+    pub elements_added: usize,
+    /// Elements deleted.
+    pub elements_deleted: usize,
+    /// Bytes sent to the dataplane.
+    pub bytes: usize,
+    /// Time spent compiling.
+    pub compile: Duration,
+    /// Time spent applying.
+    pub apply: Duration,
+}
+
+/// The loop. Feed it [`Change`]s with [`SyncLoop::apply_change`] or run it on a channel
+/// with [`SyncLoop::run`].
+pub struct SyncLoop<D> {
+    state: ProxyState,
+    compiler: Compiler,
+    dataplane: D,
+    node_context: NodeContextFn,
+    config: LoopConfig,
+    node: Option<Node>,
+    node_seen: bool,
+    current_ctx: NodeContext,
+    services_listed: bool,
+    slices_listed: bool,
+    needs_full: bool,
+    last_full: Option<Instant>,
+    last_sync_end: Option<Instant>,
+    retry_at: Option<Instant>,
+    started: Instant,
+    syncs: u64,
+    failures: u64,
+}
+
+impl<D: Dataplane> SyncLoop<D> {
+    /// A loop that programs `dataplane` through `compiler`. Nothing is synced before both
+    /// Services and EndpointSlices have been listed once.
+    pub fn new(
+        compiler: Compiler,
+        dataplane: D,
+        node_context: NodeContextFn,
+        config: LoopConfig,
+    ) -> SyncLoop<D> {
+        let current_ctx = compiler.node().clone();
+        SyncLoop {
+            state: ProxyState::new(),
+            compiler,
+            dataplane,
+            node_context,
+            config,
+            node: None,
+            node_seen: false,
+            current_ctx,
+            services_listed: false,
+            slices_listed: false,
+            needs_full: true,
+            last_full: None,
+            last_sync_end: None,
+            retry_at: None,
+            started: Instant::now(),
+            syncs: 0,
+            failures: 0,
+        }
+    }
+
+    /// The current proxy state.
+    pub fn state(&self) -> &ProxyState {
+        &self.state
+    }
+
+    /// The dataplane.
+    pub fn dataplane(&self) -> &D {
+        &self.dataplane
+    }
+
+    /// Number of sync attempts and of failed ones.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.syncs, self.failures)
+    }
+
+    /// Whether Services and EndpointSlices have both been listed (the first sync may run).
+    pub fn lists_done(&self) -> bool {
+        self.services_listed && self.slices_listed
+    }
+
+    /// Applies one change to the state (converting and validating the objects).
+    pub fn apply_change(&mut self, change: Change) {
+        match change {
+            Change::ServiceApplied(s) => self.service_applied(&s),
+            Change::ServiceDeleted(s) => {
+                let m = &s.metadata;
+                if let (Some(ns), Some(name)) = (&m.namespace, &m.name) {
+                    self.state.remove_service(&ServiceKey::new(ns, name));
+                }
+            }
+            Change::ServicesListed(list) => {
+                let services = list.iter().filter_map(convert_service).collect();
+                self.state.replace_services(services);
+                self.services_listed = true;
+            }
+            Change::SliceApplied(s) => self.slice_applied(&s),
+            Change::SliceDeleted(s) => {
+                let m = &s.metadata;
+                if let (Some(ns), Some(name)) = (&m.namespace, &m.name) {
+                    self.state.remove_slice(&SliceKey {
+                        namespace: ns.clone(),
+                        name: name.clone(),
+                    });
+                }
+            }
+            Change::SlicesListed(list) => {
+                let slices = list.iter().filter_map(convert_slice).collect();
+                self.state.replace_slices(slices);
+                self.slices_listed = true;
+            }
+            Change::NodeApplied(n) => self.set_node(Some(&n)),
+            Change::NodeDeleted => self.set_node(None),
+            Change::Snapshot {
+                services,
+                slices,
+                node,
+            } => {
+                self.state
+                    .replace_services(services.iter().filter_map(convert_service).collect());
+                self.state
+                    .replace_slices(slices.iter().filter_map(convert_slice).collect());
+                self.services_listed = true;
+                self.slices_listed = true;
+                self.set_node(node.as_deref());
+                // A snapshot source has no separate node stream to wait for.
+                self.node_seen = true;
+            }
+        }
+    }
+
+    fn service_applied(&mut self, svc: &k8s_openapi::api::core::v1::Service) {
+        let m = &svc.metadata;
+        match convert_service(svc) {
+            Some(s) => {
+                self.state.upsert_service(s);
+            }
+            // An object that became invalid or ignorable (for example it gained the
+            // service-proxy-name label) must stop being programmed.
+            None => {
+                if let (Some(ns), Some(name)) = (&m.namespace, &m.name) {
+                    self.state.remove_service(&ServiceKey::new(ns, name));
+                }
+            }
+        }
+    }
+
+    fn slice_applied(&mut self, slice: &k8s_openapi::api::discovery::v1::EndpointSlice) {
+        let m = &slice.metadata;
+        match convert_slice(slice) {
+            Some(s) => {
+                self.state.upsert_slice(s);
+            }
+            None => {
+                if let (Some(ns), Some(name)) = (&m.namespace, &m.name) {
+                    self.state.remove_slice(&SliceKey {
+                        namespace: ns.clone(),
+                        name: name.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    fn set_node(&mut self, node: Option<&k8s_openapi::api::core::v1::Node>) {
+        self.node_seen = self.node_seen || node.is_some();
+        self.node = node.map(|n| {
+            let (node, problems) = k8s::node(n);
+            for p in problems {
+                warn!(reason = p.reason.label(), "skipped invalid input: {p}");
+            }
+            node
+        });
+        let ctx = (self.node_context)(self.node.as_ref());
+        if ctx != self.current_ctx {
+            info!(node_port_ips = ?ctx.node_port_ips, "node context changed: next sync is a full one");
+            self.compiler
+                .reconfigure(self.compiler.config().clone(), ctx.clone());
+            self.current_ctx = ctx;
+            self.needs_full = true;
+        }
+    }
+
+    fn gate_open(&self, now: Instant) -> bool {
+        self.lists_done() && (self.node_seen || now >= self.started + self.config.node_wait)
+    }
+
+    fn full_due(&self, now: Instant) -> bool {
+        self.last_full
+            .is_none_or(|t| now >= t + self.config.full_sync_period)
+    }
+
+    /// Whether a sync has work to do (ignoring timing).
+    pub fn pending(&self, now: Instant) -> bool {
+        self.needs_full || !self.state.dirty().is_empty() || self.full_due(now)
+    }
+
+    /// The earliest time the next sync may start, or `None` if nothing is pending.
+    fn next_sync_at(&self, now: Instant) -> Option<Instant> {
+        if !self.lists_done() {
+            return None;
+        }
+        if !self.gate_open(now) {
+            return Some(self.started + self.config.node_wait);
+        }
+        let earliest = self
+            .last_sync_end
+            .map(|t| t + self.config.min_sync_period)
+            .into_iter()
+            .chain(self.retry_at)
+            .max()
+            .unwrap_or(now);
+        if self.needs_full || !self.state.dirty().is_empty() {
+            Some(earliest.max(now))
+        } else {
+            // Nothing changed: wake up for the periodic full resync.
+            self.last_full
+                .map(|t| (t + self.config.full_sync_period).max(earliest))
+        }
+    }
+
+    /// Syncs now if the gate is open and something is pending, regardless of timing.
+    pub fn sync(&mut self) -> Option<Result<SyncReport, DataplaneError>> {
+        let now = Instant::now();
+        if !self.gate_open(now) || !self.pending(now) {
+            return None;
+        }
+        let full = self.needs_full || self.full_due(now);
+        let t0 = Instant::now();
+        let dirty = self.state.take_dirty();
+        let tx = if full {
+            self.compiler.full(&self.state)
+        } else {
+            self.compiler.update(&self.state, &dirty)
+        };
+        let compile = t0.elapsed();
+        let stats = tx.stats();
+        let t1 = Instant::now();
+        let result = self.dataplane.apply(&tx);
+        let apply = t1.elapsed();
+        self.syncs += 1;
+        self.last_sync_end = Some(Instant::now());
+        let kind = if full {
+            SyncKind::Full
+        } else {
+            SyncKind::Partial
+        };
+        let kind_name = if full { "full" } else { "partial" };
+        Some(match result {
+            Ok(bytes) => {
+                self.retry_at = None;
+                if full {
+                    self.needs_full = false;
+                    self.last_full = self.last_sync_end;
+                }
+                let report = SyncReport {
+                    kind,
+                    services: if full {
+                        self.state.service_count()
+                    } else {
+                        dirty.len()
+                    },
+                    objects: stats.objects,
+                    elements_added: stats.elements_added,
+                    elements_deleted: stats.elements_deleted,
+                    bytes,
+                    compile,
+                    apply,
+                };
+                info!(
+                    kind = kind_name,
+                    services_changed = report.services,
+                    objects = report.objects,
+                    elements_added = report.elements_added,
+                    elements_deleted = report.elements_deleted,
+                    bytes = report.bytes,
+                    compile_ms = compile.as_secs_f64() * 1e3,
+                    apply_ms = apply.as_secs_f64() * 1e3,
+                    "sync done"
+                );
+                Ok(report)
+            }
+            Err(e) => {
+                // The compiler has moved on but the kernel has not (transactions are atomic):
+                // the next sync replaces the tables completely.
+                self.failures += 1;
+                self.needs_full = true;
+                self.retry_at = Some(Instant::now() + self.config.sync_period);
+                warn!(kind = kind_name, retry_in = ?self.config.sync_period, "sync failed: {e}");
+                Err(e)
+            }
+        })
+    }
+
+    /// Runs until `shutdown` completes: applies changes as they arrive and syncs by the
+    /// timing rules. Rules stay in place when it returns.
+    pub async fn run(
+        mut self,
+        mut changes: UnboundedReceiver<Change>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Self {
+        tokio::pin!(shutdown);
+        let mut open = true;
+        loop {
+            // Take everything already queued, so a burst becomes one sync.
+            while let Ok(c) = changes.try_recv() {
+                self.apply_change(c);
+            }
+            let now = Instant::now();
+            let next = self.next_sync_at(now);
+            if next.is_some_and(|t| t <= now) {
+                let _ = self.sync();
+                continue;
+            }
+            tokio::select! {
+                _ = &mut shutdown => break,
+                c = changes.recv(), if open => match c {
+                    Some(c) => self.apply_change(c),
+                    None => {
+                        debug!("all sources stopped");
+                        open = false;
+                    }
+                },
+                _ = tokio::time::sleep_until(next.unwrap_or(now + Duration::from_secs(3600))) => {}
+            }
+        }
+        self
+    }
+}
+
+fn convert_service(s: &k8s_openapi::api::core::v1::Service) -> Option<rudder_model::Service> {
+    match k8s::service(s) {
+        Ok((svc, problems)) => {
+            for p in problems {
+                warn!(reason = p.reason.label(), "skipped invalid input: {p}");
+            }
+            Some(svc)
+        }
+        Err(Rejected::Ignored(why)) => {
+            debug!(namespace = ?s.metadata.namespace, name = ?s.metadata.name, "ignoring service: {why}");
+            None
+        }
+        Err(Rejected::Invalid(p)) => {
+            warn!(reason = p.reason.label(), "skipped invalid input: {p}");
+            None
+        }
+    }
+}
+
+fn convert_slice(
+    s: &k8s_openapi::api::discovery::v1::EndpointSlice,
+) -> Option<rudder_model::EndpointSlice> {
+    match k8s::endpoint_slice(s) {
+        Ok((slice, problems)) => {
+            for p in problems {
+                warn!(reason = p.reason.label(), "skipped invalid input: {p}");
+            }
+            Some(slice)
+        }
+        Err(Rejected::Ignored(_)) => None,
+        Err(Rejected::Invalid(p)) => {
+            warn!(reason = p.reason.label(), "skipped invalid input: {p}");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

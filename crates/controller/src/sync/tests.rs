@@ -1,0 +1,248 @@
+//! Sync loop tests against the in-memory kernel model.
+
+use std::time::Duration;
+
+use rudder_compiler::{Compiler, Config, NodeContext, NodePortIps};
+use rudder_model::IpFamily;
+use rudder_nft::Ruleset;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::*;
+
+fn svc(name: &str, ip: &str) -> Box<k8s_openapi::api::core::v1::Service> {
+    Box::new(
+        serde_json::from_value(json!({
+            "metadata": {"namespace": "ns", "name": name},
+            "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80}]}
+        }))
+        .unwrap(),
+    )
+}
+
+fn slice(
+    name: &str,
+    svc: &str,
+    ips: &[&str],
+) -> Box<k8s_openapi::api::discovery::v1::EndpointSlice> {
+    let eps: Vec<_> = ips.iter().map(|ip| json!({"addresses": [ip]})).collect();
+    Box::new(
+        serde_json::from_value(json!({
+            "metadata": {"namespace": "ns", "name": name, "labels": {"kubernetes.io/service-name": svc}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}], "endpoints": eps
+        }))
+        .unwrap(),
+    )
+}
+
+fn new_loop(config: LoopConfig) -> SyncLoop<Ruleset> {
+    let node = NodeContext {
+        name: "n1".into(),
+        node_port_ips: NodePortIps::Only(vec![]),
+    };
+    let compiler = Compiler::new(&[IpFamily::V4], Config::default(), node.clone());
+    let ctx: NodeContextFn = Box::new(move |n: Option<&Node>| NodeContext {
+        name: "n1".into(),
+        node_port_ips: NodePortIps::Only(n.map(|n| n.addresses.clone()).unwrap_or_default()),
+    });
+    SyncLoop::new(compiler, Ruleset::new(), ctx, config)
+}
+
+fn elements(rs: &Ruleset, set: &str) -> Vec<String> {
+    rs.tables
+        .values()
+        .flat_map(|t| t.sets.iter())
+        .filter(|(n, _)| n.as_str() == set)
+        .flat_map(|(_, s)| s.elements.keys().map(|k| k.to_string()))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_is_programmed_before_both_lists() {
+    let mut l = new_loop(LoopConfig {
+        node_wait: Duration::ZERO,
+        ..LoopConfig::default()
+    });
+    l.apply_change(Change::ServicesListed(vec![*svc("a", "10.96.0.1")]));
+    assert!(l.sync().is_none(), "slices not listed yet");
+    assert!(l.dataplane().tables.is_empty());
+    l.apply_change(Change::SlicesListed(vec![]));
+    let report = l.sync().expect("sync runs").expect("sync succeeds");
+    assert_eq!(report.kind, SyncKind::Full);
+    assert_eq!(elements(l.dataplane(), "cluster-ips"), vec!["10.96.0.1"]);
+    // Nothing changed: nothing to do.
+    assert!(l.sync().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_cluster_is_programmed_and_the_node_wait_is_bounded() {
+    let mut l = new_loop(LoopConfig {
+        node_wait: Duration::from_secs(30),
+        ..LoopConfig::default()
+    });
+    l.apply_change(Change::ServicesListed(vec![]));
+    l.apply_change(Change::SlicesListed(vec![]));
+    assert!(l.sync().is_none(), "waits for the Node");
+    tokio::time::advance(Duration::from_secs(31)).await;
+    assert!(l.sync().expect("runs after the wait").is_ok());
+    assert!(
+        !l.dataplane().tables.is_empty(),
+        "empty cluster still gets the skeleton"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn bursts_coalesce_and_relists_converge() {
+    let config = LoopConfig {
+        min_sync_period: Duration::from_secs(1),
+        node_wait: Duration::ZERO,
+        ..LoopConfig::default()
+    };
+    let l = new_loop(config);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(l.run(rx, async move {
+        let _ = stop_rx.await;
+    }));
+    tx.send(Change::ServicesListed(vec![
+        *svc("a", "10.96.0.1"),
+        *svc("b", "10.96.0.2"),
+    ]))
+    .unwrap();
+    tx.send(Change::SlicesListed(vec![*slice(
+        "a-1",
+        "a",
+        &["10.0.0.1"],
+    )]))
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // 200 changes to one slice within the min sync period.
+    for i in 0..200 {
+        tx.send(Change::SliceApplied(slice(
+            "a-1",
+            "a",
+            &[&format!("10.0.1.{}", i % 250)],
+        )))
+        .unwrap();
+    }
+    // A re-list that no longer has service b and has a new slice for it... and b deleted.
+    tx.send(Change::ServicesListed(vec![*svc("a", "10.96.0.1")]))
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop_tx.send(()).unwrap();
+    let l = handle.await.unwrap();
+    let (syncs, failures) = l.counts();
+    assert_eq!(failures, 0);
+    assert!(syncs <= 3, "200 changes coalesced into {syncs} syncs");
+    assert_eq!(elements(l.dataplane(), "cluster-ips"), vec!["10.96.0.1"]);
+    let eps: Vec<String> = l
+        .dataplane()
+        .tables
+        .values()
+        .flat_map(|t| t.sets.values())
+        .flat_map(|s| s.elements.values().flatten().map(|v| v.to_string()))
+        .filter(|v| v.starts_with("10.0."))
+        .collect();
+    assert_eq!(
+        eps,
+        vec!["10.0.1.199 . 8080"],
+        "ends with exactly the last endpoint"
+    );
+}
+
+/// A dataplane that fails while `fail` is set.
+struct Flaky {
+    inner: Ruleset,
+    fail: bool,
+}
+
+impl Dataplane for Flaky {
+    fn apply(&mut self, tx: &Transaction) -> Result<usize, DataplaneError> {
+        if self.fail {
+            return Err("kernel said no".into());
+        }
+        Dataplane::apply(&mut self.inner, tx)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_are_retried_after_the_sync_period_with_a_full_sync() {
+    let node = NodeContext {
+        name: "n1".into(),
+        node_port_ips: NodePortIps::Only(vec![]),
+    };
+    let compiler = Compiler::new(&[IpFamily::V4], Config::default(), node.clone());
+    let ctx: NodeContextFn = Box::new(move |_| node.clone());
+    let config = LoopConfig {
+        sync_period: Duration::from_secs(30),
+        min_sync_period: Duration::ZERO,
+        node_wait: Duration::ZERO,
+        ..LoopConfig::default()
+    };
+    let mut l = SyncLoop::new(
+        compiler,
+        Flaky {
+            inner: Ruleset::new(),
+            fail: false,
+        },
+        ctx,
+        config,
+    );
+    l.apply_change(Change::ServicesListed(vec![*svc("a", "10.96.0.1")]));
+    l.apply_change(Change::SlicesListed(vec![]));
+    assert!(l.sync().unwrap().is_ok());
+    l.dataplane.fail = true;
+    l.apply_change(Change::ServiceApplied(svc("b", "10.96.0.2")));
+    assert!(l.sync().unwrap().is_err());
+    let now = Instant::now();
+    assert_eq!(
+        l.next_sync_at(now),
+        Some(now + Duration::from_secs(30)),
+        "retry after syncPeriod"
+    );
+    l.dataplane.fail = false;
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let report = l.sync().unwrap().unwrap();
+    assert_eq!(
+        report.kind,
+        SyncKind::Full,
+        "after a failure the next sync is full"
+    );
+    let mut ips = elements(&l.dataplane.inner, "cluster-ips");
+    ips.sort();
+    assert_eq!(ips, vec!["10.96.0.1", "10.96.0.2"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn periodic_full_resync_and_node_changes() {
+    let config = LoopConfig {
+        full_sync_period: Duration::from_secs(3600),
+        min_sync_period: Duration::ZERO,
+        node_wait: Duration::ZERO,
+        ..LoopConfig::default()
+    };
+    let mut l = new_loop(config);
+    l.apply_change(Change::ServicesListed(vec![]));
+    l.apply_change(Change::SlicesListed(vec![]));
+    assert_eq!(l.sync().unwrap().unwrap().kind, SyncKind::Full);
+    assert!(l.sync().is_none());
+    tokio::time::advance(Duration::from_secs(3601)).await;
+    assert_eq!(
+        l.sync().unwrap().unwrap().kind,
+        SyncKind::Full,
+        "hourly full resync"
+    );
+    let node: Box<k8s_openapi::api::core::v1::Node> = Box::new(
+        serde_json::from_value(json!({"metadata": {"name": "n1"}, "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.2"}]}}))
+            .unwrap(),
+    );
+    l.apply_change(Change::NodeApplied(node.clone()));
+    assert_eq!(
+        l.sync().unwrap().unwrap().kind,
+        SyncKind::Full,
+        "new node IPs need a full sync"
+    );
+    assert_eq!(elements(l.dataplane(), "nodeport-ips"), vec!["172.18.0.2"]);
+    l.apply_change(Change::NodeApplied(node));
+    assert!(l.sync().is_none(), "same node: nothing to do");
+}
