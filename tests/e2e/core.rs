@@ -623,6 +623,12 @@ fn masquerade_all_masquerades_pod_traffic_to_cluster_ips() {
     let peers: Vec<SocketAddr> = c._servers.iter().flat_map(|s| s.accepted_peers()).collect();
     assert_eq!(peers.len(), 30);
     // Masqueraded to the node's address on the backend's link, never the pod's own address.
-    assert!(peers.iter().all(|p| p.ip().to_string() != "10.244.2.2"), "{peers:?}");
-    assert!(peers.iter().all(|p| p.ip().to_string().ends_with(".1")), "{peers:?}");
+    assert!(
+        peers.iter().all(|p| p.ip().to_string() != "10.244.2.2"),
+        "{peers:?}"
+    );
+    assert!(
+        peers.iter().all(|p| p.ip().to_string().ends_with(".1")),
+        "{peers:?}"
+    );
 }

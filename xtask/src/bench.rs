@@ -38,7 +38,9 @@ fn ep_ip(i: usize, e: usize) -> std::net::IpAddr {
 
 fn slice(i: usize, eps: usize, bump: usize) -> EndpointSlice {
     let endpoints = (0..eps)
-        .map(|e| Endpoint::new(ep_ip(i, e + bump)).on_node(&format!("node-{}", (i * eps + e) % 100)))
+        .map(|e| {
+            Endpoint::new(ep_ip(i, e + bump)).on_node(&format!("node-{}", (i * eps + e) % 100))
+        })
         .collect();
     let ports = vec![EndpointPort {
         name: "http".into(),
