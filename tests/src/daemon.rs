@@ -81,6 +81,12 @@ impl Daemon {
         })
     }
 
+    /// The daemon's process id, while it runs (`ip netns exec` execs the program, so this is
+    /// rudder's own pid).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Everything the daemon logged so far.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()

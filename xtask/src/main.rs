@@ -5,9 +5,12 @@
 //! - `demo`: builds Rudder and runs it on the embedded nginx example in throwaway network
 //!   namespaces, printing which backend answered each request;
 //! - `bench`: kernel-level benchmarks (apply to a real kernel in a namespace), side by side
-//!   with a kube-proxy-style layout, printed as Markdown for `docs/performance.md`.
+//!   with a kube-proxy-style layout, printed as Markdown for `docs/performance.md`;
+//! - `bench-api`: the daemon against the test API server at scale: start to first sync,
+//!   change-to-kernel latency, peak memory.
 
 mod bench;
+mod bench_api;
 mod demo;
 
 use std::process::{Command, ExitCode};
@@ -20,9 +23,10 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("demo") => demo::demo(),
         Some("bench") => bench::bench(&args[1..]),
+        Some("bench-api") => bench_api::bench_api(&args[1..]),
         Some("deps") => install_deps(),
         _ => {
-            eprintln!("usage: cargo xtask <test|demo|bench|deps> [args]");
+            eprintln!("usage: cargo xtask <test|demo|bench|bench-api|deps> [args]");
             return ExitCode::from(2);
         }
     };

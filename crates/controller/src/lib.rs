@@ -11,7 +11,7 @@
 //! [`Dataplane`], which the binary implements with the nftables backend and tests implement
 //! with the in-memory [`rudder_nft::Ruleset`].
 
-mod change;
+pub mod change;
 mod sync;
 pub mod watch;
 

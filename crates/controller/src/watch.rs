@@ -20,7 +20,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use crate::change::Change;
+use crate::change::{self, Change};
 
 /// Services handed to another proxy carry this label; the API server filters them out.
 pub const SERVICE_LABEL_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name";
@@ -40,27 +40,34 @@ pub fn spawn(
     vec![
         tokio::spawn(watch(
             services,
-            watcher::Config::default().labels(SERVICE_LABEL_SELECTOR),
+            watcher::Config::default()
+                .labels(SERVICE_LABEL_SELECTOR)
+                .page_size(PAGE_SIZE),
             changes.clone(),
-            |s| Change::ServiceApplied(Box::new(s)),
-            |s| Change::ServiceDeleted(Box::new(s)),
+            change::service,
+            change::service_applied,
+            change::service_deleted,
             Change::ServicesListed,
         )),
         tokio::spawn(watch(
             slices,
-            watcher::Config::default().labels(SLICE_LABEL_SELECTOR),
+            watcher::Config::default()
+                .labels(SLICE_LABEL_SELECTOR)
+                .page_size(PAGE_SIZE),
             changes.clone(),
-            |s| Change::SliceApplied(Box::new(s)),
-            |s| Change::SliceDeleted(Box::new(s)),
+            change::slice,
+            change::slice_applied,
+            change::slice_deleted,
             Change::SlicesListed,
         )),
         tokio::spawn(watch(
             nodes,
             watcher::Config::default().fields(&format!("metadata.name={node_name}")),
             changes,
-            |n| Change::NodeApplied(Box::new(n)),
-            |_| Change::NodeDeleted,
-            |mut list: Vec<Node>| match list.pop() {
+            |n| Some(change::node(n)),
+            |n| Some(Change::NodeApplied(Box::new(change::node(n)))),
+            |_| Some(Change::NodeDeleted),
+            |mut list: Vec<rudder_model::Node>| match list.pop() {
                 Some(n) => Change::NodeApplied(Box::new(n)),
                 None => Change::NodeDeleted,
             },
@@ -68,20 +75,26 @@ pub fn spawn(
     ]
 }
 
-async fn watch<K>(
+/// Objects per page of the initial list. Larger pages than kube-rs's default of 500 cut the
+/// number of round trips at scale; objects are converted page by page either way.
+const PAGE_SIZE: u32 = 2000;
+
+async fn watch<K, M>(
     api: Api<K>,
     config: watcher::Config,
     changes: UnboundedSender<Change>,
-    applied: impl Fn(K) -> Change,
-    deleted: impl Fn(K) -> Change,
-    listed: impl Fn(Vec<K>) -> Change,
+    convert: impl Fn(&K) -> Option<M>,
+    applied: impl Fn(&K) -> Option<Change>,
+    deleted: impl Fn(&K) -> Option<Change>,
+    listed: impl Fn(Vec<M>) -> Change,
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     K::DynamicType: Default,
 {
     let kind = K::kind(&Default::default()).to_string();
     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
-    let mut buffer: Vec<K> = Vec::new();
+    // A (re-)list in progress, already converted.
+    let mut buffer: Vec<M> = Vec::new();
     while let Some(event) = stream.next().await {
         let change = match event {
             Ok(Event::Init) => {
@@ -89,15 +102,15 @@ async fn watch<K>(
                 continue;
             }
             Ok(Event::InitApply(obj)) => {
-                buffer.push(obj);
+                buffer.extend(convert(&obj));
                 continue;
             }
             Ok(Event::InitDone) => {
                 debug!(kind, count = buffer.len(), "listed");
-                listed(std::mem::take(&mut buffer))
+                Some(listed(std::mem::take(&mut buffer)))
             }
-            Ok(Event::Apply(obj)) => applied(obj),
-            Ok(Event::Delete(obj)) => deleted(obj),
+            Ok(Event::Apply(obj)) => applied(&obj),
+            Ok(Event::Delete(obj)) => deleted(&obj),
             Err(e) => {
                 warn!(
                     kind,
@@ -106,8 +119,10 @@ async fn watch<K>(
                 continue;
             }
         };
-        if changes.send(change).is_err() {
-            return;
+        if let Some(change) = change {
+            if changes.send(change).is_err() {
+                return;
+            }
         }
     }
 }

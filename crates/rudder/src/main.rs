@@ -32,9 +32,12 @@ fn init_logging(log: &LogArgs) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUDDER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // Colours only on a terminal: log files and collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match log.logging_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

@@ -182,11 +182,12 @@ async fn follow_manifests(
     interval: Duration,
     changes: UnboundedSender<Change>,
 ) {
+    use rudder_controller::change;
     let mut force = true;
     loop {
         if let Some(objs) = source.poll(force) {
             force = false;
-            let node = objs.nodes.into_iter().find(|n| {
+            let node = objs.nodes.iter().find(|n| {
                 n.metadata.name.as_deref().map(str::to_lowercase).as_deref()
                     == Some(hostname.as_str())
             });
@@ -194,9 +195,9 @@ async fn follow_manifests(
                 warn!(node = %hostname, "no Node object for this node in the manifests");
             }
             let snapshot = Change::Snapshot {
-                services: objs.services,
-                slices: objs.slices,
-                node: node.map(Box::new),
+                services: objs.services.iter().filter_map(change::service).collect(),
+                slices: objs.slices.iter().filter_map(change::slice).collect(),
+                node: node.map(|n| Box::new(change::node(n))),
             };
             if changes.send(snapshot).is_err() {
                 return;

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use rudder_compiler::{Compiler, NodeContext};
-use rudder_model::{Node, ProxyState, Rejected, ServiceKey, SliceKey, k8s};
+use rudder_model::{Node, ProxyState};
 use rudder_nft::Transaction;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::Instant;
@@ -161,98 +161,50 @@ impl<D: Dataplane> SyncLoop<D> {
         self.services_listed && self.slices_listed
     }
 
-    /// Applies one change to the state (converting and validating the objects).
+    /// Applies one change to the state.
     pub fn apply_change(&mut self, change: Change) {
         match change {
-            Change::ServiceApplied(s) => self.service_applied(&s),
-            Change::ServiceDeleted(s) => {
-                let m = &s.metadata;
-                if let (Some(ns), Some(name)) = (&m.namespace, &m.name) {
-                    self.state.remove_service(&ServiceKey::new(ns, name));
-                }
+            Change::ServiceApplied(s) => {
+                self.state.upsert_service(*s);
+            }
+            Change::ServiceDeleted(key) => {
+                self.state.remove_service(&key);
             }
             Change::ServicesListed(list) => {
-                let services = list.iter().filter_map(convert_service).collect();
-                self.state.replace_services(services);
+                self.state.replace_services(list);
                 self.services_listed = true;
             }
-            Change::SliceApplied(s) => self.slice_applied(&s),
-            Change::SliceDeleted(s) => {
-                let m = &s.metadata;
-                if let (Some(ns), Some(name)) = (&m.namespace, &m.name) {
-                    self.state.remove_slice(&SliceKey {
-                        namespace: ns.clone(),
-                        name: name.clone(),
-                    });
-                }
+            Change::SliceApplied(s) => {
+                self.state.upsert_slice(*s);
+            }
+            Change::SliceDeleted(key) => {
+                self.state.remove_slice(&key);
             }
             Change::SlicesListed(list) => {
-                let slices = list.iter().filter_map(convert_slice).collect();
-                self.state.replace_slices(slices);
+                self.state.replace_slices(list);
                 self.slices_listed = true;
             }
-            Change::NodeApplied(n) => self.set_node(Some(&n)),
+            Change::NodeApplied(n) => self.set_node(Some(*n)),
             Change::NodeDeleted => self.set_node(None),
             Change::Snapshot {
                 services,
                 slices,
                 node,
             } => {
-                self.state
-                    .replace_services(services.iter().filter_map(convert_service).collect());
-                self.state
-                    .replace_slices(slices.iter().filter_map(convert_slice).collect());
+                self.state.replace_services(services);
+                self.state.replace_slices(slices);
                 self.services_listed = true;
                 self.slices_listed = true;
-                self.set_node(node.as_deref());
+                self.set_node(node.map(|n| *n));
                 // A snapshot source has no separate node stream to wait for.
                 self.node_seen = true;
             }
         }
     }
 
-    fn service_applied(&mut self, svc: &k8s_openapi::api::core::v1::Service) {
-        let m = &svc.metadata;
-        match convert_service(svc) {
-            Some(s) => {
-                self.state.upsert_service(s);
-            }
-            // An object that became invalid or ignorable (for example it gained the
-            // service-proxy-name label) must stop being programmed.
-            None => {
-                if let (Some(ns), Some(name)) = (&m.namespace, &m.name) {
-                    self.state.remove_service(&ServiceKey::new(ns, name));
-                }
-            }
-        }
-    }
-
-    fn slice_applied(&mut self, slice: &k8s_openapi::api::discovery::v1::EndpointSlice) {
-        let m = &slice.metadata;
-        match convert_slice(slice) {
-            Some(s) => {
-                self.state.upsert_slice(s);
-            }
-            None => {
-                if let (Some(ns), Some(name)) = (&m.namespace, &m.name) {
-                    self.state.remove_slice(&SliceKey {
-                        namespace: ns.clone(),
-                        name: name.clone(),
-                    });
-                }
-            }
-        }
-    }
-
-    fn set_node(&mut self, node: Option<&k8s_openapi::api::core::v1::Node>) {
+    fn set_node(&mut self, node: Option<Node>) {
         self.node_seen = self.node_seen || node.is_some();
-        self.node = node.map(|n| {
-            let (node, problems) = k8s::node(n);
-            for p in problems {
-                warn!(reason = p.reason.label(), "skipped invalid input: {p}");
-            }
-            node
-        });
+        self.node = node;
         let ctx = (self.node_context)(self.node.as_ref());
         if ctx != self.current_ctx {
             info!(node_port_ips = ?ctx.node_port_ips, "node context changed: next sync is a full one");
@@ -407,43 +359,6 @@ impl<D: Dataplane> SyncLoop<D> {
             }
         }
         self
-    }
-}
-
-fn convert_service(s: &k8s_openapi::api::core::v1::Service) -> Option<rudder_model::Service> {
-    match k8s::service(s) {
-        Ok((svc, problems)) => {
-            for p in problems {
-                warn!(reason = p.reason.label(), "skipped invalid input: {p}");
-            }
-            Some(svc)
-        }
-        Err(Rejected::Ignored(why)) => {
-            debug!(namespace = ?s.metadata.namespace, name = ?s.metadata.name, "ignoring service: {why}");
-            None
-        }
-        Err(Rejected::Invalid(p)) => {
-            warn!(reason = p.reason.label(), "skipped invalid input: {p}");
-            None
-        }
-    }
-}
-
-fn convert_slice(
-    s: &k8s_openapi::api::discovery::v1::EndpointSlice,
-) -> Option<rudder_model::EndpointSlice> {
-    match k8s::endpoint_slice(s) {
-        Ok((slice, problems)) => {
-            for p in problems {
-                warn!(reason = p.reason.label(), "skipped invalid input: {p}");
-            }
-            Some(slice)
-        }
-        Err(Rejected::Ignored(_)) => None,
-        Err(Rejected::Invalid(p)) => {
-            warn!(reason = p.reason.label(), "skipped invalid input: {p}");
-            None
-        }
     }
 }
 

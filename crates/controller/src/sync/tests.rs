@@ -10,29 +10,23 @@ use tokio::sync::mpsc;
 
 use super::*;
 
-fn svc(name: &str, ip: &str) -> Box<k8s_openapi::api::core::v1::Service> {
-    Box::new(
-        serde_json::from_value(json!({
-            "metadata": {"namespace": "ns", "name": name},
-            "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80}]}
-        }))
-        .unwrap(),
-    )
+fn svc(name: &str, ip: &str) -> Box<rudder_model::Service> {
+    let k: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+        "metadata": {"namespace": "ns", "name": name},
+        "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80}]}
+    }))
+    .unwrap();
+    Box::new(crate::change::service(&k).unwrap())
 }
 
-fn slice(
-    name: &str,
-    svc: &str,
-    ips: &[&str],
-) -> Box<k8s_openapi::api::discovery::v1::EndpointSlice> {
+fn slice(name: &str, svc: &str, ips: &[&str]) -> Box<rudder_model::EndpointSlice> {
     let eps: Vec<_> = ips.iter().map(|ip| json!({"addresses": [ip]})).collect();
-    Box::new(
-        serde_json::from_value(json!({
-            "metadata": {"namespace": "ns", "name": name, "labels": {"kubernetes.io/service-name": svc}},
-            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}], "endpoints": eps
-        }))
-        .unwrap(),
-    )
+    let k: k8s_openapi::api::discovery::v1::EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"namespace": "ns", "name": name, "labels": {"kubernetes.io/service-name": svc}},
+        "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}], "endpoints": eps
+    }))
+    .unwrap();
+    Box::new(crate::change::slice(&k).unwrap())
 }
 
 fn new_loop(config: LoopConfig) -> SyncLoop<Ruleset> {
@@ -232,10 +226,10 @@ async fn periodic_full_resync_and_node_changes() {
         SyncKind::Full,
         "hourly full resync"
     );
-    let node: Box<k8s_openapi::api::core::v1::Node> = Box::new(
-        serde_json::from_value(json!({"metadata": {"name": "n1"}, "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.2"}]}}))
+    let node: Box<Node> = Box::new(crate::change::node(
+        &serde_json::from_value(json!({"metadata": {"name": "n1"}, "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.2"}]}}))
             .unwrap(),
-    );
+    ));
     l.apply_change(Change::NodeApplied(node.clone()));
     assert_eq!(
         l.sync().unwrap().unwrap().kind,

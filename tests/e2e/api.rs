@@ -1,0 +1,421 @@
+//! End-to-end tests against a live list/watch API server: the real `rudder` binary runs in a
+//! node namespace with a kubeconfig (bearer token) pointing at the fake API server, which
+//! listens inside the client namespace (reached over the node's veth). Changes made through
+//! the server must show up in the kernel, proven by real connections.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use rudder_e2e::client::histogram_with_timeout;
+use rudder_e2e::{
+    Daemon, EchoServers, Netns, Proto, TempDir, Topology, e2e_enabled, serve_pod, tcp_request,
+};
+use rudder_fake_apiserver::{Config, FakeApiServer};
+use serde_json::json;
+
+const TOKEN: &str = "rudder-e2e-token";
+const API_ADDR: &str = "172.18.0.10:6443";
+const SYNC_DONE: &str = "sync done";
+
+fn rudder_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_rudder"))
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("socket address")
+}
+
+fn node() -> Node {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "node-1", "labels": {"topology.kubernetes.io/zone": "zone-a"}},
+        "status": {"addresses": [
+            {"type": "InternalIP", "address": "172.18.0.2"},
+            {"type": "InternalIP", "address": "fc00:f853:ccd:e793::2"}
+        ]}
+    }))
+    .expect("node")
+}
+
+/// A Service `default/NAME` with one TCP port; `kind` decides type, node port and LB status.
+fn service(name: &str, cluster_ip: &str, port: u16, kind: &str) -> Service {
+    let mut spec = json!({
+        "type": kind, "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
+        "ports": [{"name": "http", "port": port, "protocol": "TCP", "targetPort": 80}]
+    });
+    if kind != "ClusterIP" {
+        spec["ports"][0]["nodePort"] = json!(30080);
+    }
+    let mut svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "default", "name": name}, "spec": spec});
+    if kind == "LoadBalancer" {
+        svc["status"] = json!({"loadBalancer": {"ingress": [{"ip": "192.168.122.111"}]}});
+    }
+    serde_json::from_value(svc).expect("service")
+}
+
+/// The EndpointSlice of `default/SVC` with the given pod IPs on port 80.
+fn slice(svc: &str, ips: &[&str]) -> EndpointSlice {
+    let eps: Vec<_> = ips
+        .iter()
+        .map(|ip| json!({"addresses": [ip], "nodeName": "node-1", "conditions": {"ready": true}}))
+        .collect();
+    serde_json::from_value(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"namespace": "default", "name": format!("{svc}-abc"), "labels": {"kubernetes.io/service-name": svc}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+        "endpoints": eps
+    }))
+    .expect("slice")
+}
+
+struct Live {
+    daemon: Daemon,
+    api: Option<FakeApiServer>,
+    _kubeconfig: TempDir,
+    _servers: Vec<EchoServers>,
+    topo: Topology,
+}
+
+fn bind_api(topo: &Topology) -> TcpListener {
+    topo.client
+        .enter(|| TcpListener::bind(API_ADDR))
+        .expect("enter client netns")
+        .expect("bind API server")
+}
+
+/// Starts `rudder run` against the kubeconfig; `min_sync` is `--iptables-min-sync-period`.
+fn start_daemon(topo: &Topology, kubeconfig: &TempDir, min_sync: &str) -> Daemon {
+    let path = kubeconfig.path().join("kubeconfig").display().to_string();
+    let args = [
+        "run",
+        "--kubeconfig",
+        &path,
+        "--hostname-override",
+        "node-1",
+        "--cluster-cidr",
+        "10.244.0.0/16",
+        "--iptables-min-sync-period",
+        min_sync,
+        "--iptables-sync-period",
+        "2s",
+    ];
+    Daemon::start(&rudder_bin(), &topo.node, &args).expect("start rudder")
+}
+
+impl Live {
+    /// Topology, backends 111/222/333, the API server with a node, and the daemon.
+    fn start(min_sync: &str) -> Live {
+        let topo = Topology::new().expect("topology");
+        let servers = (0..3)
+            .map(|i| serve_pod(&topo.pods[i], ["111", "222", "333"][i], &[80]).expect("echo"))
+            .collect();
+        let api = FakeApiServer::start(bind_api(&topo), Config::default().with_token(TOKEN))
+            .expect("API server");
+        api.apply_node(node());
+        let kubeconfig = TempDir::new("kubeconfig").expect("temp dir");
+        kubeconfig
+            .write("kubeconfig", &api.kubeconfig(Some(TOKEN)))
+            .expect("kubeconfig");
+        let mut daemon = start_daemon(&topo, &kubeconfig, min_sync);
+        daemon
+            .wait_for(SYNC_DONE, 1, Duration::from_secs(20))
+            .expect("first sync");
+        Live {
+            daemon,
+            api: Some(api),
+            _kubeconfig: kubeconfig,
+            _servers: servers,
+            topo,
+        }
+    }
+
+    fn api(&self) -> &FakeApiServer {
+        self.api.as_ref().expect("API server running")
+    }
+
+    fn hist(&self, from: &Netns, to: &str, n: usize) -> BTreeMap<String, usize> {
+        histogram_with_timeout(from, addr(to), n, Proto::Tcp, Duration::from_millis(500))
+    }
+
+    /// Waits until requests from `from` to `to` are answered by exactly `expected` backends.
+    fn converge(&self, from: &Netns, to: &str, expected: &[&str], within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let h = self.hist(from, to, 24);
+            let keys: Vec<&str> = h.keys().map(String::as_str).collect();
+            if keys == expected {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{to}: expected {expected:?}, still {h:?}\nlog:\n{}",
+                    self.daemon.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until `to` stops answering (refused or timing out).
+    fn converge_gone(&self, from: &Netns, to: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while tcp_request(from, addr(to), Duration::from_millis(300)).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "{to} still answers\nlog:\n{}",
+                self.daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+const SOON: Duration = Duration::from_secs(5);
+
+#[test]
+fn services_follow_the_api_server_through_their_lifecycle() {
+    if !e2e_enabled() {
+        return;
+    }
+    let live = Live::start("100ms");
+    let pod = &live.topo.pods[0];
+    let client = &live.topo.client;
+
+    live.api()
+        .apply_service(service("web", "10.96.7.1", 80, "ClusterIP"));
+    live.api()
+        .apply_endpoint_slice(slice("web", &["10.244.1.2", "10.244.2.2"]));
+    live.converge(pod, "10.96.7.1:80", &["111", "222"], SOON);
+    // Scale up, then down.
+    live.api()
+        .apply_endpoint_slice(slice("web", &["10.244.1.2", "10.244.2.2", "10.244.3.2"]));
+    live.converge(pod, "10.96.7.1:80", &["111", "222", "333"], SOON);
+    live.api()
+        .apply_endpoint_slice(slice("web", &["10.244.3.2"]));
+    live.converge(pod, "10.96.7.1:80", &["333"], SOON);
+    // Change the port.
+    live.api()
+        .apply_service(service("web", "10.96.7.1", 8080, "ClusterIP"));
+    live.converge(pod, "10.96.7.1:8080", &["333"], SOON);
+    live.converge_gone(pod, "10.96.7.1:80", SOON);
+    // ClusterIP → NodePort → LoadBalancer.
+    live.api()
+        .apply_service(service("web", "10.96.7.1", 8080, "NodePort"));
+    live.converge(client, "172.18.0.2:30080", &["333"], SOON);
+    live.api()
+        .apply_service(service("web", "10.96.7.1", 8080, "LoadBalancer"));
+    live.converge(client, "192.168.122.111:8080", &["333"], SOON);
+    live.converge(client, "172.18.0.2:30080", &["333"], SOON);
+    // Delete the service: everything stops answering.
+    live.api().delete_service("default", "web");
+    live.converge_gone(pod, "10.96.7.1:8080", SOON);
+    live.converge_gone(client, "192.168.122.111:8080", SOON);
+    live.converge_gone(client, "172.18.0.2:30080", SOON);
+    assert!(
+        live.daemon.log().contains("partial"),
+        "changes are applied as partial syncs"
+    );
+}
+
+#[test]
+fn outages_keep_traffic_flowing_and_changes_apply_after_reconnection() {
+    if !e2e_enabled() {
+        return;
+    }
+    let live = Live::start("100ms");
+    let pod = &live.topo.pods[1];
+    live.api()
+        .apply_service(service("web", "10.96.7.1", 80, "ClusterIP"));
+    live.api()
+        .apply_endpoint_slice(slice("web", &["10.244.1.2", "10.244.3.2"]));
+    live.converge(pod, "10.96.7.1:80", &["111", "333"], SOON);
+
+    // 1. Every watch dropped: nothing changes for traffic, new changes still arrive.
+    live.api().drop_watches();
+    live.converge(
+        pod,
+        "10.96.7.1:80",
+        &["111", "333"],
+        Duration::from_millis(100),
+    );
+    live.api()
+        .apply_endpoint_slice(slice("web", &["10.244.1.2", "10.244.2.2", "10.244.3.2"]));
+    live.converge(pod, "10.96.7.1:80", &["111", "222", "333"], SOON);
+
+    // 2. The API server refuses connections for 10 s; changes are made meanwhile.
+    live.api().refuse_connections_for(Duration::from_secs(10));
+    live.api()
+        .apply_endpoint_slice(slice("web", &["10.244.2.2"]));
+    live.api()
+        .apply_service(service("db", "10.96.7.2", 80, "ClusterIP"));
+    live.api()
+        .apply_endpoint_slice(slice("db", &["10.244.1.2"]));
+    let outage_end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < outage_end {
+        // Traffic never stops: the programmed rules stay while Rudder is disconnected.
+        let h = live.hist(pod, "10.96.7.1:80", 6);
+        assert!(
+            !h.keys().any(|k| k.starts_with('<')),
+            "traffic failed during the outage: {h:?}"
+        );
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    live.converge(pod, "10.96.7.1:80", &["222"], Duration::from_secs(20));
+    live.converge(pod, "10.96.7.2:80", &["111"], SOON);
+    assert!(
+        live.api().refused_connections() > 0,
+        "the daemon did try to reconnect during the outage"
+    );
+
+    // 3. A deletion happens while Rudder is disconnected, then the history is compacted: the
+    //    resumed watch gets 410 Gone, Rudder re-lists, and the deletion is applied.
+    let lists_before = live.api().request_count("list", "services");
+    live.api().refuse_connections_for(Duration::from_secs(2));
+    live.api().delete_service("default", "db");
+    live.api().compact();
+    live.converge_gone(pod, "10.96.7.2:80", Duration::from_secs(20));
+    live.converge(pod, "10.96.7.1:80", &["222"], SOON);
+    assert!(
+        live.api().request_count("list", "services") > lists_before,
+        "re-listed after reconnecting"
+    );
+}
+
+#[test]
+fn rapid_endpoint_changes_coalesce_into_few_syncs() {
+    if !e2e_enabled() {
+        return;
+    }
+    let live = Live::start("1s");
+    let pod = &live.topo.pods[2];
+    live.api()
+        .apply_service(service("web", "10.96.7.1", 80, "ClusterIP"));
+    live.api()
+        .apply_endpoint_slice(slice("web", &["10.244.1.2"]));
+    live.converge(pod, "10.96.7.1:80", &["111"], SOON);
+    let syncs_before = live.daemon.count(SYNC_DONE);
+    let choices: [&[&str]; 4] = [
+        &["10.244.1.2"],
+        &["10.244.2.2"],
+        &["10.244.1.2", "10.244.3.2"],
+        &["10.244.2.2", "10.244.3.2"],
+    ];
+    let start = Instant::now();
+    for i in 0..200 {
+        live.api()
+            .apply_endpoint_slice(slice("web", choices[i % 4]));
+    }
+    let burst = start.elapsed();
+    // The last state: 200 % 4 == 0, so choices[3] was applied last.
+    live.converge(pod, "10.96.7.1:80", &["222", "333"], SOON);
+    std::thread::sleep(Duration::from_millis(1500));
+    let syncs = live.daemon.count(SYNC_DONE) - syncs_before;
+    // With a 1 s minimum period, a burst lasting `burst` can cause at most one sync per
+    // started second, plus the one that applies the tail.
+    let bound = burst.as_secs() as usize + 2;
+    assert!(
+        syncs >= 1 && syncs <= bound,
+        "{syncs} syncs for 200 changes in {burst:?} (bound {bound})"
+    );
+    // Exactly the right rules: one frontend, two endpoints.
+    let rules = rudder_e2e::nft::list_ruleset(&live.topo.node).expect("ruleset");
+    assert!(
+        rules.contains("10.96.7.1 . tcp . 80 . 0 : 10.244.2.2 . 80")
+            || rules.contains("10.96.7.1 . tcp . 80 . 1 : 10.244.2.2 . 80"),
+        "{rules}"
+    );
+    assert!(
+        !rules.contains("10.244.1.2 . 80"),
+        "stale endpoint left in the rules:\n{rules}"
+    );
+}
+
+#[test]
+fn a_daemon_started_before_the_api_server_converges() {
+    if !e2e_enabled() {
+        return;
+    }
+    let topo = Topology::new().expect("topology");
+    let _servers: Vec<_> = (0..3)
+        .map(|i| serve_pod(&topo.pods[i], ["111", "222", "333"][i], &[80]).expect("echo"))
+        .collect();
+    // Write a kubeconfig for an API server that does not exist yet.
+    let kubeconfig = TempDir::new("kubeconfig").expect("temp dir");
+    let placeholder =
+        FakeApiServer::start_local(Config::default().with_token(TOKEN)).expect("placeholder");
+    let text = placeholder
+        .kubeconfig(Some(TOKEN))
+        .replace(&placeholder.url(), &format!("http://{API_ADDR}"));
+    drop(placeholder);
+    kubeconfig.write("kubeconfig", &text).expect("kubeconfig");
+    let mut daemon = start_daemon(&topo, &kubeconfig, "100ms");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        daemon.count(SYNC_DONE),
+        0,
+        "nothing is programmed before the lists arrive"
+    );
+    assert!(
+        rudder_e2e::nft::list_ruleset(&topo.node)
+            .expect("ruleset")
+            .is_empty()
+    );
+
+    let api = FakeApiServer::start(bind_api(&topo), Config::default().with_token(TOKEN))
+        .expect("API server");
+    api.apply_node(node());
+    api.apply_service(service("web", "10.96.7.1", 80, "ClusterIP"));
+    api.apply_endpoint_slice(slice("web", &["10.244.1.2", "10.244.2.2"]));
+    daemon
+        .wait_for(SYNC_DONE, 1, Duration::from_secs(30))
+        .expect("sync after the API server appeared");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let h = histogram_with_timeout(
+            &topo.pods[0],
+            addr("10.96.7.1:80"),
+            12,
+            Proto::Tcp,
+            Duration::from_millis(500),
+        );
+        if h.keys().map(String::as_str).collect::<Vec<_>>() == ["111", "222"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no convergence: {h:?}\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_wrong_token_is_reported_and_nothing_is_programmed() {
+    if !e2e_enabled() {
+        return;
+    }
+    let topo = Topology::new().expect("topology");
+    let api = FakeApiServer::start(bind_api(&topo), Config::default().with_token(TOKEN))
+        .expect("API server");
+    api.apply_node(node());
+    let kubeconfig = TempDir::new("kubeconfig").expect("temp dir");
+    kubeconfig
+        .write("kubeconfig", &api.kubeconfig(Some("not-the-token")))
+        .expect("kubeconfig");
+    let mut daemon = start_daemon(&topo, &kubeconfig, "100ms");
+    daemon
+        .wait_for("401", 1, Duration::from_secs(10))
+        .expect("the 401 is logged");
+    assert_eq!(daemon.count(SYNC_DONE), 0);
+    assert!(
+        rudder_e2e::nft::list_ruleset(&topo.node)
+            .expect("ruleset")
+            .is_empty()
+    );
+}
