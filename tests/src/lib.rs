@@ -7,6 +7,8 @@
 //!   test panics, plus helpers to run commands or closures inside them;
 //! * [`topo`]: a small cluster-like [`Topology`] (a node, three pods and an external client)
 //!   wired together with veth pairs, dual-stack;
+//! * [`cluster`]: two nodes of one cluster with two pods each, an external client and the LAN
+//!   joining them ([`TwoNodes`]), for tests where local and remote endpoints differ;
 //! * [`serve`]: TCP and UDP echo servers ([`EchoServers`]) that answer with a pod name and
 //!   record the peers they saw;
 //! * [`client`]: TCP and UDP request helpers and answer histograms run from inside a
@@ -26,6 +28,7 @@
 //! interface ever appears in the root namespace.
 
 pub mod client;
+pub mod cluster;
 pub mod daemon;
 pub mod netns;
 pub mod nft;
@@ -34,6 +37,7 @@ pub mod serve;
 pub mod topo;
 
 pub use client::{Proto, RequestError, histogram, tcp_request, udp_request};
+pub use cluster::TwoNodes;
 pub use daemon::{Daemon, TempDir};
 pub use netns::Netns;
 pub use root::{e2e_enabled, require_root};

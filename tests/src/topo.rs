@@ -184,7 +184,7 @@ fn pod_gateway_ipv6(i: usize) -> Ipv6Addr {
 
 /// Creates a veth pair from inside namespace `ns_a` with its peer placed directly into
 /// `ns_b`, so neither end ever exists in the root namespace, and brings both ends up.
-fn link_pair(ns_a: &str, if_a: &str, ns_b: &str, if_b: &str) -> io::Result<()> {
+pub(crate) fn link_pair(ns_a: &str, if_a: &str, ns_b: &str, if_b: &str) -> io::Result<()> {
     ip(&[
         "-n", ns_a, "link", "add", if_a, "type", "veth", "peer", "name", if_b, "netns", ns_b,
     ])?;
@@ -194,7 +194,7 @@ fn link_pair(ns_a: &str, if_a: &str, ns_b: &str, if_b: &str) -> io::Result<()> {
 }
 
 /// Adds `cidr` to `dev` in namespace `ns`; IPv6 addresses get `nodad`.
-fn address(ns: &str, dev: &str, cidr: &str) -> io::Result<()> {
+pub(crate) fn address(ns: &str, dev: &str, cidr: &str) -> io::Result<()> {
     if cidr.contains(':') {
         ip(&["-n", ns, "-6", "addr", "add", cidr, "dev", dev, "nodad"])?;
     } else {
@@ -204,7 +204,7 @@ fn address(ns: &str, dev: &str, cidr: &str) -> io::Result<()> {
 }
 
 /// Adds a default route via `gateway` (IPv4 or IPv6) in namespace `ns`.
-fn default_route(ns: &str, gateway: &str) -> io::Result<()> {
+pub(crate) fn default_route(ns: &str, gateway: &str) -> io::Result<()> {
     let family = if gateway.contains(':') { "-6" } else { "-4" };
     ip(&["-n", ns, family, "route", "add", "default", "via", gateway])?;
     Ok(())

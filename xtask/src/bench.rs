@@ -107,10 +107,10 @@ pub fn bench(args: &[String]) -> anyhow::Result<()> {
     let eps: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10);
     let rounds = 3;
 
-    let node = NodeContext {
-        name: "node-0".into(),
-        node_port_ips: NodePortIps::Only(vec!["172.18.0.2".parse()?]),
-    };
+    let node = NodeContext::new(
+        "node-0".into(),
+        NodePortIps::Only(vec!["172.18.0.2".parse()?]),
+    );
     let mut state = ProxyState::new();
     state.replace_all(
         (0..services).map(svc).collect(),

@@ -71,10 +71,10 @@ fn state() -> ProxyState {
 }
 
 fn compiler() -> Compiler {
-    let node = NodeContext {
-        name: "node-0".into(),
-        node_port_ips: NodePortIps::Only(vec!["172.18.0.2".parse().unwrap()]),
-    };
+    let node = NodeContext::new(
+        "node-0".into(),
+        NodePortIps::Only(vec!["172.18.0.2".parse().unwrap()]),
+    );
     Compiler::new(&[IpFamily::V4], Config::default(), node)
 }
 

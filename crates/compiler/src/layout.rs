@@ -8,13 +8,12 @@
 //! rule and no anonymous set exists per service, which keeps the kernel's work per element
 //! constant (see the performance notes in `docs/performance.md`).
 
-use rudder_model::Cidr;
 use rudder_nft::{
     Atom, ChainDecl, ChainType, CmpOp, DataType, Expr, Family, FibKind, Hook, Key, KeyType, Name,
     Reject, Rule, Ruleset, SetDecl, Stmt, TableRef, Transaction, Verdict,
 };
 
-use crate::{Config, NodePortIps};
+use crate::{Config, LocalDetector, NodeContext, NodePortIps};
 
 /// Names of the static objects.
 pub mod names {
@@ -71,10 +70,14 @@ pub enum SetId {
     NoEndpointServices,
     /// `no-endpoint-nodeports`
     NoEndpointNodeports,
-    /// `cluster-endpoints-N`
+    /// `cluster-endpoints-N`: all of a frontend's cluster endpoints, by slot.
     ClusterEndpoints(u32),
-    /// `nodeport-endpoints-N`
+    /// `nodeport-endpoints-N`: a node port's cluster endpoints, by slot.
     NodeportEndpoints(u32),
+    /// `local-endpoints-L`: a frontend's endpoints on this node, by slot.
+    LocalEndpoints(u32),
+    /// `nodeport-local-endpoints-L`: a node port's endpoints on this node, by slot.
+    NodeportLocalEndpoints(u32),
 }
 
 impl SetId {
@@ -89,20 +92,46 @@ impl SetId {
             SetId::NoEndpointNodeports => n(names::NO_ENDPOINT_NODEPORTS),
             SetId::ClusterEndpoints(c) => n(&format!("cluster-endpoints-{c}")),
             SetId::NodeportEndpoints(c) => n(&format!("nodeport-endpoints-{c}")),
+            SetId::LocalEndpoints(c) => n(&format!("local-endpoints-{c}")),
+            SetId::NodeportLocalEndpoints(c) => n(&format!("nodeport-local-endpoints-{c}")),
         }
+    }
+
+    /// Whether this is an endpoint map whose keys end with a slot number.
+    pub fn is_endpoint_map(self) -> bool {
+        matches!(
+            self,
+            SetId::ClusterEndpoints(_)
+                | SetId::NodeportEndpoints(_)
+                | SetId::LocalEndpoints(_)
+                | SetId::NodeportLocalEndpoints(_)
+        )
     }
 }
 
 /// A group of objects shared by every frontend whose service has the same number of
-/// endpoints.
+/// endpoints (N cluster-wide, L on this node). Variants are ordered so that a class comes
+/// after the classes its chain jumps to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Class {
     /// Chain `cluster-N` and map `cluster-endpoints-N`: DNAT for service IPs.
     Cluster(u32),
     /// Chain `external-N`: masquerade mark, then `goto cluster-N`.
     External(u32),
-    /// Chain `nodeport-N` and map `nodeport-endpoints-N`: mark and DNAT for node ports.
+    /// Chain `nodeport-cluster-N` and map `nodeport-endpoints-N`: DNAT for node ports.
+    NodePortCluster(u32),
+    /// Chain `nodeport-N`: masquerade mark, then `goto nodeport-cluster-N`.
     NodePort(u32),
+    /// Chain `local-L` and map `local-endpoints-L`: DNAT to endpoints on this node.
+    Local(u32),
+    /// Chain `nodeport-local-L` and map `nodeport-local-endpoints-L`.
+    NodePortLocal(u32),
+    /// Chain `external-local-N-L`: `externalTrafficPolicy: Local` for external and load
+    /// balancer IPs: pod and node traffic short-circuits to `cluster-N`, the rest goes to
+    /// `local-L` (when L > 0) without masquerade.
+    ExternalLocal(u32, u32),
+    /// Chain `nodeport-external-local-N-L`: the same for node ports.
+    NodePortExternalLocal(u32, u32),
 }
 
 impl Class {
@@ -111,13 +140,44 @@ impl Class {
         match self {
             Class::Cluster(c) => n(&format!("cluster-{c}")),
             Class::External(c) => n(&format!("external-{c}")),
+            Class::NodePortCluster(c) => n(&format!("nodeport-cluster-{c}")),
             Class::NodePort(c) => n(&format!("nodeport-{c}")),
+            Class::Local(l) => n(&format!("local-{l}")),
+            Class::NodePortLocal(l) => n(&format!("nodeport-local-{l}")),
+            Class::ExternalLocal(c, l) => n(&format!("external-local-{c}-{l}")),
+            Class::NodePortExternalLocal(c, l) => n(&format!("nodeport-external-local-{c}-{l}")),
         }
     }
 
     /// The verdict that sends a frontend to this class.
     pub fn verdict(self) -> Key {
         Key::verdict(Verdict::Goto(self.chain()))
+    }
+
+    /// This class and the classes its chain jumps to.
+    pub fn with_dependencies(self) -> Vec<Class> {
+        let mut out = vec![self];
+        match self {
+            Class::External(c) => out.push(Class::Cluster(c)),
+            Class::NodePort(c) => out.push(Class::NodePortCluster(c)),
+            Class::ExternalLocal(c, l) => {
+                out.push(Class::Cluster(c));
+                if l > 0 {
+                    out.push(Class::Local(l));
+                }
+            }
+            Class::NodePortExternalLocal(c, l) => {
+                out.push(Class::NodePortCluster(c));
+                if l > 0 {
+                    out.push(Class::NodePortLocal(l));
+                }
+            }
+            Class::Cluster(_)
+            | Class::NodePortCluster(_)
+            | Class::Local(_)
+            | Class::NodePortLocal(_) => {}
+        }
+        out
     }
 }
 
@@ -142,12 +202,8 @@ fn jump(c: &str) -> Stmt {
 
 /// The static part of the table: base chains, fixed chains, and the declarations of the
 /// fixed sets and maps (with the `nodeport-ips` elements, which depend only on the node).
-pub fn skeleton(
-    family: Family,
-    table: &TableRef,
-    config: &Config,
-    node_port_ips: &NodePortIps,
-) -> Ruleset {
+pub fn skeleton(family: Family, table: &TableRef, config: &Config, node: &NodeContext) -> Ruleset {
+    let node_port_ips = &node.node_port_ips;
     use names::*;
     let f = family;
     let mark = config.masquerade_mark();
@@ -300,7 +356,7 @@ pub fn skeleton(
             Rule::new(vec![to_cluster_ip, Stmt::MarkOr(mark)])
                 .with_comment("masquerade all traffic to ClusterIPs"),
         );
-    } else if let Some(not_local) = not_local_match(f, &config.cluster_cidrs) {
+    } else if let Some(not_local) = local_match(f, &node.local_detector, CmpOp::Ne) {
         tx.add_rule(
             table,
             &services,
@@ -406,20 +462,30 @@ pub fn skeleton(
     rs
 }
 
-/// `ip saddr != CIDR` (or `!= { CIDRs }`) for the cluster CIDRs of a family, if any.
-fn not_local_match(f: Family, cidrs: &[Cidr]) -> Option<Stmt> {
-    let mine: Vec<Expr> = cidrs
-        .iter()
-        .filter(|c| Family::of(&c.addr()) == f)
-        .map(|c| Expr::Prefix(c.addr(), c.prefix_len()))
-        .collect();
-    match mine.len() {
-        0 => None,
-        1 => mine
-            .into_iter()
-            .next()
-            .map(|p| Stmt::Cmp(Expr::Saddr(f), CmpOp::Ne, p)),
-        _ => Some(Stmt::Cmp(Expr::Saddr(f), CmpOp::Ne, Expr::AnonSet(mine))),
+/// The match for local (`Eq`) or non-local (`Ne`) traffic by the detector, if it has one
+/// for this family: `ip saddr [!=] CIDR` (or a set of CIDRs), `iifname [!=] "cbr0"`,
+/// `iifname [!=] "veth*"`.
+pub(crate) fn local_match(f: Family, detector: &LocalDetector, op: CmpOp) -> Option<Stmt> {
+    match detector {
+        LocalDetector::None => None,
+        LocalDetector::Cidrs(cidrs) => {
+            let mine: Vec<Expr> = cidrs
+                .iter()
+                .filter(|c| Family::of(&c.addr()) == f)
+                .map(|c| Expr::Prefix(c.addr(), c.prefix_len()))
+                .collect();
+            match mine.len() {
+                0 => None,
+                1 => mine
+                    .into_iter()
+                    .next()
+                    .map(|p| Stmt::Cmp(Expr::Saddr(f), op, p)),
+                _ => Some(Stmt::Cmp(Expr::Saddr(f), op, Expr::AnonSet(mine))),
+            }
+        }
+        LocalDetector::Bridge(iface) | LocalDetector::InterfacePrefix(iface) => {
+            Some(Stmt::Cmp(Expr::Iifname, op, Expr::Iface(iface.clone())))
+        }
     }
 }
 
@@ -450,71 +516,138 @@ fn nodeport_match(f: Family, specific: bool, then: Stmt) -> Vec<Stmt> {
     }
 }
 
+fn endpoint_map(
+    tx: &mut Transaction,
+    table: &TableRef,
+    f: Family,
+    set: SetId,
+    key: &[Expr],
+) -> Name {
+    let map = set.name();
+    tx.add_set(
+        table,
+        SetDecl::map_typeof(
+            map.clone(),
+            key.to_vec(),
+            vec![Expr::Daddr(f), Expr::ThDport],
+        ),
+    );
+    map
+}
+
+fn goto(class: Class) -> Stmt {
+    Stmt::Verdict(Verdict::Goto(class.chain()))
+}
+
+/// The rules of an `externalTrafficPolicy: Local` entry chain (kube-proxy's `external-…`
+/// chain in Local mode): short-circuit pod traffic and the node's own traffic to all
+/// endpoints (masquerading the latter), send the rest to this node's endpoints.
+fn external_local_rules(
+    f: Family,
+    node: &NodeContext,
+    mark: u32,
+    cluster: Class,
+    local: Option<Class>,
+) -> Vec<Rule> {
+    let fib_local = || {
+        Stmt::Cmp(
+            Expr::FibType(FibKind::Saddr),
+            CmpOp::Eq,
+            Expr::Keyword("local"),
+        )
+    };
+    let mut rules = Vec::new();
+    if let Some(is_local) = local_match(f, &node.local_detector, CmpOp::Eq) {
+        rules.push(
+            Rule::new(vec![is_local, goto(cluster)]).with_comment("short-circuit pod traffic"),
+        );
+    }
+    rules.push(
+        Rule::new(vec![fib_local(), Stmt::MarkOr(mark)]).with_comment("masquerade local traffic"),
+    );
+    rules.push(
+        Rule::new(vec![fib_local(), goto(cluster)]).with_comment("short-circuit local traffic"),
+    );
+    if let Some(local) = local {
+        rules.push(Rule::new(vec![goto(local)]));
+    }
+    rules
+}
+
 /// The transaction that creates the objects of `class` (their elements are added separately).
 pub fn class_objects(
     family: Family,
     table: &TableRef,
     class: Class,
     mark: u32,
+    node: &NodeContext,
     tx: &mut Transaction,
 ) {
     let f = family;
+    let chain = class.chain();
+    let mut rules: Vec<Rule> = Vec::new();
     match class {
-        Class::Cluster(c) => {
-            let map = SetId::ClusterEndpoints(c).name();
-            let mut key = vec![
+        Class::Cluster(c) | Class::Local(c) => {
+            let set = if matches!(class, Class::Cluster(_)) {
+                SetId::ClusterEndpoints(c)
+            } else {
+                SetId::LocalEndpoints(c)
+            };
+            let key = [
                 Expr::Daddr(f),
                 Expr::L4Proto,
                 Expr::ThDport,
                 Expr::Numgen(c),
             ];
-            tx.add_set(
-                table,
-                SetDecl::map_typeof(
-                    map.clone(),
-                    key.clone(),
-                    vec![Expr::Daddr(f), Expr::ThDport],
-                ),
-            );
-            tx.add_chain(table, ChainDecl::regular(class.chain()));
-            key.truncate(4);
-            tx.add_rule(
-                table,
-                &class.chain(),
-                Rule::new(vec![Stmt::DnatMap(f, Expr::Concat(key), map)]),
-            );
+            let map = endpoint_map(tx, table, f, set, &key);
+            rules.push(Rule::new(vec![Stmt::DnatMap(
+                f,
+                Expr::Concat(key.to_vec()),
+                map,
+            )]));
+        }
+        Class::NodePortCluster(c) | Class::NodePortLocal(c) => {
+            let set = if matches!(class, Class::NodePortCluster(_)) {
+                SetId::NodeportEndpoints(c)
+            } else {
+                SetId::NodeportLocalEndpoints(c)
+            };
+            let key = [Expr::L4Proto, Expr::ThDport, Expr::Numgen(c)];
+            let map = endpoint_map(tx, table, f, set, &key);
+            rules.push(Rule::new(vec![Stmt::DnatMap(
+                f,
+                Expr::Concat(key.to_vec()),
+                map,
+            )]));
         }
         Class::External(c) => {
-            tx.add_chain(table, ChainDecl::regular(class.chain()));
-            tx.add_rule(
-                table,
-                &class.chain(),
-                Rule::new(vec![
-                    Stmt::MarkOr(mark),
-                    Stmt::Verdict(Verdict::Goto(Class::Cluster(c).chain())),
-                ]),
+            rules.push(Rule::new(vec![Stmt::MarkOr(mark), goto(Class::Cluster(c))]))
+        }
+        Class::NodePort(c) => rules.push(Rule::new(vec![
+            Stmt::MarkOr(mark),
+            goto(Class::NodePortCluster(c)),
+        ])),
+        Class::ExternalLocal(c, l) => {
+            rules = external_local_rules(
+                f,
+                node,
+                mark,
+                Class::Cluster(c),
+                (l > 0).then_some(Class::Local(l)),
             );
         }
-        Class::NodePort(c) => {
-            let map = SetId::NodeportEndpoints(c).name();
-            let key = vec![Expr::L4Proto, Expr::ThDport, Expr::Numgen(c)];
-            tx.add_set(
-                table,
-                SetDecl::map_typeof(
-                    map.clone(),
-                    key.clone(),
-                    vec![Expr::Daddr(f), Expr::ThDport],
-                ),
-            );
-            tx.add_chain(table, ChainDecl::regular(class.chain()));
-            tx.add_rule(
-                table,
-                &class.chain(),
-                Rule::new(vec![
-                    Stmt::MarkOr(mark),
-                    Stmt::DnatMap(f, Expr::Concat(key), map),
-                ]),
+        Class::NodePortExternalLocal(c, l) => {
+            rules = external_local_rules(
+                f,
+                node,
+                mark,
+                Class::NodePortCluster(c),
+                (l > 0).then_some(Class::NodePortLocal(l)),
             );
         }
+    }
+    tx.add_chain(table, ChainDecl::regular(chain.clone()));
+    for r in rules {
+        tx.add_rule(table, &chain, r);
     }
 }

@@ -17,7 +17,7 @@
 //! ```
 //! use rudder_compiler::{Compiler, Config, NodeContext, NodePortIps};
 //! use rudder_model::{IpFamily, ProxyState};
-//! let node = NodeContext { name: "node-1".into(), node_port_ips: NodePortIps::All };
+//! let node = NodeContext::new("node-1".into(), NodePortIps::All);
 //! let mut compiler = Compiler::new(&[IpFamily::V4], Config::default(), node);
 //! let tx = compiler.full(&ProxyState::new());
 //! assert!(tx.render().contains("add chain ip rudder services"));
@@ -34,10 +34,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use rudder_model::{Cidr, IpFamily, ProxyState, ServiceKey, ServicePortName};
-use rudder_nft::{ApplyError, Atom, Family, Key, Name, Op, Ruleset, TableRef, Transaction, Value};
+use rudder_nft::{
+    ApplyError, Atom, Family, IfaceName, Key, Name, Op, Ruleset, TableRef, Transaction, Value,
+};
 
 pub use layout::{Class, SetId, names};
-pub use policy::{Categorized, categorize};
+pub use policy::{Categorized, Topology, categorize, uses_cluster_endpoints, uses_local_endpoints};
 
 /// The default table name. Rudder uses its own name so it can run beside kube-proxy's
 /// `kube-proxy` tables during a migration.
@@ -52,9 +54,6 @@ pub struct Config {
     pub masquerade_all: bool,
     /// Bit of the packet mark that requests masquerading (`masqueradeBit`, 0–31, default 14).
     pub masquerade_bit: u8,
-    /// Pod CIDRs of the cluster (`--cluster-cidr`): traffic from elsewhere to a ClusterIP is
-    /// masqueraded.
-    pub cluster_cidrs: Vec<Cidr>,
 }
 
 impl Default for Config {
@@ -63,7 +62,6 @@ impl Default for Config {
             table: Name::new(DEFAULT_TABLE).expect("default table name is valid"),
             masquerade_all: false,
             masquerade_bit: 14,
-            cluster_cidrs: Vec::new(),
         }
     }
 }
@@ -84,6 +82,24 @@ pub enum NodePortIps {
     Only(Vec<IpAddr>),
 }
 
+/// How traffic from pods on this node is told apart from other traffic (kube-proxy's
+/// `--detect-local-mode`). Off-cluster traffic to ClusterIPs is masqueraded, and pod traffic to
+/// external IPs of `externalTrafficPolicy: Local` services is short-circuited to all endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum LocalDetector {
+    /// No detection (no `--cluster-cidr`): neither rule is written.
+    #[default]
+    None,
+    /// Source address inside one of these CIDRs (`ClusterCIDR` mode with `--cluster-cidr`, or
+    /// `NodeCIDR` mode with the Node's `spec.podCIDRs`).
+    Cidrs(Vec<Cidr>),
+    /// Arrived on this bridge (`BridgeInterface` mode, `--pod-bridge-interface`).
+    Bridge(IfaceName),
+    /// Arrived on an interface whose name starts with this prefix (`InterfaceNamePrefix` mode,
+    /// `--pod-interface-name-prefix`); stored with its trailing `*`.
+    InterfacePrefix(IfaceName),
+}
+
 /// What the compiler needs to know about the node it compiles for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeContext {
@@ -91,6 +107,22 @@ pub struct NodeContext {
     pub name: String,
     /// Addresses that accept NodePort traffic.
     pub node_port_ips: NodePortIps,
+    /// The node's `topology.kubernetes.io/zone` label, for topology hints.
+    pub zone: Option<String>,
+    /// How local (pod) traffic is recognised.
+    pub local_detector: LocalDetector,
+}
+
+impl NodeContext {
+    /// A node context without zone and without local-traffic detection.
+    pub fn new(name: String, node_port_ips: NodePortIps) -> NodeContext {
+        NodeContext {
+            name,
+            node_port_ips,
+            zone: None,
+            local_detector: LocalDetector::None,
+        }
+    }
 }
 
 /// Counts describing the compiled ruleset.
@@ -252,9 +284,7 @@ impl FamilyCompiler {
             let mut prev_slots = service::PrevSlots::default();
             if let Some(old) = self.frags.remove(key) {
                 for (set, k, _, value) in &old.claims {
-                    if let (SetId::ClusterEndpoints(_) | SetId::NodeportEndpoints(_), Some(v)) =
-                        (set, value)
-                    {
+                    if let (true, Some(v)) = (set.is_endpoint_map(), value) {
                         let atoms = k.atoms();
                         if let Some((Atom::Int(slot), prefix)) = atoms.split_last() {
                             let slots = prev_slots.entry((*set, prefix.to_vec())).or_default();
@@ -294,6 +324,7 @@ impl FamilyCompiler {
                 &self.table,
                 *c,
                 ctx.config.masquerade_mark(),
+                &ctx.node,
                 &mut tx,
             );
         }
@@ -328,12 +359,8 @@ impl FamilyCompiler {
         self.claims.clear();
         self.contested.clear();
         self.classes.clear();
-        self.skeleton = layout::skeleton(
-            nft_family(self.family),
-            &self.table,
-            &ctx.config,
-            &ctx.node.node_port_ips,
-        );
+        self.skeleton =
+            layout::skeleton(nft_family(self.family), &self.table, &ctx.config, &ctx.node);
         for svc in state.services() {
             let frag = service::compile(self.family, state, svc, ctx, None);
             self.insert_fragment(&svc.key, frag);
@@ -351,6 +378,7 @@ impl FamilyCompiler {
                 &self.table,
                 *c,
                 ctx.config.masquerade_mark(),
+                &ctx.node,
                 &mut tx,
             );
         }

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use rudder_model::{IpFamily, Protocol, ProxyState, ResolvedEndpoint, Service};
+use rudder_model::{IpFamily, Protocol, ProxyState, ResolvedEndpoint, Service, TrafficPolicy};
 use rudder_nft::{Atom, Key, L4Proto, Verdict};
 use rustc_hash::FxHashMap;
 
@@ -23,18 +23,6 @@ fn endpoint_value(ep: &ResolvedEndpoint<'_>) -> Key {
     Key::new([Atom::ip(ep.endpoint.address), Atom::Port(ep.port)])
 }
 
-/// Compiles `svc` for one family.
-///
-/// Per port, with endpoints:
-/// - `cluster-ips` gets the ClusterIP;
-/// - `service-ips` maps `clusterIP . proto . port` to `goto cluster-N`, and every external
-///   and load balancer IP to `goto external-N` (which marks for masquerade first);
-/// - `service-nodeports` maps `proto . nodePort` to `goto nodeport-N`;
-/// - `cluster-endpoints-N` / `nodeport-endpoints-N` map `frontend . i` to the i-th endpoint;
-/// - `hairpin-connections` gets the endpoints on this node.
-///
-/// Without usable endpoints, the same frontends go to `no-endpoint-services` /
-/// `no-endpoint-nodeports` with `goto reject-chain`, and nothing is DNATed.
 /// The endpoint slots a service had, per endpoint map and frontend (the key without its
 /// slot number): `values[i]` was in slot `i`.
 pub(crate) type PrevSlots = FxHashMap<(SetId, Vec<Atom>), Vec<Key>>;
@@ -62,6 +50,21 @@ fn assign_slots(values: &[Key], prev: Option<&Vec<Key>>) -> Vec<Key> {
         .collect()
 }
 
+/// Compiles `svc` for one family, following kube-proxy's `syncProxyRules` decisions.
+///
+/// Per port, with cluster endpoints N and local endpoints L (see [`categorize`]):
+/// - `cluster-ips` gets the ClusterIP;
+/// - the ClusterIP goes to `cluster-N` (or `local-L` with `internalTrafficPolicy: Local`);
+/// - external and load balancer IPs go to `external-N` (masquerade, then all endpoints), or
+///   with `externalTrafficPolicy: Local` to `external-local-N-L`;
+/// - node ports likewise to `nodeport-N` or `nodeport-external-local-N-L`;
+/// - the endpoint maps of those classes get each frontend's endpoints by slot;
+/// - `hairpin-connections` gets the endpoints on this node.
+///
+/// Without any usable endpoint, every frontend goes to `no-endpoint-services` /
+/// `no-endpoint-nodeports` with `goto reject-chain`. With endpoints elsewhere but none on this
+/// node, frontends under a `Local` policy get `drop` there instead (pods and the node itself
+/// still reach external frontends through the short-circuit rules).
 pub(crate) fn compile(
     family: IpFamily,
     state: &ProxyState,
@@ -79,107 +82,183 @@ pub(crate) fn compile(
             externals.push(*ip);
         }
     }
+    let internal_local = svc.internal_traffic_policy == TrafficPolicy::Local;
+    let external_local = svc.external_traffic_policy == TrafficPolicy::Local;
     for port in &svc.ports {
         let owner = Arc::new(svc.port_name(port));
         let proto = l4(port.protocol);
         let frontend = |ip: IpAddr| [Atom::ip(ip), Atom::Proto(proto), Atom::Port(port.port)];
-        let mut claim = |set: SetId, key: Key, value: Option<Key>| {
-            frag.claims.push((set, key, owner.clone(), value));
-        };
+        let node_port_key = |np: u16| [Atom::Proto(proto), Atom::Port(np)];
+        let mut claims: Vec<(SetId, Key, Option<Key>)> = Vec::new();
+        let mut claim = |set: SetId, key: Key, value: Option<Key>| claims.push((set, key, value));
         claim(SetId::ClusterIps, Key::new([Atom::ip(cluster_ip)]), None);
 
         let endpoints = state.endpoints_for(svc, port, family);
-        let cat = categorize(svc, &endpoints, &ctx.node.name);
-        let eps = &cat.cluster;
-        if eps.is_empty() {
-            let reject = Some(Key::verdict(Verdict::Goto(n(names::REJECT_CHAIN))));
+        let cat = categorize(svc, &endpoints, &ctx.node.name, ctx.node.zone.as_deref());
+        let reject = || Some(Key::verdict(Verdict::Goto(n(names::REJECT_CHAIN))));
+        let drop = || Some(Key::verdict(Verdict::Drop));
+        if !cat.has_any {
             claim(
                 SetId::NoEndpointServices,
                 Key::new(frontend(cluster_ip)),
-                reject.clone(),
+                reject(),
             );
             for ip in &externals {
-                claim(
-                    SetId::NoEndpointServices,
-                    Key::new(frontend(*ip)),
-                    reject.clone(),
-                );
+                claim(SetId::NoEndpointServices, Key::new(frontend(*ip)), reject());
             }
             if let Some(np) = port.node_port {
                 claim(
                     SetId::NoEndpointNodeports,
-                    Key::new([Atom::Proto(proto), Atom::Port(np)]),
-                    reject,
+                    Key::new(node_port_key(np)),
+                    reject(),
                 );
             }
+            frag.claims
+                .extend(claims.into_iter().map(|(s, k, v)| (s, k, owner.clone(), v)));
             continue;
         }
 
-        // Endpoint counts are bounded by the number of endpoints in the state, which fits
-        // in u32 on every platform Rudder runs on.
-        let count = u32::try_from(eps.len()).unwrap_or(u32::MAX);
-        let cluster = Class::Cluster(count);
-        claim(
-            SetId::ServiceIps,
-            Key::new(frontend(cluster_ip)),
-            Some(cluster.verdict()),
-        );
+        // Counts are bounded by the endpoints in the state, which fit in u32.
+        let count = |v: &[_]| u32::try_from(v.len()).unwrap_or(u32::MAX);
+        let (n_cluster, n_local) = (count(&cat.cluster), count(&cat.local));
         // One shared value per endpoint, whatever the number of frontends.
-        let values: Vec<Key> = eps.iter().map(|ep| endpoint_value(ep)).collect();
-        let slots = |set: SetId, prefix: &[Atom]| {
-            assign_slots(&values, prev.and_then(|p| p.get(&(set, prefix.to_vec()))))
+        let cluster_values: Vec<Key> = cat.cluster.iter().map(endpoint_value).collect();
+        let local_values: Vec<Key> = cat.local.iter().map(endpoint_value).collect();
+        let slots = |set: SetId, prefix: &[Atom], values: &[Key]| {
+            assign_slots(values, prev.and_then(|p| p.get(&(set, prefix.to_vec()))))
         };
-        let per_frontend = |claim: &mut dyn FnMut(SetId, Key, Option<Key>),
-                            [a, p, n]: [Atom; 3]| {
-            let set = SetId::ClusterEndpoints(count);
-            let assigned = slots(set, &[a.clone(), p.clone(), n.clone()]);
-            for (i, v) in assigned.into_iter().enumerate() {
-                let key = Key::new([a.clone(), p.clone(), n.clone(), Atom::Int(i as u32)]);
-                claim(set, key, Some(v));
+        let fill = |claim: &mut dyn FnMut(SetId, Key, Option<Key>),
+                    set: SetId,
+                    prefix: &[Atom],
+                    values: &[Key]| {
+            for (i, v) in slots(set, prefix, values).into_iter().enumerate() {
+                let mut key = prefix.to_vec();
+                key.push(Atom::Int(i as u32));
+                claim(set, Key::new(key), Some(v));
             }
         };
-        per_frontend(&mut claim, frontend(cluster_ip));
-        frag.classes.insert(cluster);
-        if !externals.is_empty() {
-            let external = Class::External(count);
-            let verdict = external.verdict();
-            for ip in &externals {
+
+        // The ClusterIP.
+        let fe = frontend(cluster_ip);
+        if internal_local {
+            if n_local > 0 {
                 claim(
                     SetId::ServiceIps,
-                    Key::new(frontend(*ip)),
-                    Some(verdict.clone()),
+                    Key::new(fe.clone()),
+                    Some(Class::Local(n_local).verdict()),
                 );
-                per_frontend(&mut claim, frontend(*ip));
+                fill(
+                    &mut claim,
+                    SetId::LocalEndpoints(n_local),
+                    &fe,
+                    &local_values,
+                );
+                frag.classes.insert(Class::Local(n_local));
+            } else {
+                claim(SetId::NoEndpointServices, Key::new(fe.clone()), drop());
             }
-            frag.classes.insert(external);
-        }
-        if let Some(np) = port.node_port {
-            let class = Class::NodePort(count);
+        } else if n_cluster > 0 {
             claim(
-                SetId::ServiceNodeports,
-                Key::new([Atom::Proto(proto), Atom::Port(np)]),
-                Some(class.verdict()),
+                SetId::ServiceIps,
+                Key::new(fe.clone()),
+                Some(Class::Cluster(n_cluster).verdict()),
             );
-            let set = SetId::NodeportEndpoints(count);
-            let assigned = slots(set, &[Atom::Proto(proto), Atom::Port(np)]);
-            for (i, v) in assigned.into_iter().enumerate() {
-                let key = Key::new([Atom::Proto(proto), Atom::Port(np), Atom::Int(i as u32)]);
-                claim(set, key, Some(v));
-            }
-            frag.classes.insert(class);
+            fill(
+                &mut claim,
+                SetId::ClusterEndpoints(n_cluster),
+                &fe,
+                &cluster_values,
+            );
+            frag.classes.insert(Class::Cluster(n_cluster));
         }
-        for ep in eps
-            .iter()
+
+        // External and load balancer IPs, and the node port. Cluster endpoints exist whenever
+        // the service is externally accessible and has endpoints anywhere.
+        if n_cluster > 0 {
+            let (ext_class, np_class) = if external_local {
+                (
+                    Class::ExternalLocal(n_cluster, n_local),
+                    Class::NodePortExternalLocal(n_cluster, n_local),
+                )
+            } else {
+                (Class::External(n_cluster), Class::NodePort(n_cluster))
+            };
+            for ip in &externals {
+                let fe = frontend(*ip);
+                claim(
+                    SetId::ServiceIps,
+                    Key::new(fe.clone()),
+                    Some(ext_class.verdict()),
+                );
+                fill(
+                    &mut claim,
+                    SetId::ClusterEndpoints(n_cluster),
+                    &fe,
+                    &cluster_values,
+                );
+                if external_local {
+                    if n_local > 0 {
+                        fill(
+                            &mut claim,
+                            SetId::LocalEndpoints(n_local),
+                            &fe,
+                            &local_values,
+                        );
+                    } else {
+                        claim(SetId::NoEndpointServices, Key::new(fe), drop());
+                    }
+                }
+            }
+            if !externals.is_empty() {
+                frag.classes.extend(ext_class.with_dependencies());
+            }
+            if let Some(np) = port.node_port {
+                let key = node_port_key(np);
+                claim(
+                    SetId::ServiceNodeports,
+                    Key::new(key.clone()),
+                    Some(np_class.verdict()),
+                );
+                fill(
+                    &mut claim,
+                    SetId::NodeportEndpoints(n_cluster),
+                    &key,
+                    &cluster_values,
+                );
+                if external_local {
+                    if n_local > 0 {
+                        fill(
+                            &mut claim,
+                            SetId::NodeportLocalEndpoints(n_local),
+                            &key,
+                            &local_values,
+                        );
+                    } else {
+                        claim(SetId::NoEndpointNodeports, Key::new(key), drop());
+                    }
+                }
+                frag.classes.extend(np_class.with_dependencies());
+            }
+        }
+
+        // Hairpin: every endpoint on this node that any of the frontends may pick.
+        let mut hairpin: Vec<&ResolvedEndpoint<'_>> =
+            cat.cluster.iter().chain(&cat.local).collect();
+        hairpin.sort_by_key(|e| (e.endpoint.address, e.port));
+        hairpin.dedup_by_key(|e| (e.endpoint.address, e.port));
+        for ep in hairpin
+            .into_iter()
             .filter(|e| e.endpoint.node_name.as_deref() == Some(ctx.node.name.as_str()))
         {
-            let key = Key::new([
-                Atom::ip(ep.endpoint.address),
-                Atom::ip(ep.endpoint.address),
-                Atom::Proto(proto),
-                Atom::Port(ep.port),
-            ]);
-            claim(SetId::Hairpin, key, None);
+            let ip = Atom::ip(ep.endpoint.address);
+            claim(
+                SetId::Hairpin,
+                Key::new([ip.clone(), ip, Atom::Proto(proto), Atom::Port(ep.port)]),
+                None,
+            );
         }
+        frag.claims
+            .extend(claims.into_iter().map(|(s, k, v)| (s, k, owner.clone(), v)));
     }
     frag
 }

@@ -79,11 +79,10 @@ fn clusterip_nodeport_loadbalancer_and_external_ip() {
         ],
     );
     let st = state(vec![svc], vec![sl]);
-    let mut config = Config::default();
-    config.cluster_cidrs = vec!["10.244.0.0/16".parse().unwrap()];
+    let config = Config::default();
     let out = render(
         &st,
-        node("node-a", &["172.18.0.2"]),
+        local(node("node-a", &["172.18.0.2"]), &["10.244.0.0/16"]),
         config,
         &[IpFamily::V4],
     );
@@ -119,10 +118,7 @@ fn no_endpoints_reject_and_multi_slice_udp_sctp() {
     let st = state(vec![empty, multi], vec![s1, s2]);
     let mut config = Config::default();
     config.masquerade_all = true;
-    let node_all = NodeContext {
-        name: "node-a".into(),
-        node_port_ips: NodePortIps::All,
-    };
+    let node_all = NodeContext::new("node-a".into(), NodePortIps::All);
     let out = render(&st, node_all, config, &[IpFamily::V4]);
     check("reject-multislice", &out);
 }
@@ -152,16 +148,115 @@ fn dual_stack_service() {
         ],
     );
     let st = state(vec![svc], vec![v4, v6]);
-    let mut config = Config::default();
-    config.cluster_cidrs = vec![
-        "10.244.0.0/16".parse().unwrap(),
-        "fd00:10:244::/56".parse().unwrap(),
-    ];
+    let config = Config::default();
     let out = render(
         &st,
-        node("node-a", &["172.18.0.2", "fc00::2"]),
+        local(
+            node("node-a", &["172.18.0.2", "fc00::2"]),
+            &["10.244.0.0/16", "fd00:10:244::/56"],
+        ),
         config,
         &[IpFamily::V4, IpFamily::V6],
     );
     check("dual-stack", &out);
+}
+
+/// externalTrafficPolicy: Local on a LoadBalancer: one endpoint on this node, one elsewhere;
+/// and a second such service with no endpoint on this node (drop, but short-circuits remain).
+#[test]
+fn external_traffic_policy_local() {
+    let mk = |name: &str, ip: &str, lb: &str, np: u16| {
+        let mut s = service("ns", name, &[ip]);
+        s.service_type = ServiceType::LoadBalancer;
+        s.external_traffic_policy = rudder_model::TrafficPolicy::Local;
+        s.load_balancer_ips = vec![common::ip(lb)];
+        s.ports = vec![port("http", Protocol::Tcp, 80, Some(np))];
+        s
+    };
+    let a = mk("local-a", "10.96.0.20", "192.168.122.20", 30020);
+    let b = mk("local-b", "10.96.0.21", "192.168.122.21", 30021);
+    let sa = slice(
+        "ns",
+        "local-a-1",
+        "local-a",
+        IpFamily::V4,
+        &[("http", Protocol::Tcp, 8080)],
+        vec![
+            endpoint("10.244.1.2", true, "node-a"),
+            endpoint("10.244.2.2", true, "node-b"),
+        ],
+    );
+    let sb = slice(
+        "ns",
+        "local-b-1",
+        "local-b",
+        IpFamily::V4,
+        &[("http", Protocol::Tcp, 8080)],
+        vec![endpoint("10.244.2.3", true, "node-b")],
+    );
+    let st = state(vec![a, b], vec![sa, sb]);
+    let out = render(
+        &st,
+        local(node("node-a", &["172.18.0.2"]), &["10.244.0.0/16"]),
+        Config::default(),
+        &[IpFamily::V4],
+    );
+    check("external-local", &out);
+}
+
+/// internalTrafficPolicy: Local, with and without a local endpoint; topology hints; and pod
+/// traffic recognised by bridge interface.
+#[test]
+fn internal_traffic_policy_local_topology_and_bridge_detection() {
+    let mut a = service("ns", "itp", &["10.96.0.30"]);
+    a.internal_traffic_policy = rudder_model::TrafficPolicy::Local;
+    a.ports = vec![port("http", Protocol::Tcp, 80, None)];
+    let mut b = service("ns", "itp-none", &["10.96.0.31"]);
+    b.internal_traffic_policy = rudder_model::TrafficPolicy::Local;
+    b.ports = vec![port("http", Protocol::Tcp, 80, None)];
+    let mut c = service("ns", "zoned", &["10.96.0.32"]);
+    c.ports = vec![port("http", Protocol::Tcp, 80, None)];
+    let sa = slice(
+        "ns",
+        "itp-1",
+        "itp",
+        IpFamily::V4,
+        &[("http", Protocol::Tcp, 8080)],
+        vec![
+            endpoint("10.244.1.5", true, "node-a"),
+            endpoint("10.244.2.5", true, "node-b"),
+        ],
+    );
+    let sb = slice(
+        "ns",
+        "itp-none-1",
+        "itp-none",
+        IpFamily::V4,
+        &[("http", Protocol::Tcp, 8080)],
+        vec![endpoint("10.244.2.6", true, "node-b")],
+    );
+    let zoned = |addr: &str, node: &str, zone: &str| {
+        let mut e = endpoint(addr, true, node);
+        e.zone_hints = Some(vec![zone.to_string()]);
+        e
+    };
+    let sc = slice(
+        "ns",
+        "zoned-1",
+        "zoned",
+        IpFamily::V4,
+        &[("http", Protocol::Tcp, 8080)],
+        vec![
+            zoned("10.244.1.7", "node-a", "zone-a"),
+            zoned("10.244.2.7", "node-b", "zone-b"),
+            zoned("10.244.3.7", "node-c", "zone-a"),
+        ],
+    );
+    let st = state(vec![a, b, c], vec![sa, sb, sc]);
+    let mut n = node("node-a", &["172.18.0.2"]);
+    n.zone = Some("zone-a".into());
+    n.local_detector =
+        rudder_compiler::LocalDetector::Bridge(rudder_nft::IfaceName::new("cbr0").unwrap());
+    let out = render(&st, n, Config::default(), &[IpFamily::V4]);
+    check("internal-local-topology", &out);
 }

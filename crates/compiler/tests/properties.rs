@@ -45,8 +45,9 @@ fn arb_service(idx: usize) -> impl Strategy<Value = (Service, Vec<EndpointSlice>
         ports,
         eps,
         any::<bool>(),
+        (0u8..4, any::<bool>()),
     )
-        .prop_map(move |(cip, v6, ext, ports, eps, split)| {
+        .prop_map(move |(cip, v6, ext, ports, eps, split, (policy, lb))| {
             let ns = "ns";
             let name = NAMES[idx];
             let mut ips = vec![format!("10.96.0.{cip}")];
@@ -55,6 +56,16 @@ fn arb_service(idx: usize) -> impl Strategy<Value = (Service, Vec<EndpointSlice>
             }
             let ip_refs: Vec<&str> = ips.iter().map(String::as_str).collect();
             let mut svc = service(ns, name, &ip_refs);
+            // Traffic policies: none, internal Local, external Local, both.
+            if policy & 1 != 0 {
+                svc.internal_traffic_policy = rudder_model::TrafficPolicy::Local;
+            }
+            if policy & 2 != 0 {
+                svc.external_traffic_policy = rudder_model::TrafficPolicy::Local;
+            }
+            if lb {
+                svc.load_balancer_ips = vec![ip(&format!("198.51.100.{cip}"))];
+            }
             svc.service_type = ServiceType::NodePort;
             if let Some(e) = ext {
                 svc.external_ips = vec![ip(&format!("192.0.2.{e}"))];
@@ -142,9 +153,13 @@ fn arb_state() -> impl Strategy<Value = (Vec<Service>, Vec<EndpointSlice>)> {
 }
 
 fn new_compiler() -> Compiler {
-    let mut config = Config::default();
-    config.cluster_cidrs = vec!["10.244.0.0/16".parse().unwrap()];
-    compiler(node("node-a", &["172.18.0.2", "fc00::2"]), config)
+    compiler(
+        local(
+            node("node-a", &["172.18.0.2", "fc00::2"]),
+            &["10.244.0.0/16"],
+        ),
+        Config::default(),
+    )
 }
 
 /// Endpoint maps up to the order of each frontend's slots: an incremental update keeps

@@ -13,6 +13,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::WatchStreamExt;
+use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
@@ -92,7 +93,9 @@ async fn watch<K, M>(
     K::DynamicType: Default,
 {
     let kind = K::kind(&Default::default()).to_string();
-    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    let mut stream = watcher::watcher(api, config)
+        .backoff(Reconnect::default())
+        .boxed();
     // A (re-)list in progress, already converted.
     let mut buffer: Vec<M> = Vec::new();
     while let Some(event) = stream.next().await {
@@ -124,5 +127,77 @@ async fn watch<K, M>(
                 return;
             }
         }
+    }
+}
+
+/// The watchers' retry delays: 250 ms doubling to 10 s, with ±25 % jitter so that many nodes
+/// do not reconnect in lockstep, and back to 250 ms after any successful event.
+///
+/// kube-rs's default grows to 30 s and only resets after two minutes; a node proxy should
+/// converge sooner after an API server outage, while the jitter and the 10 s cap still keep a
+/// large cluster's reconnection load bounded.
+#[derive(Debug)]
+struct Reconnect {
+    next: std::time::Duration,
+    attempt: u64,
+    seed: std::collections::hash_map::RandomState,
+}
+
+impl Reconnect {
+    const MIN: std::time::Duration = std::time::Duration::from_millis(250);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(10);
+}
+
+impl Default for Reconnect {
+    fn default() -> Reconnect {
+        Reconnect {
+            next: Reconnect::MIN,
+            attempt: 0,
+            seed: Default::default(),
+        }
+    }
+}
+
+impl Iterator for Reconnect {
+    type Item = std::time::Duration;
+
+    fn next(&mut self) -> Option<std::time::Duration> {
+        use std::hash::BuildHasher;
+        self.attempt += 1;
+        // A fraction in [0.75, 1.25) from a per-process random hash of the attempt number.
+        let r = (self.seed.hash_one(self.attempt) % 1000) as f64 / 1000.0;
+        let delay = self.next.mul_f64(0.75 + r / 2.0);
+        self.next = (self.next * 2).min(Reconnect::MAX);
+        Some(delay)
+    }
+}
+
+impl Backoff for Reconnect {
+    fn reset(&mut self) {
+        self.next = Reconnect::MIN;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delays_grow_jittered_to_a_cap_and_reset() {
+        let mut b = Reconnect::default();
+        let first = b.next().unwrap();
+        assert!(
+            first >= std::time::Duration::from_millis(187)
+                && first < std::time::Duration::from_millis(313),
+            "{first:?}"
+        );
+        let delays: Vec<_> = (0..10).map(|_| b.next().unwrap()).collect();
+        assert!(delays.iter().all(|d| *d <= Reconnect::MAX.mul_f64(1.25)));
+        assert!(
+            delays[9] >= Reconnect::MAX.mul_f64(0.75),
+            "capped at 10 s: {delays:?}"
+        );
+        b.reset();
+        assert!(b.next().unwrap() < std::time::Duration::from_millis(313));
     }
 }

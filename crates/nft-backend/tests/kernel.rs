@@ -72,10 +72,10 @@ fn applies_reads_back_fails_atomically_and_cleans_up_only_its_tables() {
     ns.enter(|| {
         let backend = NftBackend::new();
         backend.check_version().expect("nft version");
-        let node = NodeContext {
-            name: "n1".into(),
-            node_port_ips: NodePortIps::Only(vec!["172.18.0.2".parse().unwrap()]),
-        };
+        let node = NodeContext::new(
+            "n1".into(),
+            NodePortIps::Only(vec!["172.18.0.2".parse().unwrap()]),
+        );
         let mut c = Compiler::new(&[IpFamily::V4, IpFamily::V6], Config::default(), node);
         let mut st = ProxyState::new();
         st.replace_all(

@@ -49,6 +49,26 @@ pub struct ProxyArgs {
     )]
     pub cluster_cidr: Vec<String>,
 
+    /// How traffic from local pods is recognised: `ClusterCIDR` (source in --cluster-cidr),
+    /// `NodeCIDR` (source in the Node's podCIDRs), `BridgeInterface` (arrived on
+    /// --pod-bridge-interface) or `InterfaceNamePrefix` (arrived on an interface whose name
+    /// starts with --pod-interface-name-prefix).
+    #[arg(
+        long = "detect-local-mode",
+        value_name = "MODE",
+        default_value = "ClusterCIDR"
+    )]
+    pub detect_local_mode: String,
+
+    /// The bridge pods are attached to, for --detect-local-mode BridgeInterface.
+    #[arg(long = "pod-bridge-interface", value_name = "NAME")]
+    pub pod_bridge_interface: Option<String>,
+
+    /// The name prefix of pods' host-side interfaces, for --detect-local-mode
+    /// InterfaceNamePrefix.
+    #[arg(long = "pod-interface-name-prefix", value_name = "PREFIX")]
+    pub pod_interface_name_prefix: Option<String>,
+
     /// Masquerade all traffic sent to ClusterIPs.
     #[arg(long = "masquerade-all")]
     pub masquerade_all: bool,

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use anyhow::{Context, bail};
-use rudder_compiler::{Config, NodeContext, NodePortIps};
+use rudder_compiler::{Config, LocalDetector, NodeContext, NodePortIps};
 use rudder_model::{Cidr, IpFamily, Node, Problem, Rejected, k8s, parse_ip};
-use rudder_nft::Name;
+use rudder_nft::{IfaceName, Name};
 use tracing::debug;
 
 use crate::cli::ProxyArgs;
@@ -22,12 +22,26 @@ pub enum NodePortSpec {
     Cidrs(Vec<Cidr>),
 }
 
+/// How local traffic is detected (`--detect-local-mode`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DetectLocal {
+    /// `ClusterCIDR`: source inside `--cluster-cidr` (no detection without it).
+    ClusterCidr(Vec<Cidr>),
+    /// `NodeCIDR`: source inside the Node's `spec.podCIDRs`.
+    NodeCidr,
+    /// `BridgeInterface`: arrived on `--pod-bridge-interface`.
+    Bridge(IfaceName),
+    /// `InterfaceNamePrefix`: arrived on an interface named `--pod-interface-name-prefix*`.
+    InterfacePrefix(IfaceName),
+}
+
 /// Validated settings shared by `compile` and `run`.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub hostname: String,
     pub node_ip_override: Vec<IpAddr>,
     pub nodeport: NodePortSpec,
+    pub detect_local: DetectLocal,
     pub config: Config,
 }
 
@@ -97,6 +111,27 @@ impl Settings {
                 NodePortSpec::Cidrs(cidrs)
             }
         };
+        let detect_local = match args.detect_local_mode.as_str() {
+            "ClusterCIDR" | "" => DetectLocal::ClusterCidr(cluster_cidrs),
+            "NodeCIDR" => DetectLocal::NodeCidr,
+            "BridgeInterface" => {
+                let name = args.pod_bridge_interface.as_deref().unwrap_or("");
+                DetectLocal::Bridge(IfaceName::new(name).filter(|_| !name.ends_with('*')).with_context(|| {
+                    format!("--detect-local-mode BridgeInterface needs a valid --pod-bridge-interface, got {name:?}")
+                })?)
+            }
+            "InterfaceNamePrefix" => {
+                let prefix = args.pod_interface_name_prefix.as_deref().unwrap_or("");
+                let name = IfaceName::new(&format!("{prefix}*"))
+                    .filter(|_| !prefix.is_empty() && !prefix.contains('*'));
+                DetectLocal::InterfacePrefix(name.with_context(|| {
+                    format!("--detect-local-mode InterfaceNamePrefix needs a valid --pod-interface-name-prefix, got {prefix:?}")
+                })?)
+            }
+            other => bail!(
+                "--detect-local-mode {other:?} is not one of ClusterCIDR, NodeCIDR, BridgeInterface, InterfaceNamePrefix"
+            ),
+        };
         let table = Name::new(&args.table).map_err(|e| anyhow::anyhow!("--nftables-table: {e}"))?;
         if args.masquerade_bit > 31 {
             bail!("--masquerade-bit must be between 0 and 31");
@@ -105,11 +140,11 @@ impl Settings {
             hostname,
             node_ip_override,
             nodeport,
+            detect_local,
             config: Config {
                 table,
                 masquerade_all: args.masquerade_all,
                 masquerade_bit: args.masquerade_bit,
-                cluster_cidrs,
             },
         })
     }
@@ -135,9 +170,21 @@ impl Settings {
                 NodePortIps::Only(ips)
             }
         };
+        let local_detector = match &self.detect_local {
+            DetectLocal::ClusterCidr(c) if c.is_empty() => LocalDetector::None,
+            DetectLocal::ClusterCidr(c) => LocalDetector::Cidrs(c.clone()),
+            DetectLocal::NodeCidr => match node {
+                Some(n) if !n.pod_cidrs.is_empty() => LocalDetector::Cidrs(n.pod_cidrs.clone()),
+                _ => LocalDetector::None,
+            },
+            DetectLocal::Bridge(i) => LocalDetector::Bridge(i.clone()),
+            DetectLocal::InterfacePrefix(i) => LocalDetector::InterfacePrefix(i.clone()),
+        };
         NodeContext {
             name: self.hostname.clone(),
             node_port_ips,
+            zone: node.and_then(|n| n.zone.clone()),
+            local_detector,
         }
     }
 

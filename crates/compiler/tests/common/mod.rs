@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use rudder_compiler::{Compiler, Config, NodeContext, NodePortIps};
+use rudder_compiler::{Compiler, Config, LocalDetector, NodeContext, NodePortIps};
 use rudder_model::{
     Endpoint, EndpointPort, EndpointSlice, IpFamily, Protocol, ProxyState, Service, ServiceKey,
     ServicePort,
@@ -55,10 +55,21 @@ pub fn slice(
 }
 
 pub fn node(name: &str, ips: &[&str]) -> NodeContext {
-    NodeContext {
-        name: name.into(),
-        node_port_ips: NodePortIps::Only(ips.iter().map(|s| ip(s)).collect()),
-    }
+    NodeContext::new(
+        name.into(),
+        NodePortIps::Only(ips.iter().map(|s| ip(s)).collect()),
+    )
+}
+
+/// The same node, recognising pod traffic by these CIDRs (`--cluster-cidr`).
+pub fn local(mut node: NodeContext, cidrs: &[&str]) -> NodeContext {
+    node.local_detector = LocalDetector::Cidrs(
+        cidrs
+            .iter()
+            .map(|c| c.parse().expect("test CIDR"))
+            .collect(),
+    );
+    node
 }
 
 pub fn compiler(node_ctx: NodeContext, config: Config) -> Compiler {

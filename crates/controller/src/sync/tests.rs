@@ -30,14 +30,13 @@ fn slice(name: &str, svc: &str, ips: &[&str]) -> Box<rudder_model::EndpointSlice
 }
 
 fn new_loop(config: LoopConfig) -> SyncLoop<Ruleset> {
-    let node = NodeContext {
-        name: "n1".into(),
-        node_port_ips: NodePortIps::Only(vec![]),
-    };
+    let node = NodeContext::new("n1".into(), NodePortIps::Only(vec![]));
     let compiler = Compiler::new(&[IpFamily::V4], Config::default(), node.clone());
-    let ctx: NodeContextFn = Box::new(move |n: Option<&Node>| NodeContext {
-        name: "n1".into(),
-        node_port_ips: NodePortIps::Only(n.map(|n| n.addresses.clone()).unwrap_or_default()),
+    let ctx: NodeContextFn = Box::new(move |n: Option<&Node>| {
+        NodeContext::new(
+            "n1".into(),
+            NodePortIps::Only(n.map(|n| n.addresses.clone()).unwrap_or_default()),
+        )
     });
     SyncLoop::new(compiler, Ruleset::new(), ctx, config)
 }
@@ -161,10 +160,7 @@ impl Dataplane for Flaky {
 
 #[tokio::test(start_paused = true)]
 async fn failures_are_retried_after_the_sync_period_with_a_full_sync() {
-    let node = NodeContext {
-        name: "n1".into(),
-        node_port_ips: NodePortIps::Only(vec![]),
-    };
+    let node = NodeContext::new("n1".into(), NodePortIps::Only(vec![]));
     let compiler = Compiler::new(&[IpFamily::V4], Config::default(), node.clone());
     let ctx: NodeContextFn = Box::new(move |_| node.clone());
     let config = LoopConfig {
