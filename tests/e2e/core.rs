@@ -632,3 +632,84 @@ fn masquerade_all_masquerades_pod_traffic_to_cluster_ips() {
         "{peers:?}"
     );
 }
+
+fn firewalled_service(ranges: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: fw-lb, namespace: default}}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.100.130
+  loadBalancerSourceRanges: [{ranges}]
+  ports: [{{name: http, port: 80, nodePort: 30003}}]
+status: {{loadBalancer: {{ingress: [{{ip: 192.168.122.130}}]}}}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: fw-lb-1, namespace: default, labels: {{kubernetes.io/service-name: fw-lb}}}}
+addressType: IPv4
+ports: [{{name: http, port: 80}}]
+endpoints: [{{addresses: [10.244.2.2], nodeName: node-1}}]
+"#
+    )
+}
+
+#[test]
+fn load_balancer_source_ranges_filter_only_the_load_balancer_ip() {
+    if !e2e_enabled() {
+        return;
+    }
+    let mut c = Cluster::start(&[]);
+    let syncs = c.daemon.count(SYNC_DONE);
+    c.manifests
+        .write("fw.yaml", &firewalled_service("10.0.0.0/8"))
+        .expect("write");
+    c.daemon
+        .wait_for(SYNC_DONE, syncs + 1, Duration::from_secs(5))
+        .expect("sync");
+    // The client (172.18.0.10) is outside 10.0.0.0/8: dropped before DNAT (a timeout).
+    let r = tcp_request(
+        &c.topo.client,
+        addr("192.168.122.130:80"),
+        Duration::from_millis(500),
+    );
+    assert!(
+        matches!(r, Err(RequestError::Timeout)),
+        "filtered LB IP: {r:?}"
+    );
+    // The node port is not filtered, and pods (inside 10.0.0.0/8) reach the LB IP.
+    assert_eq!(
+        c.hist(&c.topo.client, "172.18.0.2:30003", 5, Proto::Tcp),
+        BTreeMap::from([("222".to_string(), 5)])
+    );
+    assert_eq!(
+        c.hist(&c.topo.pods[0], "192.168.122.130:80", 5, Proto::Tcp),
+        BTreeMap::from([("222".to_string(), 5)])
+    );
+    // Allow the client's network: it gets through.
+    c.edit("fw.yaml", |_| {
+        firewalled_service("10.0.0.0/8, 172.18.0.0/24")
+    });
+    assert_eq!(
+        c.hist(&c.topo.client, "192.168.122.130:80", 5, Proto::Tcp),
+        BTreeMap::from([("222".to_string(), 5)])
+    );
+    // 0.0.0.0/0 means no filtering at all.
+    c.edit("fw.yaml", |_| firewalled_service("0.0.0.0/0"));
+    assert_eq!(
+        c.hist(&c.topo.client, "192.168.122.130:80", 5, Proto::Tcp),
+        BTreeMap::from([("222".to_string(), 5)])
+    );
+    // Back to a range without the client: dropped again.
+    c.edit("fw.yaml", |_| firewalled_service("192.0.2.0/24"));
+    let r = tcp_request(
+        &c.topo.client,
+        addr("192.168.122.130:80"),
+        Duration::from_millis(500),
+    );
+    assert!(
+        matches!(r, Err(RequestError::Timeout)),
+        "filtered again: {r:?}"
+    );
+}

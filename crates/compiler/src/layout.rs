@@ -10,7 +10,7 @@
 
 use rudder_nft::{
     Atom, ChainDecl, ChainType, CmpOp, DataType, Expr, Family, FibKind, Hook, Key, KeyType, Name,
-    Reject, Rule, Ruleset, SetDecl, Stmt, TableRef, Transaction, Verdict,
+    Reject, Rule, Ruleset, SetDecl, SetFlag, Stmt, TableRef, Transaction, Verdict,
 };
 
 use crate::{Config, LocalDetector, NodeContext, NodePortIps};
@@ -31,8 +31,10 @@ pub mod names {
     pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
     /// Verdict map for node ports without endpoints.
     pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
-    /// Verdict map for load balancer IPs with source ranges.
+    /// Set of load balancer frontends restricted by `loadBalancerSourceRanges`.
     pub const FIREWALL_IPS: &str = "firewall-ips";
+    /// Interval set of `frontend . source prefix` allowed to reach those frontends.
+    pub const FIREWALL_ALLOW: &str = "firewall-allow";
     /// Dispatch chain, hooked at nat prerouting and output.
     pub const SERVICES: &str = "services";
     /// Postrouting masquerade chain.
@@ -78,6 +80,10 @@ pub enum SetId {
     LocalEndpoints(u32),
     /// `nodeport-local-endpoints-L`: a node port's endpoints on this node, by slot.
     NodeportLocalEndpoints(u32),
+    /// `firewall-ips`
+    FirewallIps,
+    /// `firewall-allow`
+    FirewallAllow,
 }
 
 impl SetId {
@@ -94,6 +100,8 @@ impl SetId {
             SetId::NodeportEndpoints(c) => n(&format!("nodeport-endpoints-{c}")),
             SetId::LocalEndpoints(c) => n(&format!("local-endpoints-{c}")),
             SetId::NodeportLocalEndpoints(c) => n(&format!("nodeport-local-endpoints-{c}")),
+            SetId::FirewallIps => n(names::FIREWALL_IPS),
+            SetId::FirewallAllow => n(names::FIREWALL_ALLOW),
         }
     }
 
@@ -236,11 +244,17 @@ pub fn skeleton(family: Family, table: &TableRef, config: &Config, node: &NodeCo
             KeyType::types([DataType::InetProto, DataType::InetService]),
             DataType::Verdict,
         ),
-        SetDecl::map(
+        SetDecl::set(
             n(FIREWALL_IPS),
             KeyType::types([at, DataType::InetProto, DataType::InetService]),
-            DataType::Verdict,
         ),
+        SetDecl {
+            flags: vec![SetFlag::Interval],
+            ..SetDecl::set(
+                n(FIREWALL_ALLOW),
+                KeyType::types([at, DataType::InetProto, DataType::InetService, at]),
+            )
+        },
     ];
     for s in sets {
         tx.add_set(table, s);
@@ -424,7 +438,21 @@ pub fn skeleton(family: Family, table: &TableRef, config: &Config, node: &NodeCo
     tx.add_rule(
         table,
         &n(FIREWALL_CHECK),
-        Rule::new(vec![Stmt::Vmap(frontend_key(f), n(FIREWALL_IPS))]),
+        Rule::new(vec![
+            Stmt::Lookup(frontend_key(f), CmpOp::Eq, n(FIREWALL_IPS)),
+            Stmt::Lookup(
+                Expr::Concat(vec![
+                    Expr::Daddr(f),
+                    Expr::L4Proto,
+                    Expr::ThDport,
+                    Expr::Saddr(f),
+                ]),
+                CmpOp::Ne,
+                n(FIREWALL_ALLOW),
+            ),
+            Stmt::Verdict(Verdict::Drop),
+        ])
+        .with_comment("loadBalancerSourceRanges"),
     );
     tx.add_rule(
         table,

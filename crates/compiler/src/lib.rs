@@ -107,6 +107,8 @@ pub struct NodeContext {
     pub name: String,
     /// Addresses that accept NodePort traffic.
     pub node_port_ips: NodePortIps,
+    /// The node's primary IPs (at most one per family).
+    pub ips: Vec<IpAddr>,
     /// The node's `topology.kubernetes.io/zone` label, for topology hints.
     pub zone: Option<String>,
     /// How local (pod) traffic is recognised.
@@ -119,6 +121,7 @@ impl NodeContext {
         NodeContext {
             name,
             node_port_ips,
+            ips: Vec::new(),
             zone: None,
             local_detector: LocalDetector::None,
         }

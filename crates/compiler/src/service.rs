@@ -3,7 +3,9 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use rudder_model::{IpFamily, Protocol, ProxyState, ResolvedEndpoint, Service, TrafficPolicy};
+use rudder_model::{
+    Cidr, IpFamily, Protocol, ProxyState, ResolvedEndpoint, Service, TrafficPolicy,
+};
 use rudder_nft::{Atom, Key, L4Proto, Verdict};
 use rustc_hash::FxHashMap;
 
@@ -238,6 +240,46 @@ pub(crate) fn compile(
                     }
                 }
                 frag.classes.extend(np_class.with_dependencies());
+            }
+        }
+
+        // loadBalancerSourceRanges: only load balancer IPs are filtered (not node ports, not
+        // external IPs), before DNAT. A range covering everything means no filtering; when the
+        // node's own IP is in a range, the load balancer IPs themselves are allowed too (for
+        // load balancers that deliver with the VIP as source).
+        let ranges: Vec<&Cidr> = svc
+            .load_balancer_source_ranges
+            .iter()
+            .filter(|c| IpFamily::of(&c.addr()) == family)
+            .collect();
+        if !ranges.is_empty() && !ranges.iter().any(|c| c.is_all()) {
+            let node_in_range = ctx
+                .node
+                .ips
+                .iter()
+                .any(|ip| ranges.iter().any(|c| c.contains(ip)));
+            let lb_ips: Vec<IpAddr> = svc
+                .load_balancer_ips
+                .iter()
+                .copied()
+                .filter(|ip| IpFamily::of(ip) == family)
+                .collect();
+            for lb in &lb_ips {
+                let fe = frontend(*lb);
+                claim(SetId::FirewallIps, Key::new(fe.clone()), None);
+                let mut sources: Vec<Atom> = ranges
+                    .iter()
+                    .map(|c| Atom::Prefix(c.addr(), c.prefix_len()))
+                    .collect();
+                if node_in_range {
+                    let host = if lb.is_ipv4() { 32 } else { 128 };
+                    sources.extend(lb_ips.iter().map(|ip| Atom::Prefix(*ip, host)));
+                }
+                for src in sources {
+                    let mut key = fe.to_vec();
+                    key.push(src);
+                    claim(SetId::FirewallAllow, Key::new(key), None);
+                }
             }
         }
 

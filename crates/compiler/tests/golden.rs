@@ -260,3 +260,47 @@ fn internal_traffic_policy_local_topology_and_bridge_detection() {
     let out = render(&st, n, Config::default(), &[IpFamily::V4]);
     check("internal-local-topology", &out);
 }
+
+/// loadBalancerSourceRanges: the LB IP is filtered (node port and external IP are not); a
+/// range containing the node IP also allows the LB IPs; `0.0.0.0/0` means no filtering.
+#[test]
+fn load_balancer_source_ranges() {
+    let mk = |name: &str, ip: &str, lb: &str, np: u16, ranges: &[&str]| {
+        let mut s = service("ns", name, &[ip]);
+        s.service_type = ServiceType::LoadBalancer;
+        s.load_balancer_ips = vec![common::ip(lb)];
+        s.external_ips = vec![common::ip("203.0.113.9")];
+        s.load_balancer_source_ranges = ranges.iter().map(|r| r.parse().unwrap()).collect();
+        s.ports = vec![port("http", Protocol::Tcp, 80, Some(np))];
+        s
+    };
+    let a = mk(
+        "fw",
+        "10.96.0.40",
+        "192.168.122.40",
+        30040,
+        &["10.0.0.0/8", "172.18.0.0/24"],
+    );
+    let b = mk(
+        "open",
+        "10.96.0.41",
+        "192.168.122.41",
+        30041,
+        &["0.0.0.0/0"],
+    );
+    let eps = |svc: &str| {
+        slice(
+            "ns",
+            &format!("{svc}-1"),
+            svc,
+            IpFamily::V4,
+            &[("http", Protocol::Tcp, 8080)],
+            vec![endpoint("10.244.1.2", true, "node-a")],
+        )
+    };
+    let st = state(vec![a, b], vec![eps("fw"), eps("open")]);
+    let mut n = node("node-a", &["172.18.0.2"]);
+    n.ips = vec![common::ip("172.18.0.2")];
+    let out = render(&st, n, Config::default(), &[IpFamily::V4]);
+    check("source-ranges", &out);
+}

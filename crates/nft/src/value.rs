@@ -115,6 +115,9 @@ pub enum Atom {
     Hex(u32),
     /// A verdict (data of verdict maps).
     Verdict(Verdict),
+    /// An address prefix (elements of interval sets). Host prefixes (`/32`, `/128`) are written
+    /// as plain addresses, as the kernel lists them.
+    Prefix(IpAddr, u8),
 }
 
 impl Atom {
@@ -137,6 +140,10 @@ impl fmt::Display for Atom {
             Atom::Int(i) => write!(f, "{i}"),
             Atom::Hex(i) => write!(f, "{i:#x}"),
             Atom::Verdict(v) => write!(f, "{v}"),
+            Atom::Prefix(a, len) if u32::from(*len) == if a.is_ipv4() { 32 } else { 128 } => {
+                write!(f, "{a}")
+            }
+            Atom::Prefix(a, len) => write!(f, "{a}/{len}"),
         }
     }
 }

@@ -183,6 +183,7 @@ impl Settings {
         NodeContext {
             name: self.hostname.clone(),
             node_port_ips,
+            ips: self.node_ips(node),
             zone: node.and_then(|n| n.zone.clone()),
             local_detector,
         }
