@@ -570,13 +570,14 @@ fn goto(class: Class) -> Stmt {
 /// The rules of an `externalTrafficPolicy: Local` entry chain (kube-proxy's `external-…`
 /// chain in Local mode): short-circuit pod traffic and the node's own traffic to all
 /// endpoints (masquerading the latter), send the rest to this node's endpoints.
-fn external_local_rules(
+pub(crate) fn external_local_rules(
     f: Family,
     node: &NodeContext,
     mark: u32,
-    cluster: Class,
-    local: Option<Class>,
+    cluster: Name,
+    local: Option<Name>,
 ) -> Vec<Rule> {
+    let goto = |c: Name| Stmt::Verdict(Verdict::Goto(c));
     let fib_local = || {
         Stmt::Cmp(
             Expr::FibType(FibKind::Saddr),
@@ -587,7 +588,8 @@ fn external_local_rules(
     let mut rules = Vec::new();
     if let Some(is_local) = local_match(f, &node.local_detector, CmpOp::Eq) {
         rules.push(
-            Rule::new(vec![is_local, goto(cluster)]).with_comment("short-circuit pod traffic"),
+            Rule::new(vec![is_local, goto(cluster.clone())])
+                .with_comment("short-circuit pod traffic"),
         );
     }
     rules.push(
@@ -660,8 +662,8 @@ pub fn class_objects(
                 f,
                 node,
                 mark,
-                Class::Cluster(c),
-                (l > 0).then_some(Class::Local(l)),
+                Class::Cluster(c).chain(),
+                (l > 0).then(|| Class::Local(l).chain()),
             );
         }
         Class::NodePortExternalLocal(c, l) => {
@@ -669,8 +671,8 @@ pub fn class_objects(
                 f,
                 node,
                 mark,
-                Class::NodePortCluster(c),
-                (l > 0).then_some(Class::NodePortLocal(l)),
+                Class::NodePortCluster(c).chain(),
+                (l > 0).then(|| Class::NodePortLocal(l).chain()),
             );
         }
     }

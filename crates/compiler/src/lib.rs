@@ -23,6 +23,7 @@
 //! assert!(tx.render().contains("add chain ip rudder services"));
 //! ```
 
+mod affinity;
 mod layout;
 mod policy;
 mod service;
@@ -179,11 +180,35 @@ impl Claims {
     }
 }
 
+/// A chain or set that belongs to one service alone (session affinity).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Owned {
+    /// A regular chain with its rules.
+    Chain(rudder_nft::ChainDecl, Vec<rudder_nft::Rule>),
+    /// A set.
+    Set(rudder_nft::SetDecl),
+}
+
+impl Owned {
+    fn name(&self) -> &Name {
+        match self {
+            Owned::Chain(c, _) => &c.name,
+            Owned::Set(s) => &s.name,
+        }
+    }
+
+    /// Chains and sets live in separate namespaces: the key is the kind and the name.
+    fn key(&self) -> (bool, Name) {
+        (matches!(self, Owned::Set(_)), self.name().clone())
+    }
+}
+
 /// What one service contributes to one family's ruleset, as compiled.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Fragment {
     pub(crate) claims: Vec<(SetId, Key, Arc<ServicePortName>, Option<Value>)>,
     pub(crate) classes: BTreeSet<Class>,
+    pub(crate) objects: Vec<Owned>,
 }
 
 /// What the compiler remembers of a service: which elements it claimed (the values live in
@@ -191,6 +216,7 @@ pub(crate) struct Fragment {
 #[derive(Debug, Clone, Default)]
 struct Stored {
     claims: Vec<(SetId, Key, Arc<ServicePortName>, Option<Value>)>,
+    objects: Vec<Owned>,
 }
 
 type ElemId = (SetId, Key);
@@ -256,6 +282,7 @@ impl FamilyCompiler {
     fn insert_fragment(&mut self, key: &ServiceKey, frag: Fragment) -> Vec<Class> {
         let mut stored = Stored {
             claims: Vec::with_capacity(frag.claims.len()),
+            objects: frag.objects,
         };
         for (set, k, owner, value) in frag.claims {
             stored
@@ -268,7 +295,7 @@ impl FamilyCompiler {
             .into_iter()
             .filter(|c| self.classes.insert(*c))
             .collect();
-        if !stored.claims.is_empty() {
+        if !stored.claims.is_empty() || !stored.objects.is_empty() {
             self.frags.insert(key.clone(), stored);
         }
         new
@@ -283,9 +310,15 @@ impl FamilyCompiler {
     ) -> Transaction {
         let mut before: BTreeMap<ElemId, Option<Option<Value>>> = BTreeMap::new();
         let mut new_classes = BTreeSet::new();
+        // Objects owned by services (session affinity), before and after, by name.
+        let mut old_objects: BTreeMap<(bool, Name), Owned> = BTreeMap::new();
+        let mut new_objects: BTreeMap<(bool, Name), Owned> = BTreeMap::new();
         for key in changed {
             let mut prev_slots = service::PrevSlots::default();
             if let Some(old) = self.frags.remove(key) {
+                for o in &old.objects {
+                    old_objects.insert(o.key(), o.clone());
+                }
                 for (set, k, _, value) in &old.claims {
                     if let (true, Some(v)) = (set.is_endpoint_map(), value) {
                         let atoms = k.atoms();
@@ -311,6 +344,9 @@ impl FamilyCompiler {
                 continue;
             };
             let frag = service::compile(self.family, state, svc, ctx, Some(&prev_slots));
+            for o in &frag.objects {
+                new_objects.insert(o.key(), o.clone());
+            }
             for (set, k, _, _) in &frag.claims {
                 let id = (*set, k.clone());
                 if !before.contains_key(&id) {
@@ -346,11 +382,86 @@ impl FamilyCompiler {
                 adds.entry(set).or_default().push((key, v));
             }
         }
+        // Owned objects: create new chains and sets first, flush chains that change or go
+        // (dropping their references), then element deletions, set replacements, rules,
+        // element additions, and chain deletions last.
+        let t = &self.table;
+        let mut flushes = Vec::new();
+        let mut set_deletes = Vec::new();
+        let mut set_adds = Vec::new();
+        let mut rules = Vec::new();
+        let mut chain_deletes = Vec::new();
+        // Sets that go or change type: chains using them must let go of them first.
+        let replaced_sets: BTreeSet<&Name> = old_objects
+            .iter()
+            .filter(|(k, o)| k.0 && new_objects.get(*k) != Some(*o))
+            .map(|(k, _)| &k.1)
+            .collect();
+        let uses_replaced = |rules: &[rudder_nft::Rule]| {
+            rules
+                .iter()
+                .flat_map(|r| &r.stmts)
+                .any(|st| st.set_refs().is_some_and(|n| replaced_sets.contains(n)))
+        };
+        for (key, new) in &new_objects {
+            let name = &key.1;
+            match (old_objects.get(key), new) {
+                (Some(old), Owned::Chain(_, r)) if old == new && uses_replaced(r) => {
+                    flushes.push(Op::FlushChain(t.clone(), name.clone()));
+                    rules.extend(
+                        r.iter()
+                            .map(|r| Op::AddRule(t.clone(), name.clone(), r.clone())),
+                    );
+                }
+                (Some(old), new) if old == new => {}
+                (old, Owned::Chain(decl, r)) => {
+                    if old.is_some() {
+                        flushes.push(Op::FlushChain(t.clone(), name.clone()));
+                    } else {
+                        tx.add_chain(t, decl.clone());
+                    }
+                    rules.extend(
+                        r.iter()
+                            .map(|r| Op::AddRule(t.clone(), name.clone(), r.clone())),
+                    );
+                }
+                (old, Owned::Set(decl)) => {
+                    if old.is_some() {
+                        set_deletes.push(Op::DeleteSet(t.clone(), name.clone(), false));
+                        set_adds.push(Op::AddSet(t.clone(), decl.clone()));
+                    } else {
+                        tx.add_set(t, decl.clone());
+                    }
+                }
+            }
+        }
+        for (key, old) in &old_objects {
+            if new_objects.contains_key(key) {
+                continue;
+            }
+            let name = &key.1;
+            match old {
+                Owned::Chain(..) => {
+                    flushes.push(Op::FlushChain(t.clone(), name.clone()));
+                    chain_deletes.push(Op::DeleteChain(t.clone(), name.clone()));
+                }
+                Owned::Set(_) => set_deletes.push(Op::DeleteSet(t.clone(), name.clone(), false)),
+            }
+        }
+        for op in flushes {
+            tx.push(op);
+        }
         for (set, keys) in deletes {
-            tx.delete_elements(&self.table, &set.name(), keys);
+            tx.delete_elements(t, &set.name(), keys);
+        }
+        for op in set_deletes.into_iter().chain(set_adds).chain(rules) {
+            tx.push(op);
         }
         for (set, elems) in adds {
-            tx.add_elements(&self.table, &set.name(), elems);
+            tx.add_elements(t, &set.name(), elems);
+        }
+        for op in chain_deletes {
+            tx.push(op);
         }
         tx
     }
@@ -384,6 +495,21 @@ impl FamilyCompiler {
                 &ctx.node,
                 &mut tx,
             );
+        }
+        // Service-owned objects: every chain and set declared before any rule uses them.
+        let owned = self.frags.values().flat_map(|s| &s.objects);
+        for o in owned.clone() {
+            match o {
+                Owned::Chain(decl, _) => tx.add_chain(&self.table, decl.clone()),
+                Owned::Set(decl) => tx.add_set(&self.table, decl.clone()),
+            }
+        }
+        for o in owned {
+            if let Owned::Chain(decl, rules) = o {
+                for r in rules {
+                    tx.add_rule(&self.table, &decl.name, r.clone());
+                }
+            }
         }
         let mut per_set: BTreeMap<SetId, Vec<(Key, Option<Value>)>> = BTreeMap::new();
         for stored in self.frags.values() {

@@ -9,6 +9,7 @@ use rudder_model::{
 use rudder_nft::{Atom, Key, L4Proto, Verdict};
 use rustc_hash::FxHashMap;
 
+use crate::affinity;
 use crate::layout::{Class, SetId, n, names};
 use crate::policy::categorize;
 use crate::{Ctx, Fragment};
@@ -140,57 +141,76 @@ pub(crate) fn compile(
             }
         };
 
-        // The ClusterIP.
-        let fe = frontend(cluster_ip);
-        if internal_local {
-            if n_local > 0 {
-                claim(
-                    SetId::ServiceIps,
-                    Key::new(fe.clone()),
-                    Some(Class::Local(n_local).verdict()),
-                );
-                fill(
-                    &mut claim,
-                    SetId::LocalEndpoints(n_local),
-                    &fe,
-                    &local_values,
-                );
-                frag.classes.insert(Class::Local(n_local));
+        if let Some(timeout) = svc.session_affinity_timeout {
+            // Session affinity: per-service chains and sets instead of the shared classes.
+            let targets = affinity::build(
+                family,
+                &owner,
+                proto,
+                &cat,
+                timeout,
+                external_local,
+                ctx,
+                &mut frag.objects,
+            );
+            let goto_chain = |c: &rudder_nft::Name| Some(Key::verdict(Verdict::Goto(c.clone())));
+            let fe = frontend(cluster_ip);
+            match if internal_local {
+                &targets.local
             } else {
-                claim(SetId::NoEndpointServices, Key::new(fe.clone()), drop());
+                &targets.cluster
+            } {
+                Some(chain) => claim(SetId::ServiceIps, Key::new(fe), goto_chain(chain)),
+                None if internal_local => claim(SetId::NoEndpointServices, Key::new(fe), drop()),
+                None => {}
             }
-        } else if n_cluster > 0 {
-            claim(
-                SetId::ServiceIps,
-                Key::new(fe.clone()),
-                Some(Class::Cluster(n_cluster).verdict()),
-            );
-            fill(
-                &mut claim,
-                SetId::ClusterEndpoints(n_cluster),
-                &fe,
-                &cluster_values,
-            );
-            frag.classes.insert(Class::Cluster(n_cluster));
-        }
-
-        // External and load balancer IPs, and the node port. Cluster endpoints exist whenever
-        // the service is externally accessible and has endpoints anywhere.
-        if n_cluster > 0 {
-            let (ext_class, np_class) = if external_local {
-                (
-                    Class::ExternalLocal(n_cluster, n_local),
-                    Class::NodePortExternalLocal(n_cluster, n_local),
-                )
-            } else {
-                (Class::External(n_cluster), Class::NodePort(n_cluster))
-            };
-            for ip in &externals {
-                let fe = frontend(*ip);
+            if let Some(ext) = &targets.external {
+                for ip in &externals {
+                    claim(SetId::ServiceIps, Key::new(frontend(*ip)), goto_chain(ext));
+                    if external_local && n_local == 0 {
+                        claim(SetId::NoEndpointServices, Key::new(frontend(*ip)), drop());
+                    }
+                }
+                if let Some(np) = port.node_port {
+                    claim(
+                        SetId::ServiceNodeports,
+                        Key::new(node_port_key(np)),
+                        goto_chain(ext),
+                    );
+                    if external_local && n_local == 0 {
+                        claim(
+                            SetId::NoEndpointNodeports,
+                            Key::new(node_port_key(np)),
+                            drop(),
+                        );
+                    }
+                }
+            }
+        } else {
+            // The ClusterIP.
+            let fe = frontend(cluster_ip);
+            if internal_local {
+                if n_local > 0 {
+                    claim(
+                        SetId::ServiceIps,
+                        Key::new(fe.clone()),
+                        Some(Class::Local(n_local).verdict()),
+                    );
+                    fill(
+                        &mut claim,
+                        SetId::LocalEndpoints(n_local),
+                        &fe,
+                        &local_values,
+                    );
+                    frag.classes.insert(Class::Local(n_local));
+                } else {
+                    claim(SetId::NoEndpointServices, Key::new(fe.clone()), drop());
+                }
+            } else if n_cluster > 0 {
                 claim(
                     SetId::ServiceIps,
                     Key::new(fe.clone()),
-                    Some(ext_class.verdict()),
+                    Some(Class::Cluster(n_cluster).verdict()),
                 );
                 fill(
                     &mut claim,
@@ -198,48 +218,76 @@ pub(crate) fn compile(
                     &fe,
                     &cluster_values,
                 );
-                if external_local {
-                    if n_local > 0 {
-                        fill(
-                            &mut claim,
-                            SetId::LocalEndpoints(n_local),
-                            &fe,
-                            &local_values,
-                        );
-                    } else {
-                        claim(SetId::NoEndpointServices, Key::new(fe), drop());
+                frag.classes.insert(Class::Cluster(n_cluster));
+            }
+
+            // External and load balancer IPs, and the node port. Cluster endpoints exist whenever
+            // the service is externally accessible and has endpoints anywhere.
+            if n_cluster > 0 {
+                let (ext_class, np_class) = if external_local {
+                    (
+                        Class::ExternalLocal(n_cluster, n_local),
+                        Class::NodePortExternalLocal(n_cluster, n_local),
+                    )
+                } else {
+                    (Class::External(n_cluster), Class::NodePort(n_cluster))
+                };
+                for ip in &externals {
+                    let fe = frontend(*ip);
+                    claim(
+                        SetId::ServiceIps,
+                        Key::new(fe.clone()),
+                        Some(ext_class.verdict()),
+                    );
+                    fill(
+                        &mut claim,
+                        SetId::ClusterEndpoints(n_cluster),
+                        &fe,
+                        &cluster_values,
+                    );
+                    if external_local {
+                        if n_local > 0 {
+                            fill(
+                                &mut claim,
+                                SetId::LocalEndpoints(n_local),
+                                &fe,
+                                &local_values,
+                            );
+                        } else {
+                            claim(SetId::NoEndpointServices, Key::new(fe), drop());
+                        }
                     }
                 }
-            }
-            if !externals.is_empty() {
-                frag.classes.extend(ext_class.with_dependencies());
-            }
-            if let Some(np) = port.node_port {
-                let key = node_port_key(np);
-                claim(
-                    SetId::ServiceNodeports,
-                    Key::new(key.clone()),
-                    Some(np_class.verdict()),
-                );
-                fill(
-                    &mut claim,
-                    SetId::NodeportEndpoints(n_cluster),
-                    &key,
-                    &cluster_values,
-                );
-                if external_local {
-                    if n_local > 0 {
-                        fill(
-                            &mut claim,
-                            SetId::NodeportLocalEndpoints(n_local),
-                            &key,
-                            &local_values,
-                        );
-                    } else {
-                        claim(SetId::NoEndpointNodeports, Key::new(key), drop());
-                    }
+                if !externals.is_empty() {
+                    frag.classes.extend(ext_class.with_dependencies());
                 }
-                frag.classes.extend(np_class.with_dependencies());
+                if let Some(np) = port.node_port {
+                    let key = node_port_key(np);
+                    claim(
+                        SetId::ServiceNodeports,
+                        Key::new(key.clone()),
+                        Some(np_class.verdict()),
+                    );
+                    fill(
+                        &mut claim,
+                        SetId::NodeportEndpoints(n_cluster),
+                        &key,
+                        &cluster_values,
+                    );
+                    if external_local {
+                        if n_local > 0 {
+                            fill(
+                                &mut claim,
+                                SetId::NodeportLocalEndpoints(n_local),
+                                &key,
+                                &local_values,
+                            );
+                        } else {
+                            claim(SetId::NoEndpointNodeports, Key::new(key), drop());
+                        }
+                    }
+                    frag.classes.extend(np_class.with_dependencies());
+                }
             }
         }
 

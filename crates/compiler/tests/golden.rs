@@ -304,3 +304,33 @@ fn load_balancer_source_ranges() {
     let out = render(&st, n, Config::default(), &[IpFamily::V4]);
     check("source-ranges", &out);
 }
+
+/// ClientIP session affinity: per-port chains with per-endpoint timeout sets, shared by the
+/// ClusterIP, the node port and the load balancer IP.
+#[test]
+fn session_affinity() {
+    let mut s = service("ns", "sticky", &["10.96.0.70"]);
+    s.service_type = ServiceType::LoadBalancer;
+    s.load_balancer_ips = vec![common::ip("192.168.122.70")];
+    s.session_affinity_timeout = Some(10800);
+    s.ports = vec![port("http", Protocol::Tcp, 80, Some(30070))];
+    let sl = slice(
+        "ns",
+        "sticky-1",
+        "sticky",
+        IpFamily::V4,
+        &[("http", Protocol::Tcp, 8080)],
+        vec![
+            endpoint("10.244.1.2", true, "node-a"),
+            endpoint("10.244.2.2", true, "node-b"),
+        ],
+    );
+    let st = state(vec![s], vec![sl]);
+    let out = render(
+        &st,
+        local(node("node-a", &["172.18.0.2"]), &["10.244.0.0/16"]),
+        Config::default(),
+        &[IpFamily::V4],
+    );
+    check("affinity", &out);
+}

@@ -56,6 +56,20 @@ fn diff_table(
     fills: &mut Vec<Op>,
     removes: &mut Vec<Op>,
 ) {
+    // Sets that go away or change type: chains that use them must drop those references
+    // (flush) before the set is deleted, and get their rules back afterwards.
+    let replaced: std::collections::BTreeSet<&crate::Name> = old
+        .sets
+        .iter()
+        .filter(|(n, os)| new.sets.get(*n).is_none_or(|ns| ns.decl != os.decl))
+        .map(|(n, _)| n)
+        .collect();
+    let uses_replaced = |rules: &[crate::Rule]| {
+        rules
+            .iter()
+            .flat_map(|r| &r.stmts)
+            .any(|st| st.set_refs().is_some_and(|n| replaced.contains(n)))
+    };
     // Chains.
     for (name, nc) in &new.chains {
         match old.chains.get(name) {
@@ -75,6 +89,12 @@ fn diff_table(
                 }
             }
             Some(oc) if oc.rules != nc.rules => {
+                drops.push(Op::FlushChain(t.clone(), name.clone()));
+                for r in &nc.rules {
+                    fills.push(Op::AddRule(t.clone(), name.clone(), r.clone()));
+                }
+            }
+            Some(oc) if uses_replaced(&oc.rules) => {
                 drops.push(Op::FlushChain(t.clone(), name.clone()));
                 for r in &nc.rules {
                     fills.push(Op::AddRule(t.clone(), name.clone(), r.clone()));

@@ -129,6 +129,12 @@ pub enum Stmt {
     Verdict(Verdict),
     /// `counter`.
     Counter,
+    /// `KEY vmap { V0 : VERDICT0, … }`: an anonymous verdict map (used only for the few
+    /// session-affinity services; everything else uses named maps).
+    VmapAnon(Expr, Vec<(Atom, Verdict)>),
+    /// `update @SET { KEY }`: adds the key to a dynamic set from the packet path (refreshing
+    /// its timeout).
+    UpdateSet(Expr, Name),
 }
 
 impl fmt::Display for Expr {
@@ -194,6 +200,17 @@ impl fmt::Display for Stmt {
             Stmt::Reject(Reject::TcpReset) => f.write_str("reject with tcp reset"),
             Stmt::Verdict(v) => write!(f, "{v}"),
             Stmt::Counter => f.write_str("counter"),
+            Stmt::VmapAnon(k, items) => {
+                write!(f, "{k} vmap {{ ")?;
+                for (i, (a, v)) in items.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{a} : {v}")?;
+                }
+                f.write_str(" }")
+            }
+            Stmt::UpdateSet(k, s) => write!(f, "update @{s} {{ {k} }}"),
         }
     }
 }
@@ -202,16 +219,20 @@ impl Stmt {
     /// The named sets and maps this statement reads.
     pub fn set_refs(&self) -> Option<&Name> {
         match self {
-            Stmt::Lookup(_, _, s) | Stmt::Vmap(_, s) | Stmt::DnatMap(_, _, s) => Some(s),
+            Stmt::Lookup(_, _, s)
+            | Stmt::Vmap(_, s)
+            | Stmt::DnatMap(_, _, s)
+            | Stmt::UpdateSet(_, s) => Some(s),
             _ => None,
         }
     }
 
-    /// The chain this statement may transfer control to.
-    pub fn chain_ref(&self) -> Option<&Name> {
+    /// The chains this statement may transfer control to.
+    pub fn chain_refs(&self) -> Vec<&Name> {
         match self {
-            Stmt::Verdict(v) => v.target(),
-            _ => None,
+            Stmt::Verdict(v) => v.target().into_iter().collect(),
+            Stmt::VmapAnon(_, items) => items.iter().filter_map(|(_, v)| v.target()).collect(),
+            _ => Vec::new(),
         }
     }
 }

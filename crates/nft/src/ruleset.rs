@@ -183,7 +183,7 @@ impl Ruleset {
                             return Err(nf(format!("set {s}")));
                         }
                     }
-                    if let Some(c) = stmt.chain_ref() {
+                    for c in stmt.chain_refs() {
                         if !table.chains.contains_key(c) {
                             return Err(nf(format!("chain {c}")));
                         }
@@ -331,7 +331,7 @@ impl Table {
             .values()
             .flat_map(|c| &c.rules)
             .flat_map(|r| &r.stmts)
-            .any(|s| s.chain_ref() == Some(name));
+            .any(|s| s.chain_refs().contains(&name));
         let by_elem = self
             .sets
             .values()
