@@ -796,3 +796,130 @@ fn client_ip_session_affinity_sticks_expires_and_moves() {
         "client still sent to the removed endpoint {stuck}: {moved:?}"
     );
 }
+
+fn health_checked_service(hc_port: u16, policy: &str, node: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: hc, namespace: default}}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.100.150
+  externalTrafficPolicy: {policy}
+  healthCheckNodePort: {hc_port}
+  ports: [{{name: http, port: 80, nodePort: 30004}}]
+status: {{loadBalancer: {{ingress: [{{ip: 192.168.122.150}}]}}}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: hc-1, namespace: default, labels: {{kubernetes.io/service-name: hc}}}}
+addressType: IPv4
+ports: [{{name: http, port: 80}}]
+endpoints:
+- {{addresses: [10.244.1.2], nodeName: {node}}}
+- {{addresses: [10.244.2.2], nodeName: {node}}}
+- {{addresses: [10.244.3.2], nodeName: other-node, conditions: {{ready: true}}}}
+"#
+    )
+}
+
+/// A plain HTTP GET from a namespace: status code, headers and body.
+fn http_get(ns: &rudder_e2e::Netns, to: &str) -> Result<(u16, String, String), String> {
+    use std::io::{Read, Write};
+    let to: SocketAddr = to.parse().map_err(|e| format!("{e}"))?;
+    ns.enter(|| {
+        let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(1))
+            .map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: lb\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+        let (head, body) = out.split_once("\r\n\r\n").ok_or("no header end")?;
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or("no status")?;
+        Ok((code, head.to_owned(), body.to_owned()))
+    })
+    .map_err(|e| e.to_string())?
+}
+
+#[test]
+fn health_check_node_ports_follow_services() {
+    if !e2e_enabled() {
+        return;
+    }
+    let mut c = Cluster::start(&[]);
+    let syncs = c.daemon.count(SYNC_DONE);
+    c.manifests
+        .write("hc.yaml", &health_checked_service(32100, "Local", "node-1"))
+        .expect("write");
+    c.daemon
+        .wait_for(SYNC_DONE, syncs + 1, Duration::from_secs(5))
+        .expect("sync");
+    let probe = |c: &Cluster, port: u16| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match http_get(&c.topo.client, &format!("172.18.0.2:{port}")) {
+                Ok(r) => return Ok(r),
+                Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    };
+    // Two local ready endpoints (the third is on another node): 200, weight 2.
+    let (code, head, body) = probe(&c, 32100).expect("health check answers");
+    assert_eq!(code, 200, "{head}\n{body}");
+    assert!(
+        head.contains("X-Load-Balancing-Endpoint-Weight: 2"),
+        "{head}"
+    );
+    assert!(
+        head.contains("Content-Type: application/json")
+            && head.contains("X-Content-Type-Options: nosniff")
+    );
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
+    assert_eq!(
+        json,
+        serde_json::json!({"service": {"namespace": "default", "name": "hc"}, "localEndpoints": 2, "serviceProxyHealthy": true})
+    );
+    // No local endpoint any more: 503 with 0.
+    c.edit("hc.yaml", |_| {
+        health_checked_service(32100, "Local", "node-9")
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (code, _, body) = probe(&c, 32100).expect("still answers");
+        if code == 503 {
+            assert!(body.contains("\"localEndpoints\":0"), "{body}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never went 503: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The port moves.
+    c.edit("hc.yaml", |_| {
+        health_checked_service(32101, "Local", "node-1")
+    });
+    assert_eq!(probe(&c, 32101).expect("new port").0, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        http_get(&c.topo.client, "172.18.0.2:32100").is_err(),
+        "old port still served"
+    );
+    // externalTrafficPolicy: Cluster: no health check server.
+    c.edit("hc.yaml", |_| {
+        health_checked_service(32101, "Cluster", "node-1")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        http_get(&c.topo.client, "172.18.0.2:32101").is_err(),
+        "Cluster policy still served"
+    );
+}

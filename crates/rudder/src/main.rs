@@ -5,6 +5,7 @@
 //! codes. Rule semantics live in `rudder-compiler`, kernel access in `rudder-nft-backend`.
 
 mod cli;
+mod health;
 mod manifests;
 mod proxier;
 mod run;

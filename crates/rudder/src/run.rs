@@ -73,6 +73,10 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
         node_wait: args.node_wait,
     };
     let sync_loop = SyncLoop::new(compiler, Kernel(backend), node_context, loop_config);
+    let health_servers = tokio::spawn(crate::health::run(
+        sync_loop.service_health(),
+        sync_loop.proxy_health(),
+    ));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let shutdown = shutdown_signal().await?;
 
@@ -96,6 +100,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     for t in tasks {
         t.abort();
     }
+    health_servers.abort();
     Ok(ExitCode::SUCCESS)
 }
 

@@ -11,6 +11,8 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::change::Change;
+use crate::health::{ProxyHealth, ServiceHealth};
+use std::sync::Arc;
 
 /// An error from the dataplane, boxed so any backend fits.
 pub type DataplaneError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -108,9 +110,22 @@ pub struct SyncLoop<D> {
     started: Instant,
     syncs: u64,
     failures: u64,
+    health: Arc<ProxyHealth>,
+    service_health: tokio::sync::watch::Sender<ServiceHealth>,
 }
 
 impl<D: Dataplane> SyncLoop<D> {
+    /// The proxy's health, for health servers.
+    pub fn proxy_health(&self) -> Arc<ProxyHealth> {
+        self.health.clone()
+    }
+
+    /// The health-check node port servers that should run, updated after every successful
+    /// sync.
+    pub fn service_health(&self) -> tokio::sync::watch::Receiver<ServiceHealth> {
+        self.service_health.subscribe()
+    }
+
     /// A loop that programs `dataplane` through `compiler`. Nothing is synced before both
     /// Services and EndpointSlices have been listed once.
     pub fn new(
@@ -138,6 +153,8 @@ impl<D: Dataplane> SyncLoop<D> {
             started: Instant::now(),
             syncs: 0,
             failures: 0,
+            health: ProxyHealth::new(config.sync_period * 2),
+            service_health: tokio::sync::watch::Sender::new(ServiceHealth::default()),
         }
     }
 
@@ -163,6 +180,13 @@ impl<D: Dataplane> SyncLoop<D> {
 
     /// Applies one change to the state.
     pub fn apply_change(&mut self, change: Change) {
+        self.apply_change_inner(change);
+        if !self.state.dirty().is_empty() || self.needs_full {
+            self.health.queued();
+        }
+    }
+
+    fn apply_change_inner(&mut self, change: Change) {
         match change {
             Change::ServiceApplied(s) => {
                 self.state.upsert_service(*s);
@@ -283,6 +307,17 @@ impl<D: Dataplane> SyncLoop<D> {
         Some(match result {
             Ok(bytes) => {
                 self.retry_at = None;
+                self.health.updated();
+                let addresses = match &self.current_ctx.node_port_ips {
+                    rudder_compiler::NodePortIps::All => Vec::new(),
+                    rudder_compiler::NodePortIps::Only(ips) => ips.clone(),
+                };
+                let sh = ServiceHealth::compute(&self.state, &self.current_ctx.name, addresses);
+                self.service_health.send_if_modified(|cur| {
+                    let changed = *cur != sh;
+                    *cur = sh;
+                    changed
+                });
                 if full {
                     self.needs_full = false;
                     self.last_full = self.last_sync_end;
