@@ -923,3 +923,77 @@ fn health_check_node_ports_follow_services() {
         "Cluster policy still served"
     );
 }
+
+/// One UDP "connection": every datagram from the same client port is the same conntrack
+/// flow. Returns the answer to one datagram.
+fn udp_from_fixed_port(
+    ns: &rudder_e2e::Netns,
+    local_port: u16,
+    to: &str,
+) -> Result<String, String> {
+    let to: SocketAddr = to.parse().map_err(|e| format!("{e}"))?;
+    ns.enter(|| {
+        let s = std::net::UdpSocket::bind(("0.0.0.0", local_port)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_millis(700)))
+            .map_err(|e| e.to_string())?;
+        s.send_to(b"ping", to).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 64];
+        let (n, _) = s.recv_from(&mut buf).map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
+    })
+    .map_err(|e| e.to_string())?
+}
+
+fn udp_service(endpoint: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: dns, namespace: default}}
+spec:
+  clusterIP: 10.96.100.160
+  ports: [{{name: dns, port: 53, protocol: UDP}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: dns-1, namespace: default, labels: {{kubernetes.io/service-name: dns}}}}
+addressType: IPv4
+ports: [{{name: dns, port: 5353, protocol: UDP}}]
+endpoints: [{{addresses: [{endpoint}], nodeName: node-1}}]
+"#
+    )
+}
+
+#[test]
+fn stale_udp_conntrack_entries_are_deleted_when_endpoints_change() {
+    if !e2e_enabled() {
+        return;
+    }
+    let mut c = Cluster::start(&[]);
+    let syncs = c.daemon.count(SYNC_DONE);
+    c.manifests
+        .write("dns.yaml", &udp_service("10.244.1.2"))
+        .expect("write");
+    c.daemon
+        .wait_for(SYNC_DONE, syncs + 1, Duration::from_secs(5))
+        .expect("sync");
+    // A client keeps one UDP flow to the service (same source port every time).
+    for _ in 0..3 {
+        assert_eq!(
+            udp_from_fixed_port(&c.topo.pods[2], 40053, "10.96.100.160:53"),
+            Ok("111".to_string())
+        );
+    }
+    // The endpoint changes: without cleanup the flow would stay DNATed to 10.244.1.2.
+    c.edit("dns.yaml", |_| udp_service("10.244.2.2"));
+    assert_eq!(
+        udp_from_fixed_port(&c.topo.pods[2], 40053, "10.96.100.160:53"),
+        Ok("222".to_string()),
+        "{}",
+        c.daemon.log()
+    );
+    assert!(
+        c.daemon
+            .log()
+            .contains("deleted stale UDP conntrack entries")
+    );
+}

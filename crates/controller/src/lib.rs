@@ -12,6 +12,7 @@
 //! with the in-memory [`rudder_nft::Ruleset`].
 
 pub mod change;
+pub mod conntrack;
 pub mod health;
 mod sync;
 pub mod watch;

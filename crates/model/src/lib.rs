@@ -428,6 +428,18 @@ impl Node {
     }
 }
 
+/// A UDP conntrack flow: where its first packet went, and where replies come from (after
+/// DNAT, the endpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UdpFlow {
+    /// Source of the original direction.
+    pub orig_src: std::net::SocketAddr,
+    /// Destination of the original direction (a service frontend, for proxied flows).
+    pub orig_dst: std::net::SocketAddr,
+    /// Source of the reply direction (the endpoint, for DNATed flows).
+    pub reply_src: std::net::SocketAddr,
+}
+
 /// Which kind of object a [`Problem`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ObjectKind {

@@ -19,6 +19,26 @@ use crate::cli::RunArgs;
 use crate::manifests::{self, Objects};
 use crate::proxier::{self, Settings};
 
+/// The conntrack table, through conntrack netlink.
+struct KernelConntrack(rudder_conntrack::ConntrackSocket);
+
+impl rudder_controller::conntrack::Conntrack for KernelConntrack {
+    fn udp_flows(
+        &mut self,
+        family: rudder_model::IpFamily,
+    ) -> Result<Vec<rudder_model::UdpFlow>, DataplaneError> {
+        Ok(self.0.udp_flows(family)?)
+    }
+
+    fn delete(&mut self, flows: &[rudder_model::UdpFlow]) -> Result<usize, DataplaneError> {
+        let mut n = 0;
+        for f in flows {
+            n += usize::from(self.0.delete(f)?);
+        }
+        Ok(n)
+    }
+}
+
 /// The kernel, through the `nft` program.
 struct Kernel(NftBackend);
 
@@ -72,7 +92,11 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
         full_sync_period: args.full_sync_period,
         node_wait: args.node_wait,
     };
-    let sync_loop = SyncLoop::new(compiler, Kernel(backend), node_context, loop_config);
+    let mut sync_loop = SyncLoop::new(compiler, Kernel(backend), node_context, loop_config);
+    match rudder_conntrack::ConntrackSocket::new() {
+        Ok(ct) => sync_loop = sync_loop.with_conntrack(Box::new(KernelConntrack(ct))),
+        Err(e) => warn!("no conntrack netlink, stale UDP flows will not be cleaned: {e}"),
+    }
     let health_servers = tokio::spawn(crate::health::run(
         sync_loop.service_health(),
         sync_loop.proxy_health(),

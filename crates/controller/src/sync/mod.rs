@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::change::Change;
+use crate::conntrack::{Conntrack, has_udp, stale_udp_flows};
 use crate::health::{ProxyHealth, ServiceHealth};
 use std::sync::Arc;
 
@@ -112,9 +113,40 @@ pub struct SyncLoop<D> {
     failures: u64,
     health: Arc<ProxyHealth>,
     service_health: tokio::sync::watch::Sender<ServiceHealth>,
+    conntrack: Option<Box<dyn Conntrack>>,
 }
 
 impl<D: Dataplane> SyncLoop<D> {
+    /// Cleans stale UDP conntrack entries through `conntrack` after syncs that changed UDP
+    /// services.
+    pub fn with_conntrack(mut self, conntrack: Box<dyn Conntrack>) -> Self {
+        self.conntrack = Some(conntrack);
+        self
+    }
+
+    fn clean_conntrack(&mut self) {
+        let Some(ct) = self.conntrack.as_mut() else {
+            return;
+        };
+        for family in self.compiler.families() {
+            let flows = match ct.udp_flows(family) {
+                Ok(f) => f,
+                Err(e) => {
+                    warn!(%family, "cannot list conntrack entries: {e}");
+                    continue;
+                }
+            };
+            let stale = stale_udp_flows(&self.state, family, &flows);
+            if stale.is_empty() {
+                continue;
+            }
+            match ct.delete(&stale) {
+                Ok(n) => info!(%family, deleted = n, "deleted stale UDP conntrack entries"),
+                Err(e) => warn!(%family, "cannot delete stale conntrack entries: {e}"),
+            }
+        }
+    }
+
     /// The proxy's health, for health servers.
     pub fn proxy_health(&self) -> Arc<ProxyHealth> {
         self.health.clone()
@@ -155,6 +187,7 @@ impl<D: Dataplane> SyncLoop<D> {
             failures: 0,
             health: ProxyHealth::new(config.sync_period * 2),
             service_health: tokio::sync::watch::Sender::new(ServiceHealth::default()),
+            conntrack: None,
         }
     }
 
@@ -286,6 +319,7 @@ impl<D: Dataplane> SyncLoop<D> {
         let full = self.needs_full || self.full_due(now);
         let t0 = Instant::now();
         let dirty = self.state.take_dirty();
+        let udp_changed = full || has_udp(&self.state, &dirty);
         let tx = if full {
             self.compiler.full(&self.state)
         } else {
@@ -308,6 +342,9 @@ impl<D: Dataplane> SyncLoop<D> {
             Ok(bytes) => {
                 self.retry_at = None;
                 self.health.updated();
+                if udp_changed {
+                    self.clean_conntrack();
+                }
                 let addresses = match &self.current_ctx.node_port_ips {
                     rudder_compiler::NodePortIps::All => Vec::new(),
                     rudder_compiler::NodePortIps::Only(ips) => ips.clone(),
