@@ -997,3 +997,62 @@ fn stale_udp_conntrack_entries_are_deleted_when_endpoints_change() {
             .contains("deleted stale UDP conntrack entries")
     );
 }
+
+#[test]
+fn service_cidrs_drop_traffic_to_unallocated_cluster_ips() {
+    if !e2e_enabled() {
+        return;
+    }
+    let mut c = Cluster::start(&[]);
+    // Something outside the node answers on an address inside 10.96.0.0/16 (reached over
+    // the node's default route), so "dropped" is distinguishable from "no route".
+    c.topo
+        .client
+        .exec(&["ip", "addr", "add", "10.96.200.200/32", "dev", "lo"])
+        .expect("address");
+    let _outside = serve_pod(&c.topo.client, "outside", &[80]).expect("server");
+    assert_eq!(
+        c.hist(&c.topo.pods[0], "10.96.200.200:80", 3, Proto::Tcp),
+        BTreeMap::from([("outside".to_string(), 3)])
+    );
+    let syncs = c.daemon.count(SYNC_DONE);
+    c.manifests
+        .write(
+            "cidr.yaml",
+            "apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {name: kubernetes}\nspec: {cidrs: [10.96.0.0/16]}\n",
+        )
+        .expect("write");
+    c.daemon
+        .wait_for(SYNC_DONE, syncs + 1, Duration::from_secs(5))
+        .expect("sync");
+    // Now an unallocated address of the service range is dropped...
+    let r = tcp_request(
+        &c.topo.pods[0],
+        addr("10.96.200.200:80"),
+        Duration::from_millis(500),
+    );
+    assert!(
+        matches!(r, Err(RequestError::Timeout)),
+        "unallocated ClusterIP: {r:?}"
+    );
+    // ... an unused port of an allocated one is still refused, and services still work.
+    let r = tcp_request(
+        &c.topo.pods[0],
+        addr("10.96.100.100:81"),
+        Duration::from_millis(500),
+    );
+    assert!(matches!(r, Err(RequestError::Refused)), "{r:?}");
+    assert_all_backends(
+        &c.hist(&c.topo.pods[0], "10.96.100.100:80", 30, Proto::Tcp),
+        "ClusterIP with ServiceCIDR",
+    );
+    // Removing the ServiceCIDR lifts the drop.
+    std::fs::remove_file(c.manifests.path().join("cidr.yaml")).expect("remove");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while c.hist(&c.topo.pods[0], "10.96.200.200:80", 1, Proto::Tcp)
+        != BTreeMap::from([("outside".to_string(), 1)])
+    {
+        assert!(std::time::Instant::now() < deadline, "drop not lifted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -435,6 +435,30 @@ pub fn skeleton(family: Family, table: &TableRef, config: &Config, node: &NodeCo
         ])
         .with_comment("reject traffic to invalid ports of ClusterIPs"),
     );
+    // Addresses inside the service CIDRs that are no ClusterIP: drop (kube-proxy's
+    // "unallocated ClusterIP" rule; the reject above already answered allocated ones).
+    let unallocated: Vec<Expr> = node
+        .service_cidrs
+        .iter()
+        .filter(|c| Family::of(&c.addr()) == f)
+        .map(|c| Expr::Prefix(c.addr(), c.prefix_len()))
+        .collect();
+    if !unallocated.is_empty() {
+        let target = if unallocated.len() == 1 {
+            unallocated[0].clone()
+        } else {
+            Expr::AnonSet(unallocated)
+        };
+        tx.add_rule(
+            table,
+            &n(CLUSTER_IPS_CHECK),
+            Rule::new(vec![
+                Stmt::Cmp(Expr::Daddr(f), CmpOp::Eq, target),
+                Stmt::Verdict(Verdict::Drop),
+            ])
+            .with_comment("drop traffic to unallocated ClusterIPs"),
+        );
+    }
     tx.add_rule(
         table,
         &n(FIREWALL_CHECK),

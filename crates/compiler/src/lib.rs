@@ -114,6 +114,9 @@ pub struct NodeContext {
     pub zone: Option<String>,
     /// How local (pod) traffic is recognised.
     pub local_detector: LocalDetector,
+    /// The cluster's service CIDRs (ServiceCIDR objects): traffic to an address inside them
+    /// that is no ClusterIP is dropped.
+    pub service_cidrs: Vec<Cidr>,
 }
 
 impl NodeContext {
@@ -123,6 +126,7 @@ impl NodeContext {
             name,
             node_port_ips,
             ips: Vec::new(),
+            service_cidrs: Vec::new(),
             zone: None,
             local_detector: LocalDetector::None,
         }

@@ -151,10 +151,17 @@ fn dual_stack_service() {
     let config = Config::default();
     let out = render(
         &st,
-        local(
-            node("node-a", &["172.18.0.2", "fc00::2"]),
-            &["10.244.0.0/16", "fd00:10:244::/56"],
-        ),
+        {
+            let mut n = local(
+                node("node-a", &["172.18.0.2", "fc00::2"]),
+                &["10.244.0.0/16", "fd00:10:244::/56"],
+            );
+            n.service_cidrs = vec![
+                "10.96.0.0/12".parse().unwrap(),
+                "fd00:10:96::/112".parse().unwrap(),
+            ];
+            n
+        },
         config,
         &[IpFamily::V4, IpFamily::V6],
     );

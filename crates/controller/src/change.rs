@@ -27,6 +27,8 @@ pub enum Change {
     NodeApplied(Box<Node>),
     /// This node's Node object was deleted.
     NodeDeleted,
+    /// The cluster's service CIDRs changed (the union of every ServiceCIDR object).
+    ServiceCidrs(Vec<rudder_model::Cidr>),
     /// Everything at once (a manifest reload): Services, EndpointSlices and this node's Node.
     Snapshot {
         /// Every Service.
@@ -35,7 +37,29 @@ pub enum Change {
         slices: Vec<EndpointSlice>,
         /// This node's Node, if present.
         node: Option<Box<Node>>,
+        /// The service CIDRs of every ServiceCIDR object.
+        service_cidrs: Vec<rudder_model::Cidr>,
     },
+}
+
+/// The CIDRs of a ServiceCIDR object (`spec.cidrs`), skipping invalid ones with a log line.
+pub fn service_cidrs(s: &k8s_openapi::api::networking::v1::ServiceCIDR) -> Vec<rudder_model::Cidr> {
+    let mut out = Vec::new();
+    for raw in s
+        .spec
+        .as_ref()
+        .and_then(|sp| sp.cidrs.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        match raw.parse() {
+            Ok(c) => out.push(c),
+            Err(_) => {
+                warn!(name = ?s.metadata.name, cidr = %raw, "skipped invalid ServiceCIDR entry")
+            }
+        }
+    }
+    out
 }
 
 fn log_problems(problems: &[rudder_model::Problem]) {

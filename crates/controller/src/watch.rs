@@ -76,6 +76,51 @@ pub fn spawn(
     ]
 }
 
+/// Watches ServiceCIDR objects and sends the union of their CIDRs whenever it changes. A
+/// cluster without the API (before Kubernetes 1.33) or without permission only gets retries
+/// and debug log lines: ServiceCIDRs are optional and never hold up a sync.
+pub fn spawn_service_cidrs(client: Client, changes: UnboundedSender<Change>) -> JoinHandle<()> {
+    use k8s_openapi::api::networking::v1::ServiceCIDR;
+    tokio::spawn(async move {
+        let api = Api::<ServiceCIDR>::all(client);
+        let mut stream = watcher::watcher(api, watcher::Config::default())
+            .backoff(Reconnect::default())
+            .boxed();
+        let mut current: std::collections::BTreeMap<String, Vec<rudder_model::Cidr>> =
+            Default::default();
+        let mut listing: std::collections::BTreeMap<String, Vec<rudder_model::Cidr>> =
+            Default::default();
+        let mut sent: Option<Vec<rudder_model::Cidr>> = None;
+        while let Some(event) = stream.next().await {
+            let name = |o: &ServiceCIDR| o.metadata.name.clone().unwrap_or_default();
+            match event {
+                Ok(Event::Init) => listing.clear(),
+                Ok(Event::InitApply(o)) => {
+                    listing.insert(name(&o), change::service_cidrs(&o));
+                }
+                Ok(Event::InitDone) => current = std::mem::take(&mut listing),
+                Ok(Event::Apply(o)) => {
+                    current.insert(name(&o), change::service_cidrs(&o));
+                }
+                Ok(Event::Delete(o)) => {
+                    current.remove(&name(&o));
+                }
+                Err(e) => {
+                    debug!("ServiceCIDR watch failed, retrying: {e}");
+                    continue;
+                }
+            }
+            let all: Vec<rudder_model::Cidr> = current.values().flatten().copied().collect();
+            if sent.as_ref() != Some(&all) {
+                sent = Some(all.clone());
+                if changes.send(Change::ServiceCidrs(all)).is_err() {
+                    return;
+                }
+            }
+        }
+    })
+}
+
 /// Objects per page of the initial list. Larger pages than kube-rs's default of 500 cut the
 /// number of round trips at scale; objects are converted page by page either way.
 const PAGE_SIZE: u32 = 2000;

@@ -95,7 +95,14 @@ fn compile(args: cli::CompileArgs) -> anyhow::Result<ExitCode> {
             settings.hostname
         );
     }
-    let node = settings.node_context(conv.node.as_ref(), None);
+    let mut node = settings.node_context(conv.node.as_ref(), None);
+    node.service_cidrs = objs
+        .service_cidrs
+        .iter()
+        .flat_map(rudder_controller::change::service_cidrs)
+        .collect();
+    node.service_cidrs.sort();
+    node.service_cidrs.dedup();
     let mut state = rudder_model::ProxyState::new();
     state.replace_all(conv.services, conv.slices);
     // Offline output is the same whatever the host: both families, always.

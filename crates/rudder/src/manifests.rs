@@ -14,6 +14,7 @@ pub struct Objects {
     pub services: Vec<Service>,
     pub slices: Vec<EndpointSlice>,
     pub nodes: Vec<Node>,
+    pub service_cidrs: Vec<k8s_openapi::api::networking::v1::ServiceCIDR>,
 }
 
 /// A document that could not be used, with where it came from.
@@ -166,7 +167,15 @@ fn add_document(
             Ok(s) => objs.nodes.push(s),
             Err(e) => errors.push(bad(e)),
         },
-        (_, "List") | (_, "ServiceList") | (_, "EndpointSliceList") | (_, "NodeList") => {
+        ("networking.k8s.io/v1", "ServiceCIDR") => match serde_json::from_value(doc) {
+            Ok(s) => objs.service_cidrs.push(s),
+            Err(e) => errors.push(bad(e)),
+        },
+        (_, "List")
+        | (_, "ServiceList")
+        | (_, "EndpointSliceList")
+        | (_, "NodeList")
+        | (_, "ServiceCIDRList") => {
             let items = match doc {
                 serde_json::Value::Object(mut m) => match m.remove("items") {
                     Some(serde_json::Value::Array(items)) => items,
@@ -225,6 +234,7 @@ pub fn merge(files: &BTreeMap<PathBuf, Objects>) -> Objects {
         all.services.extend(o.services.iter().cloned());
         all.slices.extend(o.slices.iter().cloned());
         all.nodes.extend(o.nodes.iter().cloned());
+        all.service_cidrs.extend(o.service_cidrs.iter().cloned());
     }
     all
 }

@@ -184,6 +184,7 @@ impl Settings {
             name: self.hostname.clone(),
             node_port_ips,
             ips: self.node_ips(node),
+            service_cidrs: Vec::new(),
             zone: node.and_then(|n| n.zone.clone()),
             local_detector,
         }

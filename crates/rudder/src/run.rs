@@ -106,7 +106,10 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let tasks = if args.proxy.manifests.is_empty() {
         let client = kube_client(&args).await?;
-        rudder_controller::watch::spawn(client, &settings.hostname, tx)
+        let mut tasks =
+            rudder_controller::watch::spawn(client.clone(), &settings.hostname, tx.clone());
+        tasks.push(rudder_controller::watch::spawn_service_cidrs(client, tx));
+        tasks
     } else {
         let source = Source {
             paths: args.proxy.manifests.clone(),
@@ -227,6 +230,11 @@ async fn follow_manifests(
                 services: objs.services.iter().filter_map(change::service).collect(),
                 slices: objs.slices.iter().filter_map(change::slice).collect(),
                 node: node.map(|n| Box::new(change::node(n))),
+                service_cidrs: objs
+                    .service_cidrs
+                    .iter()
+                    .flat_map(change::service_cidrs)
+                    .collect(),
             };
             if changes.send(snapshot).is_err() {
                 return;

@@ -114,6 +114,7 @@ pub struct SyncLoop<D> {
     health: Arc<ProxyHealth>,
     service_health: tokio::sync::watch::Sender<ServiceHealth>,
     conntrack: Option<Box<dyn Conntrack>>,
+    service_cidrs: Vec<rudder_model::Cidr>,
 }
 
 impl<D: Dataplane> SyncLoop<D> {
@@ -188,6 +189,7 @@ impl<D: Dataplane> SyncLoop<D> {
             health: ProxyHealth::new(config.sync_period * 2),
             service_health: tokio::sync::watch::Sender::new(ServiceHealth::default()),
             conntrack: None,
+            service_cidrs: Vec::new(),
         }
     }
 
@@ -243,15 +245,21 @@ impl<D: Dataplane> SyncLoop<D> {
             }
             Change::NodeApplied(n) => self.set_node(Some(*n)),
             Change::NodeDeleted => self.set_node(None),
+            Change::ServiceCidrs(cidrs) => {
+                self.service_cidrs = cidrs;
+                self.refresh_context();
+            }
             Change::Snapshot {
                 services,
                 slices,
                 node,
+                service_cidrs,
             } => {
                 self.state.replace_services(services);
                 self.state.replace_slices(slices);
                 self.services_listed = true;
                 self.slices_listed = true;
+                self.service_cidrs = service_cidrs;
                 self.set_node(node.map(|n| *n));
                 // A snapshot source has no separate node stream to wait for.
                 self.node_seen = true;
@@ -262,7 +270,17 @@ impl<D: Dataplane> SyncLoop<D> {
     fn set_node(&mut self, node: Option<Node>) {
         self.node_seen = self.node_seen || node.is_some();
         self.node = node;
-        let ctx = (self.node_context)(self.node.as_ref());
+        self.refresh_context();
+    }
+
+    /// Recomputes the compiler's context (node and service CIDRs); a change means a full
+    /// sync.
+    fn refresh_context(&mut self) {
+        let mut ctx = (self.node_context)(self.node.as_ref());
+        let mut cidrs = self.service_cidrs.clone();
+        cidrs.sort();
+        cidrs.dedup();
+        ctx.service_cidrs = cidrs;
         if ctx != self.current_ctx {
             info!(node_port_ips = ?ctx.node_port_ips, "node context changed: next sync is a full one");
             self.compiler
