@@ -16,8 +16,8 @@
 //!
 //! * **Shipped in the Rudder binary.** This is a dev/test-only crate
 //!   (`publish = false`); production code must never depend on it.
-//! * **A general API server.** It knows Services, EndpointSlices and Nodes
-//!   (get/list/watch), accepts Event creation, and serves just enough
+//! * **A general API server.** It knows Services, EndpointSlices, Nodes and
+//!   ServiceCIDRs (get/list/watch), accepts Event creation, and serves just enough
 //!   discovery (`/version`, `/api`, `/apis`, …) to keep clients happy. No
 //!   admission, validation, defaulting, PUT/PATCH/DELETE over HTTP, protobuf,
 //!   TLS or aggregated discovery. Tests change state through the Rust
@@ -30,6 +30,7 @@
 //! | `/api/v1/services`, `/api/v1/namespaces/{ns}/services[/{name}]` | list, watch, get |
 //! | `/apis/discovery.k8s.io/v1/endpointslices`, `…/namespaces/{ns}/endpointslices[/{name}]` | list, watch, get |
 //! | `/api/v1/nodes[/{name}]` | list, watch, get |
+//! | `/apis/networking.k8s.io/v1/servicecidrs[/{name}]` | list, watch, get |
 //! | `POST /api/v1/namespaces/{ns}/events`, `POST /apis/events.k8s.io/v1/namespaces/{ns}/events` | create (201) |
 //! | `/version`, `/api`, `/apis`, `/api/v1`, `/apis/{group}[/v1]`, `/healthz`, `/livez`, `/readyz` | discovery / health |
 //!
@@ -105,6 +106,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -122,7 +124,8 @@ pub struct Config {
     pub token: Option<String>,
     /// RBAC-style allow-list of (verb, resource) pairs, e.g.
     /// `("list", "services")`, `("watch", "endpointslices")`,
-    /// `("get", "nodes")`, `("create", "events")`. `None` (the default)
+    /// `("get", "nodes")`, `("list", "servicecidrs")`, `("create", "events")`.
+    /// `None` (the default)
     /// allows everything.
     pub allowed: Option<BTreeSet<(String, String)>>,
     /// The user named in 403 messages; defaults to [`DEFAULT_USER`].
@@ -380,6 +383,21 @@ preferences: {{}}
         self.delete(Kind::Node, "", name)
     }
 
+    /// Create or replace a ServiceCIDR (`networking.k8s.io/v1`,
+    /// cluster-scoped: any namespace is dropped); see
+    /// [`apply_service`](FakeApiServer::apply_service).
+    ///
+    /// # Panics
+    /// If `metadata.name` is missing or empty.
+    pub fn apply_service_cidr(&self, cidr: ServiceCIDR) -> ServiceCIDR {
+        self.apply_typed(Kind::ServiceCidr, &cidr)
+    }
+
+    /// Delete a ServiceCIDR; `false` if it did not exist.
+    pub fn delete_service_cidr(&self, name: &str) -> bool {
+        self.delete(Kind::ServiceCidr, "", name)
+    }
+
     /// Every stored Service, sorted by namespace/name.
     pub fn services(&self) -> Vec<Service> {
         self.list_typed(Kind::Service)
@@ -393,6 +411,11 @@ preferences: {{}}
     /// Every stored Node, sorted by name.
     pub fn nodes(&self) -> Vec<Node> {
         self.list_typed(Kind::Node)
+    }
+
+    /// Every stored ServiceCIDR, sorted by name.
+    pub fn service_cidrs(&self) -> Vec<ServiceCIDR> {
+        self.list_typed(Kind::ServiceCidr)
     }
 
     /// The current global resource version.

@@ -371,7 +371,7 @@ enum Route {
     NotFound,
 }
 
-const GROUPS: [&str; 2] = ["discovery.k8s.io", "events.k8s.io"];
+const GROUPS: [&str; 3] = ["discovery.k8s.io", "events.k8s.io", "networking.k8s.io"];
 
 fn known_group(g: &str) -> Option<&'static str> {
     GROUPS.iter().copied().find(|x| *x == g)
@@ -1183,6 +1183,37 @@ mod tests {
         assert!(matches!(
             parse_route("/apis/discovery.k8s.io"),
             Route::Group(_)
+        ));
+        assert!(matches!(
+            parse_route("/apis/networking.k8s.io/v1/servicecidrs"),
+            Route::Collection {
+                kind: Kind::ServiceCidr,
+                ns: None
+            }
+        ));
+        assert!(matches!(
+            parse_route("/apis/networking.k8s.io/v1/servicecidrs/kubernetes"),
+            Route::Object {
+                kind: Kind::ServiceCidr,
+                ns: None,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse_route("/apis/networking.k8s.io/v1/namespaces/x/servicecidrs"),
+            Route::NotFound
+        ));
+        assert!(matches!(
+            parse_route("/api/v1/servicecidrs"),
+            Route::NotFound
+        ));
+        assert!(matches!(
+            parse_route("/apis/networking.k8s.io/v1/ingresses"),
+            Route::NotFound
+        ));
+        assert!(matches!(
+            parse_route("/apis/networking.k8s.io/v1"),
+            Route::GroupResources("networking.k8s.io")
         ));
     }
 

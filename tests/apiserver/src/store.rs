@@ -13,10 +13,16 @@ pub(crate) enum Kind {
     Service,
     EndpointSlice,
     Node,
+    ServiceCidr,
 }
 
 impl Kind {
-    pub(crate) const ALL: [Kind; 3] = [Kind::Service, Kind::EndpointSlice, Kind::Node];
+    pub(crate) const ALL: [Kind; 4] = [
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Node,
+        Kind::ServiceCidr,
+    ];
 
     /// Lower-case plural resource name, as used in URLs and RBAC rules.
     pub(crate) fn plural(self) -> &'static str {
@@ -24,6 +30,7 @@ impl Kind {
             Kind::Service => "services",
             Kind::EndpointSlice => "endpointslices",
             Kind::Node => "nodes",
+            Kind::ServiceCidr => "servicecidrs",
         }
     }
 
@@ -32,6 +39,7 @@ impl Kind {
             Kind::Service => "service",
             Kind::EndpointSlice => "endpointslice",
             Kind::Node => "node",
+            Kind::ServiceCidr => "servicecidr",
         }
     }
 
@@ -40,6 +48,7 @@ impl Kind {
         match self {
             Kind::Service | Kind::Node => "",
             Kind::EndpointSlice => "discovery.k8s.io",
+            Kind::ServiceCidr => "networking.k8s.io",
         }
     }
 
@@ -47,6 +56,7 @@ impl Kind {
         match self {
             Kind::Service | Kind::Node => "v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
+            Kind::ServiceCidr => "networking.k8s.io/v1",
         }
     }
 
@@ -55,6 +65,7 @@ impl Kind {
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Node => "Node",
+            Kind::ServiceCidr => "ServiceCIDR",
         }
     }
 
@@ -63,17 +74,18 @@ impl Kind {
             Kind::Service => "ServiceList",
             Kind::EndpointSlice => "EndpointSliceList",
             Kind::Node => "NodeList",
+            Kind::ServiceCidr => "ServiceCIDRList",
         }
     }
 
     pub(crate) fn namespaced(self) -> bool {
-        !matches!(self, Kind::Node)
+        !matches!(self, Kind::Node | Kind::ServiceCidr)
     }
 
     pub(crate) fn short_names(self) -> &'static [&'static str] {
         match self {
             Kind::Service => &["svc"],
-            Kind::EndpointSlice => &[],
+            Kind::EndpointSlice | Kind::ServiceCidr => &[],
             Kind::Node => &["no"],
         }
     }
@@ -471,6 +483,38 @@ mod tests {
             .expect("apply");
         assert_eq!(c["metadata"]["namespace"], "default");
         assert!(s.apply(Kind::Service, json!({"metadata": {}})).is_err());
+    }
+
+    #[test]
+    fn cluster_scoped_kinds_drop_the_namespace() {
+        let mut s = Store::new(100);
+        let c = s
+            .apply(
+                Kind::ServiceCidr,
+                json!({"metadata": {"name": "kubernetes", "namespace": "ns"},
+                       "spec": {"cidrs": ["10.96.0.0/16"]}}),
+            )
+            .expect("apply");
+        assert_eq!(c["apiVersion"], "networking.k8s.io/v1");
+        assert_eq!(c["kind"], "ServiceCIDR");
+        assert!(c["metadata"].get("namespace").is_none());
+        assert!(
+            s.get(Kind::ServiceCidr, &(String::new(), "kubernetes".into()))
+                .is_some()
+        );
+        assert_eq!(s.objects(Kind::Node).count(), 0);
+        assert!(s.delete(Kind::ServiceCidr, &(String::new(), "kubernetes".into())));
+        let (evs, _) = s.events_after(Kind::ServiceCidr, 1).expect("events");
+        assert_eq!(
+            evs.iter().map(|e| e.ty).collect::<Vec<_>>(),
+            [EventType::Added, EventType::Deleted]
+        );
+        assert!(
+            s.events_after(Kind::Service, 1)
+                .expect("events")
+                .0
+                .is_empty()
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
+use k8s_openapi::api::networking::v1::{ServiceCIDR, ServiceCIDRSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use rudder_fake_apiserver::FakeApiServer;
@@ -69,6 +70,16 @@ pub fn node(name: &str, labels: &[(&str, &str)]) -> Node {
     Node {
         metadata: meta(None, name, labels),
         ..Node::default()
+    }
+}
+
+pub fn service_cidr(name: &str, labels: &[(&str, &str)], cidrs: &[&str]) -> ServiceCIDR {
+    ServiceCIDR {
+        metadata: meta(None, name, labels),
+        spec: Some(ServiceCIDRSpec {
+            cidrs: Some(cidrs.iter().map(|c| (*c).to_owned()).collect()),
+        }),
+        status: None,
     }
 }
 
