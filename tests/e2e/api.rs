@@ -419,3 +419,48 @@ fn a_wrong_token_is_reported_and_nothing_is_programmed() {
             .is_empty()
     );
 }
+
+#[test]
+fn service_cidrs_from_the_api_server_are_applied() {
+    if !e2e_enabled() {
+        return;
+    }
+    let live = Live::start("100ms");
+    live.api()
+        .apply_service(service("web", "10.96.7.1", 80, "ClusterIP"));
+    live.api()
+        .apply_endpoint_slice(slice("web", &["10.244.1.2"]));
+    live.converge(&live.topo.pods[0], "10.96.7.1:80", &["111"], SOON);
+    let cidr: k8s_openapi::api::networking::v1::ServiceCIDR = serde_json::from_value(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+        "metadata": {"name": "kubernetes"}, "spec": {"cidrs": ["10.96.0.0/16"]}
+    }))
+    .expect("ServiceCIDR");
+    live.api().apply_service_cidr(cidr);
+    let deadline = Instant::now() + SOON;
+    loop {
+        let rules = rudder_e2e::nft::list_ruleset(&live.topo.node).expect("ruleset");
+        if rules.contains("ip daddr 10.96.0.0/16 drop") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ServiceCIDR not applied:\n{rules}\n{}",
+            live.daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    live.converge(&live.topo.pods[0], "10.96.7.1:80", &["111"], SOON);
+    live.api().delete_service_cidr("kubernetes");
+    let deadline = Instant::now() + SOON;
+    while rudder_e2e::nft::list_ruleset(&live.topo.node)
+        .expect("ruleset")
+        .contains("10.96.0.0/16 drop")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "ServiceCIDR deletion not applied"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
