@@ -89,6 +89,12 @@ impl Cluster {
         histogram_with_timeout(from, addr(to), n, proto, Duration::from_secs(2))
     }
 
+    /// Rewrites a manifest without waiting for a sync.
+    fn edit_unsynced(&mut self, file: &str, f: impl FnOnce(String) -> String) {
+        let old = std::fs::read_to_string(self.manifests.path().join(file)).expect("read manifest");
+        self.manifests.write(file, &f(old)).expect("write manifest");
+    }
+
     /// Rewrites a manifest and waits for the sync it causes.
     fn edit(&mut self, file: &str, f: impl FnOnce(String) -> String) {
         let syncs = self.daemon.count(SYNC_DONE);
@@ -1054,5 +1060,353 @@ fn service_cidrs_drop_traffic_to_unallocated_cluster_ips() {
     {
         assert!(std::time::Instant::now() < deadline, "drop not lifted");
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const IPV6_SERVICES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: sticky6, namespace: default}
+spec:
+  clusterIP: "fd00:10:96::140"
+  clusterIPs: ["fd00:10:96::140"]
+  ipFamilies: [IPv6]
+  sessionAffinity: ClientIP
+  ports: [{name: http, port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: sticky6-1, namespace: default, labels: {kubernetes.io/service-name: sticky6}}
+addressType: IPv6
+ports: [{name: http, port: 80}]
+endpoints:
+- {addresses: ["fd00:10:244:1::2"], nodeName: node-1}
+- {addresses: ["fd00:10:244:2::2"], nodeName: node-1}
+- {addresses: ["fd00:10:244:3::2"], nodeName: node-1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: fw6, namespace: default}
+spec:
+  type: LoadBalancer
+  clusterIP: "fd00:10:96::130"
+  clusterIPs: ["fd00:10:96::130"]
+  ipFamilies: [IPv6]
+  loadBalancerSourceRanges: ["fd00:10:244::/48"]
+  ports: [{name: http, port: 80, nodePort: 30005}]
+status: {loadBalancer: {ingress: [{ip: "fd00:ff::130"}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: fw6-1, namespace: default, labels: {kubernetes.io/service-name: fw6}}
+addressType: IPv6
+ports: [{name: http, port: 80}]
+endpoints: [{addresses: ["fd00:10:244:2::2"], nodeName: node-1}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: dns6, namespace: default}
+spec:
+  clusterIP: "fd00:10:96::160"
+  clusterIPs: ["fd00:10:96::160"]
+  ipFamilies: [IPv6]
+  ports: [{name: dns, port: 53, protocol: UDP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: dns6-1, namespace: default, labels: {kubernetes.io/service-name: dns6}}
+addressType: IPv6
+ports: [{name: dns, port: 5353, protocol: UDP}]
+endpoints: [{addresses: ["ENDPOINT"], nodeName: node-1}]
+"#;
+
+#[test]
+fn affinity_source_ranges_and_conntrack_cleanup_work_over_ipv6() {
+    if !e2e_enabled() {
+        return;
+    }
+    let mut c = Cluster::start(&[]);
+    let syncs = c.daemon.count(SYNC_DONE);
+    c.manifests
+        .write(
+            "v6.yaml",
+            &IPV6_SERVICES.replace("ENDPOINT", "fd00:10:244:1::2"),
+        )
+        .expect("write");
+    c.daemon
+        .wait_for(SYNC_DONE, syncs + 1, Duration::from_secs(5))
+        .expect("sync");
+    // Session affinity.
+    let h = c.hist(&c.topo.pods[0], "[fd00:10:96::140]:80", 20, Proto::Tcp);
+    assert_eq!(h.len(), 1, "IPv6 client sticks to one endpoint: {h:?}");
+    assert!(
+        NAMES.contains(&h.keys().next().map(String::as_str).unwrap_or("")),
+        "{h:?}"
+    );
+    // Source ranges: the client is outside fd00:10:244::/48, pods inside; node port unfiltered.
+    let r = tcp_request(
+        &c.topo.client,
+        addr("[fd00:ff::130]:80"),
+        Duration::from_millis(500),
+    );
+    assert!(
+        matches!(r, Err(RequestError::Timeout)),
+        "filtered IPv6 LB IP: {r:?}"
+    );
+    assert_eq!(
+        c.hist(&c.topo.pods[0], "[fd00:ff::130]:80", 3, Proto::Tcp),
+        BTreeMap::from([("222".to_string(), 3)])
+    );
+    assert_eq!(
+        c.hist(
+            &c.topo.client,
+            "[fc00:f853:ccd:e793::2]:30005",
+            3,
+            Proto::Tcp
+        ),
+        BTreeMap::from([("222".to_string(), 3)])
+    );
+    // Stale UDP conntrack: one flow, its endpoint replaced.
+    for _ in 0..2 {
+        assert_eq!(
+            udp_from_fixed_port6(&c.topo.pods[2], 40054, "[fd00:10:96::160]:53"),
+            Ok("111".to_string())
+        );
+    }
+    c.edit("v6.yaml", |_| {
+        IPV6_SERVICES.replace("ENDPOINT", "fd00:10:244:2::2")
+    });
+    assert_eq!(
+        udp_from_fixed_port6(&c.topo.pods[2], 40054, "[fd00:10:96::160]:53"),
+        Ok("222".to_string())
+    );
+}
+
+/// Like `udp_from_fixed_port`, over IPv6.
+fn udp_from_fixed_port6(
+    ns: &rudder_e2e::Netns,
+    local_port: u16,
+    to: &str,
+) -> Result<String, String> {
+    let to: SocketAddr = to.parse().map_err(|e| format!("{e}"))?;
+    ns.enter(|| {
+        let s = std::net::UdpSocket::bind(("::", local_port)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_millis(700)))
+            .map_err(|e| e.to_string())?;
+        s.send_to(b"ping", to).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 64];
+        let (n, _) = s.recv_from(&mut buf).map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
+    })
+    .map_err(|e| e.to_string())?
+}
+
+fn conditions_service(eps: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: cond, namespace: default}}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.100.170
+  ports: [{{name: http, port: 80, nodePort: 30006}}]
+status: {{loadBalancer: {{ingress: [{{ip: 192.168.122.170, ipMode: Proxy}}, {{ip: 192.168.122.171}}]}}}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: cond-1, namespace: default, labels: {{kubernetes.io/service-name: cond}}}}
+addressType: IPv4
+ports: [{{name: http, port: 80}}]
+endpoints:
+{eps}
+"#
+    )
+}
+
+#[test]
+fn terminating_fallback_topology_hints_and_ip_mode_proxy() {
+    if !e2e_enabled() {
+        return;
+    }
+    let mut c = Cluster::start(&[]);
+    let pod = 1;
+    // One ready endpoint and two serving-terminating ones: only the ready one is used.
+    let eps = "- {addresses: [10.244.1.2], nodeName: node-1}\n\
+               - {addresses: [10.244.2.2], nodeName: node-1, conditions: {ready: false, serving: true, terminating: true}}\n\
+               - {addresses: [10.244.3.2], nodeName: node-1, conditions: {ready: false, serving: true, terminating: true}}";
+    let syncs = c.daemon.count(SYNC_DONE);
+    c.manifests
+        .write("cond.yaml", &conditions_service(eps))
+        .expect("write");
+    c.daemon
+        .wait_for(SYNC_DONE, syncs + 1, Duration::from_secs(5))
+        .expect("sync");
+    assert_eq!(
+        c.hist(&c.topo.pods[pod], "10.96.100.170:80", 10, Proto::Tcp),
+        BTreeMap::from([("111".to_string(), 10)])
+    );
+    // The ready one starts terminating too: the serving-terminating ones take over.
+    let eps = "- {addresses: [10.244.1.2], nodeName: node-1, conditions: {ready: false, serving: false, terminating: true}}\n\
+               - {addresses: [10.244.2.2], nodeName: node-1, conditions: {ready: false, serving: true, terminating: true}}\n\
+               - {addresses: [10.244.3.2], nodeName: node-1, conditions: {ready: false, serving: true, terminating: true}}";
+    c.edit("cond.yaml", |_| conditions_service(eps));
+    let h = c.hist(&c.topo.pods[pod], "10.96.100.170:80", 30, Proto::Tcp);
+    assert_eq!(
+        h.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["222", "333"],
+        "{h:?}"
+    );
+    // Topology: every ready endpoint hinted; this node (node-1, zone-a) uses zone-a's only.
+    let eps = "- {addresses: [10.244.1.2], nodeName: node-1, hints: {forZones: [{name: zone-a}]}}\n\
+               - {addresses: [10.244.2.2], nodeName: node-2, hints: {forZones: [{name: zone-b}]}}\n\
+               - {addresses: [10.244.3.2], nodeName: node-3, hints: {forZones: [{name: zone-a}]}}";
+    c.edit("cond.yaml", |_| conditions_service(eps));
+    let h = c.hist(&c.topo.pods[pod], "10.96.100.170:80", 30, Proto::Tcp);
+    assert_eq!(
+        h.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["111", "333"],
+        "zone hints: {h:?}"
+    );
+    // Same-node hints win over zone hints.
+    let eps = "- {addresses: [10.244.1.2], nodeName: node-1, hints: {forZones: [{name: zone-a}], forNodes: [{name: node-2}]}}\n\
+               - {addresses: [10.244.2.2], nodeName: node-2, hints: {forZones: [{name: zone-b}], forNodes: [{name: node-1}]}}\n\
+               - {addresses: [10.244.3.2], nodeName: node-3, hints: {forZones: [{name: zone-a}], forNodes: [{name: node-3}]}}";
+    c.edit("cond.yaml", |_| conditions_service(eps));
+    assert_eq!(
+        c.hist(&c.topo.pods[pod], "10.96.100.170:80", 10, Proto::Tcp),
+        BTreeMap::from([("222".to_string(), 10)])
+    );
+    // ipMode: Proxy ingress IPs are not programmed; VIP ones are.
+    assert_eq!(
+        c.hist(&c.topo.client, "192.168.122.171:80", 3, Proto::Tcp),
+        BTreeMap::from([("222".to_string(), 3)])
+    );
+    let r = tcp_request(
+        &c.topo.client,
+        addr("192.168.122.170:80"),
+        Duration::from_millis(500),
+    );
+    assert!(r.is_err(), "ipMode Proxy must not be DNATed: {r:?}");
+}
+
+#[test]
+fn node_cidr_and_interface_prefix_detection_masquerade_only_off_cluster_traffic() {
+    if !e2e_enabled() {
+        return;
+    }
+    for mode in [
+        &["--detect-local-mode", "NodeCIDR"][..],
+        &[
+            "--detect-local-mode",
+            "InterfaceNamePrefix",
+            "--pod-interface-name-prefix",
+            "vpod",
+        ][..],
+    ] {
+        let mut c = Cluster::start(mode);
+        // NodeCIDR mode takes the pod CIDRs from the Node object.
+        let syncs = c.daemon.count(SYNC_DONE);
+        c.manifests
+            .write(
+                "node.yaml",
+                "apiVersion: v1\nkind: Node\nmetadata: {name: node-1}\nspec: {podCIDRs: [10.244.0.0/16]}\n\
+                 status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}\n",
+            )
+            .expect("node");
+        c.daemon
+            .wait_for(SYNC_DONE, syncs + 1, Duration::from_secs(5))
+            .expect("sync");
+        let peers = |c: &Cluster| -> Vec<String> {
+            c._servers
+                .iter()
+                .flat_map(|s| s.accepted_peers())
+                .map(|p| p.ip().to_string())
+                .collect()
+        };
+        // Pod traffic to a ClusterIP keeps its source (backends other than the pod itself).
+        for s in &c._servers {
+            s.clear_peers();
+        }
+        let h = c.hist(&c.topo.pods[1], "10.96.100.101:80", 30, Proto::Tcp);
+        assert!(!h.keys().any(|k| k.starts_with('<')), "{mode:?}: {h:?}");
+        let from_pod: Vec<String> = peers(&c)
+            .into_iter()
+            .filter(|p| p != "10.244.2.1")
+            .collect();
+        assert!(
+            !from_pod.is_empty() && from_pod.iter().all(|p| p == "10.244.2.2"),
+            "{mode:?}: pod source changed: {from_pod:?}"
+        );
+        // Traffic from outside the cluster to a ClusterIP is masqueraded.
+        for s in &c._servers {
+            s.clear_peers();
+        }
+        let h = c.hist(&c.topo.client, "10.96.100.101:80", 10, Proto::Tcp);
+        assert!(!h.keys().any(|k| k.starts_with('<')), "{mode:?}: {h:?}");
+        let from_client = peers(&c);
+        assert!(!from_client.is_empty(), "{mode:?}");
+        assert!(
+            from_client.iter().all(|p| p != "172.18.0.10"),
+            "{mode:?}: off-cluster traffic not masqueraded: {from_client:?}"
+        );
+    }
+}
+
+#[test]
+fn health_check_reports_an_unhealthy_proxy() {
+    if !e2e_enabled() {
+        return;
+    }
+    // An nft that starts failing when a marker file exists.
+    let dir = TempDir::new("nftwrap").expect("temp dir");
+    let marker = dir.path().join("fail");
+    let script = format!(
+        "#!/bin/sh\n[ -e {} ] && {{ echo injected failure >&2; exit 1; }}\nexec nft \"$@\"\n",
+        marker.display()
+    );
+    let wrapper = dir.write("nft", &script).expect("wrapper");
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&wrapper)
+        .status()
+        .expect("chmod");
+    let wrapper = wrapper.display().to_string();
+    let mut c = Cluster::start(&["--iptables-sync-period", "1s", "--nft-path", &wrapper]);
+    let syncs = c.daemon.count(SYNC_DONE);
+    c.manifests
+        .write("hc.yaml", &health_checked_service(32102, "Local", "node-1"))
+        .expect("write");
+    c.daemon
+        .wait_for(SYNC_DONE, syncs + 1, Duration::from_secs(5))
+        .expect("sync");
+    let (code, _, body) = http_get(&c.topo.client, "172.18.0.2:32102").expect("health check");
+    assert_eq!(code, 200, "{body}");
+    // Syncs start failing; a change is queued and never programmed.
+    std::fs::write(&marker, "").expect("marker");
+    c.edit_unsynced("hc.yaml", |_| {
+        health_checked_service(32102, "Local", "node-1").replace("10.244.3.2", "10.244.3.3")
+    });
+    c.daemon
+        .wait_for("sync failed", 1, Duration::from_secs(5))
+        .expect("sync fails");
+    let deadline = std::time::Instant::now() + Duration::from_secs(6);
+    loop {
+        let (code, _, body) = http_get(&c.topo.client, "172.18.0.2:32102").expect("still answers");
+        if code == 503 {
+            assert!(body.contains("\"serviceProxyHealthy\":false"), "{body}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reported unhealthy: {code} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Programming works again: healthy again after the retry.
+    std::fs::remove_file(&marker).expect("remove marker");
+    let deadline = std::time::Instant::now() + Duration::from_secs(6);
+    while http_get(&c.topo.client, "172.18.0.2:32102").map(|r| r.0) != Ok(200) {
+        assert!(std::time::Instant::now() < deadline, "never healthy again");
+        std::thread::sleep(Duration::from_millis(200));
     }
 }

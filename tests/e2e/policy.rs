@@ -301,3 +301,127 @@ fn internal_traffic_policy_local_uses_only_this_nodes_endpoints() {
         "{h:?}"
     );
 }
+
+const MANIFESTS_V6: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-0}
+status: {addresses: [{type: InternalIP, address: "fc00:f853:ccd:e793::2"}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+status: {addresses: [{type: InternalIP, address: "fc00:f853:ccd:e793::3"}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: etp-local6, namespace: default}
+spec:
+  type: LoadBalancer
+  clusterIP: "fd00:10:96::50"
+  clusterIPs: ["fd00:10:96::50"]
+  ipFamilies: [IPv6]
+  externalTrafficPolicy: Local
+  ports: [{name: http, port: 80, nodePort: 30060}]
+status: {loadBalancer: {ingress: [{ip: "fd00:ff::50"}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: etp-local6-1, namespace: default, labels: {kubernetes.io/service-name: etp-local6}}
+addressType: IPv6
+ports: [{name: http, port: 80}]
+endpoints:
+- {addresses: ["fd00:10:244:1::2"], nodeName: node-0}
+- {addresses: ["fd00:10:244:2::2"], nodeName: node-1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: itp-local6, namespace: default}
+spec:
+  clusterIP: "fd00:10:96::60"
+  clusterIPs: ["fd00:10:96::60"]
+  ipFamilies: [IPv6]
+  internalTrafficPolicy: Local
+  ports: [{name: http, port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: itp-local6-1, namespace: default, labels: {kubernetes.io/service-name: itp-local6}}
+addressType: IPv6
+ports: [{name: http, port: 80}]
+endpoints:
+- {addresses: ["fd00:10:244:1::3"], nodeName: node-0}
+"#;
+
+#[test]
+fn traffic_policies_work_the_same_over_ipv6() {
+    if !e2e_enabled() {
+        return;
+    }
+    let c = TwoNodes::new().expect("two nodes");
+    let servers: Vec<EchoServers> = (0..4)
+        .map(|i| serve_pod(&c.pods[i], &format!("pod-{i}"), &[80]).expect("echo"))
+        .collect();
+    let manifests = TempDir::new("policy6").expect("temp dir");
+    manifests
+        .write("cluster.yaml", MANIFESTS_V6)
+        .expect("manifests");
+    let dir = manifests.path().display().to_string();
+    let _daemons: Vec<Daemon> = (0..2)
+        .map(|n| {
+            let name = format!("node-{n}");
+            let args = [
+                "run",
+                "--manifests",
+                &dir,
+                "--hostname-override",
+                &name,
+                "--cluster-cidr",
+                "10.244.0.0/16,fd00:10:244::/56",
+            ];
+            let mut d = Daemon::start(&rudder_bin(), &c.nodes[n], &args).expect("start rudder");
+            d.wait_for(SYNC_DONE, 1, Duration::from_secs(20))
+                .expect("first sync");
+            d
+        })
+        .collect();
+    c.client_route_via("fd00:ff::/64", 0).expect("client route");
+    let hist = |from: &Netns, to: &str, n| {
+        histogram_with_timeout(
+            from,
+            to.parse::<SocketAddr>().expect("address"),
+            n,
+            Proto::Tcp,
+            Duration::from_millis(700),
+        )
+    };
+    // externalTrafficPolicy: Local through node-0: only node-0's endpoint, client source kept.
+    assert_eq!(
+        hist(&c.client, "[fc00:f853:ccd:e793::2]:30060", 10),
+        only("pod-0", 10)
+    );
+    assert_eq!(hist(&c.client, "[fd00:ff::50]:80", 10), only("pod-0", 10));
+    let peers: Vec<String> = servers[0]
+        .accepted_peers()
+        .iter()
+        .map(|p| p.ip().to_string())
+        .collect();
+    assert!(
+        !peers.is_empty() && peers.iter().all(|p| p == "fc00:f853:ccd:e793::10"),
+        "source not preserved: {peers:?}"
+    );
+    // Through node-1: node-1's endpoint.
+    assert_eq!(
+        hist(&c.client, "[fc00:f853:ccd:e793::3]:30060", 10),
+        only("pod-2", 10)
+    );
+    // internalTrafficPolicy: Local.
+    assert_eq!(
+        hist(&c.pods[0], "[fd00:10:96::60]:80", 10),
+        only("pod-1", 10)
+    );
+    assert_eq!(
+        hist(&c.pods[2], "[fd00:10:96::60]:80", 3),
+        BTreeMap::from([("<timeout>".to_string(), 3)])
+    );
+}

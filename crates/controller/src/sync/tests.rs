@@ -236,3 +236,37 @@ async fn periodic_full_resync_and_node_changes() {
     l.apply_change(Change::NodeApplied(node));
     assert!(l.sync().is_none(), "same node: nothing to do");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_zone_label_change_forces_a_full_sync() {
+    let node = NodeContext::new("n1".into(), NodePortIps::Only(vec![]));
+    let compiler = Compiler::new(&[IpFamily::V4], Config::default(), node);
+    let ctx: NodeContextFn = Box::new(|n: Option<&Node>| {
+        let mut c = NodeContext::new("n1".into(), NodePortIps::Only(vec![]));
+        c.zone = n.and_then(|n| n.zone.clone());
+        c
+    });
+    let config = LoopConfig {
+        min_sync_period: Duration::ZERO,
+        node_wait: Duration::ZERO,
+        ..LoopConfig::default()
+    };
+    let mut l = SyncLoop::new(compiler, Ruleset::new(), ctx, config);
+    l.apply_change(Change::ServicesListed(vec![*svc("a", "10.96.0.1")]));
+    l.apply_change(Change::SlicesListed(vec![]));
+    let zoned = |zone: &str| {
+        Box::new(crate::change::node(
+            &serde_json::from_value(json!({"metadata": {"name": "n1", "labels": {"topology.kubernetes.io/zone": zone}}})).unwrap(),
+        ))
+    };
+    l.apply_change(Change::NodeApplied(zoned("zone-a")));
+    assert_eq!(l.sync().unwrap().unwrap().kind, SyncKind::Full);
+    l.apply_change(Change::NodeApplied(zoned("zone-a")));
+    assert!(l.sync().is_none(), "same zone: nothing to do");
+    l.apply_change(Change::NodeApplied(zoned("zone-b")));
+    assert_eq!(
+        l.sync().unwrap().unwrap().kind,
+        SyncKind::Full,
+        "zone change: full sync"
+    );
+}
