@@ -464,3 +464,38 @@ fn service_cidrs_from_the_api_server_are_applied() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn policies_and_affinity_through_the_api_server() {
+    if !e2e_enabled() {
+        return;
+    }
+    let live = Live::start("100ms");
+    // externalTrafficPolicy: Local with one endpoint here (node-1) and one elsewhere.
+    let mut svc = service("local", "10.96.7.3", 80, "NodePort");
+    svc.spec.as_mut().expect("spec").external_traffic_policy = Some("Local".into());
+    live.api().apply_service(svc);
+    let mut sl = slice("local", &["10.244.1.2", "10.244.2.2"]);
+    sl.endpoints[1].node_name = Some("node-2".into());
+    live.api().apply_endpoint_slice(sl);
+    live.converge(&live.topo.client, "172.18.0.2:30080", &["111"], SOON);
+    // ClientIP affinity.
+    let mut sticky = service("sticky", "10.96.7.4", 80, "ClusterIP");
+    sticky.spec.as_mut().expect("spec").session_affinity = Some("ClientIP".into());
+    live.api().apply_service(sticky);
+    live.api()
+        .apply_endpoint_slice(slice("sticky", &["10.244.1.2", "10.244.2.2", "10.244.3.2"]));
+    let deadline = Instant::now() + SOON;
+    let h = loop {
+        let h = live.hist(&live.topo.pods[0], "10.96.7.4:80", 20);
+        if !h.keys().any(|k| k.starts_with('<')) {
+            break h;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sticky service never answered: {h:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(h.len(), 1, "one client, one endpoint: {h:?}");
+}

@@ -939,7 +939,8 @@ fn udp_from_fixed_port(
 ) -> Result<String, String> {
     let to: SocketAddr = to.parse().map_err(|e| format!("{e}"))?;
     ns.enter(|| {
-        let s = std::net::UdpSocket::bind(("0.0.0.0", local_port)).map_err(|e| e.to_string())?;
+        let any = if to.is_ipv6() { "::" } else { "0.0.0.0" };
+        let s = std::net::UdpSocket::bind((any, local_port)).map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(Duration::from_millis(700)))
             .map_err(|e| e.to_string())?;
         s.send_to(b"ping", to).map_err(|e| e.to_string())?;
@@ -1169,7 +1170,7 @@ fn affinity_source_ranges_and_conntrack_cleanup_work_over_ipv6() {
     // Stale UDP conntrack: one flow, its endpoint replaced.
     for _ in 0..2 {
         assert_eq!(
-            udp_from_fixed_port6(&c.topo.pods[2], 40054, "[fd00:10:96::160]:53"),
+            udp_from_fixed_port(&c.topo.pods[2], 40054, "[fd00:10:96::160]:53"),
             Ok("111".to_string())
         );
     }
@@ -1177,28 +1178,9 @@ fn affinity_source_ranges_and_conntrack_cleanup_work_over_ipv6() {
         IPV6_SERVICES.replace("ENDPOINT", "fd00:10:244:2::2")
     });
     assert_eq!(
-        udp_from_fixed_port6(&c.topo.pods[2], 40054, "[fd00:10:96::160]:53"),
+        udp_from_fixed_port(&c.topo.pods[2], 40054, "[fd00:10:96::160]:53"),
         Ok("222".to_string())
     );
-}
-
-/// Like `udp_from_fixed_port`, over IPv6.
-fn udp_from_fixed_port6(
-    ns: &rudder_e2e::Netns,
-    local_port: u16,
-    to: &str,
-) -> Result<String, String> {
-    let to: SocketAddr = to.parse().map_err(|e| format!("{e}"))?;
-    ns.enter(|| {
-        let s = std::net::UdpSocket::bind(("::", local_port)).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_millis(700)))
-            .map_err(|e| e.to_string())?;
-        s.send_to(b"ping", to).map_err(|e| e.to_string())?;
-        let mut buf = [0u8; 64];
-        let (n, _) = s.recv_from(&mut buf).map_err(|e| e.to_string())?;
-        Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
-    })
-    .map_err(|e| e.to_string())?
 }
 
 fn conditions_service(eps: &str) -> String {
