@@ -831,6 +831,15 @@ endpoints:
 
 /// A plain HTTP GET from a namespace: status code, headers and body.
 fn http_get(ns: &rudder_e2e::Netns, to: &str) -> Result<(u16, String, String), String> {
+    http_get_path(ns, to, "/healthz")
+}
+
+/// A plain HTTP GET of `path`: status code, headers and body.
+fn http_get_path(
+    ns: &rudder_e2e::Netns,
+    to: &str,
+    path: &str,
+) -> Result<(u16, String, String), String> {
     use std::io::{Read, Write};
     let to: SocketAddr = to.parse().map_err(|e| format!("{e}"))?;
     ns.enter(|| {
@@ -838,7 +847,7 @@ fn http_get(ns: &rudder_e2e::Netns, to: &str) -> Result<(u16, String, String), S
             .map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(Duration::from_secs(2)))
             .map_err(|e| e.to_string())?;
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: lb\r\n\r\n")
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: lb\r\n\r\n").as_bytes())
             .map_err(|e| e.to_string())?;
         let mut out = String::new();
         s.read_to_string(&mut out).map_err(|e| e.to_string())?;
@@ -1391,4 +1400,173 @@ fn health_check_reports_an_unhealthy_proxy() {
         assert!(std::time::Instant::now() < deadline, "never healthy again");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The value of a metric line (`name{labels} value`) in Prometheus text.
+fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn metrics_and_health_endpoints_behave_like_kube_proxy() {
+    if !e2e_enabled() {
+        return;
+    }
+    let mut c = Cluster::start(&[]);
+    // The metrics server listens on 127.0.0.1:10249 inside the node.
+    let (code, _, text) =
+        http_get_path(&c.topo.node, "127.0.0.1:10249", "/metrics").expect("metrics");
+    assert_eq!(code, 200);
+    for (name, kind) in [
+        ("kubeproxy_sync_proxy_rules_duration_seconds", "histogram"),
+        (
+            "kubeproxy_sync_full_proxy_rules_duration_seconds",
+            "histogram",
+        ),
+        (
+            "kubeproxy_sync_partial_proxy_rules_duration_seconds",
+            "histogram",
+        ),
+        ("kubeproxy_sync_proxy_rules_last_timestamp_seconds", "gauge"),
+        (
+            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+            "gauge",
+        ),
+        (
+            "kubeproxy_network_programming_duration_seconds",
+            "histogram",
+        ),
+        (
+            "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
+            "gauge",
+        ),
+        (
+            "kubeproxy_sync_proxy_rules_endpoint_changes_total",
+            "counter",
+        ),
+        (
+            "kubeproxy_sync_proxy_rules_service_changes_pending",
+            "gauge",
+        ),
+        (
+            "kubeproxy_sync_proxy_rules_service_changes_total",
+            "counter",
+        ),
+        (
+            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+            "counter",
+        ),
+        ("kubeproxy_proxy_healthz_total", "counter"),
+        ("kubeproxy_proxy_livez_total", "counter"),
+        (
+            "kubeproxy_conntrack_reconciler_sync_duration_seconds",
+            "histogram",
+        ),
+        (
+            "kubeproxy_conntrack_reconciler_deleted_entries_total",
+            "counter",
+        ),
+        ("process_resident_memory_bytes", "gauge"),
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {name} {kind}")),
+            "missing {name} ({kind}):\n{text}"
+        );
+    }
+    assert!(text.contains("kubeproxy_sync_full_proxy_rules_duration_seconds_bucket{ip_family=\"IPv4\",le=\"0.001\"}"), "{text}");
+    assert!(
+        text.contains("le=\"16.384\""),
+        "exponential buckets up to 16.384 s"
+    );
+    assert_eq!(
+        http_get_path(&c.topo.node, "127.0.0.1:10249", "/proxyMode")
+            .expect("proxyMode")
+            .2,
+        "nftables"
+    );
+    assert_eq!(
+        http_get_path(&c.topo.node, "127.0.0.1:10249", "/healthz")
+            .expect("healthz")
+            .2,
+        "ok"
+    );
+    // Values move with syncs.
+    let before =
+        metric(&text, "kubeproxy_sync_proxy_rules_endpoint_changes_total").expect("counter");
+    c.edit("nginx.yaml", |t| {
+        t.replacen(
+            "- addresses: [10.244.3.2]\n  conditions: {ready: true}",
+            "- addresses: [10.244.3.2]\n  conditions: {ready: false}",
+            1,
+        )
+    });
+    let (_, _, text) = http_get_path(&c.topo.node, "127.0.0.1:10249", "/metrics").expect("metrics");
+    assert!(
+        metric(&text, "kubeproxy_sync_proxy_rules_endpoint_changes_total").expect("counter")
+            > before,
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "kubeproxy_sync_partial_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"}"
+        )
+        .expect("count")
+            >= 1.0
+    );
+    assert_eq!(
+        metric(&text, "kubeproxy_sync_proxy_rules_endpoint_changes_pending"),
+        Some(0.0)
+    );
+    // Health server on 0.0.0.0:10256, reachable from outside the node.
+    let (code, head, body) =
+        http_get_path(&c.topo.client, "172.18.0.2:10256", "/healthz").expect("healthz");
+    assert_eq!(code, 200, "{head}\n{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(json["healthy"], true);
+    assert_eq!(json["nodeEligible"], true);
+    assert!(
+        json["status"]["IPv4"]["healthy"].as_bool() == Some(true)
+            && json["lastUpdated"].is_string(),
+        "{json}"
+    );
+    let (code, _, body) =
+        http_get_path(&c.topo.client, "172.18.0.2:10256", "/livez").expect("livez");
+    assert_eq!(code, 200);
+    assert!(!body.contains("nodeEligible"), "{body}");
+    // A node being deleted is not eligible: /healthz 503, /livez still 200.
+    c.edit_unsynced("node.yaml", |t| {
+        t.replace(
+            "  name: node-1\n",
+            "  name: node-1\n  deletionTimestamp: \"2026-01-01T00:00:00Z\"\n",
+        )
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let (code, body) = loop {
+        let (code, _, body) =
+            http_get_path(&c.topo.client, "172.18.0.2:10256", "/healthz").expect("healthz");
+        if code == 503 || std::time::Instant::now() >= deadline {
+            break (code, body);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("\"nodeEligible\":false"), "{body}");
+    assert_eq!(
+        http_get_path(&c.topo.client, "172.18.0.2:10256", "/livez")
+            .expect("livez")
+            .0,
+        200
+    );
+    let (_, _, text) = http_get_path(&c.topo.node, "127.0.0.1:10249", "/metrics").expect("metrics");
+    assert!(
+        metric(&text, "kubeproxy_proxy_healthz_total{code=\"503\"}").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    assert!(metric(&text, "kubeproxy_proxy_healthz_total{code=\"200\"}").unwrap_or(0.0) >= 1.0);
 }

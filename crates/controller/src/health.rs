@@ -60,6 +60,9 @@ pub struct ProxyHealth {
     queued_ms: AtomicU64,
     /// Milliseconds since the epoch of the last successful sync (0: never).
     updated_ms: AtomicU64,
+    /// Whether the Node is eligible for traffic (seen, not being deleted, not tainted
+    /// `ToBeDeletedByClusterAutoscaler`).
+    node_eligible: std::sync::atomic::AtomicBool,
     timeout: Duration,
 }
 
@@ -76,6 +79,7 @@ impl ProxyHealth {
         Arc::new(ProxyHealth {
             queued_ms: AtomicU64::new(0),
             updated_ms: AtomicU64::new(0),
+            node_eligible: std::sync::atomic::AtomicBool::new(false),
             timeout,
         })
     }
@@ -97,6 +101,23 @@ impl ProxyHealth {
     pub fn healthy(&self) -> bool {
         let q = self.queued_ms.load(Ordering::Relaxed);
         q == 0 || now_ms().saturating_sub(q) < self.timeout.as_millis() as u64
+    }
+
+    /// Records whether the Node is eligible (see [`ProxyHealth::node_eligible`]).
+    pub fn set_node_eligible(&self, eligible: bool) {
+        self.node_eligible.store(eligible, Ordering::Relaxed);
+    }
+
+    /// Whether the Node has been seen and is neither being deleted nor tainted for deletion
+    /// by the cluster autoscaler (kube-proxy's `/healthz` rule).
+    pub fn node_eligible(&self) -> bool {
+        self.node_eligible.load(Ordering::Relaxed)
+    }
+
+    /// The time since which a change has been waiting, in milliseconds since the epoch
+    /// (0: nothing waiting).
+    pub fn queued_since_ms(&self) -> u64 {
+        self.queued_ms.load(Ordering::Relaxed)
     }
 
     /// Time of the last successful sync, in milliseconds since the epoch (0: never).

@@ -19,5 +19,6 @@ pub mod watch;
 
 pub use change::Change;
 pub use sync::{
-    Dataplane, DataplaneError, LoopConfig, NodeContextFn, SyncKind, SyncLoop, SyncReport,
+    Dataplane, DataplaneError, LoopConfig, LoopEvent, NodeContextFn, Observer, SyncKind, SyncLoop,
+    SyncReport, parse_rfc3339,
 };

@@ -416,6 +416,10 @@ pub struct Node {
     pub zone: Option<String>,
     /// `spec.podCIDRs`.
     pub pod_cidrs: Vec<Cidr>,
+    /// The Node is being deleted (`metadata.deletionTimestamp` is set).
+    pub deleting: bool,
+    /// The Node has the `ToBeDeletedByClusterAutoscaler` taint.
+    pub to_be_deleted: bool,
 }
 
 impl Node {

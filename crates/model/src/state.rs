@@ -26,6 +26,8 @@ pub struct ProxyState {
     slices: BTreeMap<SliceKey, EndpointSlice>,
     by_service: BTreeMap<ServiceKey, BTreeSet<SliceKey>>,
     dirty: BTreeSet<ServiceKey>,
+    service_changes: u64,
+    slice_changes: u64,
 }
 
 impl ProxyState {
@@ -41,6 +43,7 @@ impl ProxyState {
         }
         self.dirty.insert(svc.key.clone());
         self.services.insert(svc.key.clone(), svc);
+        self.service_changes += 1;
         true
     }
 
@@ -49,6 +52,7 @@ impl ProxyState {
         let existed = self.services.remove(key).is_some();
         if existed {
             self.dirty.insert(key.clone());
+            self.service_changes += 1;
         }
         existed
     }
@@ -70,6 +74,7 @@ impl ProxyState {
             .or_default()
             .insert(slice.key.clone());
         self.slices.insert(slice.key.clone(), slice);
+        self.slice_changes += 1;
         true
     }
 
@@ -79,6 +84,7 @@ impl ProxyState {
             Some(old) => {
                 self.unlink(&old.service, key);
                 self.dirty.insert(old.service);
+                self.slice_changes += 1;
                 true
             }
             None => false,
@@ -141,6 +147,11 @@ impl ProxyState {
     pub fn mark_all_dirty(&mut self) {
         self.dirty.extend(self.services.keys().cloned());
         self.dirty.extend(self.by_service.keys().cloned());
+    }
+
+    /// How many Service and EndpointSlice changes (real ones) the state has seen.
+    pub fn change_counts(&self) -> (u64, u64) {
+        (self.service_changes, self.slice_changes)
     }
 
     /// Returns and clears the set of services changed since the last call.

@@ -145,6 +145,22 @@ pub struct RunArgs {
     #[arg(long = "master", value_name = "URL", conflicts_with = "manifests")]
     pub master: Option<String>,
 
+    /// Address of the metrics server (`/metrics`, `/healthz`, `/proxyMode`); empty to disable.
+    #[arg(
+        long = "metrics-bind-address",
+        value_name = "IP:PORT",
+        default_value = "127.0.0.1:10249"
+    )]
+    pub metrics_bind_address: String,
+
+    /// Address of the health server (`/healthz`, `/livez`); empty to disable.
+    #[arg(
+        long = "healthz-bind-address",
+        value_name = "IP:PORT",
+        default_value = "0.0.0.0:10256"
+    )]
+    pub healthz_bind_address: String,
+
     /// How long to wait at startup for this node's Node object (for the node IPs).
     #[arg(long = "node-wait", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub node_wait: Duration,

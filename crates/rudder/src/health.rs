@@ -11,8 +11,6 @@ use std::sync::{Arc, RwLock};
 
 use rudder_controller::health::{ProxyHealth, ServiceHealth};
 use rudder_model::ServiceKey;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -33,51 +31,6 @@ fn response(table: &Table, health: &ProxyHealth, port: u16) -> (u16, String, usi
     })
     .to_string();
     (if count > 0 && healthy { 200 } else { 503 }, body, count)
-}
-
-async fn serve_conn(mut conn: TcpStream, table: Table, health: Arc<ProxyHealth>, port: u16) {
-    // Read the request head (any path and method get the same answer); give up on
-    // oversized or slow requests.
-    let mut buf = vec![0u8; 8192];
-    let mut len = 0;
-    let read = async {
-        while len < buf.len() {
-            match conn.read(&mut buf[len..]).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    len += n;
-                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-            }
-        }
-    };
-    if tokio::time::timeout(std::time::Duration::from_secs(5), read)
-        .await
-        .is_err()
-    {
-        return;
-    }
-    let (status, body, count) = response(&table, &health, port);
-    let reason = if status == 200 {
-        "OK"
-    } else {
-        "Service Unavailable"
-    };
-    let reply = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n\
-         X-Load-Balancing-Endpoint-Weight: {count}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = conn.write_all(reply.as_bytes()).await;
-    let _ = conn.shutdown().await;
-}
-
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let std = std::net::TcpListener::bind(addr)?;
-    std.set_nonblocking(true)?;
-    TcpListener::from_std(std)
 }
 
 /// Runs until `updates` closes: keeps one server per health-check node port.
@@ -114,15 +67,19 @@ pub async fn run(mut updates: watch::Receiver<ServiceHealth>, health: Arc<ProxyH
             };
             let mut tasks = Vec::new();
             for addr in addrs {
-                match listen(addr) {
-                    Ok(listener) => {
+                let (table2, health2, port2) = (table.clone(), health.clone(), *port);
+                let handler: crate::http::Handler = std::sync::Arc::new(move |_path: &str| {
+                    let (status, body, count) = response(&table2, &health2, port2);
+                    let mut r = crate::http::Response::new(status, "application/json", body);
+                    r.headers.push(("X-Content-Type-Options", "nosniff".into()));
+                    r.headers
+                        .push(("X-Load-Balancing-Endpoint-Weight", count.to_string()));
+                    r
+                });
+                match crate::http::serve(addr, handler) {
+                    Ok(task) => {
                         info!(%addr, service = %key, "serving health checks");
-                        let (table, health, port) = (table.clone(), health.clone(), *port);
-                        tasks.push(tokio::spawn(async move {
-                            while let Ok((conn, _)) = listener.accept().await {
-                                tokio::spawn(serve_conn(conn, table.clone(), health.clone(), port));
-                            }
-                        }));
+                        tasks.push(task);
                     }
                     Err(e) => warn!(
                         reason = "FailedToStartServiceHealthcheck",

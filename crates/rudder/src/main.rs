@@ -6,7 +6,9 @@
 
 mod cli;
 mod health;
+mod http;
 mod manifests;
+mod metrics;
 mod proxier;
 mod run;
 

@@ -101,6 +101,40 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
         sync_loop.service_health(),
         sync_loop.proxy_health(),
     ));
+    let metrics =
+        std::sync::Arc::new(crate::metrics::Metrics::new().context("registering metrics")?);
+    metrics.init_families(&families);
+    let observer_metrics = metrics.clone();
+    let sync_loop = sync_loop.with_observer(Box::new(move |e| observer_metrics.observe(e)));
+    let mut servers = Vec::new();
+    for (flag, addr, handler) in [
+        (
+            "--metrics-bind-address",
+            &args.metrics_bind_address,
+            crate::metrics::metrics_handler(metrics.clone()),
+        ),
+        (
+            "--healthz-bind-address",
+            &args.healthz_bind_address,
+            crate::metrics::health_handler(
+                sync_loop.proxy_health(),
+                metrics.clone(),
+                families.clone(),
+            ),
+        ),
+    ] {
+        if addr.trim().is_empty() {
+            continue;
+        }
+        let sock: std::net::SocketAddr = addr
+            .parse()
+            .with_context(|| format!("{flag} {addr:?} is not IP:PORT"))?;
+        servers.push(
+            crate::http::serve(sock, handler)
+                .with_context(|| format!("{flag}: cannot listen on {sock}"))?,
+        );
+        info!(%sock, "serving {}", if flag.starts_with("--metrics") { "metrics" } else { "health checks" });
+    }
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let shutdown = shutdown_signal().await?;
 
@@ -128,6 +162,9 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
         t.abort();
     }
     health_servers.abort();
+    for s in servers {
+        s.abort();
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -91,6 +91,77 @@ pub struct SyncReport {
     pub apply: Duration,
 }
 
+/// What the loop tells observers (the binary turns these into metrics).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum LoopEvent {
+    /// A change made a service or its endpoints differ; `endpoints` tells which kind.
+    Changed {
+        /// Service changes.
+        services: u64,
+        /// EndpointSlice changes.
+        endpoints: u64,
+    },
+    /// A sync succeeded.
+    Synced {
+        /// What it did.
+        report: SyncReport,
+        /// Families programmed.
+        families: Vec<rudder_model::IpFamily>,
+        /// For each EndpointSlice change programmed by this sync that carried an
+        /// `endpoints.kubernetes.io/last-change-trigger-time`, the seconds from that time to
+        /// now.
+        programming_seconds: Vec<f64>,
+    },
+    /// A sync failed.
+    Failed {
+        /// Full or partial.
+        kind: SyncKind,
+        /// Families it was for.
+        families: Vec<rudder_model::IpFamily>,
+    },
+    /// Stale conntrack entries were cleaned.
+    Conntrack {
+        /// Family.
+        family: rudder_model::IpFamily,
+        /// Entries deleted.
+        deleted: usize,
+        /// Time spent.
+        duration: Duration,
+    },
+}
+
+/// Receives [`LoopEvent`]s.
+pub type Observer = Box<dyn FnMut(&LoopEvent) + Send>;
+
+/// Seconds since the epoch of an RFC 3339 UTC timestamp (`2026-01-02T03:04:05Z`, optional
+/// fraction), as Kubernetes writes them.
+pub fn parse_rfc3339(ts: &str) -> Option<f64> {
+    let ts = ts.strip_suffix('Z')?;
+    let (date, time) = ts.split_once('T')?;
+    let d: Vec<i64> = date
+        .split('-')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let t: Vec<i64> = hms
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    if d.len() != 3 || t.len() != 3 {
+        return None;
+    }
+    let (y, m, day) = (d[0], d[1], d[2]);
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    let frac: f64 = format!("0.{frac}").parse().ok()?;
+    Some((days * 86400 + t[0] * 3600 + t[1] * 60 + t[2]) as f64 + frac)
+}
+
 /// The loop. Feed it [`Change`]s with [`SyncLoop::apply_change`] or run it on a channel
 /// with [`SyncLoop::run`].
 pub struct SyncLoop<D> {
@@ -115,9 +186,24 @@ pub struct SyncLoop<D> {
     service_health: tokio::sync::watch::Sender<ServiceHealth>,
     conntrack: Option<Box<dyn Conntrack>>,
     service_cidrs: Vec<rudder_model::Cidr>,
+    observer: Option<Observer>,
+    /// Trigger times (seconds since the epoch) of EndpointSlice changes not yet programmed.
+    trigger_times: Vec<f64>,
 }
 
 impl<D: Dataplane> SyncLoop<D> {
+    /// Reports loop events to `observer`.
+    pub fn with_observer(mut self, observer: Observer) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    fn emit(&mut self, event: LoopEvent) {
+        if let Some(o) = self.observer.as_mut() {
+            o(&event);
+        }
+    }
+
     /// Cleans stale UDP conntrack entries through `conntrack` after syncs that changed UDP
     /// services.
     pub fn with_conntrack(mut self, conntrack: Box<dyn Conntrack>) -> Self {
@@ -126,6 +212,7 @@ impl<D: Dataplane> SyncLoop<D> {
     }
 
     fn clean_conntrack(&mut self) {
+        let mut events = Vec::new();
         let Some(ct) = self.conntrack.as_mut() else {
             return;
         };
@@ -141,10 +228,21 @@ impl<D: Dataplane> SyncLoop<D> {
             if stale.is_empty() {
                 continue;
             }
+            let t0 = Instant::now();
             match ct.delete(&stale) {
-                Ok(n) => info!(%family, deleted = n, "deleted stale UDP conntrack entries"),
+                Ok(n) => {
+                    info!(%family, deleted = n, "deleted stale UDP conntrack entries");
+                    events.push(LoopEvent::Conntrack {
+                        family,
+                        deleted: n,
+                        duration: t0.elapsed(),
+                    });
+                }
                 Err(e) => warn!(%family, "cannot delete stale conntrack entries: {e}"),
             }
+        }
+        for e in events {
+            self.emit(e);
         }
     }
 
@@ -190,6 +288,8 @@ impl<D: Dataplane> SyncLoop<D> {
             service_health: tokio::sync::watch::Sender::new(ServiceHealth::default()),
             conntrack: None,
             service_cidrs: Vec::new(),
+            observer: None,
+            trigger_times: Vec::new(),
         }
     }
 
@@ -215,7 +315,20 @@ impl<D: Dataplane> SyncLoop<D> {
 
     /// Applies one change to the state.
     pub fn apply_change(&mut self, change: Change) {
+        if let Change::SliceApplied(s) = &change {
+            if let Some(t) = s.trigger_time.as_deref().and_then(parse_rfc3339) {
+                self.trigger_times.push(t);
+            }
+        }
+        let (s0, e0) = self.state.change_counts();
         self.apply_change_inner(change);
+        let (s1, e1) = self.state.change_counts();
+        if (s1, e1) != (s0, e0) {
+            self.emit(LoopEvent::Changed {
+                services: s1 - s0,
+                endpoints: e1 - e0,
+            });
+        }
         if !self.state.dirty().is_empty() || self.needs_full {
             self.health.queued();
         }
@@ -268,6 +381,10 @@ impl<D: Dataplane> SyncLoop<D> {
     }
 
     fn set_node(&mut self, node: Option<Node>) {
+        self.health.set_node_eligible(
+            node.as_ref()
+                .is_some_and(|n| !n.deleting && !n.to_be_deleted),
+        );
         self.node_seen = self.node_seen || node.is_some();
         self.node = node;
         self.refresh_context();
@@ -402,9 +519,25 @@ impl<D: Dataplane> SyncLoop<D> {
                     apply_ms = apply.as_secs_f64() * 1e3,
                     "sync done"
                 );
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0);
+                let programming_seconds = std::mem::take(&mut self.trigger_times)
+                    .into_iter()
+                    .map(|t| (now - t).max(0.0))
+                    .collect();
+                let families = self.compiler.families();
+                self.emit(LoopEvent::Synced {
+                    report,
+                    families,
+                    programming_seconds,
+                });
                 Ok(report)
             }
             Err(e) => {
+                let families = self.compiler.families();
+                self.emit(LoopEvent::Failed { kind, families });
                 // The compiler has moved on but the kernel has not (transactions are atomic):
                 // the next sync replaces the tables completely.
                 self.failures += 1;

@@ -424,12 +424,20 @@ pub fn node(node: &core::Node) -> (Node, Vec<Problem>) {
         .as_ref()
         .and_then(|l| l.get(LABEL_ZONE))
         .cloned();
+    let deleting = node.metadata.deletion_timestamp.is_some();
+    let to_be_deleted = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| t.iter().any(|t| t.key == "ToBeDeletedByClusterAutoscaler"));
     (
         Node {
             name,
             addresses,
             zone,
             pod_cidrs,
+            deleting,
+            to_be_deleted,
         },
         problems,
     )

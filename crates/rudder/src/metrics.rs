@@ -1,0 +1,435 @@
+//! kube-proxy's metrics (same names, types, labels and buckets as its nftables mode), Rudder's
+//! own under `rudder_`, and the metrics and health servers.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder, exponential_buckets,
+};
+use rudder_controller::health::ProxyHealth;
+use rudder_controller::{LoopEvent, SyncKind};
+use rudder_model::IpFamily;
+
+use crate::http::{Handler, Response};
+
+/// Every metric Rudder exports.
+pub struct Metrics {
+    registry: Registry,
+    sync_duration: HistogramVec,
+    sync_full_duration: HistogramVec,
+    sync_partial_duration: HistogramVec,
+    last_timestamp: prometheus::GaugeVec,
+    last_queued_timestamp: prometheus::GaugeVec,
+    network_programming: HistogramVec,
+    endpoint_changes_pending: IntGauge,
+    endpoint_changes_total: IntCounter,
+    service_changes_pending: IntGauge,
+    service_changes_total: IntCounter,
+    sync_failures: IntCounterVec,
+    healthz_total: IntCounterVec,
+    livez_total: IntCounterVec,
+    conntrack_duration: HistogramVec,
+    conntrack_deleted: IntCounterVec,
+    rudder_compile: HistogramVec,
+    rudder_elements: IntCounterVec,
+    rudder_bytes: IntCounter,
+    rudder_syncs: IntCounterVec,
+}
+
+fn family_label(f: IpFamily) -> &'static str {
+    match f {
+        IpFamily::V4 => "IPv4",
+        IpFamily::V6 => "IPv6",
+    }
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// kube-proxy's network programming buckets: 0.25, 0.5, 1–59 by 1, 60–115 by 5, 120–300 by 30.
+fn programming_buckets() -> Vec<f64> {
+    let mut b = vec![0.25, 0.5];
+    b.extend((1..60).map(f64::from));
+    b.extend((60..120).step_by(5).map(f64::from));
+    b.extend((120..=300).step_by(30).map(f64::from));
+    b
+}
+
+impl Metrics {
+    /// Registers everything.
+    pub fn new() -> prometheus::Result<Metrics> {
+        let registry = Registry::new();
+        let exp = exponential_buckets(0.001, 2.0, 15)?;
+        let hist = |name: &str,
+                    help: &str,
+                    buckets: Vec<f64>,
+                    labels: &[&str]|
+         -> prometheus::Result<HistogramVec> {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)?;
+            registry.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
+        let counter_vec =
+            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let gauge_vec = |name: &str, help: &str| -> prometheus::Result<prometheus::GaugeVec> {
+            let g = prometheus::GaugeVec::new(Opts::new(name, help), &["ip_family"])?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let m = Metrics {
+            sync_duration: hist(
+                "kubeproxy_sync_proxy_rules_duration_seconds",
+                "SyncProxyRules latency in seconds",
+                exp.clone(),
+                &["ip_family"],
+            )?,
+            sync_full_duration: hist(
+                "kubeproxy_sync_full_proxy_rules_duration_seconds",
+                "SyncProxyRules latency in seconds for full resyncs",
+                exp.clone(),
+                &["ip_family"],
+            )?,
+            sync_partial_duration: hist(
+                "kubeproxy_sync_partial_proxy_rules_duration_seconds",
+                "SyncProxyRules latency in seconds for partial resyncs",
+                exp.clone(),
+                &["ip_family"],
+            )?,
+            last_timestamp: gauge_vec(
+                "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+                "The last time proxy rules were successfully synced",
+            )?,
+            last_queued_timestamp: gauge_vec(
+                "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+                "The last time a sync of proxy rules was queued",
+            )?,
+            network_programming: hist(
+                "kubeproxy_network_programming_duration_seconds",
+                "In Cluster Network Programming Latency in seconds",
+                programming_buckets(),
+                &["ip_family"],
+            )?,
+            endpoint_changes_pending: gauge(
+                "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
+                "Pending proxy rules Endpoint changes",
+            )?,
+            endpoint_changes_total: counter(
+                "kubeproxy_sync_proxy_rules_endpoint_changes_total",
+                "Cumulative proxy rules Endpoint changes",
+            )?,
+            service_changes_pending: gauge(
+                "kubeproxy_sync_proxy_rules_service_changes_pending",
+                "Pending proxy rules Service changes",
+            )?,
+            service_changes_total: counter(
+                "kubeproxy_sync_proxy_rules_service_changes_total",
+                "Cumulative proxy rules Service changes",
+            )?,
+            sync_failures: counter_vec(
+                "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+                "Total number of times the nftables sync failed",
+                &["ip_family"],
+            )?,
+            healthz_total: counter_vec(
+                "kubeproxy_proxy_healthz_total",
+                "Cumulative proxy healthz HTTP status",
+                &["code"],
+            )?,
+            livez_total: counter_vec(
+                "kubeproxy_proxy_livez_total",
+                "Cumulative proxy livez HTTP status",
+                &["code"],
+            )?,
+            conntrack_duration: hist(
+                "kubeproxy_conntrack_reconciler_sync_duration_seconds",
+                "Time taken to clean up stale conntrack entries, in seconds",
+                exp.clone(),
+                &["ip_family"],
+            )?,
+            conntrack_deleted: counter_vec(
+                "kubeproxy_conntrack_reconciler_deleted_entries_total",
+                "Cumulative conntrack flows deleted by the conntrack reconciler",
+                &["ip_family"],
+            )?,
+            rudder_compile: hist(
+                "rudder_sync_compile_duration_seconds",
+                "Time spent compiling rules per sync",
+                exp,
+                &["kind"],
+            )?,
+            rudder_elements: counter_vec(
+                "rudder_sync_elements_total",
+                "Set and map elements written by syncs, by operation",
+                &["op"],
+            )?,
+            rudder_bytes: counter(
+                "rudder_sync_transaction_bytes_total",
+                "Bytes of nftables transactions applied",
+            )?,
+            rudder_syncs: counter_vec(
+                "rudder_syncs_total",
+                "Sync attempts by kind and result",
+                &["kind", "result"],
+            )?,
+            registry,
+        };
+        m.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(m)
+    }
+
+    /// Creates the per-family series (at zero), so every metric is present from the start.
+    pub fn init_families(&self, families: &[IpFamily]) {
+        for code in ["200", "503"] {
+            let _ = self.healthz_total.with_label_values(&[code]);
+            let _ = self.livez_total.with_label_values(&[code]);
+        }
+        for f in families {
+            let l = [family_label(*f)];
+            let _ = self.sync_duration.with_label_values(&l);
+            let _ = self.sync_full_duration.with_label_values(&l);
+            let _ = self.sync_partial_duration.with_label_values(&l);
+            let _ = self.last_timestamp.with_label_values(&l);
+            let _ = self.last_queued_timestamp.with_label_values(&l);
+            let _ = self.network_programming.with_label_values(&l);
+            let _ = self.sync_failures.with_label_values(&l);
+            let _ = self.conntrack_duration.with_label_values(&l);
+            let _ = self.conntrack_deleted.with_label_values(&l);
+        }
+    }
+
+    /// Records a loop event.
+    pub fn observe(&self, e: &LoopEvent) {
+        match e {
+            LoopEvent::Changed {
+                services,
+                endpoints,
+            } => {
+                self.service_changes_total.inc_by(*services);
+                self.service_changes_pending.add(*services as i64);
+                self.endpoint_changes_total.inc_by(*endpoints);
+                self.endpoint_changes_pending.add(*endpoints as i64);
+                for f in [IpFamily::V4, IpFamily::V6] {
+                    self.last_queued_timestamp
+                        .with_label_values(&[family_label(f)])
+                        .set(now());
+                }
+            }
+            LoopEvent::Synced {
+                report,
+                families,
+                programming_seconds,
+            } => {
+                let secs = (report.compile + report.apply).as_secs_f64();
+                let kind = if report.kind == SyncKind::Full {
+                    "full"
+                } else {
+                    "partial"
+                };
+                for f in families {
+                    let l = [family_label(*f)];
+                    self.sync_duration.with_label_values(&l).observe(secs);
+                    match report.kind {
+                        SyncKind::Full => {
+                            self.sync_full_duration.with_label_values(&l).observe(secs)
+                        }
+                        SyncKind::Partial => self
+                            .sync_partial_duration
+                            .with_label_values(&l)
+                            .observe(secs),
+                    }
+                    self.last_timestamp.with_label_values(&l).set(now());
+                    for p in programming_seconds {
+                        self.network_programming.with_label_values(&l).observe(*p);
+                    }
+                }
+                self.endpoint_changes_pending.set(0);
+                self.service_changes_pending.set(0);
+                self.rudder_compile
+                    .with_label_values(&[kind])
+                    .observe(report.compile.as_secs_f64());
+                self.rudder_elements
+                    .with_label_values(&["add"])
+                    .inc_by(report.elements_added as u64);
+                self.rudder_elements
+                    .with_label_values(&["delete"])
+                    .inc_by(report.elements_deleted as u64);
+                self.rudder_bytes.inc_by(report.bytes as u64);
+                self.rudder_syncs
+                    .with_label_values(&[kind, "success"])
+                    .inc();
+            }
+            LoopEvent::Failed { kind, families } => {
+                for f in families {
+                    self.sync_failures
+                        .with_label_values(&[family_label(*f)])
+                        .inc();
+                }
+                let kind = if *kind == SyncKind::Full {
+                    "full"
+                } else {
+                    "partial"
+                };
+                self.rudder_syncs
+                    .with_label_values(&[kind, "failure"])
+                    .inc();
+            }
+            LoopEvent::Conntrack {
+                family,
+                deleted,
+                duration,
+            } => {
+                let l = [family_label(*family)];
+                self.conntrack_duration
+                    .with_label_values(&l)
+                    .observe(duration.as_secs_f64());
+                self.conntrack_deleted
+                    .with_label_values(&l)
+                    .inc_by(*deleted as u64);
+            }
+            _ => {}
+        }
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+/// RFC 3339 UTC time from milliseconds since the epoch.
+fn rfc3339(ms: u64) -> String {
+    let secs = (ms / 1000) as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// kube-proxy's `/healthz` (with node eligibility) and `/livez` answer.
+pub fn health_response(health: &ProxyHealth, families: &[IpFamily], with_node: bool) -> Response {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let healthy = health.healthy();
+    let eligible = health.node_eligible();
+    let ok = healthy && (!with_node || eligible);
+    // On success kube-proxy reports "now" as the last update, for older clients.
+    let last = if ok { now_ms } else { health.last_updated_ms() };
+    let mut status = serde_json::Map::new();
+    for f in families {
+        status.insert(
+            family_label(*f).into(),
+            serde_json::json!({"lastUpdated": rfc3339(last), "healthy": healthy}),
+        );
+    }
+    let mut body = serde_json::json!({
+        "lastUpdated": rfc3339(last),
+        "currentTime": rfc3339(now_ms),
+        "healthy": healthy,
+        "status": status,
+    });
+    if with_node {
+        body["nodeEligible"] = serde_json::Value::Bool(eligible);
+    }
+    let mut r = Response::new(
+        if ok { 200 } else { 503 },
+        "application/json",
+        body.to_string(),
+    );
+    r.headers.push(("X-Content-Type-Options", "nosniff".into()));
+    r
+}
+
+/// Handler of the health server (`--healthz-bind-address`).
+pub fn health_handler(
+    health: Arc<ProxyHealth>,
+    metrics: Arc<Metrics>,
+    families: Vec<IpFamily>,
+) -> Handler {
+    Arc::new(move |path: &str| {
+        let (with_node, counter) = match path {
+            "/healthz" => (true, &metrics.healthz_total),
+            "/livez" => (false, &metrics.livez_total),
+            _ => return Response::new(404, "text/plain", "404 page not found\n".into()),
+        };
+        let r = health_response(&health, &families, with_node);
+        counter.with_label_values(&[&r.status.to_string()]).inc();
+        r
+    })
+}
+
+/// Handler of the metrics server (`--metrics-bind-address`).
+pub fn metrics_handler(metrics: Arc<Metrics>) -> Handler {
+    Arc::new(move |path: &str| match path {
+        "/metrics" => Response::new(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.render(),
+        ),
+        "/healthz" => Response::new(200, "text/plain; charset=utf-8", "ok".into()),
+        "/proxyMode" => Response::new(200, "text/plain; charset=utf-8", "nftables".into()),
+        _ => Response::new(404, "text/plain", "404 page not found\n".into()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_and_buckets() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_767_323_045_123), "2026-01-02T03:04:05.123Z");
+        let b = programming_buckets();
+        assert_eq!(
+            (b[0], b[2], b[60], b[61], *b.last().unwrap()),
+            (0.25, 1.0, 59.0, 60.0, 300.0)
+        );
+        let m = Metrics::new().unwrap();
+        let text = m.render();
+        assert!(
+            text.contains("# TYPE kubeproxy_sync_proxy_rules_endpoint_changes_total counter"),
+            "{text}"
+        );
+    }
+}
