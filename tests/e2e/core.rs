@@ -1570,3 +1570,25 @@ fn metrics_and_health_endpoints_behave_like_kube_proxy() {
     );
     assert!(metric(&text, "kubeproxy_proxy_healthz_total{code=\"200\"}").unwrap_or(0.0) >= 1.0);
 }
+
+#[test]
+fn an_invalid_config_file_exits_with_code_1_and_names_the_field() {
+    let dir = TempDir::new("config").expect("temp dir");
+    let path = dir
+        .write(
+            "kube-proxy.yaml",
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nnftables: {masqueradeBit: 99}\n",
+        )
+        .expect("write");
+    let out = std::process::Command::new(rudder_bin())
+        .args(["run", "--manifests", "/nonexistent", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("masqueradeBit"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -136,6 +136,11 @@ pub struct RunArgs {
     #[command(flatten)]
     pub proxy: ProxyArgs,
 
+    /// A kube-proxy configuration file (`KubeProxyConfiguration`, kubeproxy.config.k8s.io/v1alpha1).
+    /// Flags given on the command line win over its fields.
+    #[arg(long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Path to a kubeconfig file. Without it (and without --manifests) Rudder uses the
     /// in-cluster configuration, like kube-proxy.
     #[arg(long = "kubeconfig", value_name = "PATH", conflicts_with = "manifests")]

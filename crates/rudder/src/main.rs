@@ -5,6 +5,7 @@
 //! codes. Rule semantics live in `rudder-compiler`, kernel access in `rudder-nft-backend`.
 
 mod cli;
+mod config;
 mod health;
 mod http;
 mod manifests;
@@ -14,7 +15,6 @@ mod run;
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use rudder_compiler::Compiler;
 use rudder_model::IpFamily;
 use rudder_nft::{Family, Name, Op, TableRef, Transaction};
@@ -48,14 +48,35 @@ fn init_logging(log: &LogArgs) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
         Command::Compile(args) => {
             init_logging(&args.proxy.log);
             compile(args)
         }
-        Command::Run(args) => {
+        Command::Run(mut args) => {
             init_logging(&args.proxy.log);
+            if let Some(path) = args.config.clone() {
+                let sub = matches
+                    .subcommand_matches("run")
+                    .cloned()
+                    .unwrap_or_default();
+                match config::apply(&path, &sub, &mut args) {
+                    Ok(warnings) => {
+                        for w in warnings {
+                            tracing::warn!("--config {}: {w}", path.display());
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("rudder: {e:#}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
             run::run(args)
         }
         Command::Cleanup(args) => {
