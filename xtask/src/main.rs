@@ -25,8 +25,9 @@ fn main() -> ExitCode {
         Some("bench") => bench::bench(&args[1..]),
         Some("bench-api") => bench_api::bench_api(&args[1..]),
         Some("deps") => install_deps(),
+        Some("kind") => kind(),
         _ => {
-            eprintln!("usage: cargo xtask <test|demo|bench|bench-api|deps> [args]");
+            eprintln!("usage: cargo xtask <test|demo|bench|bench-api|kind|deps> [args]");
             return ExitCode::from(2);
         }
     };
@@ -107,5 +108,93 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         .args(["test", "--workspace", "--all-targets"])
         .args(extra))?;
     run(cargo().args(["test", "--workspace", "--doc"]))?;
+    Ok(())
+}
+
+/// `cargo xtask kind`: for users with Docker and kind (not available on the development
+/// machines): build the image, create a kind cluster without kube-proxy, load the image,
+/// install Rudder, wait for it, and check a ClusterIP and a NodePort service answer.
+fn kind() -> anyhow::Result<()> {
+    let root = demo::workspace_root();
+    let image = "ghcr.io/rudder-proxy/rudder:0.1.0";
+    for tool in ["docker", "kind", "kubectl"] {
+        if !have(tool) {
+            bail!("{tool} is needed for the kind workflow");
+        }
+    }
+    run(Command::new("docker")
+        .args(["build", "-t", image])
+        .arg(&root))?;
+    run(Command::new("kind")
+        .args(["create", "cluster", "--name", "rudder", "--config"])
+        .arg(root.join("deploy/kind/cluster.yaml")))?;
+    run(Command::new("kind").args(["load", "docker-image", image, "--name", "rudder"]))?;
+    run(Command::new("kubectl")
+        .args(["apply", "-f"])
+        .arg(root.join("deploy")))?;
+    run(Command::new("kubectl").args([
+        "-n",
+        "kube-system",
+        "rollout",
+        "status",
+        "daemonset/rudder",
+        "--timeout=180s",
+    ]))?;
+    // Smoke test: three pods answering their names behind a ClusterIP and a NodePort.
+    run(Command::new("kubectl").args([
+        "create",
+        "deployment",
+        "whoami",
+        "--image=registry.k8s.io/e2e-test-images/agnhost:2.53",
+        "--replicas=3",
+        "--",
+        "/agnhost",
+        "netexec",
+        "--http-port=8080",
+    ]))?;
+    run(Command::new("kubectl").args([
+        "expose",
+        "deployment",
+        "whoami",
+        "--port=80",
+        "--target-port=8080",
+        "--type=NodePort",
+    ]))?;
+    run(Command::new("kubectl").args([
+        "rollout",
+        "status",
+        "deployment/whoami",
+        "--timeout=180s",
+    ]))?;
+    run(Command::new("kubectl").args([
+        "run",
+        "smoke",
+        "--rm",
+        "-i",
+        "--restart=Never",
+        "--image=registry.k8s.io/e2e-test-images/agnhost:2.53",
+        "--",
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5 6; do wget -qO- http://whoami.default.svc/hostname; echo; done",
+    ]))?;
+    let np = Command::new("kubectl")
+        .args([
+            "get",
+            "svc",
+            "whoami",
+            "-o",
+            "jsonpath={.spec.ports[0].nodePort}",
+        ])
+        .output()?;
+    let np = String::from_utf8_lossy(&np.stdout).trim().to_owned();
+    run(Command::new("docker").args([
+        "exec",
+        "rudder-worker",
+        "sh",
+        "-c",
+        &format!("curl -s http://$(hostname -i | cut -d' ' -f1):{np}/hostname"),
+    ]))?;
+    eprintln!("xtask: Rudder serves ClusterIP and NodePort traffic on kind");
     Ok(())
 }

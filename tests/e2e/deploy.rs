@@ -1,0 +1,304 @@
+//! Proof for the deployment artifacts in `deploy/`, as far as this machine can go without a
+//! cluster: every manifest parses into its k8s-openapi type with no unknown field, the
+//! DaemonSet's command line and ConfigMap run the real binary, and the ClusterRole is enough
+//! (and each of its rules necessary) against an API server that enforces it.
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use rudder_e2e::{Daemon, Netns, TempDir, e2e_enabled};
+use rudder_fake_apiserver::{Config, FakeApiServer};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+fn rudder_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_rudder"))
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn documents(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).expect("manifest file");
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).expect("valid YAML"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// Deserializes `doc` as `T` and checks that serializing it back gives the same JSON: a field
+/// the type does not know (a typo) would be dropped and make the comparison fail.
+fn strict<T: serde::de::DeserializeOwned + serde::Serialize>(doc: &Value) -> T {
+    let typed: T = serde_json::from_value(doc.clone())
+        .unwrap_or_else(|e| panic!("does not parse: {e}\n{doc:#}"));
+    let back = serde_json::to_value(&typed).expect("serializes");
+    assert_eq!(
+        &back, doc,
+        "unknown or misspelt fields (left: what the type kept)"
+    );
+    typed
+}
+
+struct Deploy {
+    role: ClusterRole,
+    config_yaml: String,
+    daemonset: DaemonSet,
+}
+
+fn load() -> Deploy {
+    let mut role = None;
+    let mut config_yaml = None;
+    let mut daemonset = None;
+    let mut kinds = BTreeSet::new();
+    for doc in documents(&repo().join("deploy/rudder.yaml")) {
+        let kind = doc["kind"].as_str().expect("kind").to_owned();
+        match kind.as_str() {
+            "ServiceAccount" => {
+                strict::<ServiceAccount>(&doc);
+            }
+            "ClusterRole" => role = Some(strict::<ClusterRole>(&doc)),
+            "ClusterRoleBinding" => {
+                strict::<ClusterRoleBinding>(&doc);
+            }
+            "ConfigMap" => {
+                let cm = strict::<ConfigMap>(&doc);
+                config_yaml = cm.data.and_then(|d| d.get("config.yaml").cloned());
+            }
+            "DaemonSet" => daemonset = Some(strict::<DaemonSet>(&doc)),
+            other => panic!("unexpected kind {other}"),
+        }
+        assert_eq!(
+            doc["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("kube-system"),
+            "kube-system"
+        );
+        kinds.insert(kind);
+    }
+    assert_eq!(kinds.len(), 5, "{kinds:?}");
+    Deploy {
+        role: role.expect("ClusterRole"),
+        config_yaml: config_yaml.expect("config.yaml in the ConfigMap"),
+        daemonset: daemonset.expect("DaemonSet"),
+    }
+}
+
+#[test]
+fn manifests_parse_strictly_and_a_typo_is_caught() {
+    let d = load();
+    let spec = d
+        .daemonset
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec");
+    assert_eq!(spec.host_network, Some(true));
+    assert_eq!(
+        spec.priority_class_name.as_deref(),
+        Some("system-node-critical")
+    );
+    let c = &spec.containers[0];
+    let caps = c
+        .security_context
+        .as_ref()
+        .and_then(|s| s.capabilities.as_ref())
+        .expect("capabilities");
+    assert_eq!(caps.add.as_deref(), Some(&["NET_ADMIN".to_string()][..]));
+    assert_eq!(
+        c.liveness_probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .map(|h| h.path.clone()),
+        Some(Some("/livez".into()))
+    );
+    assert_eq!(
+        c.readiness_probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .map(|h| h.path.clone()),
+        Some(Some("/healthz".into()))
+    );
+    // The strictness check catches a typo.
+    let mut doc = serde_json::to_value(&d.daemonset).expect("json");
+    doc["spec"]["template"]["spec"]["hostNetwrok"] = json!(true);
+    let caught = std::panic::catch_unwind(|| strict::<DaemonSet>(&doc));
+    assert!(caught.is_err(), "a misspelt field must fail");
+    // kind configs are plain YAML with kube-proxy disabled.
+    for f in [
+        "deploy/kind/cluster.yaml",
+        "deploy/kind/cluster-dual-stack.yaml",
+    ] {
+        let docs = documents(&repo().join(f));
+        assert_eq!(docs[0]["networking"]["kubeProxyMode"], "none", "{f}");
+    }
+}
+
+/// The DaemonSet's command line with `$(NODE_NAME)` expanded and the config path pointed at
+/// a copy of the ConfigMap's file.
+fn daemon_args(d: &Deploy, config: &Path) -> Vec<String> {
+    let c = &d
+        .daemonset
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec")
+        .containers[0];
+    assert_eq!(
+        c.command.as_deref(),
+        Some(&["/usr/local/bin/rudder".to_string()][..])
+    );
+    c.args
+        .clone()
+        .expect("args")
+        .into_iter()
+        .map(|a| {
+            a.replace("$(NODE_NAME)", "node-1")
+                .replace("/etc/rudder/config.yaml", &config.display().to_string())
+        })
+        .collect()
+}
+
+/// The ClusterRole's rules as (verb, resource) pairs for the test API server.
+fn permissions(role: &ClusterRole) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for rule in role.rules.iter().flatten() {
+        for verb in &rule.verbs {
+            for res in rule.resources.iter().flatten() {
+                out.push((verb.clone(), res.clone()));
+            }
+        }
+    }
+    out
+}
+
+fn api_objects(api: &FakeApiServer) {
+    api.apply_node(
+        serde_json::from_value(
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"},
+            "status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}]}}),
+        )
+        .expect("node"),
+    );
+    api.apply_service(
+        serde_json::from_value(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "default", "name": "web"},
+            "spec": {"clusterIP": "10.96.9.9", "ports": [{"name": "http", "port": 80}]}}))
+        .expect("service"),
+    );
+    api.apply_endpoint_slice(
+        serde_json::from_value(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"namespace": "default", "name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}], "endpoints": [{"addresses": ["10.244.0.9"]}]}))
+        .expect("slice"),
+    );
+}
+
+/// Starts the daemon with the DaemonSet's args in a fresh namespace, against an API server
+/// that allows exactly `allowed`.
+fn run_with(
+    d: &Deploy,
+    allowed: &[(String, String)],
+    dir: &TempDir,
+) -> (Netns, FakeApiServer, Daemon) {
+    let ns = Netns::new("deploy").expect("netns");
+    let listener = ns
+        .enter(|| TcpListener::bind("127.0.0.1:6443"))
+        .expect("enter")
+        .expect("bind");
+    let mut config = Config::default().with_token("sa-token");
+    for (verb, res) in allowed {
+        config = config.allow(verb, res);
+    }
+    let api = FakeApiServer::start(listener, config).expect("API server");
+    api_objects(&api);
+    let config_path = dir.write("config.yaml", &d.config_yaml).expect("config");
+    let kubeconfig = dir
+        .write("kubeconfig", &api.kubeconfig(Some("sa-token")))
+        .expect("kubeconfig");
+    let mut args = daemon_args(d, &config_path);
+    args.push(format!("--kubeconfig={}", kubeconfig.display()));
+    args.push("--node-wait=2s".into());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let daemon = Daemon::start(&rudder_bin(), &ns, &argv).expect("start");
+    (ns, api, daemon)
+}
+
+#[test]
+fn the_daemonset_command_line_and_config_run_with_exactly_the_cluster_role() {
+    if !e2e_enabled() {
+        return;
+    }
+    let d = load();
+    let dir = TempDir::new("deploy").expect("temp dir");
+    let allowed = permissions(&d.role);
+    let (ns, _api, mut daemon) = run_with(&d, &allowed, &dir);
+    daemon
+        .wait_for("sync done", 1, Duration::from_secs(20))
+        .expect("syncs with the ClusterRole's permissions");
+    let log = daemon.log();
+    assert!(
+        !log.contains("unknown") && !log.contains("is ignored"),
+        "the shipped config has no ignored fields:\n{log}"
+    );
+    let rules = rudder_e2e::nft::list_ruleset(&ns).expect("ruleset");
+    assert!(rules.contains("10.96.9.9 . tcp . 80"), "{rules}");
+    // The config's bind addresses are in use.
+    assert!(
+        log.contains("0.0.0.0:10249") && log.contains("0.0.0.0:10256"),
+        "{log}"
+    );
+    assert!(daemon.terminate(Duration::from_secs(5)).expect("terminate"));
+
+    // A wrong flag fails at once.
+    let out = std::process::Command::new(rudder_bin())
+        .args(["run", "--no-such-flag"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn every_cluster_role_rule_for_reading_is_needed_and_a_missing_one_is_reported() {
+    if !e2e_enabled() {
+        return;
+    }
+    let d = load();
+    let all = permissions(&d.role);
+    for missing in [("list", "endpointslices"), ("watch", "services")] {
+        let dir = TempDir::new("deploy").expect("temp dir");
+        let allowed: Vec<(String, String)> = all
+            .iter()
+            .filter(|(v, r)| (v.as_str(), r.as_str()) != missing)
+            .cloned()
+            .collect();
+        assert!(
+            allowed.len() < all.len(),
+            "{missing:?} is in the ClusterRole"
+        );
+        let (ns, _api, mut daemon) = run_with(&d, &allowed, &dir);
+        daemon
+            .wait_for("forbidden", 1, Duration::from_secs(15))
+            .unwrap_or_else(|e| panic!("{missing:?}: {e}"));
+        let log = daemon.log();
+        assert!(
+            log.contains(missing.1),
+            "the log names the resource {}:\n{log}",
+            missing.1
+        );
+        if missing.0 == "list" {
+            // Without the initial list nothing may be programmed.
+            std::thread::sleep(Duration::from_secs(1));
+            assert_eq!(daemon.count("sync done"), 0, "{log}");
+            assert!(
+                rudder_e2e::nft::list_ruleset(&ns)
+                    .expect("ruleset")
+                    .is_empty()
+            );
+        }
+    }
+}
