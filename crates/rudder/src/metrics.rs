@@ -201,6 +201,15 @@ impl Metrics {
 
     /// Creates the per-family series (at zero), so every metric is present from the start.
     pub fn init_families(&self, families: &[IpFamily]) {
+        for op in ["add", "delete"] {
+            let _ = self.rudder_elements.with_label_values(&[op]);
+        }
+        for kind in ["full", "partial"] {
+            let _ = self.rudder_compile.with_label_values(&[kind]);
+            for result in ["success", "failure"] {
+                let _ = self.rudder_syncs.with_label_values(&[kind, result]);
+            }
+        }
         for code in ["200", "503"] {
             let _ = self.healthz_total.with_label_values(&[code]);
             let _ = self.livez_total.with_label_values(&[code]);
@@ -415,6 +424,43 @@ pub fn metrics_handler(metrics: Arc<Metrics>) -> Handler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_grafana_dashboard_queries_only_exported_metrics() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/prometheus/grafana-dashboard.json"
+        );
+        let dash: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let m = Metrics::new().unwrap();
+        m.init_families(&[IpFamily::V4, IpFamily::V6]);
+        let exported = m.render();
+        let mut checked = 0;
+        for panel in dash["panels"].as_array().unwrap() {
+            for t in panel["targets"].as_array().unwrap() {
+                let expr = t["expr"].as_str().unwrap();
+                for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                    if !(word.starts_with("kubeproxy_")
+                        || word.starts_with("rudder_")
+                        || word.starts_with("process_"))
+                    {
+                        continue;
+                    }
+                    let base = word
+                        .trim_end_matches("_bucket")
+                        .trim_end_matches("_count")
+                        .trim_end_matches("_sum");
+                    assert!(
+                        exported.contains(&format!("# TYPE {base} ")),
+                        "dashboard uses {word}, not exported"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 10, "{checked}");
+    }
 
     #[test]
     fn timestamps_and_buckets() {
