@@ -302,3 +302,234 @@ fn every_cluster_role_rule_for_reading_is_needed_and_a_missing_one_is_reported()
         }
     }
 }
+
+/// Renders a Helm template written in the small subset the chart uses: `{{ .Values.a.b }}`,
+/// `{{ range .Values.list }}` (with `{{ . }}` and `{{ .field }}` inside), `{{ if .field }}`,
+/// `{{ end }}`, and `{{-` / `-}}` whitespace trimming. Anything else fails the test, which
+/// keeps the chart within what this check understands. (`helm` itself cannot be installed
+/// here.)
+fn render(template: &str, values: &Value) -> String {
+    #[derive(Debug)]
+    enum Tok {
+        Text(String),
+        Action(String),
+    }
+    let mut toks = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        let mut text = rest[..start].to_string();
+        let after = &rest[start + 2..];
+        let end = after.find("}}").expect("unclosed action");
+        let mut action = &after[..end];
+        if let Some(a) = action.strip_prefix('-') {
+            text = text.trim_end().to_string();
+            action = a;
+        }
+        let mut next = &after[end + 2..];
+        if let Some(a) = action.strip_suffix('-') {
+            action = a;
+            next = next.trim_start();
+        }
+        toks.push(Tok::Text(text));
+        toks.push(Tok::Action(action.trim().to_string()));
+        rest = next;
+    }
+    toks.push(Tok::Text(rest.to_string()));
+
+    fn lookup<'a>(path: &str, values: &'a Value, dot: Option<&'a Value>) -> Option<&'a Value> {
+        if path == "." {
+            return dot;
+        }
+        let (mut v, fields) = match path.strip_prefix(".Values.") {
+            Some(p) => (values, p),
+            None => (dot?, path.strip_prefix('.').expect("a field")),
+        };
+        for f in fields.split('.') {
+            v = v.get(f)?;
+        }
+        Some(v)
+    }
+    fn scalar(v: Option<&Value>) -> String {
+        match v {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Null) | None => String::new(),
+            Some(other) => other.to_string(),
+        }
+    }
+    fn truthy(v: Option<&Value>) -> bool {
+        match v {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(s)) => !s.is_empty(),
+            Some(Value::Array(a)) => !a.is_empty(),
+            Some(_) => true,
+        }
+    }
+    // Returns the output and the index after the matching `end`.
+    fn run(
+        toks: &[Tok],
+        mut i: usize,
+        values: &Value,
+        dot: Option<&Value>,
+        out: &mut String,
+    ) -> usize {
+        while i < toks.len() {
+            match &toks[i] {
+                Tok::Text(t) => out.push_str(t),
+                Tok::Action(a) if a == "end" => return i + 1,
+                Tok::Action(a) => {
+                    if let Some(path) = a.strip_prefix("range ") {
+                        let items = lookup(path.trim(), values, dot)
+                            .and_then(Value::as_array)
+                            .cloned()
+                            .unwrap_or_default();
+                        let mut body_end = None;
+                        for item in &items {
+                            body_end = Some(run(toks, i + 1, values, Some(item), out));
+                        }
+                        i = body_end
+                            .unwrap_or_else(|| run(toks, i + 1, values, dot, &mut String::new()));
+                        continue;
+                    } else if let Some(path) = a.strip_prefix("if ") {
+                        let mut body = String::new();
+                        let next = run(toks, i + 1, values, dot, &mut body);
+                        if truthy(lookup(path.trim(), values, dot)) {
+                            out.push_str(&body);
+                        }
+                        i = next;
+                        continue;
+                    } else if a.starts_with('.') {
+                        out.push_str(&scalar(lookup(a, values, dot)));
+                    } else {
+                        panic!("template action outside the supported subset: {a:?}");
+                    }
+                }
+            }
+            i += 1;
+        }
+        i
+    }
+    let mut out = String::new();
+    run(&toks, 0, values, None, &mut out);
+    out
+}
+
+fn chart_values() -> Value {
+    let text =
+        std::fs::read_to_string(repo().join("helm/rudder/values.yaml")).expect("values.yaml");
+    serde_yaml::from_str(&text).expect("values")
+}
+
+fn chart_objects(values: &Value) -> Vec<Value> {
+    let template = std::fs::read_to_string(repo().join("helm/rudder/templates/rudder.yaml"))
+        .expect("template");
+    let text = render(&template, values);
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).expect("rendered YAML"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+#[test]
+fn the_helm_chart_defaults_render_exactly_deploy() {
+    let rendered = chart_objects(&chart_values());
+    let deploy = documents(&repo().join("deploy/rudder.yaml"));
+    assert_eq!(
+        rendered, deploy,
+        "helm/rudder with default values differs from deploy/rudder.yaml"
+    );
+    let chart: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join("helm/rudder/Chart.yaml")).expect("Chart.yaml"),
+    )
+    .expect("yaml");
+    assert_eq!(chart["apiVersion"], "v2");
+    assert_eq!(chart["name"], "rudder");
+}
+
+#[test]
+fn helm_values_change_the_objects_and_they_still_parse_strictly() {
+    let mut values = chart_values();
+    values["image"]["tag"] = json!("9.9.9");
+    values["clusterCIDR"] = json!("10.0.0.0/8,fd00::/56");
+    values["nodePortAddresses"] = json!("192.168.0.0/16, 10.0.0.0/8");
+    values["syncPeriod"] = json!("45s");
+    values["resources"]["requests"]["cpu"] = json!("250m");
+    values["tolerations"] = json!([{"operator": "Exists", "key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]);
+    values["extraArgs"] = json!(["--v=3", "--logging-format=json"]);
+    let objs = chart_objects(&values);
+    let ds: DaemonSet = strict(
+        objs.iter()
+            .find(|o| o["kind"] == "DaemonSet")
+            .expect("DaemonSet"),
+    );
+    let cm: ConfigMap = strict(
+        objs.iter()
+            .find(|o| o["kind"] == "ConfigMap")
+            .expect("ConfigMap"),
+    );
+    let pod = ds.spec.and_then(|s| s.template.spec).expect("pod");
+    let c = &pod.containers[0];
+    assert_eq!(
+        c.image.as_deref(),
+        Some("ghcr.io/rudder-proxy/rudder:9.9.9")
+    );
+    assert!(
+        c.args
+            .as_ref()
+            .expect("args")
+            .ends_with(&["--v=3".to_string(), "--logging-format=json".to_string()])
+    );
+    assert_eq!(
+        pod.tolerations.expect("tolerations")[0].key.as_deref(),
+        Some("node-role.kubernetes.io/control-plane")
+    );
+    let config = cm.data.expect("data")["config.yaml"].clone();
+    assert!(
+        config.contains("clusterCIDR: 10.0.0.0/8,fd00::/56") && config.contains("syncPeriod: 45s"),
+        "{config}"
+    );
+    // The rendered configuration and arguments are accepted by Rudder itself.
+    let dir = TempDir::new("helmcfg").expect("temp dir");
+    let path = dir.write("config.yaml", &config).expect("write");
+    let out = std::process::Command::new(rudder_bin())
+        .args(["compile", "--manifests", "/nonexistent-dir"])
+        .output()
+        .expect("run");
+    assert!(
+        !out.status.success(),
+        "sanity: compile of a missing directory fails"
+    );
+    let out = std::process::Command::new(rudder_bin())
+        .args([
+            "run",
+            "--manifests",
+            "/nonexistent-dir",
+            "--iptables-sync-period",
+            "x",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a bad flag value is rejected by the parser"
+    );
+    let mut argv: Vec<String> = c.args.clone().expect("args");
+    argv = argv
+        .into_iter()
+        .map(|a| {
+            a.replace("$(NODE_NAME)", "n1")
+                .replace("/etc/rudder/config.yaml", &path.display().to_string())
+        })
+        .collect();
+    argv.push("--help".into());
+    let out = std::process::Command::new(rudder_bin())
+        .args(&argv)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "the rendered arguments parse: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
