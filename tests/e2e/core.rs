@@ -455,6 +455,90 @@ fn sigterm_leaves_rules_in_place_and_cleanup_restores_the_namespace() {
         .output()
         .expect("cleanup");
     assert!(out.status.success());
+    // kube-proxy's spelling, `run --cleanup`, does the same and starts nothing.
+    nft::load(
+        &c.topo.node,
+        "add table ip rudder\nadd chain ip rudder c\nadd table ip6 rudder\n",
+    )
+    .expect("leftover tables");
+    let out = c
+        .topo
+        .node
+        .command(&rudder_bin().display().to_string())
+        .args(["run", "--cleanup", "--manifests", "/nonexistent"])
+        .output()
+        .expect("run --cleanup");
+    assert!(
+        out.status.success(),
+        "run --cleanup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = nft::list_ruleset(&c.topo.node).expect("ruleset after --cleanup");
+    assert_same_text(
+        &after,
+        &before,
+        "--cleanup leaves exactly the foreign table",
+    );
+}
+
+#[test]
+fn write_config_to_writes_the_effective_config_and_exits() {
+    let dir = rudder_e2e::TempDir::new("write-config").expect("tempdir");
+    let input = dir.path().join("in.yaml");
+    std::fs::write(
+        &input,
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nclusterCIDR: 10.244.0.0/16\nnftables: {syncPeriod: 1m, masqueradeAll: true}\n",
+    )
+    .expect("write input");
+    let output = dir.path().join("out.yaml");
+    // No netns: this must not touch the kernel, and it must not wait for an API server.
+    let out = std::process::Command::new(rudder_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&input)
+        .args(["--iptables-min-sync-period", "3s", "--write-config-to"])
+        .arg(&output)
+        .output()
+        .expect("run --write-config-to");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = std::fs::read_to_string(&output).expect("written config");
+    let doc: serde_yaml::Value = serde_yaml::from_str(&written).expect("YAML");
+    let get = |path: &[&str]| {
+        let mut v = &doc;
+        for k in path {
+            v = &v[*k];
+        }
+        v.clone()
+    };
+    assert_eq!(
+        get(&["kind"]),
+        serde_yaml::Value::from("KubeProxyConfiguration")
+    );
+    assert_eq!(
+        get(&["clusterCIDR"]),
+        serde_yaml::Value::from("10.244.0.0/16")
+    );
+    assert_eq!(
+        get(&["nftables", "syncPeriod"]),
+        serde_yaml::Value::from("1m0s")
+    );
+    assert_eq!(
+        get(&["nftables", "minSyncPeriod"]),
+        serde_yaml::Value::from("3s"),
+        "the flag wins"
+    );
+    assert_eq!(
+        get(&["nftables", "masqueradeAll"]),
+        serde_yaml::Value::from(true)
+    );
+    assert_eq!(
+        get(&["metricsBindAddress"]),
+        serde_yaml::Value::from("127.0.0.1:10249")
+    );
 }
 
 #[test]

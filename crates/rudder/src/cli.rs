@@ -141,6 +141,15 @@ pub struct RunArgs {
     #[arg(long = "config", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// Write the effective configuration (--config and flags merged) to FILE as a
+    /// KubeProxyConfiguration, then exit without touching the kernel (kube-proxy's flag).
+    #[arg(long = "write-config-to", value_name = "FILE")]
+    pub write_config_to: Option<PathBuf>,
+
+    /// Remove Rudder's tables and exit, like `rudder cleanup` (kube-proxy's `--cleanup`).
+    #[arg(long = "cleanup")]
+    pub cleanup: bool,
+
     /// Path to a kubeconfig file. Without it (and without --manifests) Rudder uses the
     /// in-cluster configuration, like kube-proxy.
     #[arg(long = "kubeconfig", value_name = "PATH", conflicts_with = "manifests")]

@@ -5,6 +5,7 @@
 //! unknown fields, are named in warnings; invalid values are errors.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::ArgMatches;
@@ -214,6 +215,109 @@ pub fn apply(path: &Path, matches: &ArgMatches, args: &mut RunArgs) -> anyhow::R
     Ok(warnings)
 }
 
+/// Formats a duration the way Go's `time.Duration.String` does (`1h0m0s`, `1m30s`, `1.5s`,
+/// `200ms`), so that kube-proxy reads Rudder's output back.
+pub fn format_duration(d: Duration) -> String {
+    let nanos = d.as_nanos();
+    if nanos == 0 {
+        return "0s".into();
+    }
+    if nanos < 1_000_000_000 {
+        return if nanos % 1_000_000 == 0 {
+            format!("{}ms", nanos / 1_000_000)
+        } else if nanos % 1_000 == 0 {
+            format!("{}us", nanos / 1_000)
+        } else {
+            format!("{nanos}ns")
+        };
+    }
+    let secs = d.as_secs();
+    let frac = d.subsec_nanos();
+    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+    let s = if frac == 0 {
+        s.to_string()
+    } else {
+        let f = format!("{frac:09}");
+        format!("{s}.{}", f.trim_end_matches('0'))
+    };
+    if h > 0 {
+        format!("{h}h{m}m{s}s")
+    } else if m > 0 {
+        format!("{m}m{s}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// The effective configuration (flags and `--config` merged) as a `KubeProxyConfiguration`
+/// YAML document, for `--write-config-to`. Only the fields Rudder honours are written; reading
+/// the output back with `--config` gives the same settings.
+pub fn effective(args: &RunArgs) -> String {
+    let p = &args.proxy;
+    let mut doc = serde_json::Map::new();
+    let mut put = |k: &str, v: Value| {
+        doc.insert(k.to_owned(), v);
+    };
+    put("apiVersion", "kubeproxy.config.k8s.io/v1alpha1".into());
+    put("kind", "KubeProxyConfiguration".into());
+    put("mode", "nftables".into());
+    // kube-proxy's bindAddress holds one node IP; a dual-stack --node-ip has no equivalent.
+    put(
+        "bindAddress",
+        match p.node_ip.as_slice() {
+            [one] => one.clone().into(),
+            _ => "0.0.0.0".into(),
+        },
+    );
+    put("clusterCIDR", p.cluster_cidr.join(",").into());
+    put(
+        "hostnameOverride",
+        p.hostname_override.clone().unwrap_or_default().into(),
+    );
+    put(
+        "healthzBindAddress",
+        args.healthz_bind_address.clone().into(),
+    );
+    put(
+        "metricsBindAddress",
+        args.metrics_bind_address.clone().into(),
+    );
+    put(
+        "nodePortAddresses",
+        Value::Array(
+            p.nodeport_addresses
+                .iter()
+                .cloned()
+                .map(Value::from)
+                .collect(),
+        ),
+    );
+    put("detectLocalMode", p.detect_local_mode.clone().into());
+    put(
+        "detectLocal",
+        serde_json::json!({
+            "bridgeInterface": p.pod_bridge_interface.clone().unwrap_or_default(),
+            "interfaceNamePrefix": p.pod_interface_name_prefix.clone().unwrap_or_default(),
+        }),
+    );
+    put(
+        "nftables",
+        serde_json::json!({
+            "syncPeriod": format_duration(args.sync_period),
+            "minSyncPeriod": format_duration(args.min_sync_period),
+            "masqueradeAll": p.masquerade_all,
+            "masqueradeBit": p.masquerade_bit,
+        }),
+    );
+    put(
+        "clientConnection",
+        serde_json::json!({
+            "kubeconfig": args.kubeconfig.as_ref().map(|k| k.display().to_string()).unwrap_or_default(),
+        }),
+    );
+    serde_yaml::to_string(&Value::Object(doc)).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -304,6 +408,64 @@ someNewField: 1
         assert!(text.contains("someNewField"), "{text}");
         assert!(text.contains("clientConnection.qps"), "{text}");
         assert!(text.contains("conntrack"), "{text}");
+    }
+
+    #[test]
+    fn durations_format_like_go_and_parse_back() {
+        for (d, text) in [
+            (Duration::ZERO, "0s"),
+            (Duration::from_millis(200), "200ms"),
+            (Duration::from_secs(1), "1s"),
+            (Duration::from_millis(1500), "1.5s"),
+            (Duration::from_secs(90), "1m30s"),
+            (Duration::from_secs(3600), "1h0m0s"),
+            (Duration::from_secs(30), "30s"),
+        ] {
+            assert_eq!(format_duration(d), text);
+            assert_eq!(parse_duration(text), Ok(d), "{text}");
+        }
+    }
+
+    #[test]
+    fn written_config_reads_back_to_the_same_settings() {
+        let (_g, path) = file(CONFIG);
+        let (m, mut args) = run_args(&[
+            "rudder",
+            "run",
+            "--config",
+            "x",
+            "--iptables-min-sync-period",
+            "5s",
+            "--hostname-override",
+            "node-a",
+            "--node-ip",
+            "192.0.2.7",
+        ]);
+        apply(&path, &m, &mut args).expect("valid config");
+        let written = effective(&args);
+        assert!(written.contains("minSyncPeriod: 5s"), "{written}");
+        assert!(written.contains("masqueradeBit: 15"), "{written}");
+        // Read it back into default arguments: every honoured setting comes back.
+        let (_g2, path2) = file(&written);
+        let (m2, mut back) = run_args(&["rudder", "run"]);
+        let warnings = apply(&path2, &m2, &mut back).expect("written config is valid");
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(back.proxy.cluster_cidr, args.proxy.cluster_cidr);
+        assert_eq!(back.proxy.hostname_override.as_deref(), Some("node-a"));
+        assert_eq!(back.proxy.node_ip, vec!["192.0.2.7"]);
+        assert_eq!(back.metrics_bind_address, args.metrics_bind_address);
+        assert_eq!(back.healthz_bind_address, args.healthz_bind_address);
+        assert_eq!(back.proxy.nodeport_addresses, args.proxy.nodeport_addresses);
+        assert_eq!(back.proxy.detect_local_mode, "BridgeInterface");
+        assert_eq!(back.proxy.pod_bridge_interface.as_deref(), Some("cbr0"));
+        assert_eq!(back.proxy.pod_interface_name_prefix, None);
+        assert_eq!(back.sync_period, Duration::from_secs(45));
+        assert_eq!(back.min_sync_period, Duration::from_secs(5));
+        assert!(back.proxy.masquerade_all);
+        assert_eq!(back.proxy.masquerade_bit, 15);
+        assert_eq!(back.kubeconfig, args.kubeconfig);
+        // And writing it again gives the same text.
+        assert_eq!(effective(&back), written);
     }
 
     #[test]

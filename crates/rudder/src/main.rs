@@ -77,7 +77,28 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            run::run(args)
+            if let Some(path) = args.write_config_to.clone() {
+                let text = config::effective(&args);
+                return match std::fs::write(&path, text) {
+                    Ok(()) => {
+                        tracing::info!(path = %path.display(), "wrote the effective configuration");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("rudder: --write-config-to {}: {e}", path.display());
+                        ExitCode::FAILURE
+                    }
+                };
+            }
+            if args.cleanup {
+                cleanup(cli::CleanupArgs {
+                    table: args.proxy.table.clone(),
+                    nft_path: args.nft_path.clone(),
+                    log: args.proxy.log.clone(),
+                })
+            } else {
+                run::run(args)
+            }
         }
         Command::Cleanup(args) => {
             init_logging(&args.log);
