@@ -1545,6 +1545,14 @@ fn metrics_and_health_endpoints_behave_like_kube_proxy() {
             "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
             "counter",
         ),
+        (
+            "kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total",
+            "counter",
+        ),
+        (
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
+            "gauge",
+        ),
         ("kubeproxy_proxy_healthz_total", "counter"),
         ("kubeproxy_proxy_livez_total", "counter"),
         (
@@ -1607,6 +1615,47 @@ fn metrics_and_health_endpoints_behave_like_kube_proxy() {
         metric(&text, "kubeproxy_sync_proxy_rules_endpoint_changes_pending"),
         Some(0.0)
     );
+    // A service with `Local` policies whose only endpoint is on another node counts in
+    // no_local_endpoints, per policy and family; it goes back to zero when the endpoint moves here.
+    const NO_LOCAL_INTERNAL: &str = "kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family=\"IPv4\",traffic_policy=\"internal\"}";
+    const NO_LOCAL_EXTERNAL: &str = "kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family=\"IPv4\",traffic_policy=\"external\"}";
+    assert_eq!(metric(&text, NO_LOCAL_INTERNAL), Some(0.0), "{text}");
+    assert_eq!(metric(&text, NO_LOCAL_EXTERNAL), Some(0.0), "{text}");
+    let local_svc = |node: &str| {
+        format!(
+            "apiVersion: v1
+kind: Service
+metadata: {{name: local-only, namespace: default}}
+spec:
+  type: NodePort
+  clusterIP: 10.96.60.1
+  internalTrafficPolicy: Local
+  externalTrafficPolicy: Local
+  ports: [{{name: http, port: 80, nodePort: 30060}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: local-only-1, namespace: default, labels: {{kubernetes.io/service-name: local-only}}}}
+addressType: IPv4
+ports: [{{name: http, port: 80}}]
+endpoints: [{{addresses: [10.244.1.2], nodeName: {node}}}]
+"
+        )
+    };
+    let syncs = c.daemon.count(SYNC_DONE);
+    c.manifests
+        .write("local-only.yaml", &local_svc("other-node"))
+        .expect("write");
+    c.daemon
+        .wait_for(SYNC_DONE, syncs + 1, Duration::from_secs(5))
+        .expect("sync after the new manifest");
+    let (_, _, text) = http_get_path(&c.topo.node, "127.0.0.1:10249", "/metrics").expect("metrics");
+    assert_eq!(metric(&text, NO_LOCAL_INTERNAL), Some(1.0), "{text}");
+    assert_eq!(metric(&text, NO_LOCAL_EXTERNAL), Some(1.0), "{text}");
+    c.edit("local-only.yaml", |_| local_svc("node-1"));
+    let (_, _, text) = http_get_path(&c.topo.node, "127.0.0.1:10249", "/metrics").expect("metrics");
+    assert_eq!(metric(&text, NO_LOCAL_INTERNAL), Some(0.0), "{text}");
+    assert_eq!(metric(&text, NO_LOCAL_EXTERNAL), Some(0.0), "{text}");
     // Health server on 0.0.0.0:10256, reachable from outside the node.
     let (code, head, body) =
         http_get_path(&c.topo.client, "172.18.0.2:10256", "/healthz").expect("healthz");

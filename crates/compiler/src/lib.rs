@@ -213,6 +213,9 @@ pub(crate) struct Fragment {
     pub(crate) claims: Vec<(SetId, Key, Arc<ServicePortName>, Option<Value>)>,
     pub(crate) classes: BTreeSet<Class>,
     pub(crate) objects: Vec<Owned>,
+    /// Ports with endpoints elsewhere but none on this node under a `Local` policy:
+    /// `[internal, external]` (kube-proxy's `no_local_endpoints` gauge).
+    pub(crate) no_local: [u32; 2],
 }
 
 /// What the compiler remembers of a service: which elements it claimed (the values live in
@@ -221,6 +224,7 @@ pub(crate) struct Fragment {
 struct Stored {
     claims: Vec<(SetId, Key, Arc<ServicePortName>, Option<Value>)>,
     objects: Vec<Owned>,
+    no_local: [u32; 2],
 }
 
 type ElemId = (SetId, Key);
@@ -243,6 +247,8 @@ struct FamilyCompiler {
     /// a partial sync never deletes a chain (kernels before 6.2 notice late that a chain
     /// became unreferenced).
     classes: BTreeSet<Class>,
+    /// Sum of the fragments' `no_local` counts.
+    no_local: [u64; 2],
 }
 
 fn nft_family(f: IpFamily) -> Family {
@@ -287,7 +293,11 @@ impl FamilyCompiler {
         let mut stored = Stored {
             claims: Vec::with_capacity(frag.claims.len()),
             objects: frag.objects,
+            no_local: frag.no_local,
         };
+        for (total, n) in self.no_local.iter_mut().zip(frag.no_local) {
+            *total += u64::from(n);
+        }
         for (set, k, owner, value) in frag.claims {
             stored
                 .claims
@@ -320,6 +330,9 @@ impl FamilyCompiler {
         for key in changed {
             let mut prev_slots = service::PrevSlots::default();
             if let Some(old) = self.frags.remove(key) {
+                for (total, n) in self.no_local.iter_mut().zip(old.no_local) {
+                    *total = total.saturating_sub(u64::from(n));
+                }
                 for o in &old.objects {
                     old_objects.insert(o.key(), o.clone());
                 }
@@ -474,6 +487,7 @@ impl FamilyCompiler {
     fn full(&mut self, state: &ProxyState, ctx: &Ctx) -> Transaction {
         // `clear` keeps the hash table's capacity: a resync does not grow it again.
         self.frags.clear();
+        self.no_local = [0; 2];
         self.claims.clear();
         self.contested.clear();
         self.classes.clear();
@@ -572,6 +586,7 @@ impl Compiler {
                 claims: FxHashMap::default(),
                 contested: Default::default(),
                 classes: BTreeSet::new(),
+                no_local: [0; 2],
             })
             .collect();
         Compiler {
@@ -650,6 +665,16 @@ impl Compiler {
         let mut rs = Ruleset::new();
         rs.apply(&self.create_transaction())?;
         Ok(rs)
+    }
+
+    /// Per family, the service ports that have endpoints but none on this node under a
+    /// `Local` policy, as `(family, internal, external)`: kube-proxy's
+    /// `sync_proxy_rules_no_local_endpoints_total` gauge. Kept up to date incrementally.
+    pub fn no_local_endpoints(&self) -> Vec<(IpFamily, u64, u64)> {
+        self.families
+            .iter()
+            .map(|f| (f.family, f.no_local[0], f.no_local[1]))
+            .collect()
     }
 
     /// Sizes of what is compiled.

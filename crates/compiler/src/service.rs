@@ -124,6 +124,14 @@ pub(crate) fn compile(
         // Counts are bounded by the endpoints in the state, which fit in u32.
         let count = |v: &[_]| u32::try_from(v.len()).unwrap_or(u32::MAX);
         let (n_cluster, n_local) = (count(&cat.cluster), count(&cat.local));
+        if n_local == 0 {
+            if internal_local {
+                frag.no_local[0] += 1;
+            }
+            if external_local && svc.externally_accessible() {
+                frag.no_local[1] += 1;
+            }
+        }
         // One shared value per endpoint, whatever the number of frontends.
         let cluster_values: Vec<Key> = cat.cluster.iter().map(endpoint_value).collect();
         let local_values: Vec<Key> = cat.local.iter().map(endpoint_value).collect();

@@ -265,6 +265,10 @@ proptest! {
             }
         }
         prop_assert_eq!(canonical(&kernel), canonical(&expected));
+        // The no-local-endpoints counts, kept incrementally, match a fresh compile.
+        let mut fresh = new_compiler();
+        fresh.full(&st);
+        prop_assert_eq!(c.no_local_endpoints(), fresh.no_local_endpoints());
 
         // Nothing changed: nothing to do.
         prop_assert!(c.update(&st, &changed).is_empty());
@@ -405,5 +409,61 @@ fn one_endpoint_change_touches_only_that_service() {
         text,
         "delete element ip rudder cluster-endpoints-3 { 10.96.0.8 . tcp . 80 . 2 }\n\
          add element ip rudder cluster-endpoints-3 { 10.96.0.8 . tcp . 80 . 2 : 10.99.99.99 . 8080 }\n"
+    );
+}
+
+#[test]
+fn no_local_endpoints_counts_local_policies_without_local_endpoints() {
+    use rudder_model::TrafficPolicy;
+    // Two ports, both policies Local, endpoints only on node-b (the compiler is node-a).
+    let mut s = service("ns", "web", &["10.96.0.1"]);
+    s.service_type = ServiceType::NodePort;
+    s.internal_traffic_policy = TrafficPolicy::Local;
+    s.external_traffic_policy = TrafficPolicy::Local;
+    s.ports = vec![
+        port("http", Protocol::Tcp, 80, Some(30080)),
+        port("https", Protocol::Tcp, 443, Some(30443)),
+    ];
+    // The same policies but no endpoints at all: rejected, not counted.
+    let mut empty = s.clone();
+    empty.key = ServiceKey::new("ns", "empty");
+    empty.cluster_ips = vec![ip("10.96.0.2")];
+    empty.ports = vec![port("http", Protocol::Tcp, 80, Some(30081))];
+    let ports = [
+        ("http", Protocol::Tcp, 8080),
+        ("https", Protocol::Tcp, 8443),
+    ];
+    let elsewhere = slice(
+        "ns",
+        "web-1",
+        "web",
+        IpFamily::V4,
+        &ports,
+        vec![endpoint("10.1.0.1", true, "node-b")],
+    );
+    let mut st = state(vec![s, empty], vec![elsewhere]);
+    let mut c = compiler(node("node-a", &["192.0.2.1"]), Config::default());
+    c.full(&st);
+    assert_eq!(
+        c.no_local_endpoints(),
+        vec![(IpFamily::V4, 2, 2), (IpFamily::V6, 0, 0)]
+    );
+    // An endpoint appears on this node: nothing is counted any more.
+    st.upsert_slice(slice(
+        "ns",
+        "web-1",
+        "web",
+        IpFamily::V4,
+        &ports,
+        vec![
+            endpoint("10.1.0.1", true, "node-b"),
+            endpoint("10.1.0.2", true, "node-a"),
+        ],
+    ));
+    let dirty = st.take_dirty();
+    c.update(&st, &dirty);
+    assert_eq!(
+        c.no_local_endpoints(),
+        vec![(IpFamily::V4, 0, 0), (IpFamily::V6, 0, 0)]
     );
 }

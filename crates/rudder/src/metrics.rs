@@ -28,6 +28,8 @@ pub struct Metrics {
     service_changes_pending: IntGauge,
     service_changes_total: IntCounter,
     sync_failures: IntCounterVec,
+    cleanup_failures: IntCounterVec,
+    no_local_endpoints: prometheus::IntGaugeVec,
     healthz_total: IntCounterVec,
     livez_total: IntCounterVec,
     conntrack_duration: HistogramVec,
@@ -150,6 +152,22 @@ impl Metrics {
                 "Total number of times the nftables sync failed",
                 &["ip_family"],
             )?,
+            cleanup_failures: counter_vec(
+                "kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total",
+                "Total number of times the nftables cleanup of stale objects failed",
+                &["ip_family"],
+            )?,
+            no_local_endpoints: {
+                let g = prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
+                        "Number of services with a Local traffic policy and no endpoints",
+                    ),
+                    &["traffic_policy", "ip_family"],
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
             healthz_total: counter_vec(
                 "kubeproxy_proxy_healthz_total",
                 "Cumulative proxy healthz HTTP status",
@@ -223,6 +241,12 @@ impl Metrics {
             let _ = self.last_queued_timestamp.with_label_values(&l);
             let _ = self.network_programming.with_label_values(&l);
             let _ = self.sync_failures.with_label_values(&l);
+            let _ = self.cleanup_failures.with_label_values(&l);
+            for policy in ["internal", "external"] {
+                let _ = self
+                    .no_local_endpoints
+                    .with_label_values(&[policy, family_label(*f)]);
+            }
             let _ = self.conntrack_duration.with_label_values(&l);
             let _ = self.conntrack_deleted.with_label_values(&l);
         }
@@ -272,6 +296,16 @@ impl Metrics {
                     for p in programming_seconds {
                         self.network_programming.with_label_values(&l).observe(*p);
                     }
+                }
+                for (f, internal, external) in &report.no_local_endpoints {
+                    let fam = family_label(*f);
+                    let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+                    self.no_local_endpoints
+                        .with_label_values(&["internal", fam])
+                        .set(clamp(*internal));
+                    self.no_local_endpoints
+                        .with_label_values(&["external", fam])
+                        .set(clamp(*external));
                 }
                 self.endpoint_changes_pending.set(0);
                 self.service_changes_pending.set(0);

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use rudder_compiler::{Compiler, NodeContext};
-use rudder_model::{Node, ProxyState};
+use rudder_model::{IpFamily, Node, ProxyState};
 use rudder_nft::Transaction;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::Instant;
@@ -71,7 +71,7 @@ pub enum SyncKind {
 }
 
 /// What one sync did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncReport {
     /// Full or partial.
     pub kind: SyncKind,
@@ -89,6 +89,9 @@ pub struct SyncReport {
     pub compile: Duration,
     /// Time spent applying.
     pub apply: Duration,
+    /// Per family, service ports with endpoints but none local under a `Local` policy:
+    /// `(family, internal, external)`.
+    pub no_local_endpoints: Vec<(IpFamily, u64, u64)>,
 }
 
 /// What the loop tells observers (the binary turns these into metrics).
@@ -507,6 +510,7 @@ impl<D: Dataplane> SyncLoop<D> {
                     bytes,
                     compile,
                     apply,
+                    no_local_endpoints: self.compiler.no_local_endpoints(),
                 };
                 info!(
                     kind = kind_name,
@@ -529,7 +533,7 @@ impl<D: Dataplane> SyncLoop<D> {
                     .collect();
                 let families = self.compiler.families();
                 self.emit(LoopEvent::Synced {
-                    report,
+                    report: report.clone(),
                     families,
                     programming_seconds,
                 });
