@@ -499,3 +499,69 @@ fn policies_and_affinity_through_the_api_server() {
     };
     assert_eq!(h.len(), 1, "one client, one endpoint: {h:?}");
 }
+
+/// Waits for an Event with this reason and returns it.
+fn wait_event(live: &Live, reason: &str) -> serde_json::Value {
+    let deadline = Instant::now() + SOON;
+    loop {
+        if let Some(e) = live
+            .api()
+            .events()
+            .into_iter()
+            .find(|e| e["reason"] == reason)
+        {
+            return e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {reason} event; events: {:?}\nlog:\n{}",
+            live.api().events(),
+            live.daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn events_are_recorded_like_kube_proxys() {
+    if !e2e_enabled() {
+        return;
+    }
+    let live = Live::start("100ms");
+    // `Starting` on the Node, once.
+    let e = wait_event(&live, "Starting");
+    assert_eq!(e["type"], "Normal", "{e}");
+    assert_eq!(e["regarding"]["kind"], "Node", "{e}");
+    assert_eq!(e["regarding"]["name"], "node-1", "{e}");
+    assert_eq!(e["reportingController"], "rudder", "{e}");
+    assert_eq!(e["reportingInstance"], "node-1", "{e}");
+    // A health check node port that is already taken on this node (by Rudder's own health
+    // server, 0.0.0.0:10256): a warning Event on the Service, and the rest keeps working.
+    let mut svc = service("hc-clash", "10.96.7.9", 80, "LoadBalancer");
+    let spec = svc.spec.as_mut().expect("spec");
+    spec.external_traffic_policy = Some("Local".into());
+    spec.health_check_node_port = Some(10256);
+    live.api().apply_service(svc);
+    live.api()
+        .apply_endpoint_slice(slice("hc-clash", &["10.244.1.2"]));
+    live.converge(&live.topo.pods[0], "10.96.7.9:80", &["111"], SOON);
+    let e = wait_event(&live, "FailedToStartServiceHealthcheck");
+    assert_eq!(e["type"], "Warning", "{e}");
+    assert_eq!(e["regarding"]["kind"], "Service", "{e}");
+    assert_eq!(e["regarding"]["namespace"], "default", "{e}");
+    assert_eq!(e["regarding"]["name"], "hc-clash", "{e}");
+    let note = e["note"].as_str().unwrap_or_default();
+    assert!(
+        note.starts_with(
+            "node node-1 failed to start healthcheck \"default/hc-clash\" on port 10256: "
+        ),
+        "{e}"
+    );
+    let starting = live
+        .api()
+        .events()
+        .iter()
+        .filter(|e| e["reason"] == "Starting")
+        .count();
+    assert_eq!(starting, 1);
+}

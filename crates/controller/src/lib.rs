@@ -13,6 +13,7 @@
 
 pub mod change;
 pub mod conntrack;
+pub mod events;
 pub mod health;
 mod sync;
 pub mod watch;

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 
+use rudder_controller::events::{Events, ProxyEvent};
 use rudder_controller::health::{ProxyHealth, ServiceHealth};
 use rudder_model::ServiceKey;
 use tokio::sync::watch;
@@ -34,7 +35,11 @@ fn response(table: &Table, health: &ProxyHealth, port: u16) -> (u16, String, usi
 }
 
 /// Runs until `updates` closes: keeps one server per health-check node port.
-pub async fn run(mut updates: watch::Receiver<ServiceHealth>, health: Arc<ProxyHealth>) {
+pub async fn run(
+    mut updates: watch::Receiver<ServiceHealth>,
+    health: Arc<ProxyHealth>,
+    events: Events,
+) {
     let table: Table = Arc::default();
     let mut servers: BTreeMap<u16, (Vec<IpAddr>, Vec<JoinHandle<()>>)> = BTreeMap::new();
     loop {
@@ -81,12 +86,19 @@ pub async fn run(mut updates: watch::Receiver<ServiceHealth>, health: Arc<ProxyH
                         info!(%addr, service = %key, "serving health checks");
                         tasks.push(task);
                     }
-                    Err(e) => warn!(
-                        reason = "FailedToStartServiceHealthcheck",
-                        %addr,
-                        service = %key,
-                        "cannot start the health check server: {e}"
-                    ),
+                    Err(e) => {
+                        warn!(
+                            reason = "FailedToStartServiceHealthcheck",
+                            %addr,
+                            service = %key,
+                            "cannot start the health check server: {e}"
+                        );
+                        events.record(ProxyEvent::FailedToStartServiceHealthcheck {
+                            service: key.clone(),
+                            port: *port,
+                            error: format!("listen {addr}: {e}"),
+                        });
+                    }
                 }
             }
             servers.insert(*port, (snapshot.addresses.clone(), tasks));

@@ -97,9 +97,24 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
         Ok(ct) => sync_loop = sync_loop.with_conntrack(Box::new(KernelConntrack(ct))),
         Err(e) => warn!("no conntrack netlink, stale UDP flows will not be cleaned: {e}"),
     }
+    // The API client comes first: Events (and the health servers that record some) need it.
+    let client = if args.proxy.manifests.is_empty() {
+        Some(kube_client(&args).await?)
+    } else {
+        None
+    };
+    let (events, events_task) = match &client {
+        Some(c) => {
+            let (events, task) = rudder_controller::events::spawn(c.clone(), &settings.hostname);
+            (events, Some(task))
+        }
+        None => (rudder_controller::events::Events::disabled(), None),
+    };
+    events.record(rudder_controller::events::ProxyEvent::Starting);
     let health_servers = tokio::spawn(crate::health::run(
         sync_loop.service_health(),
         sync_loop.proxy_health(),
+        events.clone(),
     ));
     let metrics =
         std::sync::Arc::new(crate::metrics::Metrics::new().context("registering metrics")?);
@@ -138,8 +153,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let shutdown = shutdown_signal().await?;
 
-    let tasks = if args.proxy.manifests.is_empty() {
-        let client = kube_client(&args).await?;
+    let tasks = if let Some(client) = client {
         let mut tasks =
             rudder_controller::watch::spawn(client.clone(), &settings.hostname, tx.clone());
         tasks.push(rudder_controller::watch::spawn_service_cidrs(client, tx));
@@ -162,6 +176,9 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
         t.abort();
     }
     health_servers.abort();
+    if let Some(t) = events_task {
+        t.abort();
+    }
     for s in servers {
         s.abort();
     }
