@@ -24,6 +24,7 @@
 //! ```
 
 mod affinity;
+pub mod explain;
 mod layout;
 mod policy;
 mod service;

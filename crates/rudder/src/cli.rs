@@ -21,6 +21,29 @@ pub enum Command {
     Run(RunArgs),
     /// Remove everything Rudder created (its `ip` and `ip6` tables), and nothing else.
     Cleanup(CleanupArgs),
+    /// Explain what this node does with one packet, from manifest files: which Service and port
+    /// match, which policy applies, the candidate endpoints, masquerading, or why it is dropped.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+
+    /// Destination: `IP:PORT`, `[IPv6]:PORT`, optionally followed by `/tcp`, `/udp` or `/sctp`
+    /// (default tcp).
+    #[arg(long = "to", value_name = "IP:PORT[/PROTO]")]
+    pub to: String,
+
+    /// Source address of the packet.
+    #[arg(long = "from", value_name = "IP")]
+    pub from: Option<String>,
+
+    /// Where the packet comes from: `pod` (a pod on this node), `node` (this node itself) or
+    /// `external`. Guessed from --from when absent.
+    #[arg(long = "via", value_name = "pod|node|external")]
+    pub via: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

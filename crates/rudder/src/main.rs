@@ -104,6 +104,10 @@ fn main() -> ExitCode {
             init_logging(&args.log);
             cleanup(args)
         }
+        Command::Explain(args) => {
+            init_logging(&args.proxy.log);
+            explain(args)
+        }
     };
     match result {
         Ok(code) => code,
@@ -114,13 +118,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// `rudder compile`: manifests in, `nft -f` text out.
-fn compile(args: cli::CompileArgs) -> anyhow::Result<ExitCode> {
-    let settings = proxier::Settings::from_args(&args.proxy)?;
-    if args.proxy.manifests.is_empty() {
-        anyhow::bail!("compile needs --manifests");
+/// Loads manifests for the offline commands: the state, this node's context, and whether
+/// anything was invalid (reported on stderr and skipped).
+fn load_offline(
+    proxy: &cli::ProxyArgs,
+) -> anyhow::Result<(rudder_model::ProxyState, rudder_compiler::NodeContext, bool)> {
+    let settings = proxier::Settings::from_args(proxy)?;
+    if proxy.manifests.is_empty() {
+        anyhow::bail!("--manifests is required");
     }
-    let (files, errors) = manifests::load(&args.proxy.manifests, &Default::default())
+    let (files, errors) = manifests::load(&proxy.manifests, &Default::default())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     for e in &errors {
         eprintln!("rudder: skipping {e}");
@@ -129,9 +136,6 @@ fn compile(args: cli::CompileArgs) -> anyhow::Result<ExitCode> {
     let conv = proxier::convert(&objs, &settings.hostname);
     for p in &conv.problems {
         eprintln!("rudder: skipping invalid input: {p}");
-    }
-    if args.strict && (!errors.is_empty() || !conv.problems.is_empty()) {
-        anyhow::bail!("invalid input (see above) and --strict is set");
     }
     if conv.node.is_none() && settings.node_ip_override.is_empty() {
         eprintln!(
@@ -149,6 +153,17 @@ fn compile(args: cli::CompileArgs) -> anyhow::Result<ExitCode> {
     node.service_cidrs.dedup();
     let mut state = rudder_model::ProxyState::new();
     state.replace_all(conv.services, conv.slices);
+    let invalid = !errors.is_empty() || !conv.problems.is_empty();
+    Ok((state, node, invalid))
+}
+
+/// `rudder compile`: manifests in, `nft -f` text out.
+fn compile(args: cli::CompileArgs) -> anyhow::Result<ExitCode> {
+    let settings = proxier::Settings::from_args(&args.proxy)?;
+    let (state, node, invalid) = load_offline(&args.proxy)?;
+    if args.strict && invalid {
+        anyhow::bail!("invalid input (see above) and --strict is set");
+    }
     // Offline output is the same whatever the host: both families, always.
     let mut compiler = Compiler::new(&[IpFamily::V4, IpFamily::V6], settings.config.clone(), node);
     compiler.full(&state);
@@ -169,6 +184,60 @@ fn compile(args: cli::CompileArgs) -> anyhow::Result<ExitCode> {
         "{}{}",
         prologue.render(),
         compiler.create_transaction().render()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Parses `IP:PORT[/PROTO]` (IPv6 in brackets).
+fn parse_destination(s: &str) -> anyhow::Result<(std::net::SocketAddr, rudder_model::Protocol)> {
+    let (addr, proto) = match s.rsplit_once('/') {
+        Some((a, p)) => (a, p),
+        None => (s, "tcp"),
+    };
+    let protocol = match proto.to_ascii_lowercase().as_str() {
+        "tcp" => rudder_model::Protocol::Tcp,
+        "udp" => rudder_model::Protocol::Udp,
+        "sctp" => rudder_model::Protocol::Sctp,
+        other => anyhow::bail!("--to {s:?}: unknown protocol {other:?} (tcp, udp or sctp)"),
+    };
+    let addr = addr
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--to {s:?}: expected IP:PORT or [IPv6]:PORT"))?;
+    Ok((addr, protocol))
+}
+
+/// `rudder explain`: one packet's fate, from manifests.
+fn explain(args: cli::ExplainArgs) -> anyhow::Result<ExitCode> {
+    use rudder_compiler::explain::{Query, Via};
+    let (to, protocol) = parse_destination(&args.to)?;
+    let from = args
+        .from
+        .as_deref()
+        .map(|f| {
+            f.parse::<std::net::IpAddr>()
+                .map_err(|_| anyhow::anyhow!("--from {f:?} is not an IP address"))
+        })
+        .transpose()?;
+    let via = args
+        .via
+        .as_deref()
+        .map(|v| {
+            Via::parse(v)
+                .ok_or_else(|| anyhow::anyhow!("--via {v:?}: expected pod, node or external"))
+        })
+        .transpose()?;
+    let (state, node, _) = load_offline(&args.proxy)?;
+    let settings = proxier::Settings::from_args(&args.proxy)?;
+    let q = Query {
+        to: to.ip(),
+        port: to.port(),
+        protocol,
+        from,
+        via,
+    };
+    print!(
+        "{}",
+        rudder_compiler::explain::explain(&state, &settings.config, &node, &q)
     );
     Ok(ExitCode::SUCCESS)
 }
