@@ -1456,6 +1456,17 @@ fn health_check_reports_an_unhealthy_proxy() {
         .expect("sync");
     let (code, _, body) = http_get(&c.topo.client, "172.18.0.2:32102").expect("health check");
     assert_eq!(code, 200, "{body}");
+    // `rudder status` asks the daemon: all well.
+    let (ok, text) = rudder_status(&c, false);
+    assert!(ok, "{text}");
+    assert!(text.contains("last failure:        never"), "{text}");
+    assert!(text.contains("last sync:           partial"), "{text}");
+    let (_, json) = rudder_status(&c, true);
+    let st: serde_json::Value = serde_json::from_str(&json).expect("status JSON");
+    let services = st["services"].as_u64().expect("services");
+    assert!(services >= 4, "{json}");
+    assert!(st["fullSyncs"].as_u64() >= Some(1), "{json}");
+    assert_eq!(st["lastSync"]["servicesChanged"], 1, "{json}");
     // Syncs start failing; a change is queued and never programmed.
     std::fs::write(&marker, "").expect("marker");
     c.edit_unsynced("hc.yaml", |_| {
@@ -1477,6 +1488,9 @@ fn health_check_reports_an_unhealthy_proxy() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    let (ok, text) = rudder_status(&c, false);
+    assert!(!ok, "status must fail while syncs fail:\n{text}");
+    assert!(text.contains("in a row"), "{text}");
     // Programming works again: healthy again after the retry.
     std::fs::remove_file(&marker).expect("remove marker");
     let deadline = std::time::Instant::now() + Duration::from_secs(6);
@@ -1484,6 +1498,30 @@ fn health_check_reports_an_unhealthy_proxy() {
         assert!(std::time::Instant::now() < deadline, "never healthy again");
         std::thread::sleep(Duration::from_millis(200));
     }
+    let (ok, text) = rudder_status(&c, false);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!("services:            {services}\n")),
+        "{text}"
+    );
+}
+
+/// `rudder status` run on the node: (exit success, stdout).
+fn rudder_status(c: &Cluster, json: bool) -> (bool, String) {
+    let mut cmd = c.topo.node.command(&rudder_bin().display().to_string());
+    cmd.arg("status");
+    if json {
+        cmd.arg("--json");
+    }
+    let out = cmd.output().expect("rudder status");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 /// The value of a metric line (`name{labels} value`) in Prometheus text.

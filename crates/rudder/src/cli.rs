@@ -24,6 +24,24 @@ pub enum Command {
     /// Explain what this node does with one packet, from manifest files: which Service and port
     /// match, which policy applies, the candidate endpoints, masquerading, or why it is dropped.
     Explain(ExplainArgs),
+    /// Ask the running daemon how it is doing: services programmed, syncs, failures. Exits 1
+    /// when the daemon cannot be reached, has not synced yet, or its last sync failed.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The daemon's metrics address (its --metrics-bind-address).
+    #[arg(
+        long = "metrics-bind-address",
+        value_name = "IP:PORT",
+        default_value = "127.0.0.1:10249"
+    )]
+    pub address: String,
+
+    /// Print the raw JSON of `/status`.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -104,6 +104,7 @@ fn main() -> ExitCode {
             init_logging(&args.log);
             cleanup(args)
         }
+        Command::Status(args) => status(args),
         Command::Explain(args) => {
             init_logging(&args.proxy.log);
             explain(args)
@@ -240,6 +241,106 @@ fn explain(args: cli::ExplainArgs) -> anyhow::Result<ExitCode> {
         rudder_compiler::explain::explain(&state, &settings.config, &node, &q)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `GET path` over plain HTTP/1.0; returns the status code and body.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(5);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.take(16 << 20).read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, body.to_owned()))
+}
+
+/// "3m12s ago"-style ages.
+fn ago(then: f64, now: f64) -> String {
+    let secs = (now - then).max(0.0);
+    if secs < 60.0 {
+        format!("{secs:.1} s ago")
+    } else if secs < 3600.0 {
+        format!("{}m{}s ago", (secs / 60.0) as u64, (secs % 60.0) as u64)
+    } else {
+        format!(
+            "{}h{}m ago",
+            (secs / 3600.0) as u64,
+            ((secs % 3600.0) / 60.0) as u64
+        )
+    }
+}
+
+/// `rudder status`: the running daemon's `/status`, for people.
+fn status(args: cli::StatusArgs) -> anyhow::Result<ExitCode> {
+    let addr: std::net::SocketAddr = args
+        .address
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--metrics-bind-address {:?} is not IP:PORT", args.address))?;
+    let (code, body) = http_get(addr, "/status")
+        .map_err(|e| anyhow::anyhow!("cannot reach Rudder at {addr}: {e}"))?;
+    if code != 200 {
+        anyhow::bail!("{addr}/status answered {code}: is this Rudder?");
+    }
+    let st: metrics::Status = serde_json::from_str(&body)
+        .map_err(|e| anyhow::anyhow!("{addr}/status: unexpected answer: {e}"))?;
+    if args.json {
+        println!("{body}");
+    } else {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        println!(
+            "rudder at {addr}: nftables mode, started {}",
+            ago(st.started, now)
+        );
+        println!("services:            {}", st.services);
+        println!(
+            "syncs:               {} full, {} partial, {} failed",
+            st.full_syncs, st.partial_syncs, st.failed_syncs
+        );
+        match &st.last_sync {
+            Some(l) => println!(
+                "last sync:           {} {}: {} service(s) changed, +{}/-{} elements, {} bytes, compile {:.2} ms, kernel {:.1} ms",
+                l.kind,
+                ago(l.at, now),
+                l.services_changed,
+                l.elements_added,
+                l.elements_deleted,
+                l.bytes,
+                l.compile_ms,
+                l.apply_ms
+            ),
+            None => println!("last sync:           none yet"),
+        }
+        match st.last_failure {
+            Some(t) => println!(
+                "last failure:        {} ({} in a row; see the daemon's log)",
+                ago(t, now),
+                st.consecutive_failures
+            ),
+            None => println!("last failure:        never"),
+        }
+        println!("pending changes:     {}", st.pending_changes);
+        println!(
+            "no local endpoints:  {} service port(s) with a Local policy drop traffic here",
+            st.no_local_endpoints
+        );
+    }
+    Ok(if st.last_sync.is_some() && st.consecutive_failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// `rudder cleanup`: delete Rudder's tables.

@@ -38,6 +38,55 @@ pub struct Metrics {
     rudder_elements: IntCounterVec,
     rudder_bytes: IntCounter,
     rudder_syncs: IntCounterVec,
+    status: std::sync::Mutex<Status>,
+}
+
+/// What `/status` (and `rudder status`) reports.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// When the daemon started (seconds since the epoch).
+    pub started: f64,
+    /// Services known at the last successful sync.
+    pub services: usize,
+    /// Successful full syncs.
+    pub full_syncs: u64,
+    /// Successful partial syncs.
+    pub partial_syncs: u64,
+    /// Failed syncs.
+    pub failed_syncs: u64,
+    /// Failed syncs since the last success.
+    pub consecutive_failures: u64,
+    /// The last successful sync.
+    pub last_sync: Option<LastSync>,
+    /// When the last sync failed (seconds since the epoch).
+    pub last_failure: Option<f64>,
+    /// Service ports with a Local policy and no local endpoints, over all families.
+    pub no_local_endpoints: u64,
+    /// Changes seen but not programmed yet (services + endpoint slices).
+    pub pending_changes: i64,
+}
+
+/// The last successful sync.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastSync {
+    /// `full` or `partial`.
+    pub kind: String,
+    /// When it ended (seconds since the epoch).
+    pub at: f64,
+    /// Services recompiled.
+    pub services_changed: usize,
+    /// Elements added and deleted.
+    pub elements_added: usize,
+    /// Elements deleted.
+    pub elements_deleted: usize,
+    /// Transaction size.
+    pub bytes: usize,
+    /// Compile time, milliseconds.
+    pub compile_ms: f64,
+    /// Kernel time, milliseconds.
+    pub apply_ms: f64,
 }
 
 fn family_label(f: IpFamily) -> &'static str {
@@ -210,6 +259,10 @@ impl Metrics {
                 &["kind", "result"],
             )?,
             registry,
+            status: std::sync::Mutex::new(Status {
+                started: now(),
+                ..Status::default()
+            }),
         };
         m.registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -322,6 +375,29 @@ impl Metrics {
                 self.rudder_syncs
                     .with_label_values(&[kind, "success"])
                     .inc();
+                if let Ok(mut st) = self.status.lock() {
+                    st.services = report.services_total;
+                    match report.kind {
+                        SyncKind::Full => st.full_syncs += 1,
+                        SyncKind::Partial => st.partial_syncs += 1,
+                    }
+                    st.consecutive_failures = 0;
+                    st.no_local_endpoints = report
+                        .no_local_endpoints
+                        .iter()
+                        .map(|(_, i, e)| i + e)
+                        .sum();
+                    st.last_sync = Some(LastSync {
+                        kind: kind.into(),
+                        at: now(),
+                        services_changed: report.services,
+                        elements_added: report.elements_added,
+                        elements_deleted: report.elements_deleted,
+                        bytes: report.bytes,
+                        compile_ms: report.compile.as_secs_f64() * 1e3,
+                        apply_ms: report.apply.as_secs_f64() * 1e3,
+                    });
+                }
             }
             LoopEvent::Failed { kind, families } => {
                 for f in families {
@@ -337,6 +413,11 @@ impl Metrics {
                 self.rudder_syncs
                     .with_label_values(&[kind, "failure"])
                     .inc();
+                if let Ok(mut st) = self.status.lock() {
+                    st.failed_syncs += 1;
+                    st.consecutive_failures += 1;
+                    st.last_failure = Some(now());
+                }
             }
             LoopEvent::Conntrack {
                 family,
@@ -353,6 +434,14 @@ impl Metrics {
             }
             _ => {}
         }
+    }
+
+    /// The daemon's status, for `/status`.
+    pub fn status(&self) -> Status {
+        let mut st = self.status.lock().map(|s| s.clone()).unwrap_or_default();
+        st.pending_changes =
+            self.endpoint_changes_pending.get() + self.service_changes_pending.get();
+        st
     }
 
     /// The metrics in Prometheus text format.
@@ -451,6 +540,11 @@ pub fn metrics_handler(metrics: Arc<Metrics>) -> Handler {
         ),
         "/healthz" => Response::new(200, "text/plain; charset=utf-8", "ok".into()),
         "/proxyMode" => Response::new(200, "text/plain; charset=utf-8", "nftables".into()),
+        "/status" => Response::new(
+            200,
+            "application/json",
+            serde_json::to_string(&metrics.status()).unwrap_or_default(),
+        ),
         _ => Response::new(404, "text/plain", "404 page not found\n".into()),
     })
 }

@@ -92,6 +92,8 @@ pub struct SyncReport {
     /// Per family, service ports with endpoints but none local under a `Local` policy:
     /// `(family, internal, external)`.
     pub no_local_endpoints: Vec<(IpFamily, u64, u64)>,
+    /// Services known after the sync (the whole state, not only the changed ones).
+    pub services_total: usize,
 }
 
 /// What the loop tells observers (the binary turns these into metrics).
@@ -511,6 +513,7 @@ impl<D: Dataplane> SyncLoop<D> {
                     compile,
                     apply,
                     no_local_endpoints: self.compiler.no_local_endpoints(),
+                    services_total: self.state.service_count(),
                 };
                 info!(
                     kind = kind_name,
