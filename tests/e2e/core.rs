@@ -1865,3 +1865,53 @@ fn explain_predicts_where_packets_go() {
         "expected a reject, got {r:?}"
     );
 }
+
+#[test]
+fn conntrack_sysctls_are_set_in_the_nodes_namespace_only() {
+    if !e2e_enabled() {
+        return;
+    }
+    let read_root = |f: &str| std::fs::read_to_string(f).unwrap_or_default();
+    let root_before = (
+        read_root("/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established"),
+        read_root("/proc/sys/net/netfilter/nf_conntrack_max"),
+        read_root("/sys/module/nf_conntrack/parameters/hashsize"),
+    );
+    let c = Cluster::start(&[
+        "--conntrack-tcp-timeout-established",
+        "2h",
+        "--conntrack-tcp-timeout-close-wait",
+        "90s",
+        "--conntrack-udp-timeout",
+        "45s",
+        "--conntrack-tcp-be-liberal",
+    ]);
+    let read_node = |name: &str| {
+        let out = c
+            .topo
+            .node
+            .command("cat")
+            .arg(format!("/proc/sys/net/netfilter/{name}"))
+            .output()
+            .expect("cat");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(read_node("nf_conntrack_tcp_timeout_established"), "7200");
+    assert_eq!(read_node("nf_conntrack_tcp_timeout_close_wait"), "90");
+    assert_eq!(read_node("nf_conntrack_udp_timeout"), "45");
+    assert_eq!(read_node("nf_conntrack_tcp_be_liberal"), "1");
+    // The host's namespace is untouched (nf_conntrack_max cannot be raised from a child
+    // namespace, and the hash size is only changed after it).
+    let root_after = (
+        read_root("/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established"),
+        read_root("/proc/sys/net/netfilter/nf_conntrack_max"),
+        read_root("/sys/module/nf_conntrack/parameters/hashsize"),
+    );
+    assert_eq!(root_before, root_after);
+    let log = c.daemon.log();
+    assert!(
+        log.contains("nf_conntrack_tcp_timeout_established")
+            && log.contains("set conntrack sysctl"),
+        "{log}"
+    );
+}

@@ -3,8 +3,12 @@
 //! flows by their original tuple — what `conntrack -L -p udp` and `conntrack -D` do, without
 //! running a program.
 //!
+//! [`sysctl`] sets the conntrack sysctls kube-proxy sets (table size and timeouts).
+//!
 //! What it must not do: decide which flows to delete (that is the controller's
-//! `stale_udp_flows`), or touch anything but conntrack entries.
+//! `stale_udp_flows`), or touch anything but conntrack entries and conntrack sysctls.
+
+pub mod sysctl;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};

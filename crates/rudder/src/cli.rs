@@ -228,6 +228,42 @@ pub struct RunArgs {
     #[arg(long = "iptables-sync-period", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub sync_period: Duration,
 
+    /// Maximum conntrack entries per CPU (`nf_conntrack_max` = max(this × CPUs,
+    /// --conntrack-min), only ever raised); 0 leaves the kernel's value.
+    #[arg(
+        long = "conntrack-max-per-core",
+        value_name = "N",
+        default_value_t = 32768
+    )]
+    pub conntrack_max_per_core: u32,
+
+    /// Minimum of `nf_conntrack_max` when --conntrack-max-per-core is set.
+    #[arg(long = "conntrack-min", value_name = "N", default_value_t = 131072)]
+    pub conntrack_min: u32,
+
+    /// Idle timeout of established TCP connections (`nf_conntrack_tcp_timeout_established`);
+    /// 0 leaves the kernel's value.
+    #[arg(long = "conntrack-tcp-timeout-established", value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub conntrack_tcp_established: Duration,
+
+    /// Timeout of TCP connections in CLOSE_WAIT (`nf_conntrack_tcp_timeout_close_wait`); 0
+    /// leaves the kernel's value.
+    #[arg(long = "conntrack-tcp-timeout-close-wait", value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub conntrack_tcp_close_wait: Duration,
+
+    /// Set `nf_conntrack_tcp_be_liberal` (accept out-of-window TCP packets).
+    #[arg(long = "conntrack-tcp-be-liberal")]
+    pub conntrack_tcp_be_liberal: bool,
+
+    /// Idle timeout of UDP flows (`nf_conntrack_udp_timeout`); 0 leaves the kernel's value.
+    #[arg(long = "conntrack-udp-timeout", value_name = "DURATION", default_value = "0", value_parser = parse_duration)]
+    pub conntrack_udp: Duration,
+
+    /// Idle timeout of UDP streams (`nf_conntrack_udp_timeout_stream`); 0 leaves the kernel's
+    /// value.
+    #[arg(long = "conntrack-udp-timeout-stream", value_name = "DURATION", default_value = "0", value_parser = parse_duration)]
+    pub conntrack_udp_stream: Duration,
+
     /// Interval of full resyncs, which also repair rules changed behind Rudder's back.
     #[arg(long = "full-sync-period", value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
     pub full_sync_period: Duration,

@@ -28,7 +28,6 @@ const IGNORED: &[(&str, &str)] = &[
         "configSyncPeriod",
         "watches never need a periodic resync; Rudder repairs rules with --full-sync-period",
     ),
-    ("conntrack", "conntrack sysctls are not set by Rudder yet"),
     ("enableProfiling", "not implemented"),
     ("featureGates", "not used by Rudder"),
     ("iptables", "iptables mode is not implemented"),
@@ -174,6 +173,53 @@ pub fn apply(path: &Path, matches: &ArgMatches, args: &mut RunArgs) -> anyhow::R
                     }
                 }
             }
+            "conntrack" => {
+                for (k, v) in value
+                    .as_object()
+                    .context("config field conntrack must be a mapping")?
+                {
+                    let dur = |v: &Value| -> anyhow::Result<Duration> {
+                        parse_duration(as_str(v, k)?)
+                            .map_err(|e| anyhow::anyhow!("conntrack.{k}: {e}"))
+                    };
+                    let count = |v: &Value| -> anyhow::Result<u32> {
+                        v.as_u64()
+                            .and_then(|n| u32::try_from(n).ok())
+                            .with_context(|| {
+                                format!("conntrack.{k} must be a non-negative integer")
+                            })
+                    };
+                    match k.as_str() {
+                        "maxPerCore" if set("conntrack_max_per_core") => {
+                            args.conntrack_max_per_core = count(v)?;
+                        }
+                        "min" if set("conntrack_min") => args.conntrack_min = count(v)?,
+                        "tcpEstablishedTimeout" if set("conntrack_tcp_established") => {
+                            args.conntrack_tcp_established = dur(v)?;
+                        }
+                        "tcpCloseWaitTimeout" if set("conntrack_tcp_close_wait") => {
+                            args.conntrack_tcp_close_wait = dur(v)?;
+                        }
+                        "tcpBeLiberal" if set("conntrack_tcp_be_liberal") => {
+                            args.conntrack_tcp_be_liberal = v
+                                .as_bool()
+                                .context("conntrack.tcpBeLiberal must be true or false")?;
+                        }
+                        "udpTimeout" if set("conntrack_udp") => args.conntrack_udp = dur(v)?,
+                        "udpStreamTimeout" if set("conntrack_udp_stream") => {
+                            args.conntrack_udp_stream = dur(v)?;
+                        }
+                        "maxPerCore"
+                        | "min"
+                        | "tcpEstablishedTimeout"
+                        | "tcpCloseWaitTimeout"
+                        | "tcpBeLiberal"
+                        | "udpTimeout"
+                        | "udpStreamTimeout" => {}
+                        other => warnings.push(format!("unknown field conntrack.{other}")),
+                    }
+                }
+            }
             "clientConnection" => {
                 for (k, v) in value
                     .as_object()
@@ -310,6 +356,18 @@ pub fn effective(args: &RunArgs) -> String {
         }),
     );
     put(
+        "conntrack",
+        serde_json::json!({
+            "maxPerCore": args.conntrack_max_per_core,
+            "min": args.conntrack_min,
+            "tcpEstablishedTimeout": format_duration(args.conntrack_tcp_established),
+            "tcpCloseWaitTimeout": format_duration(args.conntrack_tcp_close_wait),
+            "tcpBeLiberal": args.conntrack_tcp_be_liberal,
+            "udpTimeout": format_duration(args.conntrack_udp),
+            "udpStreamTimeout": format_duration(args.conntrack_udp_stream),
+        }),
+    );
+    put(
         "clientConnection",
         serde_json::json!({
             "kubeconfig": args.kubeconfig.as_ref().map(|k| k.display().to_string()).unwrap_or_default(),
@@ -407,7 +465,9 @@ someNewField: 1
         let text = warnings.join("\n");
         assert!(text.contains("someNewField"), "{text}");
         assert!(text.contains("clientConnection.qps"), "{text}");
-        assert!(text.contains("conntrack"), "{text}");
+        assert!(!text.contains("conntrack"), "conntrack is honoured: {text}");
+        assert_eq!(args.conntrack_max_per_core, 0);
+        assert_eq!(args.conntrack_min, 131072, "default kept");
     }
 
     #[test]
@@ -464,6 +524,9 @@ someNewField: 1
         assert!(back.proxy.masquerade_all);
         assert_eq!(back.proxy.masquerade_bit, 15);
         assert_eq!(back.kubeconfig, args.kubeconfig);
+        assert_eq!(back.conntrack_max_per_core, 0);
+        assert_eq!(back.conntrack_tcp_established, Duration::from_secs(86400));
+        assert_eq!(back.conntrack_udp, Duration::ZERO);
         // And writing it again gives the same text.
         assert_eq!(effective(&back), written);
     }

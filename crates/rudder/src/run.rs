@@ -82,6 +82,28 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     info!(node = %settings.hostname, nft = %version, families = ?families, table = %settings.config.table, source, "starting Rudder");
 
+    // kube-proxy's conntrack settings, before the first sync.
+    let ct = rudder_conntrack::sysctl::ConntrackSettings {
+        max_per_core: args.conntrack_max_per_core,
+        min: args.conntrack_min,
+        tcp_established: Some(args.conntrack_tcp_established),
+        tcp_close_wait: Some(args.conntrack_tcp_close_wait),
+        tcp_be_liberal: args.conntrack_tcp_be_liberal,
+        udp: Some(args.conntrack_udp),
+        udp_stream: Some(args.conntrack_udp_stream),
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    for o in rudder_conntrack::sysctl::apply(&ct, cpus, &Default::default()) {
+        match o.result {
+            Ok(Some((old, new))) => info!(sysctl = o.name, old, new, "set conntrack sysctl"),
+            Ok(None) => {}
+            Err(e) => warn!(
+                sysctl = o.name,
+                "cannot set conntrack sysctl (set it on the host, or use --conntrack-max-per-core 0 in containers that cannot): {e}"
+            ),
+        }
+    }
+
     let ctx_settings = settings.clone();
     let node_context: NodeContextFn =
         Box::new(move |node| ctx_settings.node_context(node, Some(&proxier::local_addresses())));
