@@ -1498,8 +1498,18 @@ fn health_check_reports_an_unhealthy_proxy() {
         assert!(std::time::Instant::now() < deadline, "never healthy again");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (ok, text) = rudder_status(&c, false);
-    assert!(ok, "{text}");
+    // The status turns good with the first successful sync after the failures.
+    let deadline = std::time::Instant::now() + Duration::from_secs(6);
+    let text = loop {
+        let (ok, text) = rudder_status(&c, false);
+        if ok {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(text.contains("last failure:        "), "{text}");
+    assert!(!text.contains("last failure:        never"), "{text}");
     assert!(
         text.contains(&format!("services:            {services}\n")),
         "{text}"
