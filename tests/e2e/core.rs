@@ -1704,6 +1704,21 @@ endpoints: [{{addresses: [10.244.1.2], nodeName: {node}}}]
     let (_, _, text) = http_get_path(&c.topo.node, "127.0.0.1:10249", "/metrics").expect("metrics");
     assert_eq!(metric(&text, NO_LOCAL_INTERNAL), Some(0.0), "{text}");
     assert_eq!(metric(&text, NO_LOCAL_EXTERNAL), Some(0.0), "{text}");
+    // Invalid input is counted by reason.
+    const INVALID_PORT: &str = "rudder_invalid_input_skipped_total{reason=\"invalid_port\"}";
+    assert_eq!(metric(&text, INVALID_PORT), None, "{text}");
+    let syncs = c.daemon.count(SYNC_DONE);
+    c.manifests
+        .write(
+            "bad.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: bad-port, namespace: default}\nspec: {clusterIP: 10.96.61.1, ports: [{name: a, port: 80}, {name: b, port: 70000}]}\n",
+        )
+        .expect("write");
+    c.daemon
+        .wait_for(SYNC_DONE, syncs + 1, Duration::from_secs(5))
+        .expect("sync after the bad manifest");
+    let (_, _, text) = http_get_path(&c.topo.node, "127.0.0.1:10249", "/metrics").expect("metrics");
+    assert!(metric(&text, INVALID_PORT) >= Some(1.0), "{text}");
     // Health server on 0.0.0.0:10256, reachable from outside the node.
     let (code, head, body) =
         http_get_path(&c.topo.client, "172.18.0.2:10256", "/healthz").expect("healthz");

@@ -62,9 +62,23 @@ pub fn service_cidrs(s: &k8s_openapi::api::networking::v1::ServiceCIDR) -> Vec<r
     out
 }
 
+/// Called for every skipped piece of invalid input (the binary counts them in a metric).
+type ProblemHook = Box<dyn Fn(&rudder_model::Problem) + Send + Sync>;
+
+static ON_PROBLEM: std::sync::OnceLock<ProblemHook> = std::sync::OnceLock::new();
+
+/// Registers the function called for every skipped piece of invalid input, after it is
+/// logged. Only the first registration counts.
+pub fn on_problem(hook: ProblemHook) {
+    let _ = ON_PROBLEM.set(hook);
+}
+
 fn log_problems(problems: &[rudder_model::Problem]) {
     for p in problems {
         warn!(reason = p.reason.label(), "skipped invalid input: {p}");
+        if let Some(hook) = ON_PROBLEM.get() {
+            hook(p);
+        }
     }
 }
 

@@ -38,6 +38,7 @@ pub struct Metrics {
     rudder_elements: IntCounterVec,
     rudder_bytes: IntCounter,
     rudder_syncs: IntCounterVec,
+    rudder_invalid: IntCounterVec,
     status: std::sync::Mutex<Status>,
 }
 
@@ -258,6 +259,11 @@ impl Metrics {
                 "Sync attempts by kind and result",
                 &["kind", "result"],
             )?,
+            rudder_invalid: counter_vec(
+                "rudder_invalid_input_skipped_total",
+                "Invalid objects or fields skipped, by reason, each time they were read",
+                &["reason"],
+            )?,
             registry,
             status: std::sync::Mutex::new(Status {
                 started: now(),
@@ -434,6 +440,11 @@ impl Metrics {
             }
             _ => {}
         }
+    }
+
+    /// Counts one skipped piece of invalid input.
+    pub fn invalid_input(&self, reason: &str) {
+        self.rudder_invalid.with_label_values(&[reason]).inc();
     }
 
     /// The daemon's status, for `/status`.

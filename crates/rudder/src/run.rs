@@ -141,6 +141,10 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     let metrics =
         std::sync::Arc::new(crate::metrics::Metrics::new().context("registering metrics")?);
     metrics.init_families(&families);
+    let problem_metrics = metrics.clone();
+    rudder_controller::change::on_problem(Box::new(move |p| {
+        problem_metrics.invalid_input(p.reason.label())
+    }));
     let observer_metrics = metrics.clone();
     let sync_loop = sync_loop.with_observer(Box::new(move |e| observer_metrics.observe(e)));
     let mut servers = Vec::new();
