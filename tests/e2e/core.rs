@@ -1877,6 +1877,28 @@ fn explain_predicts_where_packets_go() {
         assert_eq!(predicted, observed, "{to} from {from}:\n{text}");
         assert_eq!(predicted, expected, "{text}");
     }
+    // Live, from the running daemon: the same answer as from the same manifests offline.
+    for (to, from) in [
+        ("10.96.100.100:80", "10.244.1.2"),
+        ("172.18.0.2:30001", client_ip),
+        ("[fd00:10:96::100]:53/udp", "fd00:10:244:1::2"),
+        ("10.96.100.100:81", "10.244.1.2"),
+    ] {
+        let out = c
+            .topo
+            .node
+            .command(&rudder_bin().display().to_string())
+            .args(["explain", "--live", "--to", to, "--from", from])
+            .output()
+            .expect("explain --live");
+        let live = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(live, explain(&c, to, from), "{to} from {from}");
+    }
     // A port the ClusterIP does not have: explained as rejected, and the kernel rejects it.
     let text = explain(&c, "10.96.100.100:81", "10.244.1.2");
     assert!(text.contains("verdict:     rejected"), "{text}");

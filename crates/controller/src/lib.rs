@@ -20,6 +20,6 @@ pub mod watch;
 
 pub use change::Change;
 pub use sync::{
-    Dataplane, DataplaneError, LoopConfig, LoopEvent, NodeContextFn, Observer, SyncKind, SyncLoop,
-    SyncReport, parse_rfc3339,
+    Dataplane, DataplaneError, ExplainRequest, LoopConfig, LoopEvent, NodeContextFn, Observer,
+    SyncKind, SyncLoop, SyncReport, parse_rfc3339,
 };

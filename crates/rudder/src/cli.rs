@@ -62,6 +62,19 @@ pub struct ExplainArgs {
     /// `external`. Guessed from --from when absent.
     #[arg(long = "via", value_name = "pod|node|external")]
     pub via: Option<String>,
+
+    /// Ask the running daemon instead of reading manifests: it answers from its current
+    /// state over its metrics server.
+    #[arg(long, conflicts_with = "manifests")]
+    pub live: bool,
+
+    /// The daemon's metrics address, for --live.
+    #[arg(
+        long = "metrics-bind-address",
+        value_name = "IP:PORT",
+        default_value = "127.0.0.1:10249"
+    )]
+    pub metrics_address: String,
 }
 
 #[derive(Debug, Clone, Args)]

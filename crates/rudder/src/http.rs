@@ -27,7 +27,7 @@ impl Response {
     }
 }
 
-/// Decides the answer from the request path.
+/// Decides the answer from the request target (path and query string).
 pub type Handler = Arc<dyn Fn(&str) -> Response + Send + Sync>;
 
 fn reason(status: u16) -> &'static str {
@@ -63,9 +63,9 @@ async fn serve_conn(mut conn: TcpStream, handler: Handler) {
         return;
     }
     let head = String::from_utf8_lossy(&buf[..len]);
-    let path = head.split_whitespace().nth(1).unwrap_or("/");
-    let path = path.split('?').next().unwrap_or("/");
-    let r = handler(path);
+    // The handler gets the request target, query string included.
+    let target = head.split_whitespace().nth(1).unwrap_or("/");
+    let r = handler(target);
     let mut out = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\n",
         r.status,

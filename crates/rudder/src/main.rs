@@ -6,6 +6,7 @@
 
 mod cli;
 mod config;
+mod explain;
 mod health;
 mod http;
 mod manifests;
@@ -189,53 +190,28 @@ fn compile(args: cli::CompileArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Parses `IP:PORT[/PROTO]` (IPv6 in brackets).
-fn parse_destination(s: &str) -> anyhow::Result<(std::net::SocketAddr, rudder_model::Protocol)> {
-    let (addr, proto) = match s.rsplit_once('/') {
-        Some((a, p)) => (a, p),
-        None => (s, "tcp"),
-    };
-    let protocol = match proto.to_ascii_lowercase().as_str() {
-        "tcp" => rudder_model::Protocol::Tcp,
-        "udp" => rudder_model::Protocol::Udp,
-        "sctp" => rudder_model::Protocol::Sctp,
-        other => anyhow::bail!("--to {s:?}: unknown protocol {other:?} (tcp, udp or sctp)"),
-    };
-    let addr = addr
-        .parse()
-        .map_err(|_| anyhow::anyhow!("--to {s:?}: expected IP:PORT or [IPv6]:PORT"))?;
-    Ok((addr, protocol))
-}
-
 /// `rudder explain`: one packet's fate, from manifests.
 fn explain(args: cli::ExplainArgs) -> anyhow::Result<ExitCode> {
-    use rudder_compiler::explain::{Query, Via};
-    let (to, protocol) = parse_destination(&args.to)?;
-    let from = args
-        .from
-        .as_deref()
-        .map(|f| {
-            f.parse::<std::net::IpAddr>()
-                .map_err(|_| anyhow::anyhow!("--from {f:?} is not an IP address"))
-        })
-        .transpose()?;
-    let via = args
-        .via
-        .as_deref()
-        .map(|v| {
-            Via::parse(v)
-                .ok_or_else(|| anyhow::anyhow!("--via {v:?}: expected pod, node or external"))
-        })
-        .transpose()?;
+    let q = explain::query(&args.to, args.from.as_deref(), args.via.as_deref())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    if args.live {
+        let addr: std::net::SocketAddr = args.metrics_address.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "--metrics-bind-address {:?} is not IP:PORT",
+                args.metrics_address
+            )
+        })?;
+        let target = explain::query_string(&args.to, args.from.as_deref(), args.via.as_deref());
+        let (code, body) = http_get(addr, &target)
+            .map_err(|e| anyhow::anyhow!("cannot reach Rudder at {addr}: {e}"))?;
+        if code != 200 {
+            anyhow::bail!("{addr}/explain answered {code}: {}", body.trim());
+        }
+        print!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    }
     let (state, node, _) = load_offline(&args.proxy)?;
     let settings = proxier::Settings::from_args(&args.proxy)?;
-    let q = Query {
-        to: to.ip(),
-        port: to.port(),
-        protocol,
-        from,
-        via,
-    };
     print!(
         "{}",
         rudder_compiler::explain::explain(&state, &settings.config, &node, &q)

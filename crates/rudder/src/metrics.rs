@@ -529,8 +529,8 @@ pub fn health_handler(
     metrics: Arc<Metrics>,
     families: Vec<IpFamily>,
 ) -> Handler {
-    Arc::new(move |path: &str| {
-        let (with_node, counter) = match path {
+    Arc::new(move |target: &str| {
+        let (with_node, counter) = match target.split('?').next().unwrap_or("/") {
             "/healthz" => (true, &metrics.healthz_total),
             "/livez" => (false, &metrics.livez_total),
             _ => return Response::new(404, "text/plain", "404 page not found\n".into()),
@@ -542,22 +542,28 @@ pub fn health_handler(
 }
 
 /// Handler of the metrics server (`--metrics-bind-address`).
-pub fn metrics_handler(metrics: Arc<Metrics>) -> Handler {
-    Arc::new(move |path: &str| match path {
-        "/metrics" => Response::new(
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            metrics.render(),
-        ),
-        "/healthz" => Response::new(200, "text/plain; charset=utf-8", "ok".into()),
-        "/proxyMode" => Response::new(200, "text/plain; charset=utf-8", "nftables".into()),
-        "/status" => Response::new(
-            200,
-            "application/json",
-            serde_json::to_string(&metrics.status()).unwrap_or_default(),
-        ),
-        _ => Response::new(404, "text/plain", "404 page not found\n".into()),
-    })
+pub fn metrics_handler(metrics: Arc<Metrics>, explain: Option<crate::explain::Live>) -> Handler {
+    Arc::new(
+        move |target: &str| match target.split('?').next().unwrap_or("/") {
+            "/explain" => match &explain {
+                Some(live) => live.answer(target),
+                None => Response::new(404, "text/plain", "404 page not found\n".into()),
+            },
+            "/metrics" => Response::new(
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics.render(),
+            ),
+            "/healthz" => Response::new(200, "text/plain; charset=utf-8", "ok".into()),
+            "/proxyMode" => Response::new(200, "text/plain; charset=utf-8", "nftables".into()),
+            "/status" => Response::new(
+                200,
+                "application/json",
+                serde_json::to_string(&metrics.status()).unwrap_or_default(),
+            ),
+            _ => Response::new(404, "text/plain", "404 page not found\n".into()),
+        },
+    )
 }
 
 #[cfg(test)]

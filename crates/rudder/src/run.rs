@@ -145,14 +145,18 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     rudder_controller::change::on_problem(Box::new(move |p| {
         problem_metrics.invalid_input(p.reason.label())
     }));
+    let (explain_tx, explain_rx) = tokio::sync::mpsc::unbounded_channel();
+    let live_explain = crate::explain::Live::new(explain_tx);
     let observer_metrics = metrics.clone();
-    let sync_loop = sync_loop.with_observer(Box::new(move |e| observer_metrics.observe(e)));
+    let sync_loop = sync_loop
+        .with_observer(Box::new(move |e| observer_metrics.observe(e)))
+        .with_explain(explain_rx);
     let mut servers = Vec::new();
     for (flag, addr, handler) in [
         (
             "--metrics-bind-address",
             &args.metrics_bind_address,
-            crate::metrics::metrics_handler(metrics.clone()),
+            crate::metrics::metrics_handler(metrics.clone(), Some(live_explain.clone())),
         ),
         (
             "--healthz-bind-address",

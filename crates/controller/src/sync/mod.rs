@@ -194,9 +194,37 @@ pub struct SyncLoop<D> {
     observer: Option<Observer>,
     /// Trigger times (seconds since the epoch) of EndpointSlice changes not yet programmed.
     trigger_times: Vec<f64>,
+    /// Questions from `rudder explain --live`.
+    explain_rx: Option<UnboundedReceiver<ExplainRequest>>,
+}
+
+/// A question for the running loop: what happens to this packet, given the loop's current
+/// state? The answer goes to `reply`.
+#[derive(Debug)]
+pub struct ExplainRequest {
+    /// The packet.
+    pub query: rudder_compiler::explain::Query,
+    /// Where the answer goes.
+    pub reply: std::sync::mpsc::SyncSender<rudder_compiler::explain::Explanation>,
+}
+
+/// The next question, or never when there is no (more) channel.
+async fn next_request(
+    rx: &mut Option<UnboundedReceiver<ExplainRequest>>,
+) -> Option<ExplainRequest> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl<D: Dataplane> SyncLoop<D> {
+    /// Answers `explain` questions arriving on `rx` between syncs.
+    pub fn with_explain(mut self, rx: UnboundedReceiver<ExplainRequest>) -> Self {
+        self.explain_rx = Some(rx);
+        self
+    }
+
     /// Reports loop events to `observer`.
     pub fn with_observer(mut self, observer: Observer) -> Self {
         self.observer = Some(observer);
@@ -295,6 +323,7 @@ impl<D: Dataplane> SyncLoop<D> {
             service_cidrs: Vec::new(),
             observer: None,
             trigger_times: Vec::new(),
+            explain_rx: None,
         }
     }
 
@@ -565,6 +594,7 @@ impl<D: Dataplane> SyncLoop<D> {
     ) -> Self {
         tokio::pin!(shutdown);
         let mut open = true;
+        let mut explain_rx = self.explain_rx.take();
         loop {
             // Take everything already queued, so a burst becomes one sync.
             while let Ok(c) = changes.try_recv() {
@@ -584,6 +614,18 @@ impl<D: Dataplane> SyncLoop<D> {
                         debug!("all sources stopped");
                         open = false;
                     }
+                },
+                q = next_request(&mut explain_rx) => match q {
+                    Some(req) => {
+                        let e = rudder_compiler::explain::explain(
+                            &self.state,
+                            self.compiler.config(),
+                            self.compiler.node(),
+                            &req.query,
+                        );
+                        let _ = req.reply.try_send(e);
+                    }
+                    None => explain_rx = None,
                 },
                 _ = tokio::time::sleep_until(next.unwrap_or(now + Duration::from_secs(3600))) => {}
             }
