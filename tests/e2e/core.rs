@@ -1601,6 +1601,9 @@ fn metrics_and_health_endpoints_behave_like_kube_proxy() {
             "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
             "gauge",
         ),
+        ("rudder_sync_objects_total", "counter"),
+        ("rudder_sync_transaction_bytes_total", "counter"),
+        ("rudder_sync_compile_duration_seconds", "histogram"),
         ("kubeproxy_proxy_healthz_total", "counter"),
         ("kubeproxy_proxy_livez_total", "counter"),
         (

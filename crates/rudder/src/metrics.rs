@@ -37,6 +37,7 @@ pub struct Metrics {
     rudder_compile: HistogramVec,
     rudder_elements: IntCounterVec,
     rudder_bytes: IntCounter,
+    rudder_objects: IntCounter,
     rudder_syncs: IntCounterVec,
     rudder_invalid: IntCounterVec,
     status: std::sync::Mutex<Status>,
@@ -254,6 +255,10 @@ impl Metrics {
                 "rudder_sync_transaction_bytes_total",
                 "Bytes of nftables transactions applied",
             )?,
+            rudder_objects: counter(
+                "rudder_sync_objects_total",
+                "Table, chain, set and rule operations in applied transactions",
+            )?,
             rudder_syncs: counter_vec(
                 "rudder_syncs_total",
                 "Sync attempts by kind and result",
@@ -378,6 +383,7 @@ impl Metrics {
                     .with_label_values(&["delete"])
                     .inc_by(report.elements_deleted as u64);
                 self.rudder_bytes.inc_by(report.bytes as u64);
+                self.rudder_objects.inc_by(report.objects as u64);
                 self.rudder_syncs
                     .with_label_values(&[kind, "success"])
                     .inc();
