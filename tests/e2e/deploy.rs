@@ -245,6 +245,10 @@ fn the_daemonset_command_line_and_config_run_with_exactly_the_cluster_role() {
         !log.contains("unknown") && !log.contains("is ignored"),
         "the shipped config has no ignored fields:\n{log}"
     );
+    assert!(
+        !log.contains("conntrack sysctl"),
+        "the shipped config leaves the conntrack sysctls to the node:\n{log}"
+    );
     let rules = rudder_e2e::nft::list_ruleset(&ns).expect("ruleset");
     assert!(rules.contains("10.96.9.9 . tcp . 80"), "{rules}");
     // The config's bind addresses are in use.
