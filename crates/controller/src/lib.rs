@@ -21,5 +21,5 @@ pub mod watch;
 pub use change::Change;
 pub use sync::{
     Dataplane, DataplaneError, ExplainRequest, LoopConfig, LoopEvent, NodeContextFn, Observer,
-    SyncKind, SyncLoop, SyncReport, parse_rfc3339,
+    Shape, SyncKind, SyncLoop, SyncReport, expected_shape, parse_rfc3339, shape_diff,
 };

@@ -38,6 +38,7 @@ pub struct Metrics {
     rudder_elements: IntCounterVec,
     rudder_bytes: IntCounter,
     rudder_objects: IntCounter,
+    rudder_drift: IntCounter,
     rudder_syncs: IntCounterVec,
     rudder_invalid: IntCounterVec,
     status: std::sync::Mutex<Status>,
@@ -259,6 +260,10 @@ impl Metrics {
                 "rudder_sync_objects_total",
                 "Table, chain, set and rule operations in applied transactions",
             )?,
+            rudder_drift: counter(
+                "rudder_drift_repairs_total",
+                "Periodic full resyncs that found the kernel's rules changed behind Rudder's back (and repaired them)",
+            )?,
             rudder_syncs: counter_vec(
                 "rudder_syncs_total",
                 "Sync attempts by kind and result",
@@ -431,6 +436,7 @@ impl Metrics {
                     st.last_failure = Some(now());
                 }
             }
+            LoopEvent::Drift { .. } => self.rudder_drift.inc(),
             LoopEvent::Conntrack {
                 family,
                 deleted,

@@ -46,6 +46,27 @@ impl Dataplane for Kernel {
     fn apply(&mut self, tx: &Transaction) -> Result<usize, DataplaneError> {
         Ok(self.0.apply(tx)?.bytes)
     }
+
+    fn shape(
+        &mut self,
+        table: &rudder_nft::TableRef,
+    ) -> Option<Result<rudder_controller::Shape, DataplaneError>> {
+        Some(match self.0.list_table(table) {
+            // A deleted table: every chain and set is missing.
+            Ok(None) => Ok(rudder_controller::Shape::new()),
+            Ok(Some(listing)) => {
+                let mut s = rudder_controller::Shape::new();
+                for (name, chain) in listing.chains {
+                    s.insert(format!("chain {name}"), chain.rules);
+                }
+                for (name, set) in listing.sets {
+                    s.insert(format!("set {name}"), set.elements.len());
+                }
+                Ok(s)
+            }
+            Err(e) => Err(Box::new(e)),
+        })
+    }
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {

@@ -22,6 +22,56 @@ pub type DataplaneError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub trait Dataplane: Send {
     /// Applies `tx` atomically; returns the number of bytes sent, when that means anything.
     fn apply(&mut self, tx: &Transaction) -> Result<usize, DataplaneError>;
+
+    /// The shape of `table` as the dataplane holds it (see [`Shape`]), for drift detection
+    /// before periodic full resyncs; `None` when the dataplane cannot tell.
+    fn shape(&mut self, _table: &rudder_nft::TableRef) -> Option<Result<Shape, DataplaneError>> {
+        None
+    }
+}
+
+/// A table's shape: rules per chain (`chain NAME`) and elements per static set or map
+/// (`set NAME`; sets the packet path updates are left out). Differences between the shape
+/// Rudder programmed and the kernel's are drift: changes made behind Rudder's back.
+pub type Shape = std::collections::BTreeMap<String, usize>;
+
+/// The shape of a table as Rudder programmed it.
+pub fn expected_shape(table: &rudder_nft::Table) -> Shape {
+    let mut s = Shape::new();
+    for (name, chain) in &table.chains {
+        s.insert(format!("chain {name}"), chain.rules.len());
+    }
+    for (name, set) in &table.sets {
+        let dynamic = set.decl.flags.iter().any(|f| {
+            matches!(
+                f,
+                rudder_nft::SetFlag::Dynamic | rudder_nft::SetFlag::Timeout
+            )
+        }) || set.decl.timeout_secs.is_some();
+        if !dynamic {
+            s.insert(format!("set {name}"), set.elements.len());
+        }
+    }
+    s
+}
+
+/// What differs between two shapes, for the log (at most a few entries).
+pub fn shape_diff(expected: &Shape, actual: &Shape) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, v) in expected {
+        match actual.get(k) {
+            None => out.push(format!("{k} missing")),
+            Some(a) if a != v => out.push(format!("{k}: {a} instead of {v}")),
+            Some(_) => {}
+        }
+    }
+    // Extra chains are drift; extra sets may be the dynamic ones the expectation leaves out.
+    for k in actual.keys() {
+        if k.starts_with("chain ") && !expected.contains_key(k) {
+            out.push(format!("{k} unexpected"));
+        }
+    }
+    out
 }
 
 impl Dataplane for rudder_nft::Ruleset {
@@ -124,6 +174,12 @@ pub enum LoopEvent {
         kind: SyncKind,
         /// Families it was for.
         families: Vec<rudder_model::IpFamily>,
+    },
+    /// Before a periodic full resync, the kernel's tables differed from what Rudder had
+    /// programmed; the resync repairs them.
+    Drift {
+        /// What differed (a few entries).
+        differences: Vec<String>,
     },
     /// Stale conntrack entries were cleaned.
     Conntrack {
@@ -479,6 +535,40 @@ impl<D: Dataplane> SyncLoop<D> {
         }
     }
 
+    /// Compares the kernel's tables with what Rudder programmed (by shape: rules per chain,
+    /// elements per static set) and reports drift.
+    fn check_drift(&mut self) {
+        let Ok(expected) = self.compiler.ruleset() else {
+            return;
+        };
+        let mut differences = Vec::new();
+        for (table_ref, table) in &expected.tables {
+            match self.dataplane.shape(table_ref) {
+                None => return,
+                Some(Err(e)) => {
+                    warn!("cannot read {table_ref} to check for drift: {e}");
+                    return;
+                }
+                Some(Ok(actual)) => {
+                    for d in shape_diff(&expected_shape(table), &actual) {
+                        differences.push(format!("{table_ref}: {d}"));
+                    }
+                }
+            }
+        }
+        if differences.is_empty() {
+            debug!("no drift before the periodic full resync");
+            return;
+        }
+        warn!(
+            total = differences.len(),
+            first = ?differences.iter().take(5).collect::<Vec<_>>(),
+            "drift: the kernel's rules were changed behind Rudder's back; the full resync repairs them"
+        );
+        differences.truncate(20);
+        self.emit(LoopEvent::Drift { differences });
+    }
+
     /// Syncs now if the gate is open and something is pending, regardless of timing.
     pub fn sync(&mut self) -> Option<Result<SyncReport, DataplaneError>> {
         let now = Instant::now();
@@ -486,6 +576,10 @@ impl<D: Dataplane> SyncLoop<D> {
             return None;
         }
         let full = self.needs_full || self.full_due(now);
+        if full && !self.needs_full {
+            // A periodic resync: first see whether anything changed behind our back.
+            self.check_drift();
+        }
         let t0 = Instant::now();
         let dirty = self.state.take_dirty();
         let udp_changed = full || has_udp(&self.state, &dirty);
