@@ -576,8 +576,9 @@ impl<D: Dataplane> SyncLoop<D> {
             return None;
         }
         let full = self.needs_full || self.full_due(now);
-        if full && !self.needs_full {
-            // A periodic resync: first see whether anything changed behind our back.
+        if full && !self.needs_full && self.last_full.is_some() {
+            // A periodic resync (not the first sync, whose kernel state Rudder did not write
+            // in this run): first see whether anything changed behind our back.
             self.check_drift();
         }
         let t0 = Instant::now();
