@@ -1626,6 +1626,44 @@ fn metrics_and_health_endpoints_behave_like_kube_proxy() {
         text.contains("le=\"16.384\""),
         "exponential buckets up to 16.384 s"
     );
+    // Label sets, per family (the node has both).
+    for family in ["IPv4", "IPv6"] {
+        for series in [
+            "kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family=\"F\",le=\"0.001\"}",
+            "kubeproxy_sync_partial_proxy_rules_duration_seconds_count{ip_family=\"F\"}",
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"F\"}",
+            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{ip_family=\"F\"}",
+            "kubeproxy_network_programming_duration_seconds_bucket{ip_family=\"F\",le=\"0.25\"}",
+            "kubeproxy_network_programming_duration_seconds_bucket{ip_family=\"F\",le=\"300\"}",
+            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family=\"F\"}",
+            "kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total{ip_family=\"F\"}",
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family=\"F\",traffic_policy=\"internal\"}",
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family=\"F\",traffic_policy=\"external\"}",
+            "kubeproxy_conntrack_reconciler_sync_duration_seconds_count{ip_family=\"F\"}",
+            "kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=\"F\"}",
+        ] {
+            let series = series.replace('F', family);
+            assert!(
+                text.lines().any(|l| l.starts_with(&format!("{series} "))),
+                "missing series {series}:\n{text}"
+            );
+        }
+    }
+    for series in [
+        "kubeproxy_sync_proxy_rules_endpoint_changes_total",
+        "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
+        "kubeproxy_sync_proxy_rules_service_changes_total",
+        "kubeproxy_sync_proxy_rules_service_changes_pending",
+        "kubeproxy_proxy_healthz_total{code=\"200\"}",
+        "kubeproxy_proxy_livez_total{code=\"503\"}",
+        "rudder_syncs_total{kind=\"full\",result=\"success\"}",
+        "rudder_sync_elements_total{op=\"add\"}",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("{series} "))),
+            "missing series {series}:\n{text}"
+        );
+    }
     assert_eq!(
         http_get_path(&c.topo.node, "127.0.0.1:10249", "/proxyMode")
             .expect("proxyMode")
