@@ -45,6 +45,11 @@ fn explicit(m: &ArgMatches, id: &str) -> bool {
     m.value_source(id) == Some(ValueSource::CommandLine)
 }
 
+fn mapping<'a>(v: &'a Value, field: &str) -> anyhow::Result<&'a serde_json::Map<String, Value>> {
+    v.as_object()
+        .with_context(|| format!("config field {field} must be a mapping"))
+}
+
 fn as_str<'a>(v: &'a Value, field: &str) -> anyhow::Result<&'a str> {
     v.as_str()
         .with_context(|| format!("config field {field} must be a string"))
@@ -124,10 +129,7 @@ pub fn apply(path: &Path, matches: &ArgMatches, args: &mut RunArgs) -> anyhow::R
                 }
             }
             "detectLocal" => {
-                for (k, v) in value
-                    .as_object()
-                    .context("config field detectLocal must be a mapping")?
-                {
+                for (k, v) in mapping(value, "detectLocal")? {
                     match k.as_str() {
                         "bridgeInterface" if set("pod_bridge_interface") => {
                             args.proxy.pod_bridge_interface =
@@ -143,10 +145,7 @@ pub fn apply(path: &Path, matches: &ArgMatches, args: &mut RunArgs) -> anyhow::R
                 }
             }
             "nftables" => {
-                for (k, v) in value
-                    .as_object()
-                    .context("config field nftables must be a mapping")?
-                {
+                for (k, v) in mapping(value, "nftables")? {
                     match k.as_str() {
                         "syncPeriod" if set("sync_period") => {
                             args.sync_period = parse_duration(as_str(v, k)?)
@@ -174,10 +173,7 @@ pub fn apply(path: &Path, matches: &ArgMatches, args: &mut RunArgs) -> anyhow::R
                 }
             }
             "conntrack" => {
-                for (k, v) in value
-                    .as_object()
-                    .context("config field conntrack must be a mapping")?
-                {
+                for (k, v) in mapping(value, "conntrack")? {
                     let dur = |v: &Value| -> anyhow::Result<Duration> {
                         parse_duration(as_str(v, k)?)
                             .map_err(|e| anyhow::anyhow!("conntrack.{k}: {e}"))
@@ -221,10 +217,7 @@ pub fn apply(path: &Path, matches: &ArgMatches, args: &mut RunArgs) -> anyhow::R
                 }
             }
             "clientConnection" => {
-                for (k, v) in value
-                    .as_object()
-                    .context("config field clientConnection must be a mapping")?
-                {
+                for (k, v) in mapping(value, "clientConnection")? {
                     match k.as_str() {
                         "kubeconfig" if set("kubeconfig") => {
                             let p = as_str(v, k)?;

@@ -271,10 +271,7 @@ fn status(args: cli::StatusArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         println!("{body}");
     } else {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
+        let now = metrics::now();
         println!(
             "rudder at {addr}: nftables mode, started {}",
             ago(st.started, now)

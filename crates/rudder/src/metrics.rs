@@ -99,7 +99,8 @@ fn family_label(f: IpFamily) -> &'static str {
     }
 }
 
-fn now() -> f64 {
+/// Seconds since the epoch.
+pub fn now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
