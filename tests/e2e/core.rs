@@ -1432,7 +1432,8 @@ fn health_check_reports_an_unhealthy_proxy() {
     if !e2e_enabled() {
         return;
     }
-    // An nft that starts failing when a marker file exists.
+    // An nft that starts failing when a marker file exists; writes go through it with
+    // `--nft-writer nft`.
     let dir = TempDir::new("nftwrap").expect("temp dir");
     let marker = dir.path().join("fail");
     let script = format!(
@@ -1446,7 +1447,14 @@ fn health_check_reports_an_unhealthy_proxy() {
         .status()
         .expect("chmod");
     let wrapper = wrapper.display().to_string();
-    let mut c = Cluster::start(&["--iptables-sync-period", "1s", "--nft-path", &wrapper]);
+    let mut c = Cluster::start(&[
+        "--iptables-sync-period",
+        "1s",
+        "--nft-writer",
+        "nft",
+        "--nft-path",
+        &wrapper,
+    ]);
     let syncs = c.daemon.count(SYNC_DONE);
     c.manifests
         .write("hc.yaml", &health_checked_service(32102, "Local", "node-1"))

@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: programs a real kernel (in a throwaway namespace) at scale.
 //!
 //! Measures, side by side in one run, for N services × M endpoints:
-//! - Rudder: full apply (`nft -f` of the complete table) and a one-endpoint change;
+//! - Rudder, through the netlink writer and through `nft -f`: full apply, a one-endpoint
+//!   change and a full resync over the existing table;
 //! - the same state in kube-proxy 1.36's layout (a chain and an anonymous numgen map per
 //!   service), generated here for comparison: full load and a one-endpoint change.
 
@@ -15,7 +16,7 @@ use rudder_model::{
     Endpoint, EndpointPort, EndpointSlice, IpFamily, Protocol, ProxyState, Service, ServiceKey,
     ServicePort,
 };
-use rudder_nft_backend::NftBackend;
+use rudder_nft_backend::{NftBackend, WriteMode};
 
 use crate::install_deps;
 
@@ -117,32 +118,43 @@ pub fn bench(args: &[String]) -> anyhow::Result<()> {
         (0..services).map(|i| slice(i, eps, 0)).collect(),
     );
     state.take_dirty();
-    let backend = NftBackend::new();
+    let netlink = NftBackend::new();
+    let program = NftBackend::new().write_mode(WriteMode::Program);
     let mut rows: Vec<(String, Vec<Duration>)> = Vec::new();
     let mut push = |name: &str, d: Duration| match rows.iter_mut().find(|(n, _)| n == name) {
         Some((_, v)) => v.push(d),
         None => rows.push((name.to_owned(), vec![d])),
     };
     let mut bytes = 0;
+    let mut batch_bytes = 0;
     for round in 0..rounds {
-        // Rudder.
-        let ns = Netns::new("bench").context("netns")?;
-        let mut compiler = Compiler::new(&[IpFamily::V4], Config::default(), node.clone());
-        // (Compile times are measured by `cargo bench -p rudder-compiler`, in release mode.)
-        let tx = compiler.full(&state);
-        let (applied, d) = time(|| ns.enter(|| backend.apply(&tx))?.context("apply"))?;
-        bytes = applied.bytes;
-        push("Rudder: apply full ruleset (nft -f)", d);
-        let mut st = state.clone();
-        st.upsert_slice(slice(services / 2, eps, 1 + round));
-        let dirty: BTreeSet<ServiceKey> = st.take_dirty();
-        let tx1 = compiler.update(&st, &dirty);
-        let (_, d) = time(|| ns.enter(|| backend.apply(&tx1))?.context("apply change"))?;
-        push("Rudder: apply one-endpoint change", d);
-        let tx2 = compiler.full(&st);
-        let (_, d) = time(|| ns.enter(|| backend.apply(&tx2))?.context("apply resync"))?;
-        push("Rudder: full resync over an existing table", d);
-        drop(ns);
+        // Rudder, through each write path.
+        for (label, backend) in [("netlink", &netlink), ("nft -f", &program)] {
+            let ns = Netns::new("bench").context("netns")?;
+            let mut compiler = Compiler::new(&[IpFamily::V4], Config::default(), node.clone());
+            // (Compile times are measured by `cargo bench -p rudder-compiler`, in release mode.)
+            let tx = compiler.full(&state);
+            let (applied, d) = time(|| ns.enter(|| backend.apply(&tx))?.context("apply"))?;
+            if label == "netlink" {
+                batch_bytes = applied.bytes;
+            } else {
+                bytes = applied.bytes;
+            }
+            push(&format!("Rudder ({label}): apply full ruleset"), d);
+            let mut st = state.clone();
+            st.upsert_slice(slice(services / 2, eps, 1 + round));
+            let dirty: BTreeSet<ServiceKey> = st.take_dirty();
+            let tx1 = compiler.update(&st, &dirty);
+            let (_, d) = time(|| ns.enter(|| backend.apply(&tx1))?.context("apply change"))?;
+            push(&format!("Rudder ({label}): apply one-endpoint change"), d);
+            let tx2 = compiler.full(&st);
+            let (_, d) = time(|| ns.enter(|| backend.apply(&tx2))?.context("apply resync"))?;
+            push(
+                &format!("Rudder ({label}): full resync over an existing table"),
+                d,
+            );
+            drop(ns);
+        }
 
         // kube-proxy layout, same state.
         let ns = Netns::new("benchkp").context("netns")?;
@@ -154,7 +166,8 @@ pub fn bench(args: &[String]) -> anyhow::Result<()> {
         push("kube-proxy layout: rewrite one service's chain", d);
     }
     println!(
-        "Kernel benchmark: {services} services × {eps} endpoints, IPv4, {rounds} rounds (median shown); Rudder full script {:.1} MiB\n",
+        "Kernel benchmark: {services} services × {eps} endpoints, IPv4, {rounds} rounds (median shown); Rudder full netlink batch {:.1} MiB, nft -f script {:.1} MiB\n",
+        batch_bytes as f64 / 1048576.0,
         bytes as f64 / 1048576.0
     );
     println!("| measurement | median | min | max |\n|---|---|---|---|");

@@ -1,17 +1,19 @@
 //! Rudder's nftables kernel backend: applies [`Transaction`]s and reads back what the kernel
 //! holds.
 //!
-//! This crate owns every interaction with the kernel's nftables state. This first backend
-//! drives the `nft` program: a transaction is rendered as `nft -f` text and piped to one
-//! `nft -f -` process, which the kernel applies atomically (all or nothing). Reading back uses
-//! `nft --json list table`, parsed into a [`TableListing`] that can be compared with the
-//! compiler's desired [`Ruleset`](rudder_nft::Ruleset).
+//! This crate owns every interaction with the kernel's nftables state. Transactions are
+//! written natively ([`WriteMode::Netlink`], the default): encoded as one nf_tables netlink
+//! batch and sent in a single `sendmsg`, which the kernel applies atomically (all or nothing).
+//! The fallback ([`WriteMode::Program`]) renders `nft -f` text and pipes it to one `nft`
+//! process. Reading back uses `nft --json list table`, parsed into a [`TableListing`] that can
+//! be compared with the compiler's desired [`Ruleset`](rudder_nft::Ruleset).
 //!
 //! What it must not do: decide *what* to program (that is the compiler's job), touch tables it
 //! does not own, or read the kernel on a hot path: listing a large table costs seconds, so it is
 //! meant for status, tests and drift checks only.
 
 mod listing;
+pub mod netlink;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 use rudder_nft::{TableRef, Transaction};
 
 pub use listing::{ListedChain, ListedSet, TableListing};
+pub use netlink::{NetlinkError, NetlinkWriter};
 
 /// Oldest `nft` release Rudder supports (the same floor as kube-proxy).
 pub const MIN_NFT_VERSION: (u32, u32, u32) = (1, 0, 1);
@@ -55,28 +58,48 @@ pub enum Error {
     /// `nft --json` printed something that is not the expected JSON.
     #[error("cannot parse nft JSON output: {0}")]
     Json(String),
+    /// The netlink write path failed.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
 }
 
 impl Error {
     /// Whether the error says an object does not exist (`ENOENT` from the kernel).
     pub fn is_not_found(&self) -> bool {
-        matches!(self, Error::Nft { stderr, .. } if stderr.contains("No such file or directory"))
+        match self {
+            Error::Nft { stderr, .. } => stderr.contains("No such file or directory"),
+            Error::Netlink(e) => e.is_not_found(),
+            _ => false,
+        }
     }
 }
 
 /// What applying a transaction cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
-    /// Bytes of `nft -f` input.
+    /// Bytes written: the netlink batch, or the `nft -f` input.
     pub bytes: usize,
-    /// Wall time, including the `nft` process.
+    /// Wall time, including encoding (and the `nft` process, for [`WriteMode::Program`]).
     pub duration: Duration,
 }
 
-/// The `nft`-program backend.
+/// How transactions reach the kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WriteMode {
+    /// One nf_tables netlink batch per transaction, built in memory (the default: no text to
+    /// parse and no process to start).
+    #[default]
+    Netlink,
+    /// `nft -f -` with the rendered transaction: slower, for debugging and comparison.
+    Program,
+}
+
+/// The nftables backend: netlink (or `nft -f`) writes, `nft --json` reads.
 #[derive(Debug, Clone)]
 pub struct NftBackend {
     program: PathBuf,
+    mode: WriteMode,
+    netlink: std::sync::Arc<NetlinkWriter>,
 }
 
 impl Default for NftBackend {
@@ -88,16 +111,28 @@ impl Default for NftBackend {
 impl NftBackend {
     /// A backend running `nft` from `$PATH`.
     pub fn new() -> NftBackend {
-        NftBackend {
-            program: PathBuf::from("nft"),
-        }
+        NftBackend::with_program("nft")
     }
 
-    /// A backend running the given `nft` program.
+    /// A backend running the given `nft` program (for reads, and for writes in
+    /// [`WriteMode::Program`]).
     pub fn with_program(program: impl Into<PathBuf>) -> NftBackend {
         NftBackend {
             program: program.into(),
+            mode: WriteMode::default(),
+            netlink: std::sync::Arc::new(NetlinkWriter::new()),
         }
+    }
+
+    /// The same backend writing with `mode`.
+    pub fn write_mode(mut self, mode: WriteMode) -> NftBackend {
+        self.mode = mode;
+        self
+    }
+
+    /// How this backend writes.
+    pub fn mode(&self) -> WriteMode {
+        self.mode
     }
 
     fn spawn_err(&self, source: std::io::Error) -> Error {
@@ -156,8 +191,8 @@ impl NftBackend {
         Ok(found)
     }
 
-    /// Applies `tx` atomically: `nft -f -` with the rendered transaction. Nothing is run for
-    /// an empty transaction.
+    /// Applies `tx` atomically, as one netlink batch or one `nft -f -` run. Nothing is sent
+    /// for an empty transaction.
     pub fn apply(&self, tx: &Transaction) -> Result<Applied, Error> {
         let start = Instant::now();
         if tx.is_empty() {
@@ -166,10 +201,16 @@ impl NftBackend {
                 duration: start.elapsed(),
             });
         }
-        let script = tx.render();
-        self.run(&["-f", "-"], Some(&script))?;
+        let bytes = match self.mode {
+            WriteMode::Netlink => self.netlink.apply(tx)?,
+            WriteMode::Program => {
+                let script = tx.render();
+                self.run(&["-f", "-"], Some(&script))?;
+                script.len()
+            }
+        };
         Ok(Applied {
-            bytes: script.len(),
+            bytes,
             duration: start.elapsed(),
         })
     }

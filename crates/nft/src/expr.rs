@@ -71,6 +71,11 @@ impl IfaceName {
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
         ok.then(|| IfaceName(name.into()))
     }
+
+    /// The name as written, including a trailing `*` wildcard.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// Which address a `fib` lookup classifies.

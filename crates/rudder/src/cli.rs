@@ -285,9 +285,15 @@ pub struct RunArgs {
     #[arg(long = "manifests-poll-interval", value_name = "DURATION", default_value = "200ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
 
-    /// Path of the nft program.
+    /// Path of the nft program (used to read tables back, and to write with `--nft-writer nft`).
     #[arg(long = "nft-path", value_name = "PATH", default_value = "nft")]
     pub nft_path: PathBuf,
+
+    /// How rule changes reach the kernel: `netlink` sends each transaction as one nf_tables
+    /// netlink batch (the default); `nft` pipes the rendered transaction to `nft -f` (slower;
+    /// for debugging and comparison).
+    #[arg(long = "nft-writer", value_name = "MODE", default_value = "netlink", value_parser = ["netlink", "nft"])]
+    pub nft_writer: String,
 }
 
 #[derive(Debug, Args)]

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use rudder_compiler::Compiler;
 use rudder_controller::{Change, Dataplane, DataplaneError, LoopConfig, NodeContextFn, SyncLoop};
 use rudder_nft::Transaction;
-use rudder_nft_backend::NftBackend;
+use rudder_nft_backend::{NftBackend, WriteMode};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
@@ -39,7 +39,7 @@ impl rudder_controller::conntrack::Conntrack for KernelConntrack {
     }
 }
 
-/// The kernel, through the `nft` program.
+/// The kernel, through the nftables backend.
 struct Kernel(NftBackend);
 
 impl Dataplane for Kernel {
@@ -91,7 +91,12 @@ async fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = (
 
 async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::from_args(&args.proxy)?;
-    let backend = NftBackend::with_program(&args.nft_path);
+    let mode = if args.nft_writer == "nft" {
+        WriteMode::Program
+    } else {
+        WriteMode::Netlink
+    };
+    let backend = NftBackend::with_program(&args.nft_path).write_mode(mode);
     let version = backend
         .check_version()
         .context("checking the nft program")?;
@@ -101,7 +106,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         "manifests"
     };
-    info!(node = %settings.hostname, nft = %version, families = ?families, table = %settings.config.table, source, "starting Rudder");
+    info!(node = %settings.hostname, nft = %version, writer = %args.nft_writer, families = ?families, table = %settings.config.table, source, "starting Rudder");
 
     // kube-proxy's conntrack settings, before the first sync.
     let ct = rudder_conntrack::sysctl::ConntrackSettings {

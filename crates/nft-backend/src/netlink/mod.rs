@@ -1,0 +1,182 @@
+//! The native write path: transactions sent to the kernel as one nf_tables netlink batch.
+//!
+//! The batch is built in memory ([`encode`]) and sent with a single `sendmsg` on a
+//! `NETLINK_NETFILTER` socket. The kernel processes a batch synchronously inside that call
+//! and applies it atomically: every message or none. Errors come back as `NLMSG_ERROR`
+//! messages naming the failing message's sequence number, which maps to the operation of the
+//! transaction; the last message asks for an acknowledgement, so success is confirmed, not
+//! assumed.
+
+pub mod encode;
+mod wire;
+
+use std::io::ErrorKind;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use netlink_sys::Socket;
+use nix::sys::socket::{setsockopt, sockopt};
+use rudder_nft::Transaction;
+
+use encode::IntervalSets;
+pub use encode::{Batch, EncodeError};
+use wire::{NETLINK_NETFILTER, NLMSG_DONE, NLMSG_ERROR};
+
+/// Why a netlink transaction failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetlinkError {
+    /// The transaction has something the encoder cannot express.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// The socket could not be opened, sized or used.
+    #[error("netlink socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// The kernel refused the batch; nothing was applied.
+    #[error("the kernel refused the transaction: {op}: {}", std::io::Error::from_raw_os_error(*errno))]
+    Refused {
+        /// The errno the kernel returned.
+        errno: i32,
+        /// The operation that failed, in `nft` syntax (shortened).
+        op: String,
+    },
+    /// The kernel neither acknowledged nor refused the batch.
+    #[error("the kernel did not acknowledge the transaction")]
+    NoAck,
+}
+
+impl NetlinkError {
+    /// Whether the kernel said an object does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, NetlinkError::Refused { errno, .. } if *errno == nix::libc::ENOENT)
+    }
+}
+
+/// Writes transactions through netlink. Remembers which sets hold intervals, because lookups
+/// into them are encoded differently and a later transaction may add a rule that uses a set
+/// declared earlier.
+#[derive(Debug, Default)]
+pub struct NetlinkWriter {
+    intervals: Mutex<IntervalSets>,
+    seq: AtomicU32,
+}
+
+/// Room for the kernel's replies: acknowledgements and, on failure, error messages.
+const RECV_BUFFER: usize = 1 << 20;
+
+impl NetlinkWriter {
+    /// A writer for the network namespace of the calling thread.
+    pub fn new() -> NetlinkWriter {
+        NetlinkWriter::default()
+    }
+
+    /// Encodes `tx` without sending it.
+    pub fn encode(&self, tx: &Transaction) -> Result<Batch, EncodeError> {
+        let known = self.intervals.lock().map(|g| g.clone()).unwrap_or_default();
+        let seq = self
+            .seq
+            .fetch_add(tx.len() as u32 * 2 + 2, Ordering::Relaxed);
+        encode::encode(tx, &known, seq.wrapping_add(1))
+    }
+
+    /// Applies `tx` atomically. Returns the size of the batch in bytes.
+    pub fn apply(&self, tx: &Transaction) -> Result<usize, NetlinkError> {
+        let batch = self.encode(tx)?;
+        let len = batch.bytes.len();
+        send_batch(&batch, tx)?;
+        if let Ok(mut known) = self.intervals.lock() {
+            encode::track_interval_sets(tx, &mut known);
+        }
+        Ok(len)
+    }
+}
+
+fn send_batch(batch: &Batch, tx: &Transaction) -> Result<(), NetlinkError> {
+    let mut socket = Socket::new(NETLINK_NETFILTER as isize)?;
+    socket.bind_auto()?;
+    // The whole batch goes in one message; the socket's send buffer must hold it (forcing
+    // the size needs CAP_NET_ADMIN, which programming nftables needs anyway).
+    let want = batch.bytes.len() + 64 * 1024;
+    let want = i32::try_from(want).unwrap_or(i32::MAX) as usize;
+    if setsockopt(&socket, sockopt::SndBufForce, &want).is_err() {
+        setsockopt(&socket, sockopt::SndBuf, &want).map_err(std::io::Error::from)?;
+    }
+    let _ = setsockopt(&socket, sockopt::RcvBufForce, &RECV_BUFFER);
+    socket.set_cap_ack(true)?;
+    socket.send(&batch.bytes, 0)?;
+    // The kernel has processed the batch when sendmsg returns; read what it answered.
+    socket.set_non_blocking(true)?;
+    let mut acked = false;
+    let mut refused: Option<NetlinkError> = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match socket.recv(&mut &mut buf[..], 0) {
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let mut at = 0;
+        while at + 16 <= n {
+            let len = u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
+            let ty = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
+            if len < 16 || at + len > n {
+                break;
+            }
+            if ty == NLMSG_ERROR && len >= 20 {
+                let errno =
+                    -i32::from_ne_bytes([buf[at + 16], buf[at + 17], buf[at + 18], buf[at + 19]]);
+                // The original header follows the error code.
+                let seq = if len >= 36 {
+                    u32::from_ne_bytes([buf[at + 28], buf[at + 29], buf[at + 30], buf[at + 31]])
+                } else {
+                    0
+                };
+                if errno == 0 {
+                    if Some(seq) == batch.last_seq {
+                        acked = true;
+                    }
+                } else if refused.is_none() {
+                    refused = Some(NetlinkError::Refused {
+                        errno,
+                        op: describe(batch, tx, seq),
+                    });
+                }
+            } else if ty == NLMSG_DONE {
+                // Nothing to do: the batch end.
+            }
+            at += len.div_ceil(4) * 4;
+        }
+    }
+    if let Some(e) = refused {
+        return Err(e);
+    }
+    if acked || batch.last_seq.is_none() {
+        Ok(())
+    } else {
+        Err(NetlinkError::NoAck)
+    }
+}
+
+/// The operation a message belongs to, in `nft` syntax, shortened for an error message.
+fn describe(batch: &Batch, tx: &Transaction, seq: u32) -> String {
+    let Some(&(_, i)) = batch.seqs.iter().find(|(s, _)| *s == seq) else {
+        return format!("message {seq} (batch framing)");
+    };
+    let Some(op) = tx.ops().get(i) else {
+        return format!("operation {i}");
+    };
+    let mut one = Transaction::new();
+    one.push(op.clone());
+    let text = one.render();
+    let line = text.lines().next().unwrap_or_default();
+    if line.len() > 300 {
+        let mut cut = 300;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!("{} …", &line[..cut])
+    } else {
+        line.to_owned()
+    }
+}

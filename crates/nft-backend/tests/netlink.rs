@@ -1,0 +1,402 @@
+//! The netlink writer against `nft` itself: the same transactions, one namespace written by
+//! each, must leave identical tables: the same chains, rules (compared as the kernel's
+//! expression bytecode), set declarations (including the userdata `nft list` shows) and
+//! elements. Covers every statement and set shape the compiler emits, full and incremental
+//! syncs, and both families.
+
+use std::collections::BTreeSet;
+
+use rudder_compiler::{Compiler, Config, LocalDetector, NodeContext, NodePortIps};
+use rudder_e2e::{Netns, e2e_enabled};
+use rudder_model::{
+    Endpoint, EndpointPort, EndpointSlice, IpFamily, Protocol, ProxyState, Service, ServiceKey,
+    ServicePort, ServiceType, TrafficPolicy,
+};
+use rudder_nft::{Transaction, Verdict};
+use rudder_nft_backend::{NftBackend, WriteMode};
+
+fn ip(s: &str) -> std::net::IpAddr {
+    s.parse().expect("test IP")
+}
+
+fn svc(name: &str, ips: &[&str], ty: ServiceType, ports: Vec<ServicePort>) -> Service {
+    let mut s = Service::new(
+        ServiceKey::new("ns", name),
+        ips.iter().map(|a| ip(a)).collect(),
+    );
+    s.service_type = ty;
+    s.ports = ports;
+    s
+}
+
+fn port(p: Protocol, n: u16, node_port: Option<u16>) -> ServicePort {
+    ServicePort {
+        node_port,
+        ..ServicePort::new("p", p, n)
+    }
+}
+
+fn eps(name: &str, fam: IpFamily, proto: Protocol, addrs: &[(&str, &str)]) -> EndpointSlice {
+    let endpoints = addrs
+        .iter()
+        .map(|(a, node)| Endpoint::new(ip(a)).on_node(node))
+        .collect();
+    let ports = vec![EndpointPort {
+        name: "p".into(),
+        protocol: proto,
+        port: 8080,
+    }];
+    EndpointSlice::new("ns", &format!("{name}-{fam}"), name, fam, ports, endpoints)
+}
+
+/// One state with every shape: all service types, all protocols, both families, eTP/iTP
+/// Local, source ranges (including an open one and IPv6), affinity, no endpoints.
+fn everything() -> ProxyState {
+    use IpFamily::{V4, V6};
+    let mut services = Vec::new();
+    let mut slices = Vec::new();
+    let mut lb = svc(
+        "lb",
+        &["10.96.0.10", "fd00:96::10"],
+        ServiceType::LoadBalancer,
+        vec![port(Protocol::Tcp, 80, Some(30080))],
+    );
+    lb.load_balancer_ips = vec![ip("192.168.122.10"), ip("fd00:122::10")];
+    lb.external_ips = vec![ip("203.0.113.10")];
+    lb.load_balancer_source_ranges = vec![
+        "10.0.0.0/8".parse().expect("cidr"),
+        "172.18.0.0/24".parse().expect("cidr"),
+        "fd00:1::/64".parse().expect("cidr"),
+    ];
+    services.push(lb);
+    slices.push(eps(
+        "lb",
+        V4,
+        Protocol::Tcp,
+        &[("10.244.1.2", "n1"), ("10.244.2.2", "n2")],
+    ));
+    slices.push(eps("lb", V6, Protocol::Tcp, &[("fd00:244:1::2", "n1")]));
+
+    let mut open = svc(
+        "open",
+        &["10.96.0.11"],
+        ServiceType::LoadBalancer,
+        vec![port(Protocol::Udp, 53, Some(30053))],
+    );
+    open.load_balancer_ips = vec![ip("192.168.122.11")];
+    open.load_balancer_source_ranges = vec!["0.0.0.0/0".parse().expect("cidr")];
+    services.push(open);
+    slices.push(eps("open", V4, Protocol::Udp, &[("10.244.1.3", "n1")]));
+
+    let mut local = svc(
+        "local",
+        &["10.96.0.12", "fd00:96::12"],
+        ServiceType::NodePort,
+        vec![port(Protocol::Tcp, 443, Some(30443))],
+    );
+    local.external_traffic_policy = TrafficPolicy::Local;
+    local.health_check_node_port = Some(32000);
+    services.push(local);
+    slices.push(eps(
+        "local",
+        V4,
+        Protocol::Tcp,
+        &[("10.244.1.4", "n1"), ("10.244.2.4", "n2")],
+    ));
+    slices.push(eps("local", V6, Protocol::Tcp, &[("fd00:244:2::4", "n2")]));
+
+    let mut itp = svc(
+        "itp",
+        &["10.96.0.13"],
+        ServiceType::ClusterIp,
+        vec![port(Protocol::Sctp, 9999, None)],
+    );
+    itp.internal_traffic_policy = TrafficPolicy::Local;
+    services.push(itp);
+    slices.push(eps("itp", V4, Protocol::Sctp, &[("10.244.2.5", "n2")]));
+
+    let mut sticky = svc(
+        "sticky",
+        &["10.96.0.14", "fd00:96::14"],
+        ServiceType::NodePort,
+        vec![port(Protocol::Tcp, 8000, Some(30800))],
+    );
+    sticky.session_affinity_timeout = Some(600);
+    services.push(sticky);
+    slices.push(eps(
+        "sticky",
+        V4,
+        Protocol::Tcp,
+        &[
+            ("10.244.1.6", "n1"),
+            ("10.244.2.6", "n2"),
+            ("10.244.3.6", "n3"),
+        ],
+    ));
+    slices.push(eps("sticky", V6, Protocol::Tcp, &[("fd00:244:1::6", "n1")]));
+
+    services.push(svc(
+        "empty",
+        &["10.96.0.15", "fd00:96::15"],
+        ServiceType::NodePort,
+        vec![port(Protocol::Tcp, 81, Some(30081))],
+    ));
+
+    let mut st = ProxyState::new();
+    st.replace_all(services, slices);
+    st.take_dirty();
+    st
+}
+
+fn node(detector: LocalDetector) -> NodeContext {
+    let mut n = NodeContext::new(
+        "n1".into(),
+        NodePortIps::Only(vec![ip("172.18.0.2"), ip("fc00::2")]),
+    );
+    n.ips = vec![ip("172.18.0.2"), ip("fc00::2")];
+    n.local_detector = detector;
+    n.service_cidrs = vec![
+        "10.96.0.0/12".parse().expect("cidr"),
+        "10.100.0.0/16".parse().expect("cidr"),
+        "172.30.0.0/16".parse().expect("cidr"),
+        "fd00:96::/108".parse().expect("cidr"),
+    ];
+    n
+}
+
+/// `nft list table` (declarations, rules as text) with element blocks removed, and
+/// `nft --debug=netlink list table` (rule bytecode, elements as bytes) with elements sorted
+/// and handles dropped: two tables are the same when both agree.
+fn snapshot(ns: &Netns, family: &str) -> (String, String) {
+    let text = ns
+        .exec(&["nft", "list", "table", family, "rudder"])
+        .expect("nft list");
+    assert!(
+        text.status.success(),
+        "{}",
+        String::from_utf8_lossy(&text.stderr)
+    );
+    let mut listing = String::new();
+    let mut in_elements = false;
+    for line in String::from_utf8_lossy(&text.stdout).lines() {
+        if line.trim_start().starts_with("elements = {") {
+            in_elements = !line.trim_end().ends_with('}');
+            continue;
+        }
+        if in_elements {
+            in_elements = !line.trim_end().ends_with('}');
+            continue;
+        }
+        listing.push_str(line);
+        listing.push('\n');
+    }
+    let debug = ns
+        .exec(&["nft", "--debug=netlink", "list", "table", family, "rudder"])
+        .expect("nft list");
+    let raw = String::from_utf8_lossy(&debug.stdout).into_owned()
+        + &String::from_utf8_lossy(&debug.stderr);
+    // Blocks start with "<family> rudder <chain|@set> …"; sort element lines within a
+    // block, strip rule handles, and number anonymous sets by order of appearance.
+    let mut blocks: Vec<(String, Vec<String>)> = Vec::new();
+    for line in raw.lines() {
+        if line.starts_with(&format!("{family} rudder ")) {
+            let head: Vec<&str> = line.split_whitespace().take(3).collect();
+            blocks.push((head.join(" "), Vec::new()));
+        } else if line.starts_with("table ") {
+            break;
+        } else if let Some((_, body)) = blocks.last_mut() {
+            if !line.trim().is_empty() {
+                body.push(line.to_owned());
+            }
+        }
+    }
+    let mut out = String::new();
+    for (head, mut body) in blocks {
+        if head.contains(" @") {
+            body.sort();
+        }
+        out.push_str(&head);
+        out.push('\n');
+        for l in body {
+            out.push_str(&l);
+            out.push('\n');
+        }
+    }
+    let anon = |s: &str| {
+        let mut r = String::new();
+        let mut rest = s;
+        while let Some(i) = rest.find("__") {
+            r.push_str(&rest[..i + 2]);
+            rest = &rest[i + 2..];
+            let skip = rest
+                .find(|c: char| !c.is_ascii_alphabetic())
+                .unwrap_or(rest.len());
+            r.push_str(&rest[..skip]);
+            rest = rest[skip..].trim_start_matches(|c: char| c.is_ascii_digit());
+        }
+        r.push_str(rest);
+        r
+    };
+    (anon(&listing), anon(&out))
+}
+
+fn apply_both(a: &Netns, b: &Netns, tx: &Transaction) {
+    a.enter(|| NftBackend::new().apply(tx).map(|_| ()))
+        .expect("enter")
+        .unwrap_or_else(|e| panic!("netlink apply: {e}\n{}", tx.render()));
+    b.enter(|| {
+        NftBackend::new()
+            .write_mode(WriteMode::Program)
+            .apply(tx)
+            .map(|_| ())
+    })
+    .expect("enter")
+    .unwrap_or_else(|e| panic!("nft apply: {e}"));
+}
+
+fn assert_same(a: &Netns, b: &Netns, what: &str, families: &[&str]) {
+    for fam in families {
+        let (la, da) = snapshot(a, fam);
+        let (lb, db) = snapshot(b, fam);
+        assert!(
+            la.contains("chain services"),
+            "{what}: empty listing:\n{la}"
+        );
+        if la != lb {
+            let diff: Vec<String> = la
+                .lines()
+                .zip(lb.lines())
+                .filter(|(x, y)| x != y)
+                .take(5)
+                .map(|(x, y)| format!("netlink: {x}\nnft:     {y}"))
+                .collect();
+            panic!("{what} ({fam}): listings differ:\n{}", diff.join("\n"));
+        }
+        if da != db {
+            let diff: Vec<String> = da
+                .lines()
+                .zip(db.lines())
+                .filter(|(x, y)| x != y)
+                .take(5)
+                .map(|(x, y)| format!("netlink: {x}\nnft:     {y}"))
+                .collect();
+            panic!(
+                "{what} ({fam}): bytecode or elements differ:\n{}\n({} vs {} lines)",
+                diff.join("\n"),
+                da.lines().count(),
+                db.lines().count()
+            );
+        }
+    }
+}
+
+#[test]
+fn netlink_writes_what_nft_writes() {
+    if !e2e_enabled() {
+        return;
+    }
+    let detectors = [
+        LocalDetector::Cidrs(vec![
+            "10.244.0.0/16".parse().expect("cidr"),
+            "10.245.0.0/16".parse().expect("cidr"),
+            "fd00:244::/56".parse().expect("cidr"),
+        ]),
+        LocalDetector::Cidrs(vec!["10.240.0.0/12".parse().expect("cidr")]),
+        LocalDetector::Bridge(rudder_nft::IfaceName::new("cbr0").expect("iface")),
+        LocalDetector::InterfacePrefix(rudder_nft::IfaceName::new("veth*").expect("iface")),
+        LocalDetector::None,
+    ];
+    for (i, detector) in detectors.into_iter().enumerate() {
+        let a = Netns::new("nla").expect("netns");
+        let b = Netns::new("nlb").expect("netns");
+        let mut config = Config::default();
+        config.masquerade_all = i == 4;
+        let mut c = Compiler::new(&[IpFamily::V4, IpFamily::V6], config, node(detector));
+        let mut st = everything();
+        let full = c.full(&st);
+        apply_both(&a, &b, &full);
+        assert_same(&a, &b, &format!("full sync {i}"), &["ip", "ip6"]);
+
+        // Incremental: scale, move, drop a service, turn affinity off and source ranges on.
+        st.upsert_slice(eps(
+            "lb",
+            IpFamily::V4,
+            Protocol::Tcp,
+            &[
+                ("10.244.1.2", "n1"),
+                ("10.244.3.2", "n3"),
+                ("10.244.3.9", "n3"),
+            ],
+        ));
+        st.remove_service(&ServiceKey::new("ns", "open"));
+        let mut sticky = svc(
+            "sticky",
+            &["10.96.0.14", "fd00:96::14"],
+            ServiceType::NodePort,
+            vec![port(Protocol::Tcp, 8000, Some(30800))],
+        );
+        sticky.session_affinity_timeout = None;
+        st.upsert_service(sticky);
+        let dirty: BTreeSet<ServiceKey> = st.take_dirty();
+        let tx = c.update(&st, &dirty);
+        assert!(!tx.is_empty());
+        apply_both(&a, &b, &tx);
+        assert_same(&a, &b, &format!("update {i}"), &["ip", "ip6"]);
+
+        // A second full sync over existing tables (delete and re-create in one batch).
+        let again = c.full(&st);
+        apply_both(&a, &b, &again);
+        assert_same(&a, &b, &format!("second full sync {i}"), &["ip", "ip6"]);
+    }
+}
+
+#[test]
+fn refused_batches_name_the_operation_and_change_nothing() {
+    if !e2e_enabled() {
+        return;
+    }
+    let ns = Netns::new("nlerr").expect("netns");
+    ns.enter(|| {
+        let backend = NftBackend::new();
+        let mut c = Compiler::new(
+            &[IpFamily::V4],
+            Config::default(),
+            node(LocalDetector::None),
+        );
+        let st = everything();
+        backend.apply(&c.full(&st)).expect("full sync");
+        let t = c.tables()[0].clone();
+        let before = backend.list_table(&t).expect("list");
+        // A valid first half, then a jump to a chain that does not exist.
+        let mut tx = Transaction::new();
+        let ips = rudder_nft::Name::new("cluster-ips").expect("name");
+        tx.add_elements(
+            &t,
+            &ips,
+            vec![(
+                rudder_nft::Key::new([rudder_nft::Atom::Ipv4("10.96.9.9".parse().expect("ip"))]),
+                None,
+            )],
+        );
+        let chain = rudder_nft::Name::new("services").expect("name");
+        let missing = rudder_nft::Name::new("no-such-chain").expect("name");
+        tx.add_rule(
+            &t,
+            &chain,
+            rudder_nft::Rule::new(vec![rudder_nft::Stmt::Verdict(Verdict::Jump(missing))]),
+        );
+        let err = backend.apply(&tx).expect_err("jump to a missing chain");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("add rule ip rudder services jump no-such-chain"),
+            "{msg}"
+        );
+        assert!(err.is_not_found(), "{msg}");
+        assert_eq!(
+            backend.list_table(&t).expect("list"),
+            before,
+            "nothing applied"
+        );
+    })
+    .expect("enter netns");
+}
