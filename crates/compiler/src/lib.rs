@@ -153,33 +153,41 @@ struct Claim {
 }
 
 /// The claims on one element, sorted by owner. Almost every element has exactly one claim,
-/// which is stored inline (no allocation).
+/// which is stored inline (no allocation); the others, rare, are boxed so that the claim
+/// table's entries stay small.
 #[derive(Debug, Clone)]
 struct Claims {
     first: Claim,
-    rest: Vec<Claim>,
+    rest: Option<Box<Vec<Claim>>>,
 }
 
 impl Claims {
     fn insert(&mut self, claim: Claim) {
+        let rest = self.rest.get_or_insert_with(Default::default);
         if claim.owner < self.first.owner {
             let old = std::mem::replace(&mut self.first, claim);
-            self.rest.insert(0, old);
+            rest.insert(0, old);
         } else {
-            let pos = self.rest.partition_point(|c| c.owner < claim.owner);
-            self.rest.insert(pos, claim);
+            let pos = rest.partition_point(|c| c.owner < claim.owner);
+            rest.insert(pos, claim);
         }
     }
 
     /// Removes `owner`'s claim; returns false when no claim is left.
     fn remove(&mut self, owner: &ServicePortName) -> bool {
+        let Some(rest) = self.rest.as_mut() else {
+            return *self.first.owner != *owner;
+        };
         if *self.first.owner == *owner {
-            if self.rest.is_empty() {
+            if rest.is_empty() {
                 return false;
             }
-            self.first = self.rest.remove(0);
-        } else if let Some(pos) = self.rest.iter().position(|c| *c.owner == *owner) {
-            self.rest.remove(pos);
+            self.first = rest.remove(0);
+        } else if let Some(pos) = rest.iter().position(|c| *c.owner == *owner) {
+            rest.remove(pos);
+        }
+        if rest.is_empty() {
+            self.rest = None;
         }
         true
     }
@@ -274,7 +282,7 @@ impl FamilyCompiler {
             std::collections::hash_map::Entry::Vacant(e) => {
                 e.insert(Claims {
                     first: claim,
-                    rest: Vec::new(),
+                    rest: None,
                 });
             }
         }

@@ -113,8 +113,9 @@ pub enum Atom {
     Int(u32),
     /// A bit mask, written in hexadecimal (`mark`).
     Hex(u32),
-    /// A verdict (data of verdict maps).
-    Verdict(Verdict),
+    /// A verdict (data of verdict maps). Boxed: verdicts are rare in keys and data, and
+    /// keeping the chain name out of line makes every atom 8 bytes smaller.
+    Verdict(Box<Verdict>),
     /// An address prefix (elements of interval sets). Host prefixes (`/32`, `/128`) are written
     /// as plain addresses, as the kernel lists them.
     Prefix(IpAddr, u8),
@@ -163,7 +164,7 @@ impl Key {
 
     /// A verdict as map data.
     pub fn verdict(v: Verdict) -> Key {
-        Key(std::sync::Arc::new([Atom::Verdict(v)]))
+        Key(std::sync::Arc::new([Atom::Verdict(Box::new(v))]))
     }
 
     /// The atoms.
@@ -190,6 +191,16 @@ pub type Elements = BTreeMap<Key, Option<Value>>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn atoms_stay_small() {
+        // Every set element holds several atoms: their size is most of the compiler's memory.
+        assert!(
+            std::mem::size_of::<Atom>() <= 24,
+            "{}",
+            std::mem::size_of::<Atom>()
+        );
+    }
 
     #[test]
     fn atoms_render_in_nft_syntax() {

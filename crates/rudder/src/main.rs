@@ -28,6 +28,22 @@ use crate::cli::{Cli, Command, LogArgs, LogFormat};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` in the vendored mimalloc v3 header (`enum mi_option_e`); the test
+/// below checks it against the option's documented default.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Makes mimalloc return freed memory to the OS at once instead of after a second, and then only
+/// when the freeing thread allocates again. Rudder allocates in bursts (the initial lists of
+/// every Service and EndpointSlice, then a full compile) with idle threads in between, so
+/// without this the pages freed by the lists stay resident under the compile's: about 15 MiB
+/// more peak RSS at 10,000 services, for no measurable speed gain (docs/performance.md).
+#[allow(unsafe_code)]
+fn tune_allocator() {
+    // SAFETY: `mi_option_set` stores an integer in mimalloc's option table; it takes no
+    // pointers and is safe to call at any time from any thread.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) }
+}
+
 fn init_logging(log: &LogArgs) {
     let level = match log.verbosity {
         0..=2 => "info",
@@ -49,6 +65,9 @@ fn init_logging(log: &LogArgs) {
 }
 
 fn main() -> ExitCode {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        tune_allocator();
+    }
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
     let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
         Ok(c) => c,
@@ -332,4 +351,21 @@ fn cleanup(args: cli::CleanupArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(table = %t, "deleted table");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod allocator_tests {
+    #[test]
+    #[allow(unsafe_code)]
+    fn the_purge_delay_option_is_the_one_tuned() {
+        use libmimalloc_sys::mi_option_get;
+        // SAFETY: reads an integer from mimalloc's option table.
+        let before = unsafe { mi_option_get(super::MI_OPTION_PURGE_DELAY) };
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            assert_eq!(before, 1000, "mimalloc v3 default purge delay (ms)");
+        }
+        super::tune_allocator();
+        // SAFETY: as above.
+        assert_eq!(unsafe { mi_option_get(super::MI_OPTION_PURGE_DELAY) }, 0);
+    }
 }

@@ -770,38 +770,60 @@ fn list(shared: &Shared, kind: Kind, ns: Option<&str>, q: &Query) -> Response<Re
         None => (exact_rv.unwrap_or_else(|| store.rv()), None),
     };
     let snapshot;
-    let objects: Box<dyn Iterator<Item = (&Key, &Value)>> = if snapshot_rv == store.rv() {
-        Box::new(store.objects(kind))
-    } else {
-        match store.snapshot_at(kind, snapshot_rv) {
-            Ok(s) => {
-                snapshot = s;
-                Box::new(snapshot.iter())
+    let objects: Box<dyn Iterator<Item = (&Key, &Value)>> =
+        if snapshot_rv == store.rv() || store.unchanged_since(kind, snapshot_rv) {
+            Box::new(store.objects(kind))
+        } else {
+            match store.snapshot_at(kind, snapshot_rv) {
+                Ok(s) => {
+                    snapshot = s;
+                    Box::new(snapshot.iter())
+                }
+                Err(_) if after.is_some() => return expired_continue(),
+                Err(e) => {
+                    return status_response(
+                        StatusCode::GONE,
+                        "Expired",
+                        &format!("too old resource version: {} ({})", e.requested, e.oldest),
+                        None,
+                    );
+                }
             }
-            Err(_) if after.is_some() => return expired_continue(),
-            Err(e) => {
-                return status_response(
-                    StatusCode::GONE,
-                    "Expired",
-                    &format!("too old resource version: {} ({})", e.requested, e.oldest),
-                    None,
-                );
-            }
-        }
-    };
+        };
     let mut matching = objects
         .filter(|(k, _)| after.as_ref().is_none_or(|a| *k > a))
         .filter(|(_, v)| filter.matches(v));
-    let mut items = Vec::new();
+    // Items are serialized straight from the store (no copies): a page of thousands of
+    // objects would otherwise be cloned and then serialized again.
+    let mut items: Vec<u8> = Vec::with_capacity(64 * 1024);
+    items.push(b'[');
+    let mut count = 0usize;
     let mut last_key = None;
     for (k, v) in matching.by_ref() {
-        items.push(v.clone());
+        if count > 0 {
+            items.push(b',');
+        }
+        if serde_json::to_writer(&mut items, v).is_err() {
+            return status_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "cannot serialize a stored object",
+                None,
+            );
+        }
+        count += 1;
         last_key = Some(k);
-        if limit > 0 && items.len() == limit {
+        if limit > 0 && count == limit {
             break;
         }
     }
-    let remaining = if limit > 0 { matching.count() } else { 0 };
+    items.push(b']');
+    let remaining = if limit > 0 {
+        matching.count()
+    } else {
+        drop(matching);
+        0
+    };
     let mut meta = json!({"resourceVersion": snapshot_rv.to_string()});
     if remaining > 0
         && let Some(k) = last_key
@@ -811,13 +833,22 @@ fn list(shared: &Shared, kind: Kind, ns: Option<&str>, q: &Query) -> Response<Re
             meta["remainingItemCount"] = remaining.into();
         }
     }
-    let body = json!({
+    drop(store);
+    let head = json!({
         "apiVersion": kind.api_version(),
         "kind": kind.list_kind(),
         "metadata": meta,
-        "items": items,
     });
-    json_response(StatusCode::OK, &body)
+    // `{"apiVersion":…,"metadata":{…}` + `,"items":[…]}`
+    let mut body = serde_json::to_vec(&head).unwrap_or_default();
+    body.pop();
+    body.extend_from_slice(b",\"items\":");
+    body.extend_from_slice(&items);
+    body.push(b'}');
+    let mut resp = Response::new(full(body));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
 }
 
 fn get(shared: &Shared, kind: Kind, ns: Option<String>, name: String) -> Response<RespBody> {

@@ -337,6 +337,19 @@ impl Store {
 
     /// The objects of `kind` as they were at `rv` (reconstructed by undoing
     /// history), for consistent paginated lists.
+    /// Whether no object of `kind` changed after `rv` (other kinds, and Events, may have):
+    /// the live objects are then the snapshot at `rv`, and a paginated list need not copy
+    /// them.
+    pub(crate) fn unchanged_since(&self, kind: Kind, rv: u64) -> bool {
+        rv >= self.compacted_rv
+            && self
+                .history
+                .iter()
+                .rev()
+                .take_while(|ev| ev.rv > rv)
+                .all(|ev| ev.kind != kind)
+    }
+
     pub(crate) fn snapshot_at(&self, kind: Kind, rv: u64) -> Result<BTreeMap<Key, Value>, Expired> {
         if rv < self.compacted_rv {
             return Err(Expired {
@@ -538,6 +551,29 @@ mod tests {
         s.compact();
         assert!(s.snapshot_at(Kind::Service, at).is_err());
         assert!(s.snapshot_at(Kind::Service, s.rv()).is_ok());
+    }
+
+    #[test]
+    fn unchanged_since_ignores_other_kinds_only() {
+        let mut s = Store::new(100);
+        s.apply(Kind::Service, svc("ns", "a", 80)).expect("apply");
+        let at = s.rv();
+        assert!(s.unchanged_since(Kind::Service, at));
+        s.apply(Kind::Node, json!({"metadata": {"name": "n1"}}))
+            .expect("apply");
+        assert!(
+            s.unchanged_since(Kind::Service, at),
+            "a Node changed, not a Service"
+        );
+        assert!(!s.unchanged_since(Kind::Node, at));
+        s.apply(Kind::Service, svc("ns", "b", 80)).expect("apply");
+        assert!(!s.unchanged_since(Kind::Service, at));
+        assert!(s.unchanged_since(Kind::Service, s.rv()));
+        s.compact();
+        assert!(
+            !s.unchanged_since(Kind::Service, at),
+            "compacted history proves nothing"
+        );
     }
 
     #[test]

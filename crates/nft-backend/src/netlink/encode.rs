@@ -101,8 +101,13 @@ fn slots(len: u32) -> u32 {
 /// Encodes `tx` with sequence numbers starting at `seq`.
 pub fn encode(tx: &Transaction, known: &IntervalSets, seq: u32) -> Result<Batch, EncodeError> {
     let mut intervals = known.clone();
+    // Reserve enough up front: growing a multi-megabyte buffer by doubling would copy it and
+    // briefly hold both copies. Pages reserved but never written cost no memory.
+    let stats = tx.stats();
+    let estimate =
+        4096 + stats.objects * 1024 + (stats.elements_added + stats.elements_deleted) * 96;
     let mut e = Encoder {
-        w: Writer::with_capacity(4096),
+        w: Writer::with_capacity(estimate),
         seq,
         next_set_id: 1,
         seqs: Vec::with_capacity(tx.len()),
