@@ -99,7 +99,7 @@ impl fmt::Display for Verdict {
 }
 
 /// One typed value. Concatenations of atoms form set keys and map data.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Atom {
     /// An IPv4 address (`ipv4_addr`).
     Ipv4(Ipv4Addr),
@@ -119,6 +119,39 @@ pub enum Atom {
     /// An address prefix (elements of interval sets). Host prefixes (`/32`, `/128`) are written
     /// as plain addresses, as the kernel lists them.
     Prefix(IpAddr, u8),
+}
+
+/// One word per atom (two for IPv6), tagged by kind: set keys are hashed hundreds of
+/// thousands of times per full compile, and the derived hash fed addresses to the hasher byte
+/// by byte.
+impl std::hash::Hash for Atom {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        const fn tag(t: u64) -> u64 {
+            t << 56
+        }
+        match self {
+            Atom::Ipv4(a) => h.write_u64(tag(1) | u64::from(u32::from(*a))),
+            Atom::Ipv6(a) => {
+                h.write_u64(tag(2));
+                h.write_u128(u128::from(*a));
+            }
+            Atom::Proto(p) => h.write_u64(tag(3) | *p as u64),
+            Atom::Port(p) => h.write_u64(tag(4) | u64::from(*p)),
+            Atom::Int(i) => h.write_u64(tag(5) | u64::from(*i)),
+            Atom::Hex(i) => h.write_u64(tag(6) | u64::from(*i)),
+            Atom::Verdict(v) => {
+                h.write_u64(tag(7));
+                v.hash(h);
+            }
+            Atom::Prefix(IpAddr::V4(a), len) => {
+                h.write_u64(tag(8) | u64::from(*len) << 32 | u64::from(u32::from(*a)));
+            }
+            Atom::Prefix(IpAddr::V6(a), len) => {
+                h.write_u64(tag(9) | u64::from(*len));
+                h.write_u128(u128::from(*a));
+            }
+        }
+    }
 }
 
 impl Atom {
