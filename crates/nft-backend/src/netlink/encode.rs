@@ -702,33 +702,13 @@ impl Encoder {
                 elems.push((bytes(hi + 1), true));
             }
         }
-        let id = self.next_set_id;
-        self.next_set_id += 1;
-        let m = self.begin(NFT_MSG_NEWSET, NLM_F_CREATE, t.family);
-        self.w.str(NFTA_SET_TABLE, t.name.as_str());
-        self.w.str(NFTA_SET_NAME, "__set%d");
-        self.w.u32(
-            NFTA_SET_FLAGS,
-            NFT_SET_ANONYMOUS | NFT_SET_CONSTANT | NFT_SET_INTERVAL,
-        );
-        self.w.u32(NFTA_SET_KEY_TYPE, if len == 4 { 7 } else { 8 });
-        self.w.u32(NFTA_SET_KEY_LEN, len);
-        self.w.u32(NFTA_SET_ID, id);
-        let d = self.w.nest(NFTA_SET_DESC);
-        self.w.u32(NFTA_SET_DESC_SIZE, elems.len() as u32);
-        self.w.end_nest(d)?;
         let mut u = Udata::default();
         u.put_u32(0, 2);
         u.put_u32(2, 1);
         u.put_nested(3, &typeof_one(lhs)?);
-        self.w.attr(NFTA_SET_USERDATA, &u.0);
-        self.w.end_msg(m);
-
-        let m = self.begin(NFT_MSG_NEWSETELEM, NLM_F_CREATE, t.family);
-        self.w.str(NFTA_SET_ELEM_LIST_TABLE, t.name.as_str());
-        self.w.str(NFTA_SET_ELEM_LIST_SET, "__set%d");
-        self.w.u32(NFTA_SET_ELEM_LIST_SET_ID, id);
-        let list = self.w.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
+        let flags = NFT_SET_ANONYMOUS | NFT_SET_CONSTANT | NFT_SET_INTERVAL;
+        let key_type = if len == 4 { 7 } else { 8 };
+        let (id, list) = self.anon_decl(t, "__set%d", flags, (key_type, len), elems.len(), &u)?;
         for (key, end) in &elems {
             let e = self.w.nest(NFTA_LIST_ELEM);
             if *end {
@@ -739,8 +719,7 @@ impl Encoder {
             self.w.end_nest(k)?;
             self.w.end_nest(e)?;
         }
-        self.w.end_nest(list)?;
-        self.w.end_msg(m);
+        self.anon_end(list)?;
         Ok(Anon { id, map: false })
     }
 
@@ -751,23 +730,6 @@ impl Encoder {
         items: &[(Atom, Verdict)],
     ) -> Result<Anon, EncodeError> {
         let f = expr_field(k)?;
-        let id = self.next_set_id;
-        self.next_set_id += 1;
-        let m = self.begin(NFT_MSG_NEWSET, NLM_F_CREATE, t.family);
-        self.w.str(NFTA_SET_TABLE, t.name.as_str());
-        self.w.str(NFTA_SET_NAME, "__map%d");
-        self.w.u32(
-            NFTA_SET_FLAGS,
-            NFT_SET_ANONYMOUS | NFT_SET_CONSTANT | NFT_SET_MAP,
-        );
-        self.w.u32(NFTA_SET_KEY_TYPE, f.id);
-        self.w.u32(NFTA_SET_KEY_LEN, slots(f.len) * 4);
-        self.w.u32(NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT);
-        self.w.u32(NFTA_SET_DATA_LEN, 0);
-        self.w.u32(NFTA_SET_ID, id);
-        let d = self.w.nest(NFTA_SET_DESC);
-        self.w.u32(NFTA_SET_DESC_SIZE, items.len() as u32);
-        self.w.end_nest(d)?;
         let mut u = Udata::default();
         u.put_u32(0, f.byteorder);
         u.put_u32(1, 0);
@@ -776,14 +738,9 @@ impl Encoder {
         verdict.put(1, &[]);
         u.put_nested(4, &verdict);
         u.put_u32(6, 0);
-        self.w.attr(NFTA_SET_USERDATA, &u.0);
-        self.w.end_msg(m);
-
-        let m = self.begin(NFT_MSG_NEWSETELEM, NLM_F_CREATE, t.family);
-        self.w.str(NFTA_SET_ELEM_LIST_TABLE, t.name.as_str());
-        self.w.str(NFTA_SET_ELEM_LIST_SET, "__map%d");
-        self.w.u32(NFTA_SET_ELEM_LIST_SET_ID, id);
-        let list = self.w.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
+        let flags = NFT_SET_ANONYMOUS | NFT_SET_CONSTANT | NFT_SET_MAP;
+        let key = (f.id, slots(f.len) * 4);
+        let (id, list) = self.anon_decl(t, "__map%d", flags, key, items.len(), &u)?;
         for (a, v) in items {
             let e = self.w.nest(NFTA_LIST_ELEM);
             let kn = self.w.nest(NFTA_SET_ELEM_KEY);
@@ -796,9 +753,55 @@ impl Encoder {
             self.w.end_nest(dn)?;
             self.w.end_nest(e)?;
         }
+        self.anon_end(list)?;
+        Ok(Anon { id, map: true })
+    }
+
+    /// Declares an anonymous set (or verdict map, with `NFT_SET_MAP` in `flags`) of `size`
+    /// elements for the rule that follows, and opens the message that fills it. Returns the
+    /// set's ID and the element list to pass to [`Encoder::anon_end`].
+    fn anon_decl(
+        &mut self,
+        t: &TableRef,
+        name: &str,
+        flags: u32,
+        (key_type, key_len): (u32, u32),
+        size: usize,
+        udata: &Udata,
+    ) -> Result<(u32, (usize, usize)), EncodeError> {
+        let id = self.next_set_id;
+        self.next_set_id += 1;
+        let m = self.begin(NFT_MSG_NEWSET, NLM_F_CREATE, t.family);
+        self.w.str(NFTA_SET_TABLE, t.name.as_str());
+        self.w.str(NFTA_SET_NAME, name);
+        self.w.u32(NFTA_SET_FLAGS, flags);
+        self.w.u32(NFTA_SET_KEY_TYPE, key_type);
+        self.w.u32(NFTA_SET_KEY_LEN, key_len);
+        if flags & NFT_SET_MAP != 0 {
+            self.w.u32(NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT);
+            self.w.u32(NFTA_SET_DATA_LEN, 0);
+        }
+        self.w.u32(NFTA_SET_ID, id);
+        let d = self.w.nest(NFTA_SET_DESC);
+        self.w
+            .u32(NFTA_SET_DESC_SIZE, u32::try_from(size).unwrap_or(u32::MAX));
+        self.w.end_nest(d)?;
+        self.w.attr(NFTA_SET_USERDATA, &udata.0);
+        self.w.end_msg(m);
+
+        let m = self.begin(NFT_MSG_NEWSETELEM, NLM_F_CREATE, t.family);
+        self.w.str(NFTA_SET_ELEM_LIST_TABLE, t.name.as_str());
+        self.w.str(NFTA_SET_ELEM_LIST_SET, name);
+        self.w.u32(NFTA_SET_ELEM_LIST_SET_ID, id);
+        let list = self.w.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
+        Ok((id, (m, list)))
+    }
+
+    /// Closes the element message [`Encoder::anon_decl`] opened.
+    fn anon_end(&mut self, (m, list): (usize, usize)) -> Result<(), EncodeError> {
         self.w.end_nest(list)?;
         self.w.end_msg(m);
-        Ok(Anon { id, map: true })
+        Ok(())
     }
 
     fn rule(
