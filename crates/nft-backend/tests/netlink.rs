@@ -6,6 +6,8 @@
 
 use std::collections::BTreeSet;
 
+use proptest::prelude::*;
+
 use rudder_compiler::{Compiler, Config, LocalDetector, NodeContext, NodePortIps};
 use rudder_e2e::{Netns, e2e_enabled};
 use rudder_model::{
@@ -14,6 +16,9 @@ use rudder_model::{
 };
 use rudder_nft::{Transaction, Verdict};
 use rudder_nft_backend::{NftBackend, WriteMode};
+
+#[path = "../../compiler/tests/common/mod.rs"]
+mod common;
 
 fn ip(s: &str) -> std::net::IpAddr {
     s.parse().expect("test IP")
@@ -399,4 +404,37 @@ fn refused_batches_name_the_operation_and_change_nothing() {
         );
     })
     .expect("enter netns");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// Random states (colliding frontends, affinity, policies, terminating endpoints, both
+    /// families) and a random change between two of them: both writers leave the same tables.
+    #[test]
+    fn random_states_and_changes_write_the_same_tables(
+        (s1, l1) in common::arb::arb_state(),
+        (s2, l2) in common::arb::arb_state(),
+    ) {
+        if !e2e_enabled() {
+            return Ok(());
+        }
+        let a = Netns::new("pna").expect("netns");
+        let b = Netns::new("pnb").expect("netns");
+        let mut c = common::compiler(
+            common::local(
+                common::node("node-a", &["172.18.0.2", "fc00::2"]),
+                &["10.244.0.0/16"],
+            ),
+            Config::default(),
+        );
+        let mut st = common::state(s1, l1);
+        apply_both(&a, &b, &c.full(&st));
+        assert_same(&a, &b, "random full sync", &["ip", "ip6"]);
+        st.replace_all(s2, l2);
+        let dirty: BTreeSet<ServiceKey> = st.take_dirty();
+        let tx = c.update(&st, &dirty);
+        apply_both(&a, &b, &tx);
+        assert_same(&a, &b, "random update", &["ip", "ip6"]);
+    }
 }

@@ -1,6 +1,8 @@
 //! Builders for compiler tests.
 #![allow(dead_code)]
 
+pub mod arb;
+
 use std::net::IpAddr;
 
 use rudder_compiler::{Compiler, Config, LocalDetector, NodeContext, NodePortIps};
