@@ -438,3 +438,136 @@ proptest! {
         assert_same(&a, &b, "random update", &["ip", "ip6"]);
     }
 }
+
+/// Shapes the compiler does not emit today but the IR allows: they must still be written as
+/// nft writes them (or refused), never differently.
+#[test]
+fn edge_shapes_match_nft() {
+    use rudder_nft::{
+        Atom, ChainDecl, DataType, Expr, Key, KeyType, Name, Reject, Rule, SetDecl, SetFlag, Stmt,
+        TableRef,
+    };
+    if !e2e_enabled() {
+        return;
+    }
+    let n = |s: &str| Name::new(s).expect("name");
+    let t = TableRef::new(rudder_nft::Family::Ip, n("rudder"));
+    let mut tx = Transaction::new();
+    tx.add_table(t.clone());
+    tx.add_chain(&t, ChainDecl::regular(n("services")));
+    tx.add_chain(&t, ChainDecl::regular(n("target")));
+    // A large anonymous verdict map (more elements than one netlink attribute holds).
+    let choices: Vec<(Atom, Verdict)> = (0..3000u32)
+        .map(|i| (Atom::Int(i), Verdict::Goto(n("target"))))
+        .collect();
+    tx.add_rule(
+        &t,
+        &n("services"),
+        Rule::new(vec![Stmt::VmapAnon(Expr::Numgen(3000), choices)]),
+    );
+    // A large anonymous interval set of scattered /32s and some overlapping prefixes.
+    let mut prefixes: Vec<Expr> = (0..4000u32)
+        .map(|i| Expr::Prefix(std::net::Ipv4Addr::from(0x0a00_0000 + i * 4).into(), 32))
+        .collect();
+    prefixes.push(Expr::Prefix(ip("10.0.0.0"), 30));
+    prefixes.push(Expr::Prefix(ip("192.168.0.0"), 16));
+    prefixes.push(Expr::Prefix(ip("192.168.3.0"), 24));
+    tx.add_rule(
+        &t,
+        &n("services"),
+        Rule::new(vec![
+            Stmt::Cmp(
+                Expr::Saddr(rudder_nft::Family::Ip),
+                rudder_nft::CmpOp::Ne,
+                Expr::AnonSet(prefixes),
+            ),
+            Stmt::Verdict(Verdict::Accept),
+        ]),
+    );
+    // `ct state != new`, a prefix given as a constant, a TCP reset without a TCP match.
+    tx.add_rule(
+        &t,
+        &n("services"),
+        Rule::new(vec![
+            Stmt::Cmp(Expr::CtState, rudder_nft::CmpOp::Ne, Expr::Keyword("new")),
+            Stmt::Cmp(
+                Expr::Daddr(rudder_nft::Family::Ip),
+                rudder_nft::CmpOp::Eq,
+                Expr::Const(Atom::Prefix(ip("10.96.0.0"), 12)),
+            ),
+            Stmt::Counter,
+            Stmt::Reject(Reject::TcpReset),
+        ])
+        .with_comment("edge shapes"),
+    );
+    // A single-field set of ports, a set with a default timeout but no timeout flag, and an
+    // interval concatenation with an element that has no prefix.
+    let ports = n("ports");
+    tx.add_set(
+        &t,
+        SetDecl::set(ports.clone(), KeyType::types([DataType::InetService])),
+    );
+    let mut timed = SetDecl::set(n("timed"), KeyType::types([DataType::Ipv4Addr]));
+    timed.timeout_secs = Some(60);
+    timed.flags = vec![SetFlag::Dynamic];
+    tx.add_set(&t, timed);
+    let mut ranges = SetDecl::set(
+        n("ranges"),
+        KeyType::types([DataType::Ipv4Addr, DataType::InetService]),
+    );
+    ranges.flags = vec![SetFlag::Interval];
+    tx.add_set(&t, ranges);
+    tx.add_rule(
+        &t,
+        &n("services"),
+        Rule::new(vec![
+            Stmt::Lookup(Expr::ThDport, rudder_nft::CmpOp::Eq, ports.clone()),
+            Stmt::Lookup(
+                Expr::Concat(vec![Expr::Saddr(rudder_nft::Family::Ip), Expr::ThDport]),
+                rudder_nft::CmpOp::Eq,
+                n("ranges"),
+            ),
+            Stmt::UpdateSet(Expr::Saddr(rudder_nft::Family::Ip), n("timed")),
+            Stmt::Verdict(Verdict::Return),
+        ]),
+    );
+    tx.add_elements(
+        &t,
+        &ports,
+        vec![
+            (Key::new([Atom::Port(80)]), None),
+            (Key::new([Atom::Port(8443)]), None),
+        ],
+    );
+    tx.add_elements(
+        &t,
+        &n("ranges"),
+        vec![
+            (
+                Key::new([Atom::Ipv4("10.1.2.3".parse().expect("ip")), Atom::Port(53)]),
+                None,
+            ),
+            (
+                Key::new([Atom::Prefix(ip("10.2.0.0"), 16), Atom::Port(53)]),
+                None,
+            ),
+        ],
+    );
+    let a = Netns::new("nlea").expect("netns");
+    let b = Netns::new("nleb").expect("netns");
+    apply_both(&a, &b, &tx);
+    assert_same(&a, &b, "edge shapes", &["ip"]);
+    // And removing elements of each kind again.
+    let mut del = Transaction::new();
+    del.delete_elements(&t, &ports, vec![Key::new([Atom::Port(80)])]);
+    del.delete_elements(
+        &t,
+        &n("ranges"),
+        vec![Key::new([
+            Atom::Ipv4("10.1.2.3".parse().expect("ip")),
+            Atom::Port(53),
+        ])],
+    );
+    apply_both(&a, &b, &del);
+    assert_same(&a, &b, "edge shapes, deletions", &["ip"]);
+}

@@ -149,6 +149,9 @@ pub fn encode(tx: &Transaction, known: &IntervalSets, seq: u32) -> Result<Batch,
         NFNL_SUBSYS_NFTABLES,
     );
     e.w.end_msg(m);
+    if e.w.overflow {
+        return Err(EncodeError::TooLarge("an attribute".into()));
+    }
     Ok(Batch {
         bytes: e.w.buf,
         seqs: e.seqs,
@@ -217,8 +220,13 @@ fn type_number(fields: &[Field]) -> u32 {
     fields.iter().fold(0u32, |acc, f| (acc << 6) | f.id)
 }
 
+/// Length of a key or datum: a concatenation rounds each field up to whole 32-bit registers;
+/// a single field keeps its own length (2 bytes for a port), as nft declares it.
 fn padded_len(fields: &[Field]) -> u32 {
-    fields.iter().map(|f| slots(f.len) * 4).sum()
+    match fields {
+        [one] => one.len,
+        _ => fields.iter().map(|f| slots(f.len) * 4).sum(),
+    }
 }
 
 // nft's expression type numbers and protocol descriptions, as stored in set userdata.
@@ -346,10 +354,13 @@ fn prefix_range(addr: &IpAddr, len: u8) -> (u128, u128) {
     (lo, lo | host_mask)
 }
 
+/// Bytes of a key or datum: fields of a concatenation padded to whole registers, a single
+/// field as long as its type (matching [`padded_len`]).
 fn key_bytes(k: &Key, end: bool) -> Result<Vec<u8>, EncodeError> {
+    let pad = k.atoms().len() > 1;
     let mut out = Vec::with_capacity(k.atoms().len() * 4);
     for a in k.atoms() {
-        atom_bytes(a, &mut out, true, end)?;
+        atom_bytes(a, &mut out, pad, end)?;
     }
     Ok(out)
 }
@@ -431,7 +442,7 @@ impl Encoder {
                 if let Some(cm) = &c.comment {
                     let mut u = Udata::default();
                     u.put_str(0, cm.as_str());
-                    self.w.attr(NFTA_CHAIN_USERDATA, &u.0);
+                    self.udata(NFTA_CHAIN_USERDATA, &u)?;
                 }
                 self.w.end_msg(m);
             }
@@ -462,10 +473,13 @@ impl Encoder {
                 self.w.end_msg(m);
             }
             Op::AddElements(t, s, elems) => {
-                self.elements(t, s, elems.iter().map(|(k, v)| (k, v.as_ref())), true)?;
+                let interval = intervals.contains(&(t.clone(), s.clone()));
+                let items = elems.iter().map(|(k, v)| (k, v.as_ref()));
+                self.elements(t, s, items, true, interval)?;
             }
             Op::DeleteElements(t, s, keys) => {
-                self.elements(t, s, keys.iter().map(|k| (k, None)), false)?;
+                let interval = intervals.contains(&(t.clone(), s.clone()));
+                self.elements(t, s, keys.iter().map(|k| (k, None)), false, interval)?;
             }
             other => return Err(EncodeError::Unsupported(format!("{other:?}"))),
         }
@@ -485,11 +499,19 @@ impl Encoder {
                 flags |= NFT_SET_CONCAT;
             }
         }
-        if s.flags.contains(&SetFlag::Timeout) {
+        if s.flags.contains(&SetFlag::Timeout) || s.timeout_secs.is_some() {
             flags |= NFT_SET_TIMEOUT;
         }
         if s.flags.contains(&SetFlag::Dynamic) {
             flags |= NFT_SET_EVAL;
+        }
+        if interval && key.iter().any(|f| f.byteorder == 1 && f.len > 1) {
+            // nft converts such fields (marks, numgen results) to big endian for interval
+            // lookups and stores the elements converted; Rudder declares no such set.
+            return Err(EncodeError::Unsupported(format!(
+                "interval set {} keyed by a host-order field",
+                s.name
+            )));
         }
         if interval && key.len() == 1 {
             // A single-field interval set needs nft's start/end element pairs and merging
@@ -554,7 +576,7 @@ impl Encoder {
         if let Some(c) = &s.comment {
             u.put_str(7, c.as_str());
         }
-        self.w.attr(NFTA_SET_USERDATA, &u.0);
+        self.udata(NFTA_SET_USERDATA, &u)?;
         self.w.end_msg(m);
         Ok(())
     }
@@ -565,6 +587,7 @@ impl Encoder {
         set: &Name,
         items: impl Iterator<Item = (&'a Key, Option<&'a Value>)>,
         add: bool,
+        interval: bool,
     ) -> Result<(), EncodeError> {
         let mut items = items.peekable();
         while items.peek().is_some() {
@@ -579,7 +602,7 @@ impl Encoder {
             let list = self.w.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
             while self.w.since(list) < ELEMENTS_BYTES_PER_MESSAGE {
                 let Some((k, v)) = items.next() else { break };
-                self.element(k, v)?;
+                self.element(k, v, interval)?;
             }
             self.w.end_nest(list)?;
             self.w.end_msg(m);
@@ -587,12 +610,14 @@ impl Encoder {
         Ok(())
     }
 
-    fn element(&mut self, k: &Key, v: Option<&Value>) -> Result<(), EncodeError> {
+    /// One element; elements of (concatenated) interval sets carry their range's end, as nft
+    /// sends them.
+    fn element(&mut self, k: &Key, v: Option<&Value>, interval: bool) -> Result<(), EncodeError> {
         let e = self.w.nest(NFTA_LIST_ELEM);
         let n = self.w.nest(NFTA_SET_ELEM_KEY);
         self.w.attr(NFTA_DATA_VALUE, &key_bytes(k, false)?);
         self.w.end_nest(n)?;
-        if k.atoms().iter().any(|a| matches!(a, Atom::Prefix(..))) {
+        if interval || k.atoms().iter().any(|a| matches!(a, Atom::Prefix(..))) {
             let n = self.w.nest(NFTA_SET_ELEM_KEY_END);
             self.w.attr(NFTA_DATA_VALUE, &key_bytes(k, true)?);
             self.w.end_nest(n)?;
@@ -708,18 +733,19 @@ impl Encoder {
         u.put_nested(3, &typeof_one(lhs)?);
         let flags = NFT_SET_ANONYMOUS | NFT_SET_CONSTANT | NFT_SET_INTERVAL;
         let key_type = if len == 4 { 7 } else { 8 };
-        let (id, list) = self.anon_decl(t, "__set%d", flags, (key_type, len), elems.len(), &u)?;
-        for (key, end) in &elems {
-            let e = self.w.nest(NFTA_LIST_ELEM);
+        let id = self.anon_decl(t, "__set%d", flags, (key_type, len), elems.len(), &u)?;
+        self.anon_elements(t, "__set%d", id, elems.len(), |e, i| {
+            let (key, end) = &elems[i];
+            let n = e.w.nest(NFTA_LIST_ELEM);
             if *end {
-                self.w.u32(NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END);
+                e.w.u32(NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END);
             }
-            let k = self.w.nest(NFTA_SET_ELEM_KEY);
-            self.w.attr(NFTA_DATA_VALUE, key);
-            self.w.end_nest(k)?;
-            self.w.end_nest(e)?;
-        }
-        self.anon_end(list)?;
+            let k = e.w.nest(NFTA_SET_ELEM_KEY);
+            e.w.attr(NFTA_DATA_VALUE, key);
+            e.w.end_nest(k)?;
+            e.w.end_nest(n)?;
+            Ok(())
+        })?;
         Ok(Anon { id, map: false })
     }
 
@@ -739,27 +765,27 @@ impl Encoder {
         u.put_nested(4, &verdict);
         u.put_u32(6, 0);
         let flags = NFT_SET_ANONYMOUS | NFT_SET_CONSTANT | NFT_SET_MAP;
-        let key = (f.id, slots(f.len) * 4);
-        let (id, list) = self.anon_decl(t, "__map%d", flags, key, items.len(), &u)?;
-        for (a, v) in items {
-            let e = self.w.nest(NFTA_LIST_ELEM);
-            let kn = self.w.nest(NFTA_SET_ELEM_KEY);
+        let key = (f.id, f.len);
+        let id = self.anon_decl(t, "__map%d", flags, key, items.len(), &u)?;
+        self.anon_elements(t, "__map%d", id, items.len(), |e, i| {
+            let (a, v) = &items[i];
+            let n = e.w.nest(NFTA_LIST_ELEM);
+            let kn = e.w.nest(NFTA_SET_ELEM_KEY);
             let mut kb = Vec::new();
-            atom_bytes(a, &mut kb, true, false)?;
-            self.w.attr(NFTA_DATA_VALUE, &kb);
-            self.w.end_nest(kn)?;
-            let dn = self.w.nest(NFTA_SET_ELEM_DATA);
-            self.verdict_data(v)?;
-            self.w.end_nest(dn)?;
-            self.w.end_nest(e)?;
-        }
-        self.anon_end(list)?;
+            atom_bytes(a, &mut kb, false, false)?;
+            e.w.attr(NFTA_DATA_VALUE, &kb);
+            e.w.end_nest(kn)?;
+            let dn = e.w.nest(NFTA_SET_ELEM_DATA);
+            e.verdict_data(v)?;
+            e.w.end_nest(dn)?;
+            e.w.end_nest(n)?;
+            Ok(())
+        })?;
         Ok(Anon { id, map: true })
     }
 
     /// Declares an anonymous set (or verdict map, with `NFT_SET_MAP` in `flags`) of `size`
-    /// elements for the rule that follows, and opens the message that fills it. Returns the
-    /// set's ID and the element list to pass to [`Encoder::anon_end`].
+    /// elements for the rule that follows. Returns the set's ID.
     fn anon_decl(
         &mut self,
         t: &TableRef,
@@ -768,7 +794,7 @@ impl Encoder {
         (key_type, key_len): (u32, u32),
         size: usize,
         udata: &Udata,
-    ) -> Result<(u32, (usize, usize)), EncodeError> {
+    ) -> Result<u32, EncodeError> {
         let id = self.next_set_id;
         self.next_set_id += 1;
         let m = self.begin(NFT_MSG_NEWSET, NLM_F_CREATE, t.family);
@@ -786,21 +812,45 @@ impl Encoder {
         self.w
             .u32(NFTA_SET_DESC_SIZE, u32::try_from(size).unwrap_or(u32::MAX));
         self.w.end_nest(d)?;
-        self.w.attr(NFTA_SET_USERDATA, &udata.0);
+        self.udata(NFTA_SET_USERDATA, udata)?;
         self.w.end_msg(m);
-
-        let m = self.begin(NFT_MSG_NEWSETELEM, NLM_F_CREATE, t.family);
-        self.w.str(NFTA_SET_ELEM_LIST_TABLE, t.name.as_str());
-        self.w.str(NFTA_SET_ELEM_LIST_SET, name);
-        self.w.u32(NFTA_SET_ELEM_LIST_SET_ID, id);
-        let list = self.w.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
-        Ok((id, (m, list)))
+        Ok(id)
     }
 
-    /// Closes the element message [`Encoder::anon_decl`] opened.
-    fn anon_end(&mut self, (m, list): (usize, usize)) -> Result<(), EncodeError> {
-        self.w.end_nest(list)?;
-        self.w.end_msg(m);
+    /// Fills the anonymous set `id` with `count` elements written by `write`, in as many
+    /// messages as the 16-bit attribute length needs (the set is bound to its rule only
+    /// after the batch's last element message).
+    fn anon_elements(
+        &mut self,
+        t: &TableRef,
+        name: &str,
+        id: u32,
+        count: usize,
+        mut write: impl FnMut(&mut Encoder, usize) -> Result<(), EncodeError>,
+    ) -> Result<(), EncodeError> {
+        let mut i = 0;
+        while i < count {
+            let m = self.begin(NFT_MSG_NEWSETELEM, NLM_F_CREATE, t.family);
+            self.w.str(NFTA_SET_ELEM_LIST_TABLE, t.name.as_str());
+            self.w.str(NFTA_SET_ELEM_LIST_SET, name);
+            self.w.u32(NFTA_SET_ELEM_LIST_SET_ID, id);
+            let list = self.w.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
+            while i < count && self.w.since(list) < ELEMENTS_BYTES_PER_MESSAGE {
+                write(self, i)?;
+                i += 1;
+            }
+            self.w.end_nest(list)?;
+            self.w.end_msg(m);
+        }
+        Ok(())
+    }
+
+    /// A userdata attribute; refuses TLVs that overflowed their 8-bit lengths.
+    fn udata(&mut self, ty: u16, u: &Udata) -> Result<(), EncodeError> {
+        if u.overflow() {
+            return Err(EncodeError::TooLarge("set or rule userdata".into()));
+        }
+        self.w.attr(ty, &u.0);
         Ok(())
     }
 
@@ -817,21 +867,47 @@ impl Encoder {
         self.w.str(NFTA_RULE_CHAIN, chain.as_str());
         let list = self.w.nest(NFTA_RULE_EXPRESSIONS);
         let mut anons = anons.into_iter();
-        let mut prev: Option<&Stmt> = None;
+        let mut x = Exprs { w: &mut self.w };
+        if needs_tcp_dependency(rule) {
+            // nft's implicit dependency of `reject with tcp reset`, at the rule's start so
+            // that nothing in the rule acts on other protocols.
+            x.meta_load(0, 16)?;
+            x.cmp(0, CmpOp::Eq, &[6])?;
+        }
         for s in &rule.stmts {
-            let mut x = Exprs { w: &mut self.w };
-            x.stmt(s, prev, t, &mut anons, intervals)?;
-            prev = Some(s);
+            x.stmt(s, t, &mut anons, intervals)?;
         }
         self.w.end_nest(list)?;
         if let Some(c) = &rule.comment {
             let mut u = Udata::default();
             u.put_str(0, c.as_str());
-            self.w.attr(NFTA_RULE_USERDATA, &u.0);
+            self.udata(NFTA_RULE_USERDATA, &u)?;
         }
         self.w.end_msg(m);
         Ok(())
     }
+}
+
+/// Whether a `reject with tcp reset` in `rule` is not preceded by a TCP match, so that nft
+/// would add `meta l4proto tcp` to it.
+fn needs_tcp_dependency(rule: &Rule) -> bool {
+    let Some(at) = rule
+        .stmts
+        .iter()
+        .position(|s| matches!(s, Stmt::Reject(Reject::TcpReset)))
+    else {
+        return false;
+    };
+    !rule.stmts[..at].iter().any(|s| {
+        matches!(
+            s,
+            Stmt::Cmp(
+                Expr::L4Proto,
+                CmpOp::Eq,
+                Expr::Const(Atom::Proto(rudder_nft::L4Proto::Tcp))
+            )
+        )
+    })
 }
 
 /// Writes the expressions of one rule.
@@ -1042,7 +1118,6 @@ impl Exprs<'_> {
     fn stmt(
         &mut self,
         s: &Stmt,
-        prev: Option<&Stmt>,
         t: &TableRef,
         anons: &mut impl Iterator<Item = Anon>,
         intervals: &IntervalSets,
@@ -1101,21 +1176,6 @@ impl Exprs<'_> {
                 })
             }
             Stmt::Reject(kind) => {
-                if *kind == Reject::TcpReset {
-                    let tcp_checked = matches!(
-                        prev,
-                        Some(Stmt::Cmp(
-                            Expr::L4Proto,
-                            CmpOp::Eq,
-                            Expr::Const(Atom::Proto(rudder_nft::L4Proto::Tcp))
-                        ))
-                    );
-                    if !tcp_checked {
-                        // nft's implicit dependency: a TCP reset needs a TCP packet.
-                        self.meta_load(0, 16)?;
-                        self.cmp(0, CmpOp::Eq, &[6])?;
-                    }
-                }
                 let (ty, code) = match (kind, t.family) {
                     (Reject::TcpReset, _) => (1, 0u8),
                     (Reject::Default, Family::Ip) => (0, 3),
@@ -1140,8 +1200,8 @@ impl Exprs<'_> {
             Stmt::UpdateSet(k, set) => {
                 self.load(k, 0, false)?;
                 self.expr("dynset", |w| {
-                    w.u32(4, 1); // OP: NFT_DYNSET_OP_UPDATE
-                    w.u32(3, reg(0)); // SREG_KEY
+                    w.u32(3, 1); // OP: NFT_DYNSET_OP_UPDATE
+                    w.u32(4, reg(0)); // SREG_KEY
                     w.str(1, set.as_str()); // SET_NAME
                     Ok(())
                 })
@@ -1167,7 +1227,15 @@ impl Exprs<'_> {
         anons: &mut impl Iterator<Item = Anon>,
     ) -> Result<(), EncodeError> {
         match (lhs, rhs) {
+            (Expr::Saddr(_) | Expr::Daddr(_), Expr::Const(Atom::Prefix(addr, len))) => {
+                self.compare(lhs, op, &Expr::Prefix(*addr, *len), anons)
+            }
             (Expr::Saddr(f) | Expr::Daddr(f), Expr::Prefix(addr, len)) => {
+                if Family::of(addr) != *f || u32::from(*len) > addr_len(*f) * 8 {
+                    return Err(EncodeError::Unsupported(format!(
+                        "{lhs} compared with {rhs}"
+                    )));
+                }
                 let off = match (f, matches!(lhs, Expr::Saddr(_))) {
                     (Family::Ip, true) => 12,
                     (Family::Ip, false) => 16,
@@ -1239,13 +1307,15 @@ impl Exprs<'_> {
                     }
                 };
                 self.load(lhs, 0, false)?;
-                self.bitwise(0, &bit.to_ne_bytes(), &[0; 4])?;
-                // A flag is set when the masked value is not zero.
-                let flipped = match op {
-                    CmpOp::Eq => CmpOp::Ne,
-                    CmpOp::Ne => CmpOp::Eq,
-                };
-                self.cmp(0, flipped, &[0; 4])
+                match op {
+                    // `ct state new`: the flag is set (masked value not zero).
+                    CmpOp::Eq => {
+                        self.bitwise(0, &bit.to_ne_bytes(), &[0; 4])?;
+                        self.cmp(0, CmpOp::Ne, &[0; 4])
+                    }
+                    // `ct state != new`: nft compares the whole value.
+                    CmpOp::Ne => self.cmp(0, CmpOp::Ne, &bit.to_ne_bytes()),
+                }
             }
             (Expr::FibType(_), Expr::Keyword(k)) => {
                 let rtn: u32 = match *k {

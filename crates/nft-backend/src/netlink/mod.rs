@@ -91,9 +91,14 @@ impl NetlinkWriter {
     /// Encodes `tx` without sending it.
     pub fn encode(&self, tx: &Transaction) -> Result<Batch, EncodeError> {
         let known = self.intervals.lock().map(|g| g.clone()).unwrap_or_default();
-        let seq = self
-            .seq
-            .fetch_add(tx.len() as u32 * 2 + 2, Ordering::Relaxed);
+        // Enough sequence numbers for every message the batch can hold (at most one per
+        // element, plus anonymous sets and framing), so consecutive batches never share one.
+        let stats = tx.stats();
+        let most = tx.len() * 3 + stats.elements_added + stats.elements_deleted + 2;
+        let seq = self.seq.fetch_add(
+            u32::try_from(most).unwrap_or(u32::MAX / 2),
+            Ordering::Relaxed,
+        );
         encode::encode(tx, &known, seq.wrapping_add(1))
     }
 

@@ -103,12 +103,16 @@ pub const NFT_REG_VERDICT: u32 = 0;
 #[derive(Debug, Default)]
 pub struct Writer {
     pub buf: Vec<u8>,
+    /// Set when an attribute was too long for its 16-bit length (and was left out): the
+    /// batch must not be sent.
+    pub overflow: bool,
 }
 
 impl Writer {
     pub fn with_capacity(n: usize) -> Writer {
         Writer {
             buf: Vec::with_capacity(n),
+            overflow: false,
         }
     }
 
@@ -140,7 +144,10 @@ impl Writer {
 
     /// One attribute with raw data.
     pub fn attr(&mut self, ty: u16, data: &[u8]) {
-        let len = (4 + data.len()) as u16;
+        let Ok(len) = u16::try_from(4 + data.len()) else {
+            self.overflow = true;
+            return;
+        };
         self.buf.extend_from_slice(&len.to_ne_bytes());
         self.buf.extend_from_slice(&ty.to_ne_bytes());
         self.buf.extend_from_slice(data);
@@ -159,7 +166,10 @@ impl Writer {
 
     /// A NUL-terminated string attribute.
     pub fn str(&mut self, ty: u16, s: &str) {
-        let len = (4 + s.len() + 1) as u16;
+        let Ok(len) = u16::try_from(4 + s.len() + 1) else {
+            self.overflow = true;
+            return;
+        };
         self.buf.extend_from_slice(&len.to_ne_bytes());
         self.buf.extend_from_slice(&ty.to_ne_bytes());
         self.buf.extend_from_slice(s.as_bytes());
@@ -196,14 +206,24 @@ pub struct NestTooLarge;
 
 /// Userdata TLVs (libnftnl's `nftnl_udata`): one byte of type, one of length, then the value.
 #[derive(Debug, Default, Clone)]
-pub struct Udata(pub Vec<u8>);
+pub struct Udata(pub Vec<u8>, pub bool);
 
 impl Udata {
+    /// One TLV. A value longer than 255 bytes cannot be written: it is left out and the
+    /// userdata marked as overflowed (see [`Udata::overflow`]).
     pub fn put(&mut self, ty: u8, value: &[u8]) {
+        let Ok(len) = u8::try_from(value.len()) else {
+            self.1 = true;
+            return;
+        };
         self.0.push(ty);
-        self.0.push(u8::try_from(value.len()).unwrap_or(u8::MAX));
-        let n = value.len().min(usize::from(u8::MAX));
-        self.0.extend_from_slice(&value[..n]);
+        self.0.push(len);
+        self.0.extend_from_slice(value);
+    }
+
+    /// Whether a value did not fit.
+    pub fn overflow(&self) -> bool {
+        self.1
     }
 
     /// A host-order `u32` value, as libnftnl writes them.
@@ -219,6 +239,7 @@ impl Udata {
     }
 
     pub fn put_nested(&mut self, ty: u8, inner: &Udata) {
+        self.1 |= inner.1;
         self.put(ty, &inner.0);
     }
 }
@@ -247,6 +268,20 @@ mod tests {
         assert_eq!(u16::from_ne_bytes([b[28], b[29]]), 12);
         assert_eq!(u16::from_ne_bytes([b[30], b[31]]), 4 | 0x8000);
         assert_eq!(&b[36..40], &[1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn oversized_attributes_and_udata_are_flagged() {
+        let mut w = Writer::default();
+        w.attr(1, &vec![0u8; 70_000]);
+        assert!(w.overflow);
+        assert!(w.buf.is_empty(), "nothing written");
+        let mut u = Udata::default();
+        u.put(1, &[0u8; 255]);
+        assert!(!u.overflow());
+        let mut outer = Udata::default();
+        outer.put_nested(3, &u);
+        assert!(outer.overflow(), "255 bytes plus a TLV header do not fit");
     }
 
     #[test]
