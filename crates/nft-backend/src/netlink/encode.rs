@@ -87,6 +87,16 @@ fn reg(slot: u32) -> u32 {
     }
 }
 
+/// Offset of the source (`saddr`) or destination address in the network header.
+fn addr_offset(f: Family, saddr: bool) -> u32 {
+    match (f, saddr) {
+        (Family::Ip, true) => 12,
+        (Family::Ip, false) => 16,
+        (Family::Ip6, true) => 8,
+        (Family::Ip6, false) => 24,
+    }
+}
+
 fn addr_len(f: Family) -> u32 {
     match f {
         Family::Ip => 4,
@@ -1028,12 +1038,7 @@ impl Exprs<'_> {
     fn load(&mut self, e: &Expr, slot: u32, interval: bool) -> Result<u32, EncodeError> {
         match e {
             Expr::Saddr(f) | Expr::Daddr(f) => {
-                let off = match (f, matches!(e, Expr::Saddr(_))) {
-                    (Family::Ip, true) => 12,
-                    (Family::Ip, false) => 16,
-                    (Family::Ip6, true) => 8,
-                    (Family::Ip6, false) => 24,
-                };
+                let off = addr_offset(*f, matches!(e, Expr::Saddr(_)));
                 self.payload(slot, 1, off, addr_len(*f))?;
                 Ok(slots(addr_len(*f)))
             }
@@ -1236,12 +1241,7 @@ impl Exprs<'_> {
                         "{lhs} compared with {rhs}"
                     )));
                 }
-                let off = match (f, matches!(lhs, Expr::Saddr(_))) {
-                    (Family::Ip, true) => 12,
-                    (Family::Ip, false) => 16,
-                    (Family::Ip6, true) => 8,
-                    (Family::Ip6, false) => 24,
-                };
+                let off = addr_offset(*f, matches!(lhs, Expr::Saddr(_)));
                 let full = addr_len(*f);
                 let bits = u32::from(*len).min(full * 8);
                 let bytes: Vec<u8> = match addr {
