@@ -785,6 +785,20 @@ fn load_balancer_source_ranges_filter_only_the_load_balancer_ip() {
         c.hist(&c.topo.client, "192.168.122.130:80", 5, Proto::Tcp),
         BTreeMap::from([("222".to_string(), 5)])
     );
+    // Overlapping ranges (and, with the node inside a range, a range that contains the
+    // load balancer IP itself) are one interval set's elements: they used to make the
+    // kernel refuse every sync. Each edit must sync, and the client still gets through.
+    for ranges in [
+        "10.0.0.0/8, 10.1.0.0/16, 172.18.0.0/24, 172.18.0.10/32",
+        "172.18.0.0/16, 192.168.122.0/24",
+    ] {
+        c.edit("fw.yaml", |_| firewalled_service(ranges));
+        assert_eq!(
+            c.hist(&c.topo.client, "192.168.122.130:80", 3, Proto::Tcp),
+            BTreeMap::from([("222".to_string(), 3)]),
+            "{ranges}"
+        );
+    }
     // 0.0.0.0/0 means no filtering at all.
     c.edit("fw.yaml", |_| firewalled_service("0.0.0.0/0"));
     assert_eq!(

@@ -323,17 +323,17 @@ pub(crate) fn compile(
             for lb in &lb_ips {
                 let fe = frontend(*lb);
                 claim(SetId::FirewallIps, Key::new(fe.clone()), None);
-                let mut sources: Vec<Atom> = ranges
+                // Elements of one interval set must not overlap (the kernel refuses the
+                // whole batch with `File exists`): overlapping ranges, and load balancer
+                // IPs inside a range, become the minimal list of disjoint prefixes.
+                let hosts = lb_ips
                     .iter()
-                    .map(|c| Atom::Prefix(c.addr(), c.prefix_len()))
-                    .collect();
-                if node_in_range {
-                    let host = if lb.is_ipv4() { 32 } else { 128 };
-                    sources.extend(lb_ips.iter().map(|ip| Atom::Prefix(*ip, host)));
-                }
+                    .filter(|_| node_in_range)
+                    .map(|ip| Cidr::host(*ip));
+                let sources = Cidr::minimal(ranges.iter().map(|c| **c).chain(hosts));
                 for src in sources {
                     let mut key = fe.to_vec();
-                    key.push(src);
+                    key.push(Atom::Prefix(src.addr(), src.prefix_len()));
                     claim(SetId::FirewallAllow, Key::new(key), None);
                 }
             }

@@ -341,3 +341,67 @@ fn session_affinity() {
     );
     check("affinity", &out);
 }
+
+/// The `firewall-allow` elements of the compiled ruleset, rendered (`key`), in order.
+fn firewall_allow(c: &rudder_compiler::Compiler) -> Vec<String> {
+    let rs = c.ruleset().expect("compiled ruleset applies");
+    rs.tables
+        .values()
+        .flat_map(|t| t.sets.get(&rudder_compiler::SetId::FirewallAllow.name()))
+        .flat_map(|s| s.elements.keys().map(|k| k.to_string()))
+        .collect()
+}
+
+/// Overlapping `loadBalancerSourceRanges`, and ranges that contain the load balancer IP that
+/// is added when the node is inside a range, would be overlapping elements of one interval
+/// set, which the kernel refuses (the whole batch, every service with it). They are reduced
+/// to the minimal disjoint prefixes covering the same sources, in both families.
+#[test]
+fn overlapping_source_ranges_become_disjoint_prefixes() {
+    let mut s = service("ns", "fw", &["10.96.0.40", "fd00::40"]);
+    s.service_type = ServiceType::LoadBalancer;
+    s.load_balancer_ips = vec![common::ip("192.168.122.40"), common::ip("2001:db8::40")];
+    s.load_balancer_source_ranges = [
+        "10.1.0.0/16",
+        "10.0.0.0/8",
+        "10.0.0.1/32",
+        "172.18.0.0/24",
+        "192.168.122.0/24",
+        "fd00:1::/32",
+        "fd00::/8",
+        "2001:db8::/64",
+    ]
+    .iter()
+    .map(|r| r.parse().unwrap())
+    .collect();
+    s.ports = vec![port("http", Protocol::Tcp, 80, None)];
+    let eps = |family, addr| {
+        slice(
+            "ns",
+            &format!("fw-{family:?}"),
+            "fw",
+            family,
+            &[("http", Protocol::Tcp, 8080)],
+            vec![endpoint(addr, true, "node-a")],
+        )
+    };
+    let slices = vec![
+        eps(IpFamily::V4, "10.244.1.2"),
+        eps(IpFamily::V6, "fd00:244::2"),
+    ];
+    let st = state(vec![s], slices);
+    let mut n = node("node-a", &["172.18.0.2"]);
+    n.ips = vec![common::ip("172.18.0.2"), common::ip("fd00::2")];
+    let mut c = rudder_compiler::Compiler::new(&[IpFamily::V4, IpFamily::V6], Config::default(), n);
+    c.full(&st);
+    assert_eq!(
+        firewall_allow(&c),
+        [
+            "192.168.122.40 . tcp . 80 . 10.0.0.0/8",
+            "192.168.122.40 . tcp . 80 . 172.18.0.0/24",
+            "192.168.122.40 . tcp . 80 . 192.168.122.0/24",
+            "2001:db8::40 . tcp . 80 . 2001:db8::/64",
+            "2001:db8::40 . tcp . 80 . fd00::/8",
+        ]
+    );
+}

@@ -77,6 +77,56 @@ impl Cidr {
     pub fn contains(&self, ip: &IpAddr) -> bool {
         ip.is_ipv4() == self.addr.is_ipv4() && mask(*ip, self.prefix) == self.addr
     }
+
+    /// Whether every address of `other` is inside this prefix (a prefix covers itself).
+    pub fn covers(&self, other: &Cidr) -> bool {
+        self.prefix <= other.prefix && self.contains(&other.addr)
+    }
+
+    /// Whether the two prefixes share an address. Two prefixes either nest or are disjoint.
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        self.covers(other) || other.covers(self)
+    }
+
+    /// The smallest list of prefixes that covers exactly the same addresses as `cidrs`, in
+    /// address order: duplicates and prefixes inside another prefix of the list are dropped,
+    /// and two halves of one prefix are merged into it (what `nft` does with `auto-merge`).
+    /// No two prefixes of the result overlap, so they can all be elements of one interval set.
+    pub fn minimal(cidrs: impl IntoIterator<Item = Cidr>) -> Vec<Cidr> {
+        let mut v: Vec<Cidr> = cidrs.into_iter().collect();
+        // Address order, shorter prefix first: a covering prefix comes before what it covers.
+        v.sort_by_key(|c| (c.addr.is_ipv6(), c.addr, c.prefix));
+        let mut out: Vec<Cidr> = Vec::with_capacity(v.len());
+        for c in v {
+            if out.last().is_some_and(|l| l.covers(&c)) {
+                continue;
+            }
+            out.push(c);
+            // Merge sibling halves bottom-up: `a/n+1` and its upper sibling become `a/n`.
+            while out.len() >= 2 {
+                let (a, b) = (out[out.len() - 2], out[out.len() - 1]);
+                match a.parent() {
+                    Some(p) if a.prefix == b.prefix && p.covers(&b) => {
+                        out.truncate(out.len() - 2);
+                        if !out.last().is_some_and(|l| l.covers(&p)) {
+                            out.push(p);
+                        }
+                    }
+                    _ => break,
+                }
+            }
+        }
+        out
+    }
+
+    /// The prefix one bit shorter, `None` for `/0`.
+    fn parent(&self) -> Option<Cidr> {
+        let p = self.prefix.checked_sub(1)?;
+        Some(Cidr {
+            addr: mask(self.addr, p),
+            prefix: p,
+        })
+    }
 }
 
 fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
@@ -127,6 +177,82 @@ impl fmt::Display for Cidr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn c(s: &str) -> Cidr {
+        s.parse().unwrap()
+    }
+
+    fn minimal(list: &[&str]) -> Vec<String> {
+        Cidr::minimal(list.iter().map(|s| c(s)))
+            .iter()
+            .map(|c| c.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn minimal_drops_covered_and_duplicate_prefixes() {
+        assert_eq!(minimal(&["10.1.0.0/16", "10.0.0.0/8"]), ["10.0.0.0/8"]);
+        assert_eq!(minimal(&["10.0.0.0/8", "10.0.0.1/32"]), ["10.0.0.0/8"]);
+        assert_eq!(minimal(&["10.0.0.0/8", "10.0.0.0/8"]), ["10.0.0.0/8"]);
+        assert_eq!(
+            minimal(&["192.168.0.0/24", "10.0.0.0/8"]),
+            ["10.0.0.0/8", "192.168.0.0/24"]
+        );
+        assert_eq!(minimal(&["fd00::/8", "fd00:1::/32"]), ["fd00::/8"]);
+        assert_eq!(minimal(&["::/0", "fd00::/8"]), ["::/0"]);
+        // Families never merge.
+        assert_eq!(minimal(&["0.0.0.0/0", "::/0"]), ["0.0.0.0/0", "::/0"]);
+    }
+
+    #[test]
+    fn minimal_merges_sibling_halves() {
+        assert_eq!(minimal(&["10.0.0.0/25", "10.0.0.128/25"]), ["10.0.0.0/24"]);
+        assert_eq!(
+            minimal(&["10.0.0.0/26", "10.0.0.64/26", "10.0.0.128/25"]),
+            ["10.0.0.0/24"]
+        );
+        // Not siblings: adjacent but in different parents.
+        assert_eq!(
+            minimal(&["10.0.0.128/25", "10.0.1.0/25"]),
+            ["10.0.0.128/25", "10.0.1.0/25"]
+        );
+        assert_eq!(minimal(&["0.0.0.0/1", "128.0.0.0/1"]), ["0.0.0.0/0"]);
+    }
+
+    #[test]
+    fn minimal_covers_the_same_addresses_and_never_overlaps() {
+        // Exhaustive over small prefixes of one /28: every subset of a few prefixes.
+        let all: Vec<Cidr> = (25u8..=28)
+            .flat_map(|p| {
+                let step = 1u32 << (32 - u32::from(p));
+                (0..(128 / step)).map(move |i| {
+                    Cidr::new(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i * step)), p).unwrap()
+                })
+            })
+            .collect();
+        let n = all.len();
+        for a in 0..n {
+            for b in a..n {
+                for d in b..n {
+                    let input = [all[a], all[b], all[d]];
+                    let out = Cidr::minimal(input);
+                    for x in 0u32..128 {
+                        let ip = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + x));
+                        assert_eq!(
+                            input.iter().any(|c| c.contains(&ip)),
+                            out.iter().any(|c| c.contains(&ip)),
+                            "{input:?} -> {out:?} at {ip}"
+                        );
+                    }
+                    for (i, x) in out.iter().enumerate() {
+                        for y in &out[i + 1..] {
+                            assert!(!x.overlaps(y), "{input:?} -> {out:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn parses_sloppy_ipv4_and_cidrs() {
