@@ -172,8 +172,13 @@ fn find<'a>(
         NodePortIps::All => node.ips.contains(&q.to) || q.to.is_loopback(),
         NodePortIps::Only(ips) => ips.contains(&q.to),
     };
+    // The compiler refuses service addresses that are the node's own (see `guard`).
+    let node_addrs = crate::guard::node_addresses(node);
+    let to_node = node_addrs.contains(&q.to);
     for svc in state.services() {
-        if svc.cluster_ip(family).is_none() {
+        if svc.cluster_ip(family).is_none()
+            || svc.cluster_ips.iter().any(|ip| node_addrs.contains(ip))
+        {
             continue;
         }
         for (i, p) in svc.ports.iter().enumerate() {
@@ -184,10 +189,10 @@ fn find<'a>(
                 if svc.cluster_ip(family) == Some(q.to) {
                     return Some((svc, i, Frontend::ClusterIp));
                 }
-                if svc.load_balancer_ips.contains(&q.to) {
+                if svc.load_balancer_ips.contains(&q.to) && !to_node {
                     return Some((svc, i, Frontend::LoadBalancerIp));
                 }
-                if svc.external_ips.contains(&q.to) {
+                if svc.external_ips.contains(&q.to) && !to_node {
                     return Some((svc, i, Frontend::ExternalIp));
                 }
             }
@@ -226,17 +231,20 @@ pub fn explain(state: &ProxyState, config: &Config, node: &NodeContext, q: &Quer
     };
     let Some((svc, port_idx, frontend)) = find(state, q, node) else {
         let family = IpFamily::of(&q.to);
-        if let Some(svc) = state
-            .services()
-            .find(|s| s.cluster_ip(family) == Some(q.to))
-        {
+        // A ClusterIP that is one of the node's addresses is refused, not programmed.
+        let node_addrs = crate::guard::node_addresses(node);
+        if let Some(svc) = state.services().find(|s| {
+            s.cluster_ip(family) == Some(q.to)
+                && !s.cluster_ips.iter().any(|ip| node_addrs.contains(ip))
+        }) {
             out.verdict = Verdict::Reject(format!(
                 "{} is the ClusterIP of {} but it has no {}/{} port",
                 q.to, svc.key, q.protocol, q.port
             ));
             return out;
         }
-        let why = if node.service_cidrs.iter().any(|c| c.contains(&q.to)) {
+        let (service_cidrs, _) = crate::guard::service_cidrs(node);
+        let why = if service_cidrs.iter().any(|c| c.contains(&q.to)) {
             out.verdict = Verdict::Drop(format!(
                 "{} is inside a service CIDR but is no ClusterIP of any service",
                 q.to

@@ -77,6 +77,11 @@ impl Cidr {
     pub fn contains(&self, ip: &IpAddr) -> bool {
         ip.is_ipv4() == self.addr.is_ipv4() && mask(*ip, self.prefix) == self.addr
     }
+
+    /// Whether the two prefixes share any address (one contains the other).
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        self.contains(&other.addr) || other.contains(&self.addr)
+    }
 }
 
 fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
@@ -143,6 +148,11 @@ mod tests {
         assert!(c.contains(&"10.244.200.1".parse().unwrap()));
         assert!(!c.contains(&"10.245.0.1".parse().unwrap()));
         assert!(!c.contains(&"::1".parse().unwrap()));
+        let inner: Cidr = "10.244.3.0/24".parse().unwrap();
+        let other: Cidr = "10.245.0.0/16".parse().unwrap();
+        assert!(c.overlaps(&inner) && inner.overlaps(&c));
+        assert!(!c.overlaps(&other) && !other.overlaps(&c));
+        assert!(!c.overlaps(&"::/0".parse().unwrap()));
         assert!(" 0.0.0.0/0 ".parse::<Cidr>().unwrap().is_all());
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("fd00::/129".parse::<Cidr>().is_err());

@@ -226,7 +226,7 @@ impl ProxyState {
                     port: sp.port,
                 };
                 match out.get(&(ep.address, sp.port)) {
-                    Some(existing) if !(existing.endpoint.terminating && !ep.terminating) => {}
+                    Some(existing) if !existing.endpoint.terminating || ep.terminating => {}
                     _ => {
                         out.insert((ep.address, sp.port), resolved);
                     }

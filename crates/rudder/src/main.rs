@@ -165,13 +165,7 @@ fn load_offline(
         );
     }
     let mut node = settings.node_context(conv.node.as_ref(), None);
-    node.service_cidrs = objs
-        .service_cidrs
-        .iter()
-        .flat_map(rudder_controller::change::service_cidrs)
-        .collect();
-    node.service_cidrs.sort();
-    node.service_cidrs.dedup();
+    node.service_cidrs = conv.service_cidrs;
     let mut state = rudder_model::ProxyState::new();
     state.replace_all(conv.services, conv.slices);
     let invalid = !errors.is_empty() || !conv.problems.is_empty();
@@ -182,12 +176,18 @@ fn load_offline(
 fn compile(args: cli::CompileArgs) -> anyhow::Result<ExitCode> {
     let settings = proxier::Settings::from_args(&args.proxy)?;
     let (state, node, invalid) = load_offline(&args.proxy)?;
-    if args.strict && invalid {
-        anyhow::bail!("invalid input (see above) and --strict is set");
-    }
     // Offline output is the same whatever the host: both families, always.
     let mut compiler = Compiler::new(&[IpFamily::V4, IpFamily::V6], settings.config.clone(), node);
     compiler.full(&state);
+    // What the compiler refused because of this node (its own addresses as service
+    // addresses, service CIDRs covering it).
+    let refused = compiler.take_problems();
+    for p in &refused {
+        eprintln!("rudder: skipping invalid input: {p}");
+    }
+    if args.strict && (invalid || !refused.is_empty()) {
+        anyhow::bail!("invalid input (see above) and --strict is set");
+    }
     // Check the output's consistency the way the kernel would, before printing it.
     compiler
         .ruleset()

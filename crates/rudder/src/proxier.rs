@@ -227,6 +227,8 @@ pub struct Converted {
     pub services: Vec<rudder_model::Service>,
     pub slices: Vec<rudder_model::EndpointSlice>,
     pub node: Option<Node>,
+    /// The service CIDRs of every ServiceCIDR object, sorted, without the refused ones.
+    pub service_cidrs: Vec<Cidr>,
     pub problems: Vec<Problem>,
     pub ignored: usize,
 }
@@ -268,6 +270,13 @@ pub fn convert(objs: &Objects, hostname: &str) -> Converted {
             out.node = Some(node);
         }
     }
+    for s in &objs.service_cidrs {
+        let (cidrs, problems) = k8s::service_cidr(s);
+        out.service_cidrs.extend(cidrs);
+        out.problems.extend(problems);
+    }
+    out.service_cidrs.sort();
+    out.service_cidrs.dedup();
     out
 }
 

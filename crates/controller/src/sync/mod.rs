@@ -590,6 +590,9 @@ impl<D: Dataplane> SyncLoop<D> {
             self.compiler.update(&self.state, &dirty)
         };
         let compile = t0.elapsed();
+        // What the compiler refused (service addresses that are the node's own, service CIDRs
+        // covering the node): logged and counted like invalid input.
+        crate::change::report_problems(&self.compiler.take_problems());
         let stats = tx.stats();
         let t1 = Instant::now();
         let result = self.dataplane.apply(&tx);
