@@ -105,13 +105,13 @@ impl Daemon {
             if self.count(needle) >= n {
                 return Ok(());
             }
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    return Err(io::Error::other(format!(
-                        "rudder exited ({status}) before {needle:?}:\n{}",
-                        self.log()
-                    )));
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                return Err(io::Error::other(format!(
+                    "rudder exited ({status}) before {needle:?}:\n{}",
+                    self.log()
+                )));
             }
             if Instant::now() >= deadline {
                 return Err(io::Error::other(format!(
