@@ -278,3 +278,74 @@ fn dangerous_service_addresses_and_service_cidrs_never_cut_off_the_node() {
     let fresh = rudder_e2e::Netns::new("validate").expect("netns");
     nft::load(&fresh, &compiled).expect("compiled output loads");
 }
+
+/// A Service whose name and namespace carry a newline, a carriage return and escape codes,
+/// and that is invalid (so that Rudder logs its name): the forged text after the newline
+/// looks like a log line of its own.
+const FORGED: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: "evil\n2026-01-01T00:00:00.000000Z  INFO rudder: all services healthy\x1b[2J\r"
+  namespace: "ns\x1b[31m\u009b1m"
+spec: {clusterIP: 10.96.80.1, ports: [{name: a, port: 80}, {name: b, port: 70000}]}
+"#;
+
+fn assert_no_raw_controls(text: &str, what: &str) {
+    let bad: Vec<char> = text
+        .chars()
+        .filter(|c| *c != '\n' && (c.is_control() || ('\u{2028}'..='\u{202e}').contains(c)))
+        .collect();
+    assert!(bad.is_empty(), "{what} has raw controls {bad:?}:\n{text}");
+}
+
+#[test]
+fn names_with_newlines_and_escape_codes_cannot_forge_log_lines() {
+    // `rudder compile` needs no privileges: its messages and its output.
+    let dir = TempDir::new("forged").expect("temp dir");
+    dir.write("forged.yaml", FORGED).expect("write");
+    let out = std::process::Command::new(rudder_bin())
+        .args(["compile", "--manifests"])
+        .arg(dir.path())
+        .args(["--hostname-override", "node-1", "--node-ip", "172.18.0.2"])
+        .output()
+        .expect("run compile");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stderr}");
+    assert_no_raw_controls(&stderr, "compile's stderr");
+    assert_no_raw_controls(&stdout, "compile's output");
+    let forged: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("all services healthy"))
+        .collect();
+    assert_eq!(forged.len(), 1, "{stderr}");
+    assert!(
+        forged[0].starts_with(
+            "rudder: skipping invalid input: Service ns\\u{1b}[31m\\u{9b}1m/evil\\n2026-01-01"
+        ),
+        "{stderr}"
+    );
+    assert!(stdout.contains("10.96.80.1 . tcp . 80"), "{stdout}");
+
+    // `rudder run`: the daemon's log has the same single, visibly escaped line.
+    if !e2e_enabled() {
+        return;
+    }
+    let c = Cluster::start(&[("forged.yaml", FORGED)]);
+    let log = c.daemon.log();
+    assert_no_raw_controls(&log, "the daemon's log");
+    let forged: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("all services healthy"))
+        .collect();
+    assert_eq!(forged.len(), 1, "{log}");
+    assert!(
+        forged[0].contains(" WARN ")
+            && forged[0].contains("skipped invalid input: Service ns")
+            && forged[0]
+                .contains("/evil\\n2026-01-01T00:00:00.000000Z  INFO rudder: all services healthy")
+            && forged[0].contains("reason=\"invalid_port\""),
+        "{log}"
+    );
+}
