@@ -349,3 +349,226 @@ fn names_with_newlines_and_escape_codes_cannot_forge_log_lines() {
         "{log}"
     );
 }
+
+/// A second Node named `node-1`, in a file read before the example's `node.yaml`, with an
+/// address the node does not have. The later one (`node.yaml`, 172.18.0.2) is the node.
+const EARLIER_NODE: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+status: {addresses: [{type: InternalIP, address: 172.18.0.99}]}
+"#;
+
+#[test]
+fn compile_and_run_pick_the_same_one_of_two_nodes_with_the_same_name() {
+    if !e2e_enabled() {
+        return;
+    }
+    let c = Cluster::start(&[("a-node.yaml", EARLIER_NODE)]);
+    // Node ports listen on the later Node's address: real connections from outside.
+    let hist = c.hist(&c.topo.client, "172.18.0.2:30001", 30, Proto::Tcp);
+    assert_eq!(hist.len(), 3, "{hist:?}");
+    let running = nft::list_ruleset(&c.topo.node).expect("ruleset");
+    assert!(!running.contains("172.18.0.99"), "{running}");
+    // `rudder compile` of the same files programs exactly the same.
+    let (ok, compiled, stderr) = c.compile();
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("Node node-1: duplicate object: a later one with the same name is used"),
+        "{stderr}"
+    );
+    let fresh = rudder_e2e::Netns::new("validate").expect("netns");
+    nft::load(&fresh, &compiled).expect("compiled output loads");
+    assert_eq!(nft::list_ruleset(&fresh).expect("ruleset"), running);
+    assert!(metric(&c.metrics(), &skipped("duplicate_object")) >= Some(1.0));
+}
+
+#[test]
+fn documents_with_fields_of_the_wrong_type_are_logged_and_counted() {
+    if !e2e_enabled() {
+        return;
+    }
+    let mut c = Cluster::start(&[]);
+    let malformed = skipped("malformed_document");
+    assert_eq!(metric(&c.metrics(), &malformed), None);
+    let syncs = c.daemon.count(SYNC_DONE);
+    let bad = |port: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: bad, namespace: default}}\nspec: {{clusterIP: 10.96.90.1, ports: [{{name: http, port: {port}}}]}}\n"
+        )
+    };
+    let text = [bad("\"http\""), bad("80.5"), bad("true")].join("---\n");
+    c.manifests.write("bad.yaml", &text).expect("write");
+    // A valid change in the same read, so that there is a sync to wait for.
+    c.manifests
+        .write(
+            "ok.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: ok, namespace: default}\nspec: {clusterIP: 10.96.90.2, ports: [{name: http, port: 80}]}\n",
+        )
+        .expect("write");
+    c.daemon
+        .wait_for(SYNC_DONE, syncs + 1, Duration::from_secs(5))
+        .expect("sync");
+    assert_eq!(metric(&c.metrics(), &malformed), Some(3.0));
+    let log = c.daemon.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("bad.yaml") && l.contains("reason=\"malformed_document\""))
+        .collect();
+    assert_eq!(lines.len(), 3, "{log}");
+    assert!(lines[0].contains("invalid Service"), "{log}");
+    // Everything else is programmed.
+    let ruleset = nft::list_ruleset(&c.topo.node).expect("ruleset");
+    assert!(ruleset.contains("10.96.90.2"), "{ruleset}");
+    assert!(!ruleset.contains("10.96.90.1"), "{ruleset}");
+}
+
+/// Against an API server: an object that does not deserialize (which a real API server
+/// never serves, but a proxy or a broken aggregated API could) is logged and counted; the
+/// watch goes on, and the rules stay.
+#[test]
+fn malformed_objects_from_the_api_server_are_counted_and_the_watch_goes_on() {
+    use rudder_fake_apiserver::{Config, FakeApiServer};
+    use serde_json::json;
+    if !e2e_enabled() {
+        return;
+    }
+    const TOKEN: &str = "rudder-e2e-token";
+    let topo = Topology::new().expect("topology");
+    let _servers: Vec<EchoServers> = (0..3)
+        .map(|i| serve_pod(&topo.pods[i], NAMES[i], &[80]).expect("echo servers"))
+        .collect();
+    let listener = topo
+        .client
+        .enter(|| std::net::TcpListener::bind("172.18.0.10:6443"))
+        .expect("enter client netns")
+        .expect("bind API server");
+    let api = FakeApiServer::start(listener, Config::default().with_token(TOKEN)).expect("API");
+    fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+        serde_json::from_value(v).expect("object")
+    }
+    api.apply_node(obj(json!({
+        "metadata": {"name": "node-1"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.2"}]}
+    })));
+    let svc = |name: &str, ip: &str| {
+        json!({
+            "metadata": {"namespace": "default", "name": name},
+            "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
+                     "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
+        })
+    };
+    let slice = |svc: &str, ip: &str| {
+        json!({
+            "metadata": {"namespace": "default", "name": format!("{svc}-1"),
+                         "labels": {"kubernetes.io/service-name": svc}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [ip], "nodeName": "node-1"}]
+        })
+    };
+    api.apply_service(obj(svc("first", "10.96.91.1")));
+    api.apply_endpoint_slice(obj(slice("first", "10.244.1.2")));
+    let kubeconfig = TempDir::new("kubeconfig").expect("temp dir");
+    kubeconfig
+        .write("kubeconfig", &api.kubeconfig(Some(TOKEN)))
+        .expect("kubeconfig");
+    let path = kubeconfig.path().join("kubeconfig").display().to_string();
+    let args = [
+        "run",
+        "--kubeconfig",
+        &path,
+        "--hostname-override",
+        "node-1",
+        "--iptables-min-sync-period",
+        "100ms",
+    ];
+    let mut daemon = Daemon::start(&rudder_bin(), &topo.node, &args).expect("start rudder");
+    daemon
+        .wait_for(SYNC_DONE, 1, Duration::from_secs(20))
+        .expect("first sync");
+    let hist = |to: &str| {
+        rudder_e2e::client::histogram_with_timeout(
+            &topo.pods[1],
+            addr(to),
+            3,
+            Proto::Tcp,
+            Duration::from_secs(2),
+        )
+    };
+    assert_eq!(
+        hist("10.96.91.1:80"),
+        BTreeMap::from([("111".to_string(), 3)])
+    );
+    // A Service whose port is a string arrives in a watch event: skipped and counted.
+    let mut bad = svc("bad", "10.96.91.9");
+    bad["spec"]["ports"][0]["port"] = json!("http");
+    api.apply_raw_service(bad);
+    daemon
+        .wait_for("reason=\"malformed_document\"", 1, Duration::from_secs(10))
+        .expect("the malformed object is reported");
+    let metrics = || {
+        http_get(&topo.node, "127.0.0.1:10249", "/metrics")
+            .expect("metrics")
+            .2
+    };
+    assert!(metric(&metrics(), &skipped("malformed_document")) >= Some(1.0));
+    // The watch goes on: a later, valid Service is programmed; the first still works.
+    let syncs = daemon.count(SYNC_DONE);
+    api.apply_service(obj(svc("second", "10.96.91.2")));
+    api.apply_endpoint_slice(obj(slice("second", "10.244.2.2")));
+    daemon
+        .wait_for(SYNC_DONE, syncs + 1, Duration::from_secs(10))
+        .expect("sync after the valid service");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while hist("10.96.91.2:80") != BTreeMap::from([("222".to_string(), 3)]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "second service not programmed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        hist("10.96.91.1:80"),
+        BTreeMap::from([("111".to_string(), 3)])
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains(
+            "skipped invalid input: Service: malformed object: a watch event that does not deserialize (skipped)"
+        ),
+        "{log}"
+    );
+
+    // A re-list that contains it fails as a whole (kube-rs reads a list page at once): it is
+    // counted at every attempt, and the rules stay as they are until the object is fixed.
+    let before = metric(&metrics(), &skipped("malformed_document")).unwrap_or(0.0);
+    api.refuse_connections_for(Duration::from_secs(1));
+    api.apply_service(obj(svc("filler", "10.96.91.8")));
+    api.compact();
+    daemon
+        .wait_for("in a list (the list is retried", 1, Duration::from_secs(10))
+        .expect("the failed re-list is reported");
+    assert!(metric(&metrics(), &skipped("malformed_document")) > Some(before));
+    assert_eq!(
+        hist("10.96.91.1:80"),
+        BTreeMap::from([("111".to_string(), 3)])
+    );
+    assert_eq!(
+        hist("10.96.91.2:80"),
+        BTreeMap::from([("222".to_string(), 3)])
+    );
+    // Fixed: the next attempt lists, and changes flow again.
+    api.delete_service("default", "bad");
+    api.apply_service(obj(svc("third", "10.96.91.3")));
+    api.apply_endpoint_slice(obj(slice("third", "10.244.3.2")));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while hist("10.96.91.3:80") != BTreeMap::from([("333".to_string(), 3)]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "third service not programmed:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
