@@ -179,7 +179,7 @@ fn find<'a>(
     let to_node = node_addrs.contains(&q.to);
     for svc in state.services() {
         if svc.cluster_ip(family).is_none()
-            || svc.cluster_ips.iter().any(|ip| node_addrs.contains(ip))
+            || crate::guard::refused_cluster_ip(svc, &node_addrs).is_some()
         {
             continue;
         }
@@ -237,7 +237,7 @@ pub fn explain(state: &ProxyState, config: &Config, node: &NodeContext, q: &Quer
         let node_addrs = crate::guard::node_addresses(node);
         if let Some(svc) = state.services().find(|s| {
             s.cluster_ip(family) == Some(q.to)
-                && !s.cluster_ips.iter().any(|ip| node_addrs.contains(ip))
+                && crate::guard::refused_cluster_ip(s, &node_addrs).is_none()
         }) {
             out.verdict = Verdict::Reject(format!(
                 "{} is the ClusterIP of {} but it has no {}/{} port",

@@ -74,6 +74,15 @@ pub fn service_cidrs(node: &NodeContext) -> (Vec<Cidr>, Vec<Problem>) {
     (ok, problems)
 }
 
+/// The ClusterIP of `svc` that is one of `node_addrs` (see [`node_addresses`]), if any: the
+/// compiler then refuses the whole service.
+pub fn refused_cluster_ip(svc: &Service, node_addrs: &[IpAddr]) -> Option<IpAddr> {
+    svc.cluster_ips
+        .iter()
+        .find(|ip| node_addrs.contains(ip))
+        .copied()
+}
+
 /// The problem for a service address that is one of the node's.
 pub(crate) fn node_address_problem(svc: &Service, field: AddressField, address: IpAddr) -> Problem {
     Problem {

@@ -684,6 +684,9 @@ impl Compiler {
             tx.push(Op::AddTable(f.table.clone()));
             tx.push(Op::DeleteTable(f.table.clone()));
         }
+        // A full compile reports everything refused: what earlier compiles reported and
+        // nobody took is superseded (so an unread list cannot grow without bound).
+        self.problems.clear();
         self.problems.extend(self.ctx.cidr_problems.iter().cloned());
         for f in &mut self.families {
             tx.extend(f.full(state, &self.ctx, &mut self.problems));
@@ -700,6 +703,13 @@ impl Compiler {
             tx.extend(f.update(state, &self.ctx, changed, &mut self.problems));
         }
         tx
+    }
+
+    /// Whether the compiler refuses `svc` as a whole on this node (one of its ClusterIPs is
+    /// one of the node's addresses): nothing of it is programmed, so nothing else (health
+    /// check servers) should serve it either.
+    pub fn refuses(&self, svc: &rudder_model::Service) -> bool {
+        guard::refused_cluster_ip(svc, &self.ctx.node_addrs).is_some()
     }
 
     /// What the compilations since the last call refused to program, and why: a service

@@ -10,7 +10,7 @@ use rudder_nft::{Atom, Key, L4Proto, Verdict};
 use rustc_hash::FxHashMap;
 
 use crate::affinity;
-use crate::guard::node_address_problem;
+use crate::guard::{node_address_problem, refused_cluster_ip};
 use crate::layout::{Class, SetId, n, names};
 use crate::policy::categorize;
 use crate::{Ctx, Fragment};
@@ -85,10 +85,10 @@ pub(crate) fn compile(
     let Some(cluster_ip) = svc.cluster_ip(family) else {
         return frag;
     };
-    if let Some(ip) = svc.cluster_ips.iter().find(|ip| ctx.is_node_address(ip)) {
+    if let Some(ip) = refused_cluster_ip(svc, &ctx.node_addrs) {
         if primary {
             frag.problems
-                .push(node_address_problem(svc, AddressField::ClusterIp, *ip));
+                .push(node_address_problem(svc, AddressField::ClusterIp, ip));
         }
         return frag;
     }

@@ -302,6 +302,7 @@ impl<D: Dataplane> SyncLoop<D> {
 
     fn clean_conntrack(&mut self) {
         let mut events = Vec::new();
+        let node_addrs = rudder_compiler::guard::node_addresses(self.compiler.node());
         let Some(ct) = self.conntrack.as_mut() else {
             return;
         };
@@ -313,7 +314,7 @@ impl<D: Dataplane> SyncLoop<D> {
                     continue;
                 }
             };
-            let stale = stale_udp_flows(&self.state, family, &flows);
+            let stale = stale_udp_flows(&self.state, family, &flows, &node_addrs);
             if stale.is_empty() {
                 continue;
             }
@@ -616,7 +617,12 @@ impl<D: Dataplane> SyncLoop<D> {
                     rudder_compiler::NodePortIps::All => Vec::new(),
                     rudder_compiler::NodePortIps::Only(ips) => ips.clone(),
                 };
-                let sh = ServiceHealth::compute(&self.state, &self.current_ctx.name, addresses);
+                // Services the compiler refused as a whole get no health check server.
+                let compiler = &self.compiler;
+                let sh =
+                    ServiceHealth::compute(&self.state, &self.current_ctx.name, addresses, |s| {
+                        compiler.refuses(s)
+                    });
                 self.service_health.send_if_modified(|cur| {
                     let changed = *cur != sh;
                     *cur = sh;
