@@ -106,12 +106,13 @@ impl Daemon {
                 return Ok(());
             }
             if let Some(child) = self.child.as_mut()
-                && let Some(status) = child.try_wait()? {
-                    return Err(io::Error::other(format!(
-                        "rudder exited ({status}) before {needle:?}:\n{}",
-                        self.log()
-                    )));
-                }
+                && let Some(status) = child.try_wait()?
+            {
+                return Err(io::Error::other(format!(
+                    "rudder exited ({status}) before {needle:?}:\n{}",
+                    self.log()
+                )));
+            }
             if Instant::now() >= deadline {
                 return Err(io::Error::other(format!(
                     "timed out waiting for {n}× {needle:?}; log:\n{}",

@@ -21,7 +21,7 @@ use common::*;
 fn compiler() -> Compiler {
     let node = NodeContext::new(
         "node-0".into(),
-        NodePortIps::Only(vec!["172.18.0.2".parse().unwrap()]),
+        NodePortIps::Only(vec!["172.18.0.2".parse().expect("bench IP")]),
     );
     Compiler::new(&[IpFamily::V4], Config::default(), node)
 }

@@ -7,7 +7,9 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use rudder_model::{IpFamily, Protocol, ProxyState, ResolvedEndpoint, Service, TrafficPolicy};
+use rudder_model::{
+    IpFamily, Protocol, ProxyState, ResolvedEndpoint, Service, TrafficPolicy, escape_controls,
+};
 
 use crate::{Config, LocalDetector, NodeContext, NodePortIps, Topology, categorize};
 
@@ -172,8 +174,13 @@ fn find<'a>(
         NodePortIps::All => node.ips.contains(&q.to) || q.to.is_loopback(),
         NodePortIps::Only(ips) => ips.contains(&q.to),
     };
+    // The compiler refuses service addresses that are the node's own (see `guard`).
+    let node_addrs = crate::guard::node_addresses(node);
+    let to_node = node_addrs.contains(&q.to);
     for svc in state.services() {
-        if svc.cluster_ip(family).is_none() {
+        if svc.cluster_ip(family).is_none()
+            || crate::guard::refused_cluster_ip(svc, &node_addrs).is_some()
+        {
             continue;
         }
         for (i, p) in svc.ports.iter().enumerate() {
@@ -184,10 +191,10 @@ fn find<'a>(
                 if svc.cluster_ip(family) == Some(q.to) {
                     return Some((svc, i, Frontend::ClusterIp));
                 }
-                if svc.load_balancer_ips.contains(&q.to) {
+                if svc.load_balancer_ips.contains(&q.to) && !to_node {
                     return Some((svc, i, Frontend::LoadBalancerIp));
                 }
-                if svc.external_ips.contains(&q.to) {
+                if svc.external_ips.contains(&q.to) && !to_node {
                     return Some((svc, i, Frontend::ExternalIp));
                 }
             }
@@ -226,17 +233,20 @@ pub fn explain(state: &ProxyState, config: &Config, node: &NodeContext, q: &Quer
     };
     let Some((svc, port_idx, frontend)) = find(state, q, node) else {
         let family = IpFamily::of(&q.to);
-        if let Some(svc) = state
-            .services()
-            .find(|s| s.cluster_ip(family) == Some(q.to))
-        {
+        // A ClusterIP that is one of the node's addresses is refused, not programmed.
+        let node_addrs = crate::guard::node_addresses(node);
+        if let Some(svc) = state.services().find(|s| {
+            s.cluster_ip(family) == Some(q.to)
+                && crate::guard::refused_cluster_ip(s, &node_addrs).is_none()
+        }) {
             out.verdict = Verdict::Reject(format!(
                 "{} is the ClusterIP of {} but it has no {}/{} port",
                 q.to, svc.key, q.protocol, q.port
             ));
             return out;
         }
-        let why = if node.service_cidrs.iter().any(|c| c.contains(&q.to)) {
+        let (service_cidrs, _) = crate::guard::service_cidrs(node);
+        let why = if service_cidrs.iter().any(|c| c.contains(&q.to)) {
             out.verdict = Verdict::Drop(format!(
                 "{} is inside a service CIDR but is no ClusterIP of any service",
                 q.to
@@ -401,8 +411,11 @@ pub fn explain(state: &ProxyState, config: &Config, node: &NodeContext, q: &Quer
     out
 }
 
+/// Text from input (object names, node names) goes through [`escape_controls`]: the report
+/// is printed to terminals, and a name must not add lines to it or drive the terminal.
 impl fmt::Display for Explanation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let e = |s: &str| escape_controls(s).into_owned();
         let q = &self.query;
         let dest = match q.to {
             IpAddr::V6(a) => format!("[{a}]:{}", q.port),
@@ -415,13 +428,15 @@ impl fmt::Display for Explanation {
             Via::External => "outside the node",
         };
         writeln!(f, "packet:      {} to {dest} from {from}", q.protocol)?;
-        writeln!(f, "source:      {via} ({})", self.via_reason)?;
+        writeln!(f, "source:      {via} ({})", e(&self.via_reason))?;
         match &self.matched {
-            Some((name, frontend)) => writeln!(f, "service:     {name} (matched its {frontend})")?,
+            Some((name, frontend)) => {
+                writeln!(f, "service:     {} (matched its {frontend})", e(name))?
+            }
             None => writeln!(f, "service:     none")?,
         }
         for p in &self.policy {
-            writeln!(f, "policy:      {p}")?;
+            writeln!(f, "policy:      {}", e(p))?;
         }
         if !self.candidates.is_empty() {
             let n = self.candidates.len();
@@ -438,7 +453,7 @@ impl fmt::Display for Explanation {
                 writeln!(
                     f,
                     "  {addr:<24} node {:<16} {}{}",
-                    c.node.as_deref().unwrap_or("(unknown)"),
+                    e(c.node.as_deref().unwrap_or("(unknown)")),
                     if c.local { "local, " } else { "" },
                     if c.ready {
                         "ready"
@@ -449,19 +464,26 @@ impl fmt::Display for Explanation {
             }
         }
         if let Some(a) = &self.affinity {
-            writeln!(f, "affinity:    {a}")?;
+            writeln!(f, "affinity:    {}", e(a))?;
         }
         if let Some((m, why)) = &self.masquerade {
-            writeln!(f, "masquerade:  {} ({why})", if *m { "yes" } else { "no" })?;
+            writeln!(
+                f,
+                "masquerade:  {} ({})",
+                if *m { "yes" } else { "no" },
+                e(why)
+            )?;
         }
         if let Some(h) = &self.hairpin {
-            writeln!(f, "hairpin:     {h}")?;
+            writeln!(f, "hairpin:     {}", e(h))?;
         }
         match &self.verdict {
-            Verdict::NotAService(why) => writeln!(f, "verdict:     not touched by Rudder: {why}"),
+            Verdict::NotAService(why) => {
+                writeln!(f, "verdict:     not touched by Rudder: {}", e(why))
+            }
             Verdict::Dnat => writeln!(f, "verdict:     DNAT to one of the endpoints above"),
-            Verdict::Reject(why) => writeln!(f, "verdict:     rejected: {why}"),
-            Verdict::Drop(why) => writeln!(f, "verdict:     dropped: {why}"),
+            Verdict::Reject(why) => writeln!(f, "verdict:     rejected: {}", e(why)),
+            Verdict::Drop(why) => writeln!(f, "verdict:     dropped: {}", e(why)),
         }
     }
 }

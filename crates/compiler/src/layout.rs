@@ -13,6 +13,8 @@ use rudder_nft::{
     Reject, Rule, Ruleset, SetDecl, SetFlag, Stmt, TableRef, Transaction, Verdict,
 };
 
+use rudder_model::Cidr;
+
 use crate::{Config, LocalDetector, NodeContext, NodePortIps};
 
 /// Names of the static objects.
@@ -210,7 +212,13 @@ fn jump(c: &str) -> Stmt {
 
 /// The static part of the table: base chains, fixed chains, and the declarations of the
 /// fixed sets and maps (with the `nodeport-ips` elements, which depend only on the node).
-pub fn skeleton(family: Family, table: &TableRef, config: &Config, node: &NodeContext) -> Ruleset {
+pub fn skeleton(
+    family: Family,
+    table: &TableRef,
+    config: &Config,
+    node: &NodeContext,
+    service_cidrs: &[Cidr],
+) -> Ruleset {
     let node_port_ips = &node.node_port_ips;
     use names::*;
     let f = family;
@@ -437,8 +445,7 @@ pub fn skeleton(family: Family, table: &TableRef, config: &Config, node: &NodeCo
     );
     // Addresses inside the service CIDRs that are no ClusterIP: drop (kube-proxy's
     // "unallocated ClusterIP" rule; the reject above already answered allocated ones).
-    let unallocated: Vec<Expr> = node
-        .service_cidrs
+    let unallocated: Vec<Expr> = service_cidrs
         .iter()
         .filter(|c| Family::of(&c.addr()) == f)
         .map(|c| Expr::Prefix(c.addr(), c.prefix_len()))

@@ -25,6 +25,7 @@
 
 mod affinity;
 pub mod explain;
+pub mod guard;
 mod layout;
 mod policy;
 mod service;
@@ -35,7 +36,7 @@ use rustc_hash::FxHashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use rudder_model::{Cidr, IpFamily, ProxyState, ServiceKey, ServicePortName};
+use rudder_model::{Cidr, IpFamily, Problem, ProxyState, ServiceKey, ServicePortName};
 use rudder_nft::{
     ApplyError, Atom, Family, IfaceName, Key, Name, Op, Ruleset, TableRef, Transaction, Value,
 };
@@ -226,6 +227,8 @@ pub(crate) struct Fragment {
     /// Ports with endpoints elsewhere but none on this node under a `Local` policy:
     /// `[internal, external]` (kube-proxy's `no_local_endpoints` gauge).
     pub(crate) no_local: [u32; 2],
+    /// What was refused (addresses of this node used as service addresses).
+    pub(crate) problems: Vec<Problem>,
 }
 
 /// What the compiler remembers of a service: which elements it claimed (the values live in
@@ -243,6 +246,9 @@ type ElemId = (SetId, Key);
 #[derive(Debug)]
 struct FamilyCompiler {
     family: IpFamily,
+    /// The first family compiled: it reports the problems that concern a service as a whole
+    /// (so that they are reported once, not once per family).
+    primary: bool,
     table: TableRef,
     skeleton: Ruleset,
     /// Per service, in key order (which is also the order of a full ruleset's elements).
@@ -331,6 +337,7 @@ impl FamilyCompiler {
         state: &ProxyState,
         ctx: &Ctx,
         changed: &BTreeSet<ServiceKey>,
+        problems: &mut Vec<Problem>,
     ) -> Transaction {
         let mut before: BTreeMap<ElemId, Option<Option<Value>>> = BTreeMap::new();
         let mut new_classes = BTreeSet::new();
@@ -370,7 +377,15 @@ impl FamilyCompiler {
             let Some(svc) = state.service(key) else {
                 continue;
             };
-            let frag = service::compile(self.family, state, svc, ctx, Some(&prev_slots));
+            let mut frag = service::compile(
+                self.family,
+                self.primary,
+                state,
+                svc,
+                ctx,
+                Some(&prev_slots),
+            );
+            problems.append(&mut frag.problems);
             for o in &frag.objects {
                 new_objects.insert(o.key(), o.clone());
             }
@@ -494,17 +509,23 @@ impl FamilyCompiler {
     }
 
     /// Forgets everything and compiles every service: the complete table.
-    fn full(&mut self, state: &ProxyState, ctx: &Ctx) -> Transaction {
+    fn full(&mut self, state: &ProxyState, ctx: &Ctx, problems: &mut Vec<Problem>) -> Transaction {
         // `clear` keeps the hash table's capacity: a resync does not grow it again.
         self.frags.clear();
         self.no_local = [0; 2];
         self.claims.clear();
         self.contested.clear();
         self.classes.clear();
-        self.skeleton =
-            layout::skeleton(nft_family(self.family), &self.table, &ctx.config, &ctx.node);
+        self.skeleton = layout::skeleton(
+            nft_family(self.family),
+            &self.table,
+            &ctx.config,
+            &ctx.node,
+            &ctx.service_cidrs,
+        );
         for svc in state.services() {
-            let frag = service::compile(self.family, state, svc, ctx, None);
+            let mut frag = service::compile(self.family, self.primary, state, svc, ctx, None);
+            problems.append(&mut frag.problems);
             self.insert_fragment(&svc.key, frag);
         }
         self.create_transaction(ctx)
@@ -571,6 +592,30 @@ impl FamilyCompiler {
 pub(crate) struct Ctx {
     pub(crate) config: Config,
     pub(crate) node: NodeContext,
+    /// [`guard::node_addresses`] of `node`.
+    pub(crate) node_addrs: Vec<IpAddr>,
+    /// The service CIDRs that pass [`guard::service_cidrs`].
+    pub(crate) service_cidrs: Vec<Cidr>,
+    /// The service CIDRs refused, reported at every full compile.
+    cidr_problems: Vec<Problem>,
+}
+
+impl Ctx {
+    fn new(config: Config, node: NodeContext) -> Ctx {
+        let (service_cidrs, cidr_problems) = guard::service_cidrs(&node);
+        Ctx {
+            node_addrs: guard::node_addresses(&node),
+            config,
+            node,
+            service_cidrs,
+            cidr_problems,
+        }
+    }
+
+    /// Whether `ip` is one of the node's own addresses.
+    pub(crate) fn is_node_address(&self, ip: &IpAddr) -> bool {
+        self.node_addrs.contains(ip)
+    }
 }
 
 /// The incremental compiler for every IP family Rudder programs.
@@ -578,6 +623,8 @@ pub(crate) struct Ctx {
 pub struct Compiler {
     ctx: Ctx,
     families: Vec<FamilyCompiler>,
+    /// Refused input found by the compilations since the last [`Compiler::take_problems`].
+    problems: Vec<Problem>,
 }
 
 impl Compiler {
@@ -588,8 +635,10 @@ impl Compiler {
         fams.dedup();
         let families = fams
             .into_iter()
-            .map(|family| FamilyCompiler {
+            .enumerate()
+            .map(|(i, family)| FamilyCompiler {
                 family,
+                primary: i == 0,
                 table: TableRef::new(nft_family(family), config.table.clone()),
                 skeleton: Ruleset::new(),
                 frags: BTreeMap::new(),
@@ -600,8 +649,9 @@ impl Compiler {
             })
             .collect();
         Compiler {
-            ctx: Ctx { config, node },
+            ctx: Ctx::new(config, node),
             families,
+            problems: Vec::new(),
         }
     }
 
@@ -634,8 +684,12 @@ impl Compiler {
             tx.push(Op::AddTable(f.table.clone()));
             tx.push(Op::DeleteTable(f.table.clone()));
         }
+        // A full compile reports everything refused: what earlier compiles reported and
+        // nobody took is superseded (so an unread list cannot grow without bound).
+        self.problems.clear();
+        self.problems.extend(self.ctx.cidr_problems.iter().cloned());
         for f in &mut self.families {
-            tx.extend(f.full(state, &self.ctx));
+            tx.extend(f.full(state, &self.ctx, &mut self.problems));
         }
         tx
     }
@@ -646,9 +700,26 @@ impl Compiler {
     pub fn update(&mut self, state: &ProxyState, changed: &BTreeSet<ServiceKey>) -> Transaction {
         let mut tx = Transaction::new();
         for f in &mut self.families {
-            tx.extend(f.update(state, &self.ctx, changed));
+            tx.extend(f.update(state, &self.ctx, changed, &mut self.problems));
         }
         tx
+    }
+
+    /// Whether the compiler refuses `svc` as a whole on this node (one of its ClusterIPs is
+    /// one of the node's addresses): nothing of it is programmed, so nothing else (health
+    /// check servers) should serve it either.
+    pub fn refuses(&self, svc: &rudder_model::Service) -> bool {
+        guard::refused_cluster_ip(svc, &self.ctx.node_addrs).is_some()
+    }
+
+    /// What the compilations since the last call refused to program, and why: a service
+    /// address that is one of the node's addresses (a ClusterIP refuses the whole service, an
+    /// external or load balancer IP only that frontend), and service CIDRs that would cover the
+    /// node or the pod network (see [`guard`]). A full compile reports everything refused; an
+    /// update, what the changed services have. The compiler does not log: the caller logs and
+    /// counts these.
+    pub fn take_problems(&mut self) -> Vec<Problem> {
+        std::mem::take(&mut self.problems)
     }
 
     /// Changes the node context or configuration. The next sync must be a full one.
@@ -656,7 +727,7 @@ impl Compiler {
         for f in &mut self.families {
             f.table = TableRef::new(f.table.family, config.table.clone());
         }
-        self.ctx = Ctx { config, node };
+        self.ctx = Ctx::new(config, node);
     }
 
     /// The transaction that creates the complete desired ruleset from nothing (no

@@ -4,12 +4,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use rudder_model::{
-    Cidr, IpFamily, Protocol, ProxyState, ResolvedEndpoint, Service, TrafficPolicy,
+    AddressField, Cidr, IpFamily, Protocol, ProxyState, ResolvedEndpoint, Service, TrafficPolicy,
 };
 use rudder_nft::{Atom, Key, L4Proto, Verdict};
 use rustc_hash::FxHashMap;
 
 use crate::affinity;
+use crate::guard::{node_address_problem, refused_cluster_ip};
 use crate::layout::{Class, SetId, n, names};
 use crate::policy::categorize;
 use crate::{Ctx, Fragment};
@@ -68,8 +69,13 @@ fn assign_slots(values: &[Key], prev: Option<&Vec<Key>>) -> Vec<Key> {
 /// `no-endpoint-nodeports` with `goto reject-chain`. With endpoints elsewhere but none on this
 /// node, frontends under a `Local` policy get `drop` there instead (pods and the node itself
 /// still reach external frontends through the short-circuit rules).
+///
+/// Service addresses that are the node's own are refused (see [`crate::guard`]): a ClusterIP
+/// refuses the whole service, in every family (reported by the `primary` family's compile
+/// only); an external or load balancer IP only that frontend.
 pub(crate) fn compile(
     family: IpFamily,
+    primary: bool,
     state: &ProxyState,
     svc: &Service,
     ctx: &Ctx,
@@ -79,10 +85,26 @@ pub(crate) fn compile(
     let Some(cluster_ip) = svc.cluster_ip(family) else {
         return frag;
     };
+    if let Some(ip) = refused_cluster_ip(svc, &ctx.node_addrs) {
+        if primary {
+            frag.problems
+                .push(node_address_problem(svc, AddressField::ClusterIp, ip));
+        }
+        return frag;
+    }
     let mut externals: Vec<IpAddr> = Vec::new();
-    for ip in svc.external_ips.iter().chain(&svc.load_balancer_ips) {
-        if IpFamily::of(ip) == family && !externals.contains(ip) && *ip != cluster_ip {
-            externals.push(*ip);
+    let mut refused: Vec<IpAddr> = Vec::new();
+    for (field, ips) in [
+        (AddressField::ExternalIp, &svc.external_ips),
+        (AddressField::IngressIp, &svc.load_balancer_ips),
+    ] {
+        for ip in ips.iter().filter(|ip| IpFamily::of(ip) == family) {
+            if ctx.is_node_address(ip) {
+                frag.problems.push(node_address_problem(svc, field, *ip));
+                refused.push(*ip);
+            } else if !externals.contains(ip) && *ip != cluster_ip {
+                externals.push(*ip);
+            }
         }
     }
     let internal_local = svc.internal_traffic_policy == TrafficPolicy::Local;
@@ -318,7 +340,7 @@ pub(crate) fn compile(
                 .load_balancer_ips
                 .iter()
                 .copied()
-                .filter(|ip| IpFamily::of(ip) == family)
+                .filter(|ip| IpFamily::of(ip) == family && !refused.contains(ip))
                 .collect();
             for lb in &lb_ips {
                 let fe = frontend(*lb);

@@ -234,3 +234,37 @@ fn unmatched_packets() {
         Verdict::NotAService(_)
     ));
 }
+
+#[test]
+fn names_from_input_cannot_add_lines_or_escape_codes_to_the_report() {
+    let evil = "x\nverdict:     DNAT\u{1b}[2J\u{9b}31m";
+    let mut s = service(evil, evil, &["10.96.0.1"]);
+    s.ports = vec![port(evil, Protocol::Tcp, 80, None)];
+    let sl = slice(
+        evil,
+        "web-1",
+        evil,
+        IpFamily::V4,
+        &[(evil, Protocol::Tcp, 8080)],
+        vec![endpoint("10.244.2.2", true, evil)],
+    );
+    let st = state(vec![s], vec![sl]);
+    let e = ask(&st, "10.96.0.1", 80, Some("10.244.1.2"), None);
+    assert!(e.matched.is_some(), "{e:?}");
+    let text = e.to_string();
+    assert!(
+        !text
+            .chars()
+            .any(|c| c != '\n' && rudder_model::is_unsafe_char(c)),
+        "{text:?}"
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("verdict:")).count(),
+        1,
+        "{text}"
+    );
+    assert!(
+        text.contains("x\\nverdict:     DNAT\\u{1b}[2J\\u{9b}31m"),
+        "{text}"
+    );
+}

@@ -116,8 +116,10 @@ fn no_endpoints_reject_and_multi_slice_udp_sctp() {
         vec![endpoint("10.244.2.5", true, "node-b")],
     );
     let st = state(vec![empty, multi], vec![s1, s2]);
-    let mut config = Config::default();
-    config.masquerade_all = true;
+    let config = Config {
+        masquerade_all: true,
+        ..Config::default()
+    };
     let node_all = NodeContext::new("node-a".into(), NodePortIps::All);
     let out = render(&st, node_all, config, &[IpFamily::V4]);
     check("reject-multislice", &out);

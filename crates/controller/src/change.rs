@@ -42,24 +42,12 @@ pub enum Change {
     },
 }
 
-/// The CIDRs of a ServiceCIDR object (`spec.cidrs`), skipping invalid ones with a log line.
+/// The CIDRs of a ServiceCIDR object (`spec.cidrs`), without the invalid or refused ones,
+/// which are logged and counted (see [`rudder_model::k8s::service_cidr`]).
 pub fn service_cidrs(s: &k8s_openapi::api::networking::v1::ServiceCIDR) -> Vec<rudder_model::Cidr> {
-    let mut out = Vec::new();
-    for raw in s
-        .spec
-        .as_ref()
-        .and_then(|sp| sp.cidrs.as_ref())
-        .into_iter()
-        .flatten()
-    {
-        match raw.parse() {
-            Ok(c) => out.push(c),
-            Err(_) => {
-                warn!(name = ?s.metadata.name, cidr = %raw, "skipped invalid ServiceCIDR entry")
-            }
-        }
-    }
-    out
+    let (cidrs, problems) = k8s::service_cidr(s);
+    log_problems(&problems);
+    cidrs
 }
 
 /// Called for every skipped piece of invalid input (the binary counts them in a metric).
@@ -71,6 +59,12 @@ static ON_PROBLEM: std::sync::OnceLock<ProblemHook> = std::sync::OnceLock::new()
 /// logged. Only the first registration counts.
 pub fn on_problem(hook: ProblemHook) {
     let _ = ON_PROBLEM.set(hook);
+}
+
+/// Logs every problem and passes it to the [`on_problem`] hook (which counts it). For
+/// problems found outside the conversions here: the compiler's, the manifest reader's.
+pub fn report_problems(problems: &[rudder_model::Problem]) {
+    log_problems(problems);
 }
 
 fn log_problems(problems: &[rudder_model::Problem]) {

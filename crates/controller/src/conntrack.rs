@@ -37,7 +37,17 @@ pub fn has_udp<'a>(
 /// the service port, or to any address on its node port, whose reply source is not a serving
 /// endpoint. Traffic policies, topology and terminating state are deliberately ignored, as in
 /// kube-proxy: any serving endpoint is a legitimate destination.
-pub fn stale_udp_flows(state: &ProxyState, family: IpFamily, flows: &[UdpFlow]) -> Vec<UdpFlow> {
+///
+/// What the compiler refuses because it is one of the node's addresses (`node_addrs`, see
+/// `rudder_compiler::guard`) is no frontend: a service with such a ClusterIP is left out
+/// entirely, an external or load balancer IP that is one is not a frontend. Flows to the
+/// node's own services on those addresses are the node's, not stale.
+pub fn stale_udp_flows(
+    state: &ProxyState,
+    family: IpFamily,
+    flows: &[UdpFlow],
+    node_addrs: &[std::net::IpAddr],
+) -> Vec<UdpFlow> {
     let mut frontends: HashSet<SocketAddr> = HashSet::new();
     let mut node_ports: HashSet<u16> = HashSet::new();
     // Frontend (or node port) → serving endpoints of its service port.
@@ -45,7 +55,10 @@ pub fn stale_udp_flows(state: &ProxyState, family: IpFamily, flows: &[UdpFlow]) 
         Default::default();
     let mut serving_by_node_port: std::collections::HashMap<u16, BTreeSet<SocketAddr>> =
         Default::default();
-    for svc in state.services() {
+    let services = state
+        .services()
+        .filter(|s| rudder_compiler::guard::refused_cluster_ip(s, node_addrs).is_none());
+    for svc in services {
         for port in svc.ports.iter().filter(|p| p.protocol == Protocol::Udp) {
             let serving: BTreeSet<SocketAddr> = state
                 .endpoints_for(svc, port, family)
@@ -61,7 +74,7 @@ pub fn stale_udp_flows(state: &ProxyState, family: IpFamily, flows: &[UdpFlow]) 
                     .iter()
                     .chain(&svc.load_balancer_ips)
                     .copied()
-                    .filter(|ip| IpFamily::of(ip) == family),
+                    .filter(|ip| IpFamily::of(ip) == family && !node_addrs.contains(ip)),
             );
             for ip in ips {
                 let fe = SocketAddr::new(ip, port.port);
@@ -158,9 +171,18 @@ mod tests {
             flow("10.1.0.1:4005", "10.96.0.11:80", "10.0.0.9:80"),   // not a UDP service: keep
             flow("10.1.0.1:4006", "8.8.8.8:53", "8.8.8.8:53"),       // not a service: keep
         ];
-        let stale = stale_udp_flows(&st, IpFamily::V4, &flows);
+        let stale = stale_udp_flows(&st, IpFamily::V4, &flows, &[]);
         let ports: Vec<u16> = stale.iter().map(|f| f.orig_src.port()).collect();
         assert_eq!(ports, vec![4001, 4003, 4004]);
+        // When the LB IP is the node's own address, the compiler refuses that frontend: flows
+        // to it are the node's (a DNS server on the node), not stale.
+        let node = ["192.0.2.10".parse().unwrap()];
+        let stale = stale_udp_flows(&st, IpFamily::V4, &flows, &node);
+        let ports: Vec<u16> = stale.iter().map(|f| f.orig_src.port()).collect();
+        assert_eq!(ports, vec![4001, 4004]);
+        // When the ClusterIP is, the whole service is refused: nothing of it is stale.
+        let node = ["10.96.0.10".parse().unwrap()];
+        assert!(stale_udp_flows(&st, IpFamily::V4, &flows, &node).is_empty());
         assert!(has_udp(&st, [&ServiceKey::new("ns", "dns")]));
         assert!(!has_udp(&st, [&ServiceKey::new("ns", "web")]));
     }

@@ -27,9 +27,16 @@ impl ServiceHealth {
     /// Computes it from the state for the node `node_name`: local ready endpoints are counted
     /// as distinct addresses over all of the service's slices (kube-proxy's rule; a node with
     /// only terminating endpoints reports 0).
-    pub fn compute(state: &ProxyState, node_name: &str, addresses: Vec<IpAddr>) -> ServiceHealth {
+    /// Services for which `refused` is true (the compiler refused them as a whole) get no
+    /// server.
+    pub fn compute(
+        state: &ProxyState,
+        node_name: &str,
+        addresses: Vec<IpAddr>,
+        refused: impl Fn(&rudder_model::Service) -> bool,
+    ) -> ServiceHealth {
         let mut ports = BTreeMap::new();
-        for svc in state.services() {
+        for svc in state.services().filter(|s| !refused(s)) {
             let Some(port) = svc.health_check_node_port else {
                 continue;
             };

@@ -106,7 +106,9 @@ pub fn spawn_service_cidrs(client: Client, changes: UnboundedSender<Change>) -> 
                     current.remove(&name(&o));
                 }
                 Err(e) => {
-                    debug!("ServiceCIDR watch failed, retrying: {e}");
+                    if !report_malformed(rudder_model::ObjectKind::ServiceCidr, &e) {
+                        debug!("ServiceCIDR watch failed, retrying: {e}");
+                    }
                     continue;
                 }
             }
@@ -119,6 +121,43 @@ pub fn spawn_service_cidrs(client: Client, changes: UnboundedSender<Change>) -> 
             }
         }
     })
+}
+
+/// Reports an object the API server sent that does not deserialize (a field of the wrong
+/// type) as a `malformed_document` problem: logged and counted like other invalid input.
+/// Returns whether `e` was such an error.
+///
+/// kube-rs deserializes a list page as a whole, so one such object fails the whole (re-)list,
+/// which the watcher retries with backoff: the rules stay as they are, and the problem is
+/// counted at every attempt until the object is fixed. A malformed watch event is skipped
+/// and the watch goes on. (A real API server validates field types and never serves these.)
+///
+/// kube-rs does not always say so: a watch event line that does not deserialize is parsed
+/// again as a `Status`, which has only optional fields, so it comes back as an API error with
+/// an empty status (code 0, no message, no reason) instead of the serde error. An error line
+/// from the API server is a well-formed `ERROR` watch event and never takes that path.
+fn report_malformed(kind: rudder_model::ObjectKind, e: &watcher::Error) -> bool {
+    let what = match e {
+        watcher::Error::InitialListFailed(kube::Error::SerdeError(s)) => {
+            format!("{s} in a list (the list is retried; the current rules stay)")
+        }
+        watcher::Error::WatchFailed(kube::Error::SerdeError(s)) => {
+            format!("{s} in a watch event (skipped)")
+        }
+        watcher::Error::WatchFailed(kube::Error::Api(status))
+            if status.code == 0 && status.message.is_empty() && status.reason.is_empty() =>
+        {
+            "a watch event that does not deserialize (skipped)".to_owned()
+        }
+        _ => return false,
+    };
+    change::report_problems(&[rudder_model::Problem {
+        kind,
+        namespace: String::new(),
+        name: String::new(),
+        reason: rudder_model::Reason::Malformed(what),
+    }]);
+    true
 }
 
 /// Objects per page of the initial list. Larger pages than kube-rs's default of 500 cut the
@@ -160,10 +199,19 @@ async fn watch<K, M>(
             Ok(Event::Apply(obj)) => applied(&obj),
             Ok(Event::Delete(obj)) => deleted(&obj),
             Err(e) => {
-                warn!(
-                    kind,
-                    "watch failed, keeping the current rules and retrying: {e}"
-                );
+                let malformed = match kind.as_str() {
+                    "Service" => Some(rudder_model::ObjectKind::Service),
+                    "EndpointSlice" => Some(rudder_model::ObjectKind::EndpointSlice),
+                    "Node" => Some(rudder_model::ObjectKind::Node),
+                    _ => None,
+                }
+                .is_some_and(|k| report_malformed(k, &e));
+                if !malformed {
+                    warn!(
+                        kind,
+                        "watch failed, keeping the current rules and retrying: {e}"
+                    );
+                }
                 continue;
             }
         };

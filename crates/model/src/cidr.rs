@@ -269,6 +269,11 @@ mod tests {
         assert!(c.contains(&"10.244.200.1".parse().unwrap()));
         assert!(!c.contains(&"10.245.0.1".parse().unwrap()));
         assert!(!c.contains(&"::1".parse().unwrap()));
+        let inner: Cidr = "10.244.3.0/24".parse().unwrap();
+        let other: Cidr = "10.245.0.0/16".parse().unwrap();
+        assert!(c.overlaps(&inner) && inner.overlaps(&c));
+        assert!(!c.overlaps(&other) && !other.overlaps(&c));
+        assert!(!c.overlaps(&"::/0".parse().unwrap()));
         assert!(" 0.0.0.0/0 ".parse::<Cidr>().unwrap().is_all());
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("fd00::/129".parse::<Cidr>().is_err());

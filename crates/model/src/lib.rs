@@ -27,12 +27,14 @@
 
 mod cidr;
 pub mod k8s;
+mod special;
 mod state;
 
 use std::fmt;
 use std::net::IpAddr;
 
 pub use cidr::{Cidr, CidrError, parse_ip};
+pub use special::{SpecialIp, escape_controls, is_unsafe_char, push_escaped, service_cidr_refusal};
 pub use state::{ProxyState, ResolvedEndpoint};
 
 /// Label that names the service an EndpointSlice belongs to.
@@ -49,6 +51,17 @@ pub const ANNOTATION_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-t
 pub const MAX_ENDPOINTS_PER_SLICE: usize = 1000;
 /// Default ClientIP session affinity timeout, in seconds (3 hours).
 pub const DEFAULT_AFFINITY_TIMEOUT_SECS: u32 = 10800;
+/// Longest ClientIP session affinity timeout the API server accepts, in seconds (1 day,
+/// `MaxClientIPServiceAffinitySeconds`).
+pub const MAX_AFFINITY_TIMEOUT_SECS: u32 = 86400;
+/// Shortest IPv4 ServiceCIDR prefix Rudder programs: anything broader is refused (see
+/// docs/semantics.md).
+pub const MIN_SERVICE_CIDR_PREFIX_V4: u8 = 8;
+/// Shortest IPv6 ServiceCIDR prefix Rudder programs.
+pub const MIN_SERVICE_CIDR_PREFIX_V6: u8 = 64;
+/// The `reason` label of input that could not be read as an object at all (a field of the
+/// wrong type, a document without `kind`).
+pub const MALFORMED_DOCUMENT: &str = "malformed_document";
 
 /// An IP family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -453,6 +466,8 @@ pub enum ObjectKind {
     EndpointSlice,
     /// A Node.
     Node,
+    /// A ServiceCIDR (`networking.k8s.io/v1`).
+    ServiceCidr,
 }
 
 impl fmt::Display for ObjectKind {
@@ -461,6 +476,28 @@ impl fmt::Display for ObjectKind {
             ObjectKind::Service => "Service",
             ObjectKind::EndpointSlice => "EndpointSlice",
             ObjectKind::Node => "Node",
+            ObjectKind::ServiceCidr => "ServiceCIDR",
+        })
+    }
+}
+
+/// Which address field of a Service a [`Reason`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AddressField {
+    /// `spec.clusterIP` / `spec.clusterIPs`.
+    ClusterIp,
+    /// `spec.externalIPs`.
+    ExternalIp,
+    /// `status.loadBalancer.ingress[].ip`.
+    IngressIp,
+}
+
+impl fmt::Display for AddressField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AddressField::ClusterIp => "clusterIP",
+            AddressField::ExternalIp => "externalIP",
+            AddressField::IngressIp => "load balancer ingress IP",
         })
     }
 }
@@ -540,6 +577,77 @@ pub enum Reason {
     /// A node address or pod CIDR that does not parse.
     #[error("invalid node address or podCIDR {0:?}")]
     InvalidNodeAddress(String),
+    /// A service address in a range that must never be programmed (loopback, link-local,
+    /// multicast, ...). A refused ClusterIP refuses the whole service.
+    #[error("{field} {address} is {kind}: refused")]
+    SpecialAddress {
+        /// Which field.
+        field: AddressField,
+        /// The address.
+        address: IpAddr,
+        /// Which range.
+        kind: SpecialIp,
+    },
+    /// A service address that is one of this node's own addresses (checked when compiling,
+    /// against the node IPs and node-port addresses). A ClusterIP refuses the whole service;
+    /// an external or load balancer IP only that frontend.
+    #[error("{field} {address} is an address of this node: refused")]
+    NodeAddress {
+        /// Which field.
+        field: AddressField,
+        /// The address.
+        address: IpAddr,
+    },
+    /// `sessionAffinityConfig.clientIP.timeoutSeconds` outside 1–86400 (the API server
+    /// refuses it); the default is used instead.
+    #[error(
+        "sessionAffinityConfig.clientIP.timeoutSeconds {0} is outside 1-{MAX_AFFINITY_TIMEOUT_SECS}: using the default {DEFAULT_AFFINITY_TIMEOUT_SECS}"
+    )]
+    InvalidAffinityTimeout(i64),
+    /// A ServiceCIDR entry that does not parse.
+    #[error("invalid ServiceCIDR entry {0:?}")]
+    InvalidServiceCidr(String),
+    /// A ServiceCIDR broader than Rudder programs (`/0`, a default route).
+    #[error("{cidr} is broader than /{min}: refused")]
+    ServiceCidrTooBroad {
+        /// The prefix.
+        cidr: Cidr,
+        /// The shortest prefix accepted for its family.
+        min: u8,
+    },
+    /// A ServiceCIDR that overlaps a special range (its drop rule would catch loopback,
+    /// link-local or multicast traffic).
+    #[error("{cidr} overlaps the {kind} range: refused")]
+    ServiceCidrSpecial {
+        /// The prefix.
+        cidr: Cidr,
+        /// The range.
+        kind: SpecialIp,
+    },
+    /// A ServiceCIDR that contains one of this node's addresses.
+    #[error("{cidr} contains this node's address {address}: refused")]
+    ServiceCidrCoversNode {
+        /// The prefix.
+        cidr: Cidr,
+        /// The node address.
+        address: IpAddr,
+    },
+    /// A ServiceCIDR that overlaps the pod network (`--cluster-cidr`, or the Node's
+    /// podCIDRs).
+    #[error("{cidr} overlaps the pod network {pods}: refused")]
+    ServiceCidrOverlapsPods {
+        /// The prefix.
+        cidr: Cidr,
+        /// The pod network prefix.
+        pods: Cidr,
+    },
+    /// The input could not be read as an object at all (a field of the wrong type).
+    #[error("malformed object: {0}")]
+    Malformed(String),
+    /// Another object with the same kind and name came later in the input; the later one is
+    /// used.
+    #[error("duplicate object: a later one with the same name is used")]
+    Duplicate,
 }
 
 impl Reason {
@@ -563,13 +671,32 @@ impl Reason {
             Reason::NoAddress => "no_address",
             Reason::TooManyEndpoints(_) => "too_many_endpoints",
             Reason::InvalidNodeAddress(_) => "invalid_node_address",
+            Reason::SpecialAddress { field, .. } => match field {
+                AddressField::ClusterIp => "special_cluster_ip",
+                AddressField::ExternalIp => "special_external_ip",
+                AddressField::IngressIp => "special_ingress_ip",
+            },
+            Reason::NodeAddress { field, .. } => match field {
+                AddressField::ClusterIp => "cluster_ip_is_node_ip",
+                AddressField::ExternalIp => "external_ip_is_node_ip",
+                AddressField::IngressIp => "ingress_ip_is_node_ip",
+            },
+            Reason::InvalidAffinityTimeout(_) => "invalid_affinity_timeout",
+            Reason::InvalidServiceCidr(_) => "invalid_service_cidr",
+            Reason::ServiceCidrTooBroad { .. } => "service_cidr_too_broad",
+            Reason::ServiceCidrSpecial { .. } => "service_cidr_special",
+            Reason::ServiceCidrCoversNode { .. } => "service_cidr_covers_node",
+            Reason::ServiceCidrOverlapsPods { .. } => "service_cidr_overlaps_pod_network",
+            Reason::Malformed(_) => MALFORMED_DOCUMENT,
+            Reason::Duplicate => "duplicate_object",
         }
     }
 }
 
-/// A problem with one object: what was skipped and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{kind} {namespace}/{name}: {reason}")]
+/// A problem with one object: what was skipped and why. Displayed as
+/// `Kind namespace/name: reason`, `Kind name: reason` for cluster-scoped objects, and
+/// `Kind: reason` when the object's name is unknown.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     /// Kind of object.
     pub kind: ObjectKind,
@@ -580,6 +707,22 @@ pub struct Problem {
     /// What is wrong.
     pub reason: Reason,
 }
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.namespace.is_empty(), self.name.is_empty()) {
+            (true, true) => write!(f, "{}: {}", self.kind, self.reason),
+            (true, false) => write!(f, "{} {}: {}", self.kind, self.name, self.reason),
+            (false, _) => write!(
+                f,
+                "{} {}/{}: {}",
+                self.kind, self.namespace, self.name, self.reason
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Problem {}
 
 /// Why an object is deliberately not programmed. These are not errors.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

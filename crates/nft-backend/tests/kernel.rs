@@ -16,10 +16,10 @@ use rudder_nft_backend::NftBackend;
 fn service(name: &str, ips: &[&str]) -> Service {
     let mut svc = Service::new(
         ServiceKey::new("ns", name),
-        ips.iter().map(|s| s.parse().unwrap()).collect(),
+        ips.iter().map(|s| s.parse().expect("test IP")).collect(),
     );
     svc.service_type = ServiceType::NodePort;
-    svc.external_ips = vec!["192.0.2.1".parse().unwrap()];
+    svc.external_ips = vec!["192.0.2.1".parse().expect("test IP")];
     svc.ports = vec![ServicePort {
         node_port: Some(30053),
         ..ServicePort::new("p", Protocol::Udp, 53)
@@ -30,7 +30,7 @@ fn service(name: &str, ips: &[&str]) -> Service {
 fn slice(name: &str, family: IpFamily, addrs: &[&str]) -> EndpointSlice {
     let endpoints = addrs
         .iter()
-        .map(|a| Endpoint::new(a.parse().unwrap()).on_node("n1"))
+        .map(|a| Endpoint::new(a.parse().expect("test IP")).on_node("n1"))
         .collect();
     let ports = vec![EndpointPort {
         name: "p".into(),

@@ -314,8 +314,10 @@ fn netlink_writes_what_nft_writes() {
     for (i, detector) in detectors.into_iter().enumerate() {
         let a = Netns::new("nla").expect("netns");
         let b = Netns::new("nlb").expect("netns");
-        let mut config = Config::default();
-        config.masquerade_all = i == 4;
+        let config = Config {
+            masquerade_all: i == 4,
+            ..Config::default()
+        };
         let mut c = Compiler::new(&[IpFamily::V4, IpFamily::V6], config, node(detector));
         let mut st = everything();
         let full = c.full(&st);

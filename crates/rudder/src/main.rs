@@ -9,6 +9,7 @@ mod config;
 mod explain;
 mod health;
 mod http;
+mod logfmt;
 mod manifests;
 mod metrics;
 mod proxier;
@@ -52,15 +53,20 @@ fn init_logging(log: &LogArgs) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUDDER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    // Colours only on a terminal: log files and collectors get plain text.
+    // Colours only on a terminal: log files and collectors get plain text. Control
+    // characters from input are escaped either way (see `logfmt`).
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match log.logging_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .with_writer(|| logfmt::JsonSafe(std::io::stderr()))
+            .json()
+            .init(),
+        LogFormat::Text => builder
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .fmt_fields(logfmt::EscapedFields)
+            .init(),
     }
 }
 
@@ -92,7 +98,7 @@ fn main() -> ExitCode {
                         }
                     }
                     Err(e) => {
-                        eprintln!("rudder: {e:#}");
+                        logfmt::say(format_args!("{e:#}"));
                         return ExitCode::FAILURE;
                     }
                 }
@@ -105,7 +111,7 @@ fn main() -> ExitCode {
                         ExitCode::SUCCESS
                     }
                     Err(e) => {
-                        eprintln!("rudder: --write-config-to {}: {e}", path.display());
+                        logfmt::say(format_args!("--write-config-to {}: {e}", path.display()));
                         ExitCode::FAILURE
                     }
                 };
@@ -133,7 +139,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("rudder: {e:#}");
+            logfmt::say(format_args!("{e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -151,12 +157,12 @@ fn load_offline(
     let (files, errors) = manifests::load(&proxy.manifests, &Default::default())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     for e in &errors {
-        eprintln!("rudder: skipping {e}");
+        logfmt::say(format_args!("skipping {e}"));
     }
     let objs = manifests::merge(&files);
     let conv = proxier::convert(&objs, &settings.hostname);
     for p in &conv.problems {
-        eprintln!("rudder: skipping invalid input: {p}");
+        logfmt::say(format_args!("skipping invalid input: {p}"));
     }
     if conv.node.is_none() && settings.node_ip_override.is_empty() {
         eprintln!(
@@ -165,13 +171,7 @@ fn load_offline(
         );
     }
     let mut node = settings.node_context(conv.node.as_ref(), None);
-    node.service_cidrs = objs
-        .service_cidrs
-        .iter()
-        .flat_map(rudder_controller::change::service_cidrs)
-        .collect();
-    node.service_cidrs.sort();
-    node.service_cidrs.dedup();
+    node.service_cidrs = conv.service_cidrs;
     let mut state = rudder_model::ProxyState::new();
     state.replace_all(conv.services, conv.slices);
     let invalid = !errors.is_empty() || !conv.problems.is_empty();
@@ -182,12 +182,18 @@ fn load_offline(
 fn compile(args: cli::CompileArgs) -> anyhow::Result<ExitCode> {
     let settings = proxier::Settings::from_args(&args.proxy)?;
     let (state, node, invalid) = load_offline(&args.proxy)?;
-    if args.strict && invalid {
-        anyhow::bail!("invalid input (see above) and --strict is set");
-    }
     // Offline output is the same whatever the host: both families, always.
     let mut compiler = Compiler::new(&[IpFamily::V4, IpFamily::V6], settings.config.clone(), node);
     compiler.full(&state);
+    // What the compiler refused because of this node (its own addresses as service
+    // addresses, service CIDRs covering it).
+    let refused = compiler.take_problems();
+    for p in &refused {
+        logfmt::say(format_args!("skipping invalid input: {p}"));
+    }
+    if args.strict && (invalid || !refused.is_empty()) {
+        anyhow::bail!("invalid input (see above) and --strict is set");
+    }
     // Check the output's consistency the way the kernel would, before printing it.
     compiler
         .ruleset()
@@ -226,7 +232,7 @@ fn explain(args: cli::ExplainArgs) -> anyhow::Result<ExitCode> {
         if code != 200 {
             anyhow::bail!("{addr}/explain answered {code}: {}", body.trim());
         }
-        print!("{body}");
+        print!("{}", logfmt::multiline(&body));
         return Ok(ExitCode::SUCCESS);
     }
     let (state, node, _) = load_offline(&args.proxy)?;
@@ -288,7 +294,7 @@ fn status(args: cli::StatusArgs) -> anyhow::Result<ExitCode> {
     let st: metrics::Status = serde_json::from_str(&body)
         .map_err(|e| anyhow::anyhow!("{addr}/status: unexpected answer: {e}"))?;
     if args.json {
-        println!("{body}");
+        println!("{}", logfmt::multiline(&body));
     } else {
         let now = metrics::now();
         println!(

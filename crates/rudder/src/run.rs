@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use crate::cli::RunArgs;
 use crate::manifests::{self, Objects};
 use crate::proxier::{self, Settings};
+use rudder_model::MALFORMED_DOCUMENT;
 
 /// The conntrack table, through conntrack netlink.
 struct KernelConntrack(rudder_conntrack::ConntrackSocket);
@@ -219,6 +220,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
             paths: args.proxy.manifests.clone(),
             fingerprint: BTreeMap::new(),
             files: BTreeMap::new(),
+            metrics: metrics.clone(),
         };
         vec![tokio::spawn(follow_manifests(
             source,
@@ -285,6 +287,8 @@ struct Source {
     paths: Vec<PathBuf>,
     fingerprint: BTreeMap<PathBuf, (SystemTime, u64)>,
     files: BTreeMap<PathBuf, Objects>,
+    /// Counts the documents that could not be read as objects.
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl Source {
@@ -309,12 +313,32 @@ impl Source {
             }
         };
         for e in &errors {
-            warn!(file = %e.file.display(), document = e.document, "skipping manifest: {}", e.message);
+            if e.document > 0 {
+                // A document that is not an object: bad syntax, no kind, a field of the wrong
+                // type (`port: "http"`).
+                warn!(file = %e.file.display(), document = e.document, reason = MALFORMED_DOCUMENT, "skipping manifest: {}", e.message);
+                self.metrics.invalid_input(MALFORMED_DOCUMENT);
+            } else {
+                warn!(file = %e.file.display(), "skipping manifest: {}", e.message);
+            }
         }
         self.fingerprint = fingerprint;
         self.files = files;
         Some(manifests::merge(&self.files))
     }
+}
+
+/// The snapshot of one read of the manifests, and what was skipped: the same conversion
+/// (and the same rule for duplicates) as `rudder compile`'s, [`proxier::convert`].
+fn snapshot(objs: &Objects, hostname: &str) -> (Change, Vec<rudder_model::Problem>) {
+    let conv = proxier::convert(objs, hostname);
+    let snapshot = Change::Snapshot {
+        services: conv.services,
+        slices: conv.slices,
+        node: conv.node.map(Box::new),
+        service_cidrs: conv.service_cidrs,
+    };
+    (snapshot, conv.problems)
 }
 
 /// Sends a snapshot at start and whenever the files change.
@@ -324,32 +348,163 @@ async fn follow_manifests(
     interval: Duration,
     changes: UnboundedSender<Change>,
 ) {
-    use rudder_controller::change;
     let mut force = true;
     loop {
         if let Some(objs) = source.poll(force) {
             force = false;
-            let node = objs.nodes.iter().find(|n| {
-                n.metadata.name.as_deref().map(str::to_lowercase).as_deref()
-                    == Some(hostname.as_str())
-            });
-            if node.is_none() {
+            let (snapshot, problems) = snapshot(&objs, &hostname);
+            rudder_controller::change::report_problems(&problems);
+            if matches!(&snapshot, Change::Snapshot { node: None, .. }) {
                 warn!(node = %hostname, "no Node object for this node in the manifests");
             }
-            let snapshot = Change::Snapshot {
-                services: objs.services.iter().filter_map(change::service).collect(),
-                slices: objs.slices.iter().filter_map(change::slice).collect(),
-                node: node.map(|n| Box::new(change::node(n))),
-                service_cidrs: objs
-                    .service_cidrs
-                    .iter()
-                    .flat_map(change::service_cidrs)
-                    .collect(),
-            };
             if changes.send(snapshot).is_err() {
                 return;
             }
         }
         tokio::time::sleep(interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// Two Nodes named like this node (in two files), two Services and two ServiceCIDRs with
+    /// the same names: the later one of each wins.
+    const FIRST: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+status: {addresses: [{type: InternalIP, address: 10.0.0.1}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: ServiceCIDR
+metadata: {name: kubernetes}
+spec: {cidrs: [10.96.0.0/16]}
+"#;
+    const SECOND: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: NODE-1}
+status: {addresses: [{type: InternalIP, address: 10.0.0.2}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec: {clusterIP: 10.96.0.2, ports: [{port: 80}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: ServiceCIDR
+metadata: {name: kubernetes}
+spec: {cidrs: [10.97.0.0/16]}
+"#;
+
+    fn objects(files: &[(&str, &str)]) -> Objects {
+        let mut all = BTreeMap::new();
+        for (name, text) in files {
+            let (objs, errors) = manifests::parse_str(Path::new(name), text).expect("parses");
+            assert!(errors.is_empty(), "{errors:?}");
+            all.insert(PathBuf::from(name), objs);
+        }
+        manifests::merge(&all)
+    }
+
+    #[test]
+    fn compile_and_run_resolve_duplicate_objects_alike() {
+        let objs = objects(&[("a.yaml", FIRST), ("b.yaml", SECOND)]);
+        // What `rudder compile` uses...
+        let conv = proxier::convert(&objs, "node-1");
+        // ... and what `rudder run` sends to the sync loop.
+        let (snap, problems) = snapshot(&objs, "node-1");
+        let Change::Snapshot {
+            services,
+            node,
+            service_cidrs,
+            ..
+        } = snap
+        else {
+            panic!("not a snapshot");
+        };
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(
+            node.as_ref().map(|n| n.addresses.clone()),
+            Some(vec![ip("10.0.0.2")])
+        );
+        assert_eq!(conv.node.map(|n| n.addresses), Some(vec![ip("10.0.0.2")]));
+        assert_eq!(services.len(), 1);
+        assert_eq!(services[0].cluster_ips, vec![ip("10.96.0.2")]);
+        assert_eq!(conv.services, services);
+        assert_eq!(service_cidrs, vec!["10.97.0.0/16".parse().unwrap()]);
+        assert_eq!(conv.service_cidrs, service_cidrs);
+        let labels: Vec<String> = problems
+            .iter()
+            .map(|p| format!("{} {}", p.kind, p.reason.label()))
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                "Service duplicate_object",
+                "Node duplicate_object",
+                "ServiceCIDR duplicate_object"
+            ]
+        );
+        assert_eq!(problems, conv.problems);
+        // In the other file order, the other one wins: the rule is the order, not the content.
+        let swapped = objects(&[("a.yaml", SECOND), ("b.yaml", FIRST)]);
+        let (snap, _) = snapshot(&swapped, "node-1");
+        assert!(matches!(
+            snap,
+            Change::Snapshot { node: Some(n), .. } if n.addresses == vec![ip("10.0.0.1")]
+        ));
+    }
+
+    #[test]
+    fn a_later_invalid_duplicate_replaces_the_earlier_object() {
+        let bad = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {clusterIP: 127.0.0.1, ports: [{port: 80}]}\n";
+        let objs = objects(&[("a.yaml", FIRST), ("b.yaml", bad)]);
+        let (snap, problems) = snapshot(&objs, "node-1");
+        assert!(matches!(snap, Change::Snapshot { services, .. } if services.is_empty()));
+        let labels: Vec<&str> = problems.iter().map(|p| p.reason.label()).collect();
+        assert_eq!(labels, ["duplicate_object", "special_cluster_ip"]);
+    }
+
+    #[test]
+    fn documents_with_fields_of_the_wrong_type_are_counted() {
+        let dir = std::env::temp_dir().join(format!("rudder-malformed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let svc = |i: usize, port: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: default}}\nspec: {{clusterIP: 10.96.0.9, ports: [{{port: {port}}}]}}\n"
+            )
+        };
+        let text = [
+            svc(1, "\"http\""),
+            svc(2, "80.5"),
+            svc(3, "true"),
+            svc(4, "80"),
+        ]
+        .join("---\n");
+        std::fs::write(dir.join("m.yaml"), text).unwrap();
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new().unwrap());
+        let mut source = Source {
+            paths: vec![dir.clone()],
+            fingerprint: BTreeMap::new(),
+            files: BTreeMap::new(),
+            metrics: metrics.clone(),
+        };
+        let objs = source.poll(true).expect("read");
+        let _ = std::fs::remove_dir_all(&dir);
+        // The good document is used; the three others are counted, as often as they are read.
+        assert_eq!(objs.services.len(), 1);
+        let sample = "rudder_invalid_input_skipped_total{reason=\"malformed_document\"} 3";
+        let text = metrics.render();
+        assert!(text.contains(sample), "{text}");
     }
 }

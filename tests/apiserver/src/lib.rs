@@ -350,6 +350,19 @@ preferences: {{}}
         self.apply_typed(Kind::Service, &svc)
     }
 
+    /// Stores `obj` as a Service as it is (only `metadata` is filled in, as for any
+    /// object), even when it does not deserialize as one: for tests of malformed objects,
+    /// such as a port of the wrong type, which a real API server never serves. Returns the
+    /// stored object.
+    ///
+    /// # Panics
+    /// If `metadata.name` is missing or empty.
+    pub fn apply_raw_service(&self, obj: serde_json::Value) -> serde_json::Value {
+        self.shared
+            .mutate(|s| s.apply(Kind::Service, obj))
+            .unwrap_or_else(|e| panic!("fake-apiserver: cannot apply: {e}"))
+    }
+
     /// Delete a Service; `false` if it did not exist.
     pub fn delete_service(&self, ns: &str, name: &str) -> bool {
         self.delete(Kind::Service, ns, name)

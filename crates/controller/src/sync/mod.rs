@@ -302,6 +302,7 @@ impl<D: Dataplane> SyncLoop<D> {
 
     fn clean_conntrack(&mut self) {
         let mut events = Vec::new();
+        let node_addrs = rudder_compiler::guard::node_addresses(self.compiler.node());
         let Some(ct) = self.conntrack.as_mut() else {
             return;
         };
@@ -313,7 +314,7 @@ impl<D: Dataplane> SyncLoop<D> {
                     continue;
                 }
             };
-            let stale = stale_udp_flows(&self.state, family, &flows);
+            let stale = stale_udp_flows(&self.state, family, &flows, &node_addrs);
             if stale.is_empty() {
                 continue;
             }
@@ -590,6 +591,9 @@ impl<D: Dataplane> SyncLoop<D> {
             self.compiler.update(&self.state, &dirty)
         };
         let compile = t0.elapsed();
+        // What the compiler refused (service addresses that are the node's own, service CIDRs
+        // covering the node): logged and counted like invalid input.
+        crate::change::report_problems(&self.compiler.take_problems());
         let stats = tx.stats();
         let t1 = Instant::now();
         let result = self.dataplane.apply(&tx);
@@ -613,7 +617,12 @@ impl<D: Dataplane> SyncLoop<D> {
                     rudder_compiler::NodePortIps::All => Vec::new(),
                     rudder_compiler::NodePortIps::Only(ips) => ips.clone(),
                 };
-                let sh = ServiceHealth::compute(&self.state, &self.current_ctx.name, addresses);
+                // Services the compiler refused as a whole get no health check server.
+                let compiler = &self.compiler;
+                let sh =
+                    ServiceHealth::compute(&self.state, &self.current_ctx.name, addresses, |s| {
+                        compiler.refuses(s)
+                    });
                 self.service_health.send_if_modified(|cur| {
                     let changed = *cur != sh;
                     *cur = sh;

@@ -270,3 +270,37 @@ async fn a_zone_label_change_forces_a_full_sync() {
         "zone change: full sync"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_service_refused_for_its_cluster_ip_gets_no_rules_and_no_health_check_server() {
+    let config = LoopConfig {
+        min_sync_period: Duration::ZERO,
+        node_wait: Duration::ZERO,
+        ..LoopConfig::default()
+    };
+    let mut l = new_loop(config);
+    let lb = |name: &str, ip: &str, hc: u16| {
+        let k: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+            "metadata": {"namespace": "ns", "name": name},
+            "spec": {"type": "LoadBalancer", "clusterIP": ip, "externalTrafficPolicy": "Local",
+                     "healthCheckNodePort": hc, "ports": [{"name": "http", "port": 80, "nodePort": 30000 + hc % 1000}]}
+        }))
+        .unwrap();
+        crate::change::service(&k).unwrap()
+    };
+    l.apply_change(Change::ServicesListed(vec![
+        lb("ok", "10.96.0.1", 32001),
+        lb("own", "172.18.0.2", 32002),
+    ]));
+    l.apply_change(Change::SlicesListed(vec![]));
+    let node: Box<Node> = Box::new(crate::change::node(
+        &serde_json::from_value(json!({"metadata": {"name": "n1"}, "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.2"}]}}))
+            .unwrap(),
+    ));
+    l.apply_change(Change::NodeApplied(node));
+    let health = l.service_health();
+    assert_eq!(l.sync().unwrap().unwrap().kind, SyncKind::Full);
+    assert_eq!(elements(l.dataplane(), "cluster-ips"), vec!["10.96.0.1"]);
+    let ports: Vec<u16> = health.borrow().ports.keys().copied().collect();
+    assert_eq!(ports, vec![32001]);
+}

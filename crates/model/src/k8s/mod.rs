@@ -9,13 +9,15 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::api::networking::v1 as networking;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::{
-    ANNOTATION_TRIGGER_TIME, Cidr, DEFAULT_AFFINITY_TIMEOUT_SECS, Endpoint, EndpointPort,
-    EndpointSlice, Ignored, IpFamily, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, LABEL_ZONE,
-    MAX_ENDPOINTS_PER_SLICE, Node, ObjectKind, Problem, Protocol, Reason, Rejected, Service,
-    ServiceKey, ServicePort, ServiceType, SliceKey, TargetPort, TrafficPolicy, parse_ip,
+    ANNOTATION_TRIGGER_TIME, AddressField, Cidr, DEFAULT_AFFINITY_TIMEOUT_SECS, Endpoint,
+    EndpointPort, EndpointSlice, Ignored, IpFamily, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME,
+    LABEL_ZONE, MAX_AFFINITY_TIMEOUT_SECS, MAX_ENDPOINTS_PER_SLICE, Node, ObjectKind, Problem,
+    Protocol, Reason, Rejected, Service, ServiceKey, ServicePort, ServiceType, SliceKey, SpecialIp,
+    TargetPort, TrafficPolicy, parse_ip,
 };
 
 fn port_u16(v: i64) -> Option<u16> {
@@ -25,8 +27,10 @@ fn port_u16(v: i64) -> Option<u16> {
 /// Converts a Service.
 ///
 /// Ignored: headless services, ExternalName services, services without a ClusterIP, and
-/// services labelled `service.kubernetes.io/service-proxy-name`. Invalid ClusterIPs reject the
-/// service; invalid external IPs, ingress IPs, source ranges and ports are dropped one by one.
+/// services labelled `service.kubernetes.io/service-proxy-name`. Invalid ClusterIPs, and
+/// ClusterIPs in a [special range](SpecialIp), reject the service; invalid or special external
+/// IPs and ingress IPs, invalid source ranges and ports are dropped one by one; an affinity
+/// timeout outside 1–86400 s is replaced by the default.
 pub fn service(svc: &core::Service) -> Result<(Service, Vec<Problem>), Rejected> {
     let meta = &svc.metadata;
     let (namespace, name) = match (&meta.namespace, &meta.name) {
@@ -76,6 +80,14 @@ pub fn service(svc: &core::Service) -> Result<(Service, Vec<Problem>), Rejected>
     let mut cluster_ips = Vec::new();
     for raw in &raw_ips {
         let ip = parse_ip(raw).ok_or_else(|| problem(Reason::InvalidClusterIp(raw.clone())))?;
+        if let Some(kind) = SpecialIp::of(&ip) {
+            return Err(problem(Reason::SpecialAddress {
+                field: AddressField::ClusterIp,
+                address: ip,
+                kind,
+            })
+            .into());
+        }
         if cluster_ips
             .iter()
             .all(|c: &IpAddr| IpFamily::of(c) != IpFamily::of(&ip))
@@ -88,8 +100,15 @@ pub fn service(svc: &core::Service) -> Result<(Service, Vec<Problem>), Rejected>
     let mut external_ips = Vec::new();
     for raw in spec.external_ips.iter().flatten() {
         match parse_ip(raw) {
-            Some(ip) if !external_ips.contains(&ip) => external_ips.push(ip),
-            Some(_) => {}
+            Some(ip) => match SpecialIp::of(&ip) {
+                Some(kind) => problems.push(problem(Reason::SpecialAddress {
+                    field: AddressField::ExternalIp,
+                    address: ip,
+                    kind,
+                })),
+                None if !external_ips.contains(&ip) => external_ips.push(ip),
+                None => {}
+            },
             None => problems.push(problem(Reason::InvalidExternalIp(raw.clone()))),
         }
     }
@@ -112,8 +131,15 @@ pub fn service(svc: &core::Service) -> Result<(Service, Vec<Problem>), Rejected>
                     continue;
                 }
                 match parse_ip(raw) {
-                    Some(ip) if !load_balancer_ips.contains(&ip) => load_balancer_ips.push(ip),
-                    Some(_) => {}
+                    Some(ip) => match SpecialIp::of(&ip) {
+                        Some(kind) => problems.push(problem(Reason::SpecialAddress {
+                            field: AddressField::IngressIp,
+                            address: ip,
+                            kind,
+                        })),
+                        None if !load_balancer_ips.contains(&ip) => load_balancer_ips.push(ip),
+                        None => {}
+                    },
                     None => problems.push(problem(Reason::InvalidIngressIp(raw.clone()))),
                 }
             }
@@ -197,15 +223,24 @@ pub fn service(svc: &core::Service) -> Result<(Service, Vec<Problem>), Rejected>
             }
         },
     };
+    // The API server requires 1–86400 s (`validateClientIPAffinityConfig`) and defaults an
+    // absent timeout to 10800 s. Outside that range the object could not exist in a cluster:
+    // use the default, as if the field had been left out, and say so.
     let session_affinity_timeout =
         (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-            spec.session_affinity_config
+            let raw = spec
+                .session_affinity_config
                 .as_ref()
                 .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds)
-                .and_then(|t| u32::try_from(t).ok())
-                .filter(|t| *t > 0)
-                .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_SECS)
+                .and_then(|c| c.timeout_seconds);
+            match raw.map(|t| (t, u32::try_from(t))) {
+                None => DEFAULT_AFFINITY_TIMEOUT_SECS,
+                Some((_, Ok(t))) if (1..=MAX_AFFINITY_TIMEOUT_SECS).contains(&t) => t,
+                Some((t, _)) => {
+                    problems.push(problem(Reason::InvalidAffinityTimeout(i64::from(t))));
+                    DEFAULT_AFFINITY_TIMEOUT_SECS
+                }
+            }
         });
 
     Ok((
@@ -441,6 +476,39 @@ pub fn node(node: &core::Node) -> (Node, Vec<Problem>) {
         },
         problems,
     )
+}
+
+/// Converts a ServiceCIDR (`networking.k8s.io/v1`): its `spec.cidrs`, without the entries
+/// that do not parse, are broader than /8 (IPv4) or /64 (IPv6), or overlap a
+/// [special range](SpecialIp), each reported as a problem. The checks that need the node's
+/// context (node addresses, the pod network) are the compiler's.
+pub fn service_cidr(s: &networking::ServiceCIDR) -> (Vec<Cidr>, Vec<Problem>) {
+    let name = s.metadata.name.clone().unwrap_or_default();
+    let problem = |reason: Reason| Problem {
+        kind: ObjectKind::ServiceCidr,
+        namespace: String::new(),
+        name: name.clone(),
+        reason,
+    };
+    let mut cidrs = Vec::new();
+    let mut problems = Vec::new();
+    for raw in s
+        .spec
+        .as_ref()
+        .and_then(|sp| sp.cidrs.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let Ok(cidr) = raw.parse::<Cidr>() else {
+            problems.push(problem(Reason::InvalidServiceCidr(raw.clone())));
+            continue;
+        };
+        match crate::service_cidr_refusal(&cidr) {
+            Some(reason) => problems.push(problem(reason)),
+            None => cidrs.push(cidr),
+        }
+    }
+    (cidrs, problems)
 }
 
 #[cfg(test)]

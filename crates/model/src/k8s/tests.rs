@@ -258,3 +258,155 @@ fn state_tracks_changes_and_merges_duplicate_endpoints() {
         vec![ServiceKey::new("ns", "web")]
     );
 }
+
+fn labels(problems: &[Problem]) -> Vec<&'static str> {
+    problems.iter().map(|p| p.reason.label()).collect()
+}
+
+#[test]
+fn special_addresses_are_refused_with_a_reason() {
+    // A ClusterIP in a special range refuses the whole service.
+    for ip in [
+        "127.0.0.1",
+        "0.0.0.0",
+        "169.254.169.254",
+        "224.0.0.1",
+        "255.255.255.255",
+    ] {
+        let err = service(&svc(json!({
+            "metadata": {"namespace": "ns", "name": "lo"},
+            "spec": {"clusterIP": ip, "ports": [{"port": 80}]}
+        })))
+        .unwrap_err();
+        match err {
+            Rejected::Invalid(p) => {
+                assert_eq!(p.reason.label(), "special_cluster_ip", "{ip}");
+                assert!(p.to_string().contains(ip), "{p}");
+            }
+            other => panic!("{ip}: {other:?}"),
+        }
+    }
+    // The second ClusterIP of a dual-stack service counts as much as the first.
+    let err = service(&svc(json!({
+        "metadata": {"namespace": "ns", "name": "dual"},
+        "spec": {"clusterIPs": ["10.96.0.1", "::1"], "ports": [{"port": 80}]}
+    })))
+    .unwrap_err();
+    assert!(matches!(err, Rejected::Invalid(p) if p.reason.label() == "special_cluster_ip"));
+    // External and ingress IPs are dropped one by one; the good ones stay.
+    let (s, problems) = service(&svc(json!({
+        "metadata": {"namespace": "ns", "name": "lb"},
+        "spec": {
+            "type": "LoadBalancer", "clusterIP": "10.96.0.2", "ports": [{"port": 80}],
+            "externalIPs": ["127.0.0.2", "1.2.3.4", "fe80::1", "::ffff:1.2.3.4", "ff02::1"]
+        },
+        "status": {"loadBalancer": {"ingress": [
+            {"ip": "0.0.0.0"}, {"ip": "5.6.7.8"}, {"ip": "255.255.255.255"}, {"ip": "::1"}
+        ]}}
+    })))
+    .unwrap();
+    assert_eq!(s.external_ips, vec!["1.2.3.4".parse::<IpAddr>().unwrap()]);
+    assert_eq!(
+        s.load_balancer_ips,
+        vec!["5.6.7.8".parse::<IpAddr>().unwrap()]
+    );
+    assert_eq!(
+        labels(&problems),
+        [
+            ["special_external_ip"; 4].as_slice(),
+            ["special_ingress_ip"; 3].as_slice()
+        ]
+        .concat()
+    );
+    assert_eq!(
+        problems[0].to_string(),
+        "Service ns/lb: externalIP 127.0.0.2 is loopback (127.0.0.0/8, ::1): refused"
+    );
+}
+
+#[test]
+fn affinity_timeouts_outside_the_api_range_use_the_default() {
+    let with_timeout = |t: serde_json::Value| {
+        service(&svc(json!({
+            "metadata": {"namespace": "ns", "name": "a"},
+            "spec": {
+                "clusterIP": "10.96.0.3", "ports": [{"port": 80}],
+                "sessionAffinity": "ClientIP",
+                "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": t}}
+            }
+        })))
+        .unwrap()
+    };
+    for (t, want, problem) in [
+        (json!(1), 1, false),
+        (json!(86400), 86400, false),
+        (json!(60), 60, false),
+        (json!(0), DEFAULT_AFFINITY_TIMEOUT_SECS, true),
+        (json!(-5), DEFAULT_AFFINITY_TIMEOUT_SECS, true),
+        (json!(86401), DEFAULT_AFFINITY_TIMEOUT_SECS, true),
+        (json!(2147483647), DEFAULT_AFFINITY_TIMEOUT_SECS, true),
+        (json!(null), DEFAULT_AFFINITY_TIMEOUT_SECS, false),
+    ] {
+        let (s, problems) = with_timeout(t.clone());
+        assert_eq!(s.session_affinity_timeout, Some(want), "{t}");
+        let expected: &[&str] = if problem {
+            &["invalid_affinity_timeout"]
+        } else {
+            &[]
+        };
+        assert_eq!(labels(&problems), expected, "{t}");
+    }
+    let (_, problems) = with_timeout(json!(2147483647));
+    assert!(
+        problems[0].to_string().contains("2147483647"),
+        "{}",
+        problems[0]
+    );
+}
+
+#[test]
+fn service_cidrs_that_would_cut_off_the_node_are_refused() {
+    let cidr = |cidrs: serde_json::Value| {
+        let o: networking::ServiceCIDR = serde_json::from_value(json!({
+            "metadata": {"name": "kubernetes"}, "spec": {"cidrs": cidrs}
+        }))
+        .unwrap();
+        service_cidr(&o)
+    };
+    let (ok, problems) = cidr(json!(["10.96.0.0/12", "fd00:10:96::/112"]));
+    assert_eq!(ok.len(), 2);
+    assert!(problems.is_empty());
+    let (ok, problems) = cidr(json!([
+        "0.0.0.0/0",
+        "::/0",
+        "10.0.0.0/7",
+        "2001:db8::/48",
+        "127.0.0.0/16",
+        "169.254.0.0/24",
+        "::ffff:0:0/104",
+        "nonsense",
+        "10.0.0.0/8",
+        "fd00::/64"
+    ]));
+    assert_eq!(
+        ok.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        ["10.0.0.0/8", "fd00::/64"]
+    );
+    assert_eq!(
+        labels(&problems),
+        [
+            "service_cidr_too_broad",
+            "service_cidr_too_broad",
+            "service_cidr_too_broad",
+            "service_cidr_too_broad",
+            "service_cidr_special",
+            "service_cidr_special",
+            "service_cidr_special",
+            "invalid_service_cidr"
+        ]
+    );
+    assert_eq!(
+        problems[0].to_string(),
+        "ServiceCIDR kubernetes: 0.0.0.0/0 is broader than /8: refused"
+    );
+}
