@@ -476,7 +476,9 @@ fn policies_and_affinity_through_the_api_server() {
     svc.spec.as_mut().expect("spec").external_traffic_policy = Some("Local".into());
     live.api().apply_service(svc);
     let mut sl = slice("local", &["10.244.1.2", "10.244.2.2"]);
-    sl.endpoints[1].node_name = Some("node-2".into());
+    if let Some(ep) = sl.endpoints.as_mut().and_then(|e| e.get_mut(1)) {
+        ep.node_name = Some("node-2".into());
+    }
     live.api().apply_endpoint_slice(sl);
     live.converge(&live.topo.client, "172.18.0.2:30080", &["111"], SOON);
     // ClientIP affinity.
@@ -557,6 +559,38 @@ fn events_are_recorded_like_kube_proxys() {
         ),
         "{e}"
     );
+    // A Service on a loopback address is refused: a warning Event on it, once, however often
+    // it is read again (an update of it, a relist).
+    live.api()
+        .apply_service(service("on-loopback", "127.0.0.1", 80, "ClusterIP"));
+    let e = wait_event(&live, "SkippedInvalidInput");
+    assert_eq!(e["type"], "Warning", "{e}");
+    assert_eq!(e["regarding"]["kind"], "Service", "{e}");
+    assert_eq!(e["regarding"]["apiVersion"], "v1", "{e}");
+    assert_eq!(e["regarding"]["namespace"], "default", "{e}");
+    assert_eq!(e["regarding"]["name"], "on-loopback", "{e}");
+    let note = e["note"].as_str().unwrap_or_default();
+    assert!(
+        note.starts_with("node node-1 skipped invalid input (special_cluster_ip): "),
+        "{e}"
+    );
+    let mut again = service("on-loopback", "127.0.0.1", 80, "ClusterIP");
+    again.metadata.labels = Some([("touched".to_owned(), "yes".to_owned())].into());
+    live.api().apply_service(again);
+    // The update is seen (a later, valid change is applied after it)...
+    live.api()
+        .apply_service(service("after-loopback", "10.96.7.10", 80, "ClusterIP"));
+    live.api()
+        .apply_endpoint_slice(slice("after-loopback", &["10.244.1.2"]));
+    live.converge(&live.topo.pods[0], "10.96.7.10:80", &["111"], SOON);
+    // ... and made no second Event.
+    let skipped = live
+        .api()
+        .events()
+        .iter()
+        .filter(|e| e["reason"] == "SkippedInvalidInput" && e["regarding"]["name"] == "on-loopback")
+        .count();
+    assert_eq!(skipped, 1);
     let starting = live
         .api()
         .events()

@@ -2032,7 +2032,9 @@ fn periodic_full_resyncs_detect_and_repair_drift() {
         return;
     }
     const FULL: &str = "kind=\"full\"";
-    let mut c = Cluster::start(&["--full-sync-period", "2s"]);
+    // Without the table monitor, which would repair the tampering below at once (that is
+    // tested in reliability.rs): here the periodic resync must find it.
+    let mut c = Cluster::start(&["--full-sync-period", "2s", "--watch-tables=false"]);
     // Interval sets (source ranges) and sets the packet path fills (affinity) must not look
     // like drift.
     c.manifests

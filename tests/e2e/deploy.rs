@@ -92,12 +92,7 @@ fn load() -> Deploy {
 #[test]
 fn manifests_parse_strictly_and_a_typo_is_caught() {
     let d = load();
-    let spec = d
-        .daemonset
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .expect("pod spec");
+    let spec = d.daemonset.spec.template.spec.as_ref().expect("pod spec");
     assert_eq!(spec.host_network, Some(true));
     assert_eq!(
         spec.priority_class_name.as_deref(),
@@ -145,8 +140,9 @@ fn daemon_args(d: &Deploy, config: &Path) -> Vec<String> {
     let c = &d
         .daemonset
         .spec
+        .template
+        .spec
         .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
         .expect("pod spec")
         .containers[0];
     assert_eq!(
@@ -471,7 +467,7 @@ fn helm_values_change_the_objects_and_they_still_parse_strictly() {
             .find(|o| o["kind"] == "ConfigMap")
             .expect("ConfigMap"),
     );
-    let pod = ds.spec.and_then(|s| s.template.spec).expect("pod");
+    let pod = ds.spec.template.spec.expect("pod");
     let c = &pod.containers[0];
     assert_eq!(
         c.image.as_deref(),

@@ -166,7 +166,10 @@ fn unspecified_for(addr: SocketAddr) -> IpAddr {
     }
 }
 
-fn tcp_in_current_ns(addr: SocketAddr, timeout: Duration) -> Result<String, RequestError> {
+pub(crate) fn tcp_in_current_ns(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<String, RequestError> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(RequestError::from_io)?;
     stream
         .set_read_timeout(Some(timeout))
@@ -195,4 +198,64 @@ fn udp_in_current_ns(
     Ok(String::from_utf8_lossy(buf.get(..n).unwrap_or_default())
         .trim()
         .to_owned())
+}
+
+/// A long-running UDP "connection": one socket, bound to a fixed local address inside a
+/// namespace and connected to a service, so every datagram belongs to the same conntrack
+/// flow for as long as the flow keeps sending.
+#[derive(Debug)]
+pub struct UdpFlow {
+    socket: UdpSocket,
+    local: SocketAddr,
+    remote: SocketAddr,
+}
+
+impl UdpFlow {
+    /// Binds `local` inside `ns` and connects to `remote`. The socket keeps belonging to `ns`
+    /// and can be used from any thread.
+    pub fn open(ns: &Netns, local: SocketAddr, remote: SocketAddr) -> io::Result<UdpFlow> {
+        let socket = ns.enter(|| -> io::Result<UdpSocket> {
+            let socket = UdpSocket::bind(local)?;
+            socket.connect(remote)?;
+            Ok(socket)
+        })??;
+        let local = socket.local_addr()?;
+        Ok(UdpFlow {
+            socket,
+            local,
+            remote,
+        })
+    }
+
+    /// The local (client) address, as conntrack shows it as the original source.
+    pub fn local(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The service address the flow sends to.
+    pub fn remote(&self) -> SocketAddr {
+        self.remote
+    }
+
+    /// Sends one datagram and returns the trimmed text of the answer. Answers to earlier,
+    /// timed-out datagrams that arrive late are skipped only if they were already queued.
+    pub fn ping(&self, timeout: Duration) -> Result<String, RequestError> {
+        // Drop anything left over from an earlier ping that timed out.
+        self.socket
+            .set_nonblocking(true)
+            .map_err(RequestError::from_io)?;
+        let mut buf = [0u8; 2048];
+        while self.socket.recv(&mut buf).is_ok() {}
+        self.socket
+            .set_nonblocking(false)
+            .map_err(RequestError::from_io)?;
+        self.socket
+            .set_read_timeout(Some(timeout))
+            .map_err(RequestError::from_io)?;
+        self.socket.send(UDP_PING).map_err(RequestError::from_io)?;
+        let n = self.socket.recv(&mut buf).map_err(RequestError::from_io)?;
+        Ok(String::from_utf8_lossy(buf.get(..n).unwrap_or_default())
+            .trim()
+            .to_owned())
+    }
 }

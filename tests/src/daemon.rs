@@ -3,7 +3,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -121,6 +121,30 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Whether the daemon has exited (and how), without waiting; `None` while it runs. A
+    /// daemon stopped by [`Daemon::kill`] or [`Daemon::terminate`] reports nothing.
+    pub fn exited(&mut self) -> io::Result<Option<ExitStatus>> {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait(),
+            None => Ok(None),
+        }
+    }
+
+    /// `kill -9`: sends SIGKILL to the daemon's own pid and reaps it. Its rules stay in the
+    /// kernel, as after a crash. Does nothing when it is not running.
+    pub fn kill(&mut self) -> io::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        if child.try_wait()?.is_none() {
+            let pid = i32::try_from(child.id()).map_err(io::Error::other)?;
+            // `ip netns exec` execs the program, so the pid is rudder's own.
+            kill(Pid::from_raw(pid), Signal::SIGKILL).map_err(io::Error::other)?;
+        }
+        child.wait()?;
+        Ok(())
     }
 
     /// Sends SIGTERM and waits for the exit; returns whether it exited successfully within

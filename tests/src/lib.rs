@@ -13,10 +13,15 @@
 //!   record the peers they saw;
 //! * [`client`]: TCP and UDP request helpers and answer histograms run from inside a
 //!   namespace;
+//! * [`conntrack`]: reading a namespace's conntrack table (`conntrack -L`);
 //! * [`nft`]: reading and loading nftables rulesets inside a namespace;
 //! * [`daemon`]: the real `rudder` binary running in a namespace ([`Daemon`]) and temporary
 //!   directories ([`TempDir`]);
-//! * [`root`]: the root-privilege gate ([`e2e_enabled`]).
+//! * [`root`]: the root-privilege gate ([`e2e_enabled`]);
+//! * [`fuzz`]: a mutation fuzzer for the stable toolchain, run by `cargo test` and
+//!   `cargo xtask fuzz`;
+//! * [`soak`]: the chaos soak (random churn and faults, a steady probe that must never fail),
+//!   run by `cargo test` for a minute and by `cargo xtask soak` for as long as wanted.
 //!
 //! # Safety rules
 //!
@@ -29,11 +34,14 @@
 
 pub mod client;
 pub mod cluster;
+pub mod conntrack;
 pub mod daemon;
+pub mod fuzz;
 pub mod netns;
 pub mod nft;
 pub mod root;
 pub mod serve;
+pub mod soak;
 pub mod topo;
 
 pub use client::{Proto, RequestError, histogram, tcp_request, udp_request};

@@ -7,11 +7,20 @@
 //! - `bench`: kernel-level benchmarks (apply to a real kernel in a namespace), side by side
 //!   with a kube-proxy-style layout, printed as Markdown for `docs/performance.md`;
 //! - `bench-api`: the daemon against the test API server at scale: start to first sync,
-//!   change-to-kernel latency, peak memory.
+//!   change-to-kernel latency, peak memory;
+//! - `dist [--check]`: `target/dist/rudder`, one static binary; `--check` runs it in an empty
+//!   chroot (`test` does this too);
+//! - `fuzz [--secs N] [--seed N] [TARGET]`: the fuzz targets (manifests, the config file), optimized, N seconds each (default 60), with executions and findings;
+//! - `bench-refusals`: what a service the kernel refuses costs the sync loop (bisection by
+//!   dry runs), and what the table monitor costs a full sync;
+//! - `soak`: the chaos soak for as long as wanted (`--duration 10m --seed N`).
 
 mod bench;
 mod bench_api;
+mod bench_refusals;
 mod demo;
+mod dist;
+mod soak;
 
 use std::process::{Command, ExitCode};
 
@@ -24,10 +33,17 @@ fn main() -> ExitCode {
         Some("demo") => demo::demo(),
         Some("bench") => bench::bench(&args[1..]),
         Some("bench-api") => bench_api::bench_api(&args[1..]),
+        Some("bench-refusals") => bench_refusals::bench_refusals(&args[1..]),
+        Some("soak") => soak::soak(&args[1..]),
         Some("deps") => install_deps(),
+        Some("fuzz") => fuzz(&args[1..]),
+        Some("dist") if args.get(1).map(String::as_str) == Some("--check") => dist::check(),
+        Some("dist") => dist::dist().map(|_| ()),
         Some("kind") => kind(),
         _ => {
-            eprintln!("usage: cargo xtask <test|demo|bench|bench-api|kind|deps> [args]");
+            eprintln!(
+                "usage: cargo xtask <test|demo|bench|bench-api|bench-refusals|fuzz|dist|soak|kind|deps> [args]"
+            );
             return ExitCode::from(2);
         }
     };
@@ -104,11 +120,46 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     }
     install_deps()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     run(cargo()
         .args(["test", "--workspace", "--all-targets"])
         .args(extra))?;
     run(cargo().args(["test", "--workspace", "--doc"]))?;
+    dist::check()?;
     Ok(())
+}
+
+/// `cargo xtask fuzz`: every fuzz target (tests whose name starts with `fuzz_`), built
+/// optimized, one after the other, `--secs` each.
+fn fuzz(args: &[String]) -> anyhow::Result<()> {
+    let mut secs = "60".to_owned();
+    let mut seed = None;
+    let mut filter = "fuzz_".to_owned();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--secs" => secs = it.next().context("--secs needs a value")?.clone(),
+            "--seed" => seed = Some(it.next().context("--seed needs a value")?.clone()),
+            t if !t.starts_with('-') => filter = format!("fuzz_{}", t.replace('-', "_")),
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    let mut cmd = cargo();
+    cmd.args(["test", "--release", "--workspace", "--lib", "--bins", "--"])
+        .arg(&filter)
+        .args(["--nocapture", "--test-threads", "1"])
+        .env("RUDDER_FUZZ_SECS", &secs);
+    if let Some(seed) = seed {
+        cmd.env("RUDDER_FUZZ_SEED", seed);
+    }
+    run(&mut cmd)
 }
 
 /// `cargo xtask kind`: for users with Docker and kind (not available on the development

@@ -8,10 +8,14 @@ use std::fmt;
 use std::net::IpAddr;
 
 use rudder_model::{
-    IpFamily, Protocol, ProxyState, ResolvedEndpoint, Service, TrafficPolicy, escape_controls,
+    ConflictRule, FrontendKind, IpFamily, Protocol, ProxyState, ResolvedEndpoint, Service,
+    TrafficPolicy, escape_controls,
 };
 
-use crate::{Config, LocalDetector, NodeContext, NodePortIps, Topology, categorize};
+use crate::{
+    ClaimRank, Config, LocalDetector, NodeContext, NodePortIps, Topology, categorize,
+    claimed_frontends,
+};
 
 /// Where the packet comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +68,28 @@ pub enum Frontend {
     NodePort,
 }
 
+impl Frontend {
+    fn of(kind: FrontendKind) -> Frontend {
+        match kind {
+            FrontendKind::ClusterIp => Frontend::ClusterIp,
+            FrontendKind::IngressIp => Frontend::LoadBalancerIp,
+            FrontendKind::ExternalIp => Frontend::ExternalIp,
+            FrontendKind::NodePort => Frontend::NodePort,
+        }
+    }
+}
+
+/// Another service port that claims the same frontend, and loses it to the matched one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contender {
+    /// The losing service port (`ns/name:port/proto`).
+    pub service_port: String,
+    /// What the frontend is to it.
+    pub frontend: Frontend,
+    /// Why the matched port keeps the frontend.
+    pub rule: ConflictRule,
+}
+
 impl fmt::Display for Frontend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -112,8 +138,11 @@ pub struct Explanation {
     pub via: Via,
     /// Why `via` was chosen.
     pub via_reason: String,
-    /// The matched service port (`ns/name:port/proto`) and how it matched.
+    /// The matched service port (`ns/name:port/proto`) and how it matched: when several
+    /// claim the frontend, the one that keeps it.
     pub matched: Option<(String, Frontend)>,
+    /// The other service ports that claim the same frontend and lose it, best first.
+    pub contested: Vec<Contender>,
     /// Which policy applies and why.
     pub policy: Vec<String>,
     /// The endpoints the packet may go to.
@@ -164,11 +193,16 @@ fn detected_local(via: Via, from: Option<IpAddr>, node: &NodeContext) -> Option<
     }
 }
 
+/// The service port whose frontend the packet is sent to, how it matched, and the other
+/// ports claiming that frontend (best first), which lose it: the compiler's rule (see
+/// `conflict`). Address frontends come before node ports, as in the `services` chain. (A port
+/// refused because its affinity object names collide with another's is not looked for: with
+/// 128-bit names that does not happen.)
 fn find<'a>(
     state: &'a ProxyState,
     q: &Query,
     node: &NodeContext,
-) -> Option<(&'a Service, usize, Frontend)> {
+) -> Option<(&'a Service, usize, Frontend, Vec<Contender>)> {
     let family = IpFamily::of(&q.to);
     let is_node_port_ip = match &node.node_port_ips {
         NodePortIps::All => node.ips.contains(&q.to) || q.to.is_loopback(),
@@ -176,34 +210,42 @@ fn find<'a>(
     };
     // The compiler refuses service addresses that are the node's own (see `guard`).
     let node_addrs = crate::guard::node_addresses(node);
-    let to_node = node_addrs.contains(&q.to);
+    type Found<'s> = (ClaimRank, FrontendKind, &'s Service, usize);
+    let mut on_address: Vec<Found<'a>> = Vec::new();
+    let mut on_node_port: Vec<Found<'a>> = Vec::new();
     for svc in state.services() {
-        if svc.cluster_ip(family).is_none()
-            || crate::guard::refused_cluster_ip(svc, &node_addrs).is_some()
-        {
-            continue;
-        }
-        for (i, p) in svc.ports.iter().enumerate() {
-            if p.protocol != q.protocol {
+        for claim in claimed_frontends(svc, family, &node_addrs) {
+            let fe = claim.frontend;
+            if fe.protocol != q.protocol || fe.port != q.port {
                 continue;
             }
-            if p.port == q.port {
-                if svc.cluster_ip(family) == Some(q.to) {
-                    return Some((svc, i, Frontend::ClusterIp));
-                }
-                if svc.load_balancer_ips.contains(&q.to) && !to_node {
-                    return Some((svc, i, Frontend::LoadBalancerIp));
-                }
-                if svc.external_ips.contains(&q.to) && !to_node {
-                    return Some((svc, i, Frontend::ExternalIp));
-                }
-            }
-            if p.node_port == Some(q.port) && is_node_port_ip && !q.to.is_loopback() {
-                return Some((svc, i, Frontend::NodePort));
-            }
+            let to = match fe.address {
+                Some(ip) if ip == q.to => &mut on_address,
+                None if is_node_port_ip && !q.to.is_loopback() => &mut on_node_port,
+                _ => continue,
+            };
+            to.push((claim.rank, claim.kind, svc, claim.port));
         }
     }
-    None
+    let mut found = if on_address.is_empty() {
+        on_node_port
+    } else {
+        on_address
+    };
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut found = found.into_iter();
+    let (best, kind, svc, i) = found.next()?;
+    let others = found
+        .map(|(r, k, s, p)| Contender {
+            service_port: s
+                .ports
+                .get(p)
+                .map_or_else(String::new, |p| s.port_name(p).to_string()),
+            frontend: Frontend::of(k),
+            rule: best.rule_over(&r),
+        })
+        .collect();
+    Some((svc, i, Frontend::of(kind), others))
 }
 
 fn candidate(e: &ResolvedEndpoint<'_>, node: &str) -> Candidate {
@@ -224,6 +266,7 @@ pub fn explain(state: &ProxyState, config: &Config, node: &NodeContext, q: &Quer
         via,
         via_reason,
         matched: None,
+        contested: Vec::new(),
         policy: Vec::new(),
         candidates: Vec::new(),
         affinity: None,
@@ -231,7 +274,7 @@ pub fn explain(state: &ProxyState, config: &Config, node: &NodeContext, q: &Quer
         hairpin: None,
         verdict: Verdict::Dnat,
     };
-    let Some((svc, port_idx, frontend)) = find(state, q, node) else {
+    let Some((svc, port_idx, frontend, contested)) = find(state, q, node) else {
         let family = IpFamily::of(&q.to);
         // A ClusterIP that is one of the node's addresses is refused, not programmed.
         let node_addrs = crate::guard::node_addresses(node);
@@ -263,6 +306,7 @@ pub fn explain(state: &ProxyState, config: &Config, node: &NodeContext, q: &Quer
     };
     let port = &svc.ports[port_idx];
     out.matched = Some((svc.port_name(port).to_string(), frontend));
+    out.contested = contested;
     let family = IpFamily::of(&q.to);
     let endpoints = state.endpoints_for(svc, port, family);
     let cat = categorize(svc, &endpoints, &node.name, node.zone.as_deref());
@@ -434,6 +478,15 @@ impl fmt::Display for Explanation {
                 writeln!(f, "service:     {} (matched its {frontend})", e(name))?
             }
             None => writeln!(f, "service:     none")?,
+        }
+        for c in &self.contested {
+            writeln!(
+                f,
+                "contested:   also the {} of {}, which loses it ({})",
+                c.frontend,
+                e(&c.service_port),
+                c.rule
+            )?;
         }
         for p in &self.policy {
             writeln!(f, "policy:      {}", e(p))?;

@@ -367,6 +367,38 @@ pub fn skeleton(
             tx.add_rule(table, &cname, Rule::new(r));
         }
     }
+    let localhost = match f {
+        Family::Ip => rudder_model::IpFamily::V4,
+        Family::Ip6 => rudder_model::IpFamily::V6,
+    };
+    if config.localhost_node_ports.contains(&localhost) {
+        // The localhost proxy serves TCP only: other protocols on a loopback node port are
+        // rejected (kube-proxy 1.37), whether the port has endpoints or not. In nat-output,
+        // which sees only new flows: a filter chain may not look these maps up, since the
+        // kernel checks every chain a verdict map's elements lead to against the chain
+        // that looks it up, and `service-nodeports` leads to DNAT.
+        for map in [SERVICE_NODEPORTS, NO_ENDPOINT_NODEPORTS] {
+            tx.add_rule(
+                table,
+                &n("nat-output"),
+                Rule::new(vec![
+                    Stmt::Cmp(Expr::Daddr(f), CmpOp::Eq, loopback(f)),
+                    Stmt::Cmp(
+                        Expr::L4Proto,
+                        CmpOp::Ne,
+                        Expr::Const(Atom::Proto(rudder_nft::L4Proto::Tcp)),
+                    ),
+                    Stmt::Lookup(
+                        Expr::Concat(vec![Expr::L4Proto, Expr::ThDport]),
+                        CmpOp::Eq,
+                        n(map),
+                    ),
+                    Stmt::Verdict(Verdict::Goto(n(REJECT_CHAIN))),
+                ])
+                .with_comment("localhost node ports are TCP only"),
+            );
+        }
+    }
 
     // services: masquerade marking for off-cluster traffic to ClusterIPs, then dispatch.
     let services = n(SERVICES);
@@ -548,6 +580,17 @@ pub(crate) fn local_match(f: Family, detector: &LocalDetector, op: CmpOp) -> Opt
     }
 }
 
+/// The loopback addresses of a family: `127.0.0.0/8`, `::1`.
+fn loopback(f: Family) -> Expr {
+    match f {
+        Family::Ip => Expr::Prefix(
+            std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0)),
+            8,
+        ),
+        Family::Ip6 => Expr::Const(Atom::Ipv6(std::net::Ipv6Addr::LOCALHOST)),
+    }
+}
+
 /// The statements selecting node-port traffic, followed by `then`.
 fn nodeport_match(f: Family, specific: bool, then: Stmt) -> Vec<Stmt> {
     if specific {
@@ -556,20 +599,13 @@ fn nodeport_match(f: Family, specific: bool, then: Stmt) -> Vec<Stmt> {
             then,
         ]
     } else {
-        let loopback = match f {
-            Family::Ip => Expr::Prefix(
-                std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0)),
-                8,
-            ),
-            Family::Ip6 => Expr::Const(Atom::Ipv6(std::net::Ipv6Addr::LOCALHOST)),
-        };
         vec![
             Stmt::Cmp(
                 Expr::FibType(FibKind::Daddr),
                 CmpOp::Eq,
                 Expr::Keyword("local"),
             ),
-            Stmt::Cmp(Expr::Daddr(f), CmpOp::Ne, loopback),
+            Stmt::Cmp(Expr::Daddr(f), CmpOp::Ne, loopback(f)),
             then,
         ]
     }

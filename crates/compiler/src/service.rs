@@ -4,24 +4,18 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use rudder_model::{
-    AddressField, Cidr, IpFamily, Protocol, ProxyState, ResolvedEndpoint, Service, TrafficPolicy,
+    AddressField, Cidr, IpFamily, ObjectKind, Problem, ProxyState, Reason, ResolvedEndpoint,
+    Service, TrafficPolicy,
 };
-use rudder_nft::{Atom, Key, L4Proto, Verdict};
+use rudder_nft::{Atom, Key, Verdict};
 use rustc_hash::FxHashMap;
 
 use crate::affinity;
+use crate::conflict::{self, FrontendRank, Rank};
 use crate::guard::{node_address_problem, refused_cluster_ip};
 use crate::layout::{Class, SetId, n, names};
 use crate::policy::categorize;
-use crate::{Ctx, Fragment};
-
-fn l4(p: Protocol) -> L4Proto {
-    match p {
-        Protocol::Tcp => L4Proto::Tcp,
-        Protocol::Udp => L4Proto::Udp,
-        Protocol::Sctp => L4Proto::Sctp,
-    }
-}
+use crate::{Ctx, Fragment, NameLosers};
 
 fn endpoint_value(ep: &ResolvedEndpoint<'_>) -> Key {
     Key::new([Atom::ip(ep.endpoint.address), Atom::Port(ep.port)])
@@ -54,6 +48,25 @@ fn assign_slots(values: &[Key], prev: Option<&Vec<Key>>) -> Vec<Key> {
         .collect()
 }
 
+/// The session affinity identities ([`affinity::port_id`]) of `svc`'s ports in `family`, with
+/// their ranks: every port of a service with ClientIP affinity that [`compile`] programs in
+/// this family (whether or not it has endpoints right now).
+pub(crate) fn affinity_ids(family: IpFamily, svc: &Service, ctx: &Ctx) -> Vec<(u128, Rank)> {
+    if svc.session_affinity_timeout.is_none()
+        || svc.cluster_ip(family).is_none()
+        || refused_cluster_ip(svc, &ctx.node_addrs).is_some()
+    {
+        return Vec::new();
+    }
+    svc.ports
+        .iter()
+        .map(|p| {
+            let owner = Arc::new(svc.port_name(p));
+            (affinity::port_id(family, &owner), Rank::new(svc, owner))
+        })
+        .collect()
+}
+
 /// Compiles `svc` for one family, following kube-proxy's `syncProxyRules` decisions.
 ///
 /// Per port, with cluster endpoints N and local endpoints L (see [`categorize`]):
@@ -73,12 +86,16 @@ fn assign_slots(values: &[Key], prev: Option<&Vec<Key>>) -> Vec<Key> {
 /// Service addresses that are the node's own are refused (see [`crate::guard`]): a ClusterIP
 /// refuses the whole service, in every family (reported by the `primary` family's compile
 /// only); an external or load balancer IP only that frontend.
+///
+/// A port in `name_losers` (its affinity objects would have the names of a better-ranked
+/// port's) is not programmed at all.
 pub(crate) fn compile(
     family: IpFamily,
     primary: bool,
     state: &ProxyState,
     svc: &Service,
     ctx: &Ctx,
+    name_losers: &NameLosers,
     prev: Option<&PrevSlots>,
 ) -> Fragment {
     let mut frag = Fragment::default();
@@ -92,26 +109,43 @@ pub(crate) fn compile(
         }
         return frag;
     }
-    let mut externals: Vec<IpAddr> = Vec::new();
+    let (externals, refused_fields) =
+        conflict::external_addresses(svc, family, cluster_ip, &ctx.node_addrs);
     let mut refused: Vec<IpAddr> = Vec::new();
-    for (field, ips) in [
-        (AddressField::ExternalIp, &svc.external_ips),
-        (AddressField::IngressIp, &svc.load_balancer_ips),
-    ] {
-        for ip in ips.iter().filter(|ip| IpFamily::of(ip) == family) {
-            if ctx.is_node_address(ip) {
-                frag.problems.push(node_address_problem(svc, field, *ip));
-                refused.push(*ip);
-            } else if !externals.contains(ip) && *ip != cluster_ip {
-                externals.push(*ip);
-            }
-        }
+    for (field, ip) in refused_fields {
+        frag.problems.push(node_address_problem(svc, field, ip));
+        refused.push(ip);
     }
     let internal_local = svc.internal_traffic_policy == TrafficPolicy::Local;
     let external_local = svc.external_traffic_policy == TrafficPolicy::Local;
     for port in &svc.ports {
         let owner = Arc::new(svc.port_name(port));
-        let proto = l4(port.protocol);
+        if svc.session_affinity_timeout.is_some() {
+            if let Some((_, winner)) = name_losers.get(&*owner) {
+                frag.problems.push(Problem {
+                    kind: ObjectKind::Service,
+                    namespace: svc.key.namespace.clone(),
+                    name: svc.key.name.clone(),
+                    reason: Reason::ObjectNameCollision {
+                        port: port.name.clone(),
+                        winner: Box::new((**winner).clone()),
+                    },
+                });
+                continue;
+            }
+        }
+        let proto = conflict::l4(port.protocol);
+        // The frontends this port claims: whoever ranks first on one keeps it (see
+        // `conflict`), whatever this port's endpoints.
+        for (fe, kind) in conflict::port_frontends(svc, port, cluster_ip, &externals) {
+            frag.frontends.push((
+                fe,
+                FrontendRank {
+                    kind,
+                    rank: Rank::new(svc, owner.clone()),
+                },
+            ));
+        }
         let frontend = |ip: IpAddr| [Atom::ip(ip), Atom::Proto(proto), Atom::Port(port.port)];
         let node_port_key = |np: u16| [Atom::Proto(proto), Atom::Port(np)];
         let mut claims: Vec<(SetId, Key, Option<Key>)> = Vec::new();

@@ -407,3 +407,44 @@ fn overlapping_source_ranges_become_disjoint_prefixes() {
         ]
     );
 }
+
+#[test]
+fn localhost_node_ports_reject_what_the_proxy_does_not_serve() {
+    // A TCP and a UDP node port (both with endpoints) and a UDP node port without endpoints,
+    // with localhost node ports on for IPv4 only: new UDP/SCTP flows to 127.0.0.0/8 on those
+    // ports are rejected in nat-output; IPv6 and TCP are left alone.
+    let mut svc = service("ns", "mixed", &["10.96.0.7", "fd00:10:96::7"]);
+    svc.service_type = ServiceType::NodePort;
+    svc.ports = vec![
+        port("web", Protocol::Tcp, 80, Some(30080)),
+        port("dns", Protocol::Udp, 53, Some(30053)),
+    ];
+    let mut quiet = service("ns", "quiet", &["10.96.0.8"]);
+    quiet.service_type = ServiceType::NodePort;
+    quiet.ports = vec![port("dns", Protocol::Udp, 53, Some(30054))];
+    let v4 = slice(
+        "ns",
+        "mixed-v4",
+        "mixed",
+        IpFamily::V4,
+        &[("web", Protocol::Tcp, 8080), ("dns", Protocol::Udp, 5353)],
+        vec![endpoint("10.244.1.7", true, "node-a")],
+    );
+    let st = state(vec![svc, quiet], vec![v4]);
+    let config = Config {
+        localhost_node_ports: vec![IpFamily::V4],
+        ..Config::default()
+    };
+    let out = render(
+        &st,
+        node("node-a", &["172.18.0.2", "fc00::2"]),
+        config,
+        &[IpFamily::V4, IpFamily::V6],
+    );
+    assert_eq!(
+        out.matches("localhost node ports are TCP only").count(),
+        2,
+        "two rules, IPv4 only"
+    );
+    check("localhost-nodeports", &out);
+}

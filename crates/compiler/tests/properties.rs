@@ -2,7 +2,10 @@
 //! - an incremental update applied to the old ruleset yields exactly the full rebuild;
 //! - `apply(diff(a, b), a) == b` for any two compiled rulesets;
 //! - the output does not depend on the order objects arrived in;
-//! - object names (whatever characters they hold) never reach the ruleset.
+//! - object names (whatever characters they hold) never reach the ruleset;
+//! - an update that is rolled back leaves the compiler exactly as it was;
+//! - an excluded service is compiled as if it did not exist, in full and incremental
+//!   compiles.
 
 mod common;
 
@@ -81,7 +84,7 @@ fn canonical(rs: &Ruleset) -> Ruleset {
     out
 }
 
-/// The ruleset text with session-affinity object names (`aff-` and 16 hex digits, a hash of
+/// The ruleset text with session-affinity object names (`aff-` and 32 hex digits, a hash of
 /// the service port's identity) replaced by a placeholder, lines sorted.
 fn without_hashes(text: &str) -> Vec<String> {
     let mut lines: Vec<String> = text
@@ -92,9 +95,9 @@ fn without_hashes(text: &str) -> Vec<String> {
             while let Some(i) = rest.find("aff-") {
                 out.push_str(&rest[..i + 4]);
                 rest = &rest[i + 4..];
-                if rest.len() >= 16 && rest[..16].bytes().all(|b| b.is_ascii_hexdigit()) {
+                if rest.len() >= 32 && rest[..32].bytes().all(|b| b.is_ascii_hexdigit()) {
                     out.push_str("HASH");
-                    rest = &rest[16..];
+                    rest = &rest[32..];
                 }
             }
             out.push_str(rest);
@@ -126,6 +129,7 @@ fn incremental_matches_full(
     let mut c = compiler(node_ctx.clone(), Config::default());
     let full_tx = c.full(&st);
     c.take_problems();
+    let conflicts_before = c.frontend_conflicts();
     let mut kernel = Ruleset::new();
     kernel
         .apply(&full_tx)
@@ -162,13 +166,130 @@ fn incremental_matches_full(
     let mut fresh = compiler(node_ctx, Config::default());
     fresh.full(&st);
     prop_assert_eq!(c.no_local_endpoints(), fresh.no_local_endpoints());
-    // What the update refused is what a full compile refuses of the changed services.
+    // What the update refused is what a full compile refuses of the changed services, apart
+    // from frontend conflicts: those are reported when they appear (they can concern
+    // unchanged services, which lose to a changed one).
+    let is_conflict = |p: &rudder_model::Problem| p.reason.label() == "frontend_conflict";
+    let (update_conflicts, update_problems): (Vec<_>, Vec<_>) =
+        c.take_problems().into_iter().partition(is_conflict);
     let mut fresh_problems = fresh.take_problems();
+    fresh_problems.retain(|p| !is_conflict(p));
     fresh_problems.retain(|p| changed.contains(&ServiceKey::new(&p.namespace, &p.name)));
-    prop_assert_eq!(c.take_problems(), fresh_problems);
+    prop_assert_eq!(update_problems, fresh_problems);
+    // The conflicts now are a fresh compile's; the update reported exactly the new ones.
+    let conflicts_now = c.frontend_conflicts();
+    prop_assert_eq!(&conflicts_now, &fresh.frontend_conflicts());
+    let new: Vec<_> = conflicts_now
+        .into_iter()
+        .filter(|p| !conflicts_before.contains(p))
+        .collect();
+    prop_assert_eq!(update_conflicts, new);
 
     // Nothing changed: nothing to do.
     prop_assert!(c.update(&st, &changed).is_empty());
+    Ok(())
+}
+
+/// The ruleset with the classes kept while unused by incremental updates added to
+/// `expected`, so that an incrementally updated kernel compares with a full compile.
+fn with_kept_classes(kernel: &Ruleset, mut expected: Ruleset) -> Ruleset {
+    for (t, table) in &kernel.tables {
+        let Some(et) = expected.tables.get_mut(t) else {
+            continue;
+        };
+        for (name, chain) in &table.chains {
+            et.chains
+                .entry(name.clone())
+                .or_insert_with(|| chain.clone());
+        }
+        for (name, set) in &table.sets {
+            if set.elements.is_empty() {
+                et.sets.entry(name.clone()).or_insert_with(|| set.clone());
+            }
+        }
+    }
+    expected
+}
+
+/// Compiles `a` in full, tries an update to `b` and rolls it back (the kernel never saw it),
+/// then updates to `c`: the compiler after the rollback is exactly the one before the update,
+/// and the update to `c`, applied to the kernel that holds `a`, yields `c`'s full compile.
+fn rollback_restores(
+    a: (Vec<Service>, Vec<EndpointSlice>),
+    b: (Vec<Service>, Vec<EndpointSlice>),
+    c3: (Vec<Service>, Vec<EndpointSlice>),
+) -> Result<(), TestCaseError> {
+    let mut st = state(a.0, a.1);
+    let mut c = new_compiler();
+    let mut kernel = Ruleset::new();
+    kernel.apply(&c.full(&st)).expect("full applies");
+    let before = c.ruleset().expect("ruleset");
+    let no_local = c.no_local_endpoints();
+    let conflicts = c.frontend_conflicts();
+    st.replace_all(b.0, b.1);
+    let changed_b = st.take_dirty();
+    let (_, undo) = c.update_undoable(&st, &changed_b);
+    c.rollback(undo);
+    prop_assert_eq!(&c.ruleset().expect("ruleset"), &before);
+    prop_assert_eq!(c.no_local_endpoints(), no_local);
+    prop_assert_eq!(c.frontend_conflicts(), conflicts);
+    // The services `b` changed are still at `a` in the compiler: they change again.
+    st.replace_all(c3.0, c3.1);
+    let mut changed = st.take_dirty();
+    changed.extend(changed_b);
+    let tx = c.update(&st, &changed);
+    if let Err(e) = kernel.apply(&tx) {
+        panic!(
+            "update after a rollback does not apply: {e}\n{}",
+            tx.render()
+        );
+    }
+    let expected = with_kept_classes(&kernel, full_ruleset(&st));
+    prop_assert_eq!(canonical(&kernel), canonical(&expected));
+    Ok(())
+}
+
+/// Excluding services compiles the others as if the excluded did not exist: in full, and
+/// by an update that names them, which withdraws what they had.
+fn exclusion_is_absence(
+    (s1, l1): (Vec<Service>, Vec<EndpointSlice>),
+    pick: Vec<bool>,
+) -> Result<(), TestCaseError> {
+    let st = state(s1.clone(), l1.clone());
+    let excluded: std::collections::BTreeSet<ServiceKey> = s1
+        .iter()
+        .zip(pick.iter().cycle())
+        .filter(|(_, p)| **p)
+        .map(|(s, _)| s.key.clone())
+        .collect();
+    let without = state(
+        s1.into_iter()
+            .filter(|s| !excluded.contains(&s.key))
+            .collect(),
+        l1,
+    );
+    let expected = full_ruleset(&without);
+    // Full compile.
+    let mut c = new_compiler();
+    c.set_excluded(excluded.clone());
+    c.full(&st);
+    prop_assert_eq!(&c.ruleset().expect("ruleset"), &expected);
+    // Incremental: everything programmed, then the excluded withdrawn.
+    let mut c = new_compiler();
+    let mut kernel = Ruleset::new();
+    kernel.apply(&c.full(&st)).expect("full applies");
+    c.set_excluded(excluded.clone());
+    let tx = c.update(&st, &excluded);
+    kernel.apply(&tx).expect("withdrawal applies");
+    let expected = with_kept_classes(&kernel, expected);
+    prop_assert_eq!(canonical(&kernel), canonical(&expected));
+    // And back: no longer excluded, they are programmed again.
+    c.set_excluded(Default::default());
+    kernel
+        .apply(&c.update(&st, &excluded))
+        .expect("return applies");
+    let expected = with_kept_classes(&kernel, full_ruleset(&st));
+    prop_assert_eq!(canonical(&kernel), canonical(&expected));
     Ok(())
 }
 
@@ -176,8 +297,49 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 200, .. ProptestConfig::default() })]
 
     #[test]
+    fn a_rolled_back_update_leaves_the_compiler_as_it_was(
+        a in arb_state(),
+        b in arb_state(),
+        c in arb_state(),
+    ) {
+        rollback_restores(a, b, c)?;
+    }
+
+    #[test]
+    fn an_excluded_service_is_compiled_as_absent(
+        a in arb_state(),
+        pick in proptest::collection::vec(any::<bool>(), 1..8),
+    ) {
+        exclusion_is_absence(a, pick)?;
+    }
+
+    #[test]
     fn incremental_update_equals_full_rebuild(a in arb_state(), b in arb_state()) {
         incremental_matches_full(default_node(), a, b)?;
+    }
+
+    #[test]
+    fn incremental_update_equals_full_rebuild_after_one_service_changes(
+        a in arb_state(),
+        k in 0..NAMES.len(),
+        how in 0..3u8,
+    ) {
+        // Small changes keep most conflicts, with losers and winners changed or not.
+        let (s1, l1) = a;
+        let mut s2 = s1.clone();
+        let mut l2 = l1.clone();
+        match how {
+            0 => s2.retain(|s| s.key.name != NAMES[k]),
+            1 => l2.retain(|s| s.service.name != NAMES[k]),
+            _ => {
+                for s in s2.iter_mut().filter(|s| s.key.name == NAMES[k]) {
+                    s.creation_timestamp = Some(-1);
+                }
+            }
+        }
+        incremental_matches_full(default_node(), (s1.clone(), l1.clone()), (s2.clone(), l2.clone()))?;
+        // And back.
+        incremental_matches_full(default_node(), (s2, l2), (s1, l1))?;
     }
 
     #[test]

@@ -223,6 +223,32 @@ mod tests {
     }
 
     #[test]
+    fn raising_the_table_never_shrinks_its_hash() {
+        // kubernetes#142035: the maximum is raised, but a hash table already larger than a
+        // quarter of the new maximum stays as it is; and a maximum above the computed one is
+        // never lowered, whatever the CPU count.
+        let (_d, p) = fake();
+        std::fs::write(p.module_dir.join("hashsize"), "1048576\n").expect("write");
+        let s = ConntrackSettings {
+            max_per_core: 32768,
+            min: 131072,
+            ..ConntrackSettings::default()
+        };
+        let out = apply(&s, 8, &p);
+        assert!(out.iter().all(|o| o.result.is_ok()), "{out:?}");
+        assert_eq!(value(&p, "nf_conntrack_max"), 262144);
+        assert_eq!(
+            read(&p.module_dir.join("hashsize")).expect("read"),
+            1_048_576
+        );
+        for cpus in [1, 2, 4] {
+            let out = apply(&s, cpus, &p);
+            assert!(out.iter().all(|o| matches!(o.result, Ok(None))), "{out:?}");
+            assert_eq!(value(&p, "nf_conntrack_max"), 262144, "{cpus} CPUs");
+        }
+    }
+
+    #[test]
     fn errors_are_reported_per_setting() {
         let (_d, mut p) = fake();
         p.sysctl_dir = p.sysctl_dir.join("missing");

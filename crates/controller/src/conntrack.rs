@@ -6,10 +6,10 @@
 //! service's frontends but whose replies come from an address that is no longer a serving
 //! endpoint are deleted, so the next datagram is load-balanced afresh.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 
-use rudder_model::{IpFamily, Protocol, ProxyState, UdpFlow};
+use rudder_model::{IpFamily, Protocol, ProxyState, Service, ServicePort, UdpFlow};
 
 use crate::sync::DataplaneError;
 
@@ -32,67 +32,94 @@ pub fn has_udp<'a>(
         .any(|s| s.ports.iter().any(|p| p.protocol == Protocol::Udp))
 }
 
-/// The flows to delete among `flows` (of one family): for every UDP service port with at
-/// least one serving endpoint, flows to its ClusterIP, external IPs or load balancer IPs on
-/// the service port, or to any address on its node port, whose reply source is not a serving
-/// endpoint. Traffic policies, topology and terminating state are deliberately ignored, as in
-/// kube-proxy: any serving endpoint is a legitimate destination.
+/// The serving endpoints of one service port in one family.
+fn serving(
+    state: &ProxyState,
+    svc: &Service,
+    port: &ServicePort,
+    family: IpFamily,
+) -> BTreeSet<SocketAddr> {
+    state
+        .endpoints_for(svc, port, family)
+        .iter()
+        .filter(|e| e.endpoint.serving)
+        .map(|e| SocketAddr::new(e.endpoint.address, e.port))
+        .collect()
+}
+
+/// Keeps, per key, the best-ranked claim and its serving endpoints.
+fn keep_best<K: std::hash::Hash + Eq>(
+    map: &mut HashMap<K, (rudder_compiler::ClaimRank, BTreeSet<SocketAddr>)>,
+    key: K,
+    rank: rudder_compiler::ClaimRank,
+    serving: impl FnOnce() -> BTreeSet<SocketAddr>,
+) {
+    if map.get(&key).is_none_or(|(best, _)| rank < *best) {
+        map.insert(key, (rank, serving()));
+    }
+}
+
+/// The flows to delete among `flows` (of one family): for every UDP frontend — a ClusterIP,
+/// external IP or load balancer IP on a service port, or a node port on any address — the
+/// flows to it whose reply source is not a serving endpoint of the service port that holds
+/// it. Traffic policies, topology and terminating state are deliberately ignored, as in
+/// kube-proxy: any serving endpoint is a legitimate destination, and a flow to an endpoint
+/// that still serves is never deleted (so a restart or a full resync, which run this over the
+/// complete state, keep every flow whose endpoint is still there).
 ///
-/// What the compiler refuses because it is one of the node's addresses (`node_addrs`, see
-/// `rudder_compiler::guard`) is no frontend: a service with such a ClusterIP is left out
-/// entirely, an external or load balancer IP that is one is not a frontend. Flows to the
-/// node's own services on those addresses are the node's, not stale.
+/// A service port without serving endpoints is no exception (kube-proxy skipped those until
+/// kubernetes#139629): a flow DNATed to the endpoint it lost would otherwise keep reaching
+/// it for as long as the client keeps sending, since the reject rule sees only new flows. On
+/// its node port only flows that were DNATed are deleted then: a flow to that port elsewhere
+/// whose reply comes from where it was sent is not the service's.
+///
+/// Frontends are the compiler's ([`rudder_compiler::claimed_frontends`]): what it refuses
+/// because it is one of the node's addresses (`node_addrs`, see `rudder_compiler::guard`) is
+/// no frontend (a service with such a ClusterIP is left out entirely, an external or load
+/// balancer IP that is one is not a frontend: flows to the node's own services on those
+/// addresses are the node's, not stale), and a frontend several service ports claim is the
+/// winner's alone: flows still DNATed to a loser's endpoints (from before the winner came)
+/// are stale.
 pub fn stale_udp_flows(
     state: &ProxyState,
     family: IpFamily,
     flows: &[UdpFlow],
     node_addrs: &[std::net::IpAddr],
 ) -> Vec<UdpFlow> {
-    let mut frontends: HashSet<SocketAddr> = HashSet::new();
-    let mut node_ports: HashSet<u16> = HashSet::new();
-    // Frontend (or node port) → serving endpoints of its service port.
-    let mut serving_by_frontend: std::collections::HashMap<SocketAddr, BTreeSet<SocketAddr>> =
-        Default::default();
-    let mut serving_by_node_port: std::collections::HashMap<u16, BTreeSet<SocketAddr>> =
-        Default::default();
-    let services = state
-        .services()
-        .filter(|s| rudder_compiler::guard::refused_cluster_ip(s, node_addrs).is_none());
-    for svc in services {
-        for port in svc.ports.iter().filter(|p| p.protocol == Protocol::Udp) {
-            let serving: BTreeSet<SocketAddr> = state
-                .endpoints_for(svc, port, family)
-                .iter()
-                .filter(|e| e.endpoint.serving)
-                .map(|e| SocketAddr::new(e.endpoint.address, e.port))
-                .collect();
-            if serving.is_empty() {
+    // Frontend (or node port) → the best claim on it and that port's serving endpoints.
+    type Best = (rudder_compiler::ClaimRank, BTreeSet<SocketAddr>);
+    let mut by_frontend: HashMap<SocketAddr, Best> = HashMap::new();
+    let mut by_node_port: HashMap<u16, Best> = HashMap::new();
+    for svc in state.services() {
+        for claim in rudder_compiler::claimed_frontends(svc, family, node_addrs) {
+            let Some(port) = svc.ports.get(claim.port) else {
+                continue;
+            };
+            if port.protocol != Protocol::Udp {
                 continue;
             }
-            let ips = svc.cluster_ip(family).into_iter().chain(
-                svc.external_ips
-                    .iter()
-                    .chain(&svc.load_balancer_ips)
-                    .copied()
-                    .filter(|ip| IpFamily::of(ip) == family && !node_addrs.contains(ip)),
-            );
-            for ip in ips {
-                let fe = SocketAddr::new(ip, port.port);
-                frontends.insert(fe);
-                serving_by_frontend
-                    .entry(fe)
-                    .or_default()
-                    .extend(serving.iter().copied());
-            }
-            if let Some(np) = port.node_port {
-                node_ports.insert(np);
-                serving_by_node_port
-                    .entry(np)
-                    .or_default()
-                    .extend(serving.iter().copied());
+            let serving = || serving(state, svc, port, family);
+            match claim.frontend.address {
+                Some(ip) => keep_best(
+                    &mut by_frontend,
+                    SocketAddr::new(ip, claim.frontend.port),
+                    claim.rank,
+                    serving,
+                ),
+                // Node ports: keyed by the port alone, on any address.
+                None => keep_best(&mut by_node_port, claim.frontend.port, claim.rank, serving),
             }
         }
     }
+    let serving_by_frontend: HashMap<SocketAddr, BTreeSet<SocketAddr>> = by_frontend
+        .into_iter()
+        .map(|(fe, (_, s))| (fe, s))
+        .collect();
+    let serving_by_node_port: HashMap<u16, BTreeSet<SocketAddr>> = by_node_port
+        .into_iter()
+        .map(|(np, (_, s))| (np, s))
+        .collect();
+    let frontends: HashSet<SocketAddr> = serving_by_frontend.keys().copied().collect();
     flows
         .iter()
         .filter(|f| {
@@ -101,9 +128,13 @@ pub fn stale_udp_flows(
                 .map(|s| !s.contains(&f.reply_src));
             let by_node_port = (!frontends.contains(&f.orig_dst))
                 .then(|| {
-                    serving_by_node_port
-                        .get(&f.orig_dst.port())
-                        .map(|s| !s.contains(&f.reply_src))
+                    serving_by_node_port.get(&f.orig_dst.port()).map(|s| {
+                        if s.is_empty() {
+                            f.reply_src.ip() != f.orig_dst.ip()
+                        } else {
+                            !s.contains(&f.reply_src)
+                        }
+                    })
                 })
                 .flatten();
             by_frontend.or(by_node_port).unwrap_or(false)
@@ -160,8 +191,18 @@ mod tests {
             ports,
             vec![Endpoint::new("10.0.0.1".parse().unwrap()), terminating],
         );
+        // A UDP service without endpoints (its only one was removed).
+        let mut quiet = Service::new(
+            ServiceKey::new("ns", "quiet"),
+            vec!["10.96.0.12".parse().unwrap()],
+        );
+        quiet.service_type = ServiceType::NodePort;
+        quiet.ports = vec![ServicePort {
+            node_port: Some(30054),
+            ..ServicePort::new("dns", Protocol::Udp, 53)
+        }];
         let mut st = ProxyState::new();
-        st.replace_all(vec![svc, tcp], vec![slice]);
+        st.replace_all(vec![svc, tcp, quiet], vec![slice]);
         let flows = vec![
             flow("10.1.0.1:4000", "10.96.0.10:53", "10.0.0.1:5353"), // live endpoint: keep
             flow("10.1.0.1:4001", "10.96.0.10:53", "10.0.0.2:5353"), // gone: delete
@@ -170,20 +211,69 @@ mod tests {
             flow("10.1.0.1:4004", "172.18.0.2:30053", "10.0.0.9:5353"), // node port, gone: delete
             flow("10.1.0.1:4005", "10.96.0.11:80", "10.0.0.9:80"),   // not a UDP service: keep
             flow("10.1.0.1:4006", "8.8.8.8:53", "8.8.8.8:53"),       // not a service: keep
+            // No endpoints left: what was DNATed to the removed one, or not DNATed at all, is
+            // stale on the ClusterIP; on the node port only what was DNATed.
+            flow("10.1.0.1:4007", "10.96.0.12:53", "10.0.0.7:5353"), // delete
+            flow("10.1.0.1:4008", "10.96.0.12:53", "10.96.0.12:53"), // delete
+            flow("10.1.0.1:4009", "172.18.0.2:30054", "10.0.0.7:5353"), // delete
+            flow("10.1.0.1:4010", "8.8.4.4:30054", "8.8.4.4:30054"), // elsewhere: keep
         ];
         let stale = stale_udp_flows(&st, IpFamily::V4, &flows, &[]);
         let ports: Vec<u16> = stale.iter().map(|f| f.orig_src.port()).collect();
-        assert_eq!(ports, vec![4001, 4003, 4004]);
+        assert_eq!(ports, vec![4001, 4003, 4004, 4007, 4008, 4009]);
         // When the LB IP is the node's own address, the compiler refuses that frontend: flows
         // to it are the node's (a DNS server on the node), not stale.
         let node = ["192.0.2.10".parse().unwrap()];
         let stale = stale_udp_flows(&st, IpFamily::V4, &flows, &node);
         let ports: Vec<u16> = stale.iter().map(|f| f.orig_src.port()).collect();
-        assert_eq!(ports, vec![4001, 4004]);
+        assert_eq!(ports, vec![4001, 4004, 4007, 4008, 4009]);
         // When the ClusterIP is, the whole service is refused: nothing of it is stale.
         let node = ["10.96.0.10".parse().unwrap()];
-        assert!(stale_udp_flows(&st, IpFamily::V4, &flows, &node).is_empty());
+        let stale = stale_udp_flows(&st, IpFamily::V4, &flows, &node);
+        let ports: Vec<u16> = stale.iter().map(|f| f.orig_src.port()).collect();
+        assert_eq!(ports, vec![4007, 4008, 4009]);
         assert!(has_udp(&st, [&ServiceKey::new("ns", "dns")]));
         assert!(!has_udp(&st, [&ServiceKey::new("ns", "web")]));
+    }
+
+    #[test]
+    fn a_contested_frontend_is_the_winners_alone() {
+        // `new` repeats `old`'s ClusterIP and port: `old` keeps it, so a flow still DNATed to
+        // `new`'s endpoint (from before `old` came) is stale, and one to `old`'s is not.
+        let dns = |name: &str, created: i64| {
+            let mut s = Service::new(
+                ServiceKey::new("ns", name),
+                vec!["10.96.0.10".parse().unwrap()],
+            );
+            s.ports = vec![ServicePort::new("dns", Protocol::Udp, 53)];
+            s.creation_timestamp = Some(created);
+            s
+        };
+        let slice = |name: &str, ep: &str| {
+            EndpointSlice::new(
+                "ns",
+                &format!("{name}-1"),
+                name,
+                IpFamily::V4,
+                vec![EndpointPort {
+                    name: "dns".into(),
+                    protocol: Protocol::Udp,
+                    port: 53,
+                }],
+                vec![Endpoint::new(ep.parse().unwrap())],
+            )
+        };
+        let mut st = ProxyState::new();
+        st.replace_all(
+            vec![dns("old", 1), dns("a-new", 2)],
+            vec![slice("old", "10.0.0.1"), slice("a-new", "10.0.0.2")],
+        );
+        let flows = vec![
+            flow("10.1.0.1:4000", "10.96.0.10:53", "10.0.0.1:53"),
+            flow("10.1.0.1:4001", "10.96.0.10:53", "10.0.0.2:53"),
+        ];
+        let stale = stale_udp_flows(&st, IpFamily::V4, &flows, &[]);
+        let ports: Vec<u16> = stale.iter().map(|f| f.orig_src.port()).collect();
+        assert_eq!(ports, vec![4001]);
     }
 }

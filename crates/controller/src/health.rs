@@ -70,6 +70,9 @@ pub struct ProxyHealth {
     /// Whether the Node is eligible for traffic (seen, not being deleted, not tainted
     /// `ToBeDeletedByClusterAutoscaler`).
     node_eligible: std::sync::atomic::AtomicBool,
+    /// Whether one of Rudder's tables is known to be missing (deleted behind its back) and
+    /// not repaired yet.
+    tables_missing: std::sync::atomic::AtomicBool,
     timeout: Duration,
 }
 
@@ -87,6 +90,7 @@ impl ProxyHealth {
             queued_ms: AtomicU64::new(0),
             updated_ms: AtomicU64::new(0),
             node_eligible: std::sync::atomic::AtomicBool::new(false),
+            tables_missing: std::sync::atomic::AtomicBool::new(false),
             timeout,
         })
     }
@@ -104,10 +108,23 @@ impl ProxyHealth {
         self.queued_ms.store(0, Ordering::Relaxed);
     }
 
-    /// Whether the proxy is healthy now.
+    /// Whether the proxy is healthy now: no change has waited longer than the timeout, and
+    /// none of Rudder's tables is known to be missing.
     pub fn healthy(&self) -> bool {
         let q = self.queued_ms.load(Ordering::Relaxed);
-        q == 0 || now_ms().saturating_sub(q) < self.timeout.as_millis() as u64
+        !self.tables_missing()
+            && (q == 0 || now_ms().saturating_sub(q) < self.timeout.as_millis() as u64)
+    }
+
+    /// Records whether one of Rudder's tables is known to be missing: set when the change
+    /// monitor sees one deleted, cleared by the full sync that creates it again.
+    pub fn set_tables_missing(&self, missing: bool) {
+        self.tables_missing.store(missing, Ordering::Relaxed);
+    }
+
+    /// Whether one of Rudder's tables is known to be missing and not repaired yet.
+    pub fn tables_missing(&self) -> bool {
+        self.tables_missing.load(Ordering::Relaxed)
     }
 
     /// Records whether the Node is eligible (see [`ProxyHealth::node_eligible`]).

@@ -15,11 +15,14 @@ pub mod change;
 pub mod conntrack;
 pub mod events;
 pub mod health;
+pub mod localhost;
 mod sync;
 pub mod watch;
+pub mod withdrawn;
 
 pub use change::Change;
 pub use sync::{
-    Dataplane, DataplaneError, ExplainRequest, LoopConfig, LoopEvent, NodeContextFn, Observer,
-    Shape, SyncKind, SyncLoop, SyncReport, expected_shape, parse_rfc3339, shape_diff,
+    Dataplane, DataplaneError, DriftNotice, ExplainRequest, Failure, Isolation, LoopConfig,
+    LoopEvent, MAX_DRY_RUNS, NodeContextFn, Observer, Shape, SyncKind, SyncLoop, SyncReport,
+    Synced, SyncedObserver, expected_shape, isolate, parse_rfc3339, shape_diff,
 };

@@ -25,6 +25,66 @@ pub fn parse_ip(s: &str) -> Option<IpAddr> {
     Some(IpAddr::V4(Ipv4Addr::from(octets)))
 }
 
+/// A form of IP address that the API server's strict IP validation (KEP-4858,
+/// `StrictIPCIDRValidation`) refuses, because programs disagree on what it means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NonStandardIp {
+    /// An IPv4 address with leading zeros (`010.001.002.003`): Go and Rust read the octets as
+    /// decimal, libc's `inet_aton` as octal (CVE-2021-29923).
+    LeadingZeros,
+    /// An IPv4-mapped IPv6 address (`::ffff:1.2.3.4`): an IPv4 address that would slip past
+    /// checks made on IPv4 addresses.
+    Ipv4Mapped,
+}
+
+impl fmt::Display for NonStandardIp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NonStandardIp::LeadingZeros => "an IPv4 address with leading zeros",
+            NonStandardIp::Ipv4Mapped => "an IPv4-mapped IPv6 address",
+        })
+    }
+}
+
+/// Why a string is not a strictly valid IP address or CIDR.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StrictError {
+    /// It does not parse at all.
+    #[error("not an IP address or CIDR")]
+    Invalid,
+    /// It parses, but in a [`NonStandardIp`] form.
+    #[error("{form}: use {canonical:?}")]
+    NonStandard {
+        /// The form.
+        form: NonStandardIp,
+        /// What to write instead.
+        canonical: String,
+    },
+}
+
+/// Parses an IP address as the API server's strict validation accepts it (KEP-4858): no
+/// leading zeros in IPv4 octets, no IPv4-mapped IPv6 addresses, no zone, no whitespace.
+pub fn parse_ip_strict(s: &str) -> Result<IpAddr, StrictError> {
+    match IpAddr::from_str(s) {
+        Ok(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => Err(StrictError::NonStandard {
+                form: NonStandardIp::Ipv4Mapped,
+                canonical: v4.to_string(),
+            }),
+            None => Ok(IpAddr::V6(v6)),
+        },
+        Ok(ip) => Ok(ip),
+        // Rust's parser refuses leading zeros; the lenient one reads them as decimal.
+        Err(_) => match parse_ip(s) {
+            Some(ip) => Err(StrictError::NonStandard {
+                form: NonStandardIp::LeadingZeros,
+                canonical: ip.to_string(),
+            }),
+            None => Err(StrictError::Invalid),
+        },
+    }
+}
+
 /// An IP prefix such as `10.244.0.0/16` (host bits are cleared).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Cidr {
@@ -168,6 +228,42 @@ impl FromStr for Cidr {
     }
 }
 
+impl Cidr {
+    /// Parses a CIDR as the API server's strict validation accepts it (KEP-4858): its address
+    /// as [`parse_ip_strict`] does, and a prefix length without leading zeros. Host bits are
+    /// cleared, as in [`Cidr::from_str`]. Surrounding whitespace is not accepted.
+    pub fn parse_strict(s: &str) -> Result<Cidr, StrictError> {
+        let (a, p) = s.split_once('/').ok_or(StrictError::Invalid)?;
+        if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(StrictError::Invalid);
+        }
+        let prefix: u8 = p.parse().map_err(|_| StrictError::Invalid)?;
+        let zeros = p.len() > 1 && p.starts_with('0');
+        let addr = match parse_ip_strict(a) {
+            Ok(addr) if zeros => {
+                return Err(StrictError::NonStandard {
+                    form: NonStandardIp::LeadingZeros,
+                    canonical: format!("{addr}/{prefix}"),
+                });
+            }
+            Ok(addr) => addr,
+            Err(StrictError::NonStandard { form, canonical }) => {
+                // A mapped address's prefix counts the IPv6 bits.
+                let prefix = match form {
+                    NonStandardIp::Ipv4Mapped => prefix.saturating_sub(96),
+                    NonStandardIp::LeadingZeros => prefix,
+                };
+                return Err(StrictError::NonStandard {
+                    form,
+                    canonical: format!("{canonical}/{prefix}"),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        Cidr::new(addr, prefix).ok_or(StrictError::Invalid)
+    }
+}
+
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
@@ -187,6 +283,69 @@ mod tests {
             .iter()
             .map(|c| c.to_string())
             .collect()
+    }
+
+    #[test]
+    fn strict_parsing_refuses_what_kep_4858_refuses() {
+        let non_standard = |s: &str| match parse_ip_strict(s) {
+            Err(StrictError::NonStandard { form, canonical }) => Some((form, canonical)),
+            _ => None,
+        };
+        assert_eq!(parse_ip_strict("10.1.2.3"), Ok("10.1.2.3".parse().unwrap()));
+        assert_eq!(parse_ip_strict("fd00::1"), Ok("fd00::1".parse().unwrap()));
+        assert_eq!(parse_ip_strict("0.0.0.0"), Ok("0.0.0.0".parse().unwrap()));
+        assert_eq!(
+            non_standard("010.001.002.003"),
+            Some((NonStandardIp::LeadingZeros, "10.1.2.3".into()))
+        );
+        assert_eq!(
+            non_standard("10.0.0.01"),
+            Some((NonStandardIp::LeadingZeros, "10.0.0.1".into()))
+        );
+        assert_eq!(
+            non_standard("::ffff:1.2.3.4"),
+            Some((NonStandardIp::Ipv4Mapped, "1.2.3.4".into()))
+        );
+        assert_eq!(
+            non_standard("::ffff:102:304"),
+            Some((NonStandardIp::Ipv4Mapped, "1.2.3.4".into()))
+        );
+        for bad in [
+            "",
+            " 10.0.0.1",
+            "10.0.0.1 ",
+            "fe80::1%eth0",
+            "1.2.3",
+            "0x0a.0.0.1",
+            "256.0.0.1",
+        ] {
+            assert_eq!(parse_ip_strict(bad), Err(StrictError::Invalid), "{bad:?}");
+        }
+        assert_eq!(Cidr::parse_strict("10.0.0.0/8"), Ok(c("10.0.0.0/8")));
+        assert_eq!(Cidr::parse_strict("10.1.2.3/8"), Ok(c("10.0.0.0/8")));
+        for (raw, canonical) in [
+            ("010.0.0.0/8", "10.0.0.0/8"),
+            ("10.0.0.0/08", "10.0.0.0/8"),
+            ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
+        ] {
+            assert!(
+                matches!(Cidr::parse_strict(raw), Err(StrictError::NonStandard { canonical: c, .. }) if c == canonical),
+                "{raw}"
+            );
+        }
+        for bad in [
+            "10.0.0.0",
+            "10.0.0.0/33",
+            "10.0.0.0/",
+            " 10.0.0.0/8",
+            "10.0.0.0/+8",
+        ] {
+            assert_eq!(
+                Cidr::parse_strict(bad),
+                Err(StrictError::Invalid),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -33,7 +33,7 @@ mod state;
 use std::fmt;
 use std::net::IpAddr;
 
-pub use cidr::{Cidr, CidrError, parse_ip};
+pub use cidr::{Cidr, CidrError, NonStandardIp, StrictError, parse_ip, parse_ip_strict};
 pub use special::{SpecialIp, escape_controls, is_unsafe_char, push_escaped, service_cidr_refusal};
 pub use state::{ProxyState, ResolvedEndpoint};
 
@@ -260,6 +260,10 @@ pub struct Service {
     pub session_affinity_timeout: Option<u32>,
     /// Ports.
     pub ports: Vec<ServicePort>,
+    /// `metadata.creationTimestamp`, in whole seconds since the Unix epoch (`None` when absent,
+    /// as in most manifest files). Decides which of two services claiming the same frontend
+    /// keeps it: the older one (see `docs/semantics.md`).
+    pub creation_timestamp: Option<i64>,
 }
 
 impl Service {
@@ -278,6 +282,7 @@ impl Service {
             health_check_node_port: None,
             session_affinity_timeout: None,
             ports: Vec::new(),
+            creation_timestamp: None,
         }
     }
 
@@ -502,6 +507,80 @@ impl fmt::Display for AddressField {
     }
 }
 
+/// The kinds of frontend a service port has, in their order of precedence when two service
+/// ports claim the same one: a ClusterIP (allocated by the API server) before a load balancer
+/// ingress IP (written by a controller into the status), before an external IP (written by
+/// whoever may edit the Service). Node ports only meet other node ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FrontendKind {
+    /// The ClusterIP of the port's family.
+    ClusterIp,
+    /// A load balancer ingress IP.
+    IngressIp,
+    /// An external IP.
+    ExternalIp,
+    /// The node port.
+    NodePort,
+}
+
+impl fmt::Display for FrontendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FrontendKind::ClusterIp => "clusterIP",
+            FrontendKind::IngressIp => "load balancer ingress IP",
+            FrontendKind::ExternalIp => "externalIP",
+            FrontendKind::NodePort => "nodePort",
+        })
+    }
+}
+
+/// Where the traffic of a service port arrives: an address with protocol and port, or a node
+/// port (on every node-port address, without an address of its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Frontend {
+    /// The address (`None` for a node port).
+    pub address: Option<IpAddr>,
+    /// The protocol.
+    pub protocol: Protocol,
+    /// The port (the node port for a node port).
+    pub port: u16,
+}
+
+impl fmt::Display for Frontend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.address {
+            Some(IpAddr::V4(a)) => write!(f, "{a}:{}/{}", self.port, self.protocol),
+            Some(IpAddr::V6(a)) => write!(f, "[{a}]:{}/{}", self.port, self.protocol),
+            None => write!(f, "{}/{}", self.port, self.protocol),
+        }
+    }
+}
+
+/// Which rule decided a [`Reason::FrontendConflict`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ConflictRule {
+    /// The winner's kind of frontend takes precedence ([`FrontendKind`]'s order).
+    Precedence,
+    /// Same kind: the winner's Service is older (`metadata.creationTimestamp`; a Service
+    /// without one counts as newer than any with one).
+    Older,
+    /// Same kind and creation time (or neither has one): the winner comes first by namespace,
+    /// name, then port name.
+    Order,
+}
+
+impl fmt::Display for ConflictRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConflictRule::Precedence => {
+                "a clusterIP comes before load balancer IPs, and those before externalIPs"
+            }
+            ConflictRule::Older => "its Service is older",
+            ConflictRule::Order => "same creation time, it comes first by namespace/name/port",
+        })
+    }
+}
+
 /// Why (part of) an object was skipped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -641,6 +720,11 @@ pub enum Reason {
         /// The pod network prefix.
         pods: Cidr,
     },
+    /// An IP address or CIDR in a form the API server's strict IP validation refuses
+    /// (KEP-4858: IPv4 with leading zeros, IPv4-mapped IPv6); the value is not used, as if it
+    /// were invalid.
+    #[error("{0}")]
+    NonStandardIp(Box<NonStandardValue>),
     /// The input could not be read as an object at all (a field of the wrong type).
     #[error("malformed object: {0}")]
     Malformed(String),
@@ -648,6 +732,60 @@ pub enum Reason {
     /// used.
     #[error("duplicate object: a later one with the same name is used")]
     Duplicate,
+    /// Another service port claims the same frontend and keeps it (checked when compiling):
+    /// this port loses that frontend entirely (every set and map element keyed by it), and
+    /// takes it over when the winner goes away.
+    #[error(
+        "port {port:?}: {kind} {frontend} is also the {winner_kind} of {winner}, which keeps it ({rule}): not programmed for this service"
+    )]
+    FrontendConflict {
+        /// The losing port's name.
+        port: String,
+        /// What the frontend is to the losing port.
+        kind: FrontendKind,
+        /// The frontend.
+        frontend: Frontend,
+        /// The service port that keeps it (boxed: it would make every `Reason` large).
+        winner: Box<ServicePortName>,
+        /// What the frontend is to the winner.
+        winner_kind: FrontendKind,
+        /// Why the winner keeps it.
+        rule: ConflictRule,
+    },
+    /// The kernel objects of this port (session affinity chains and sets, named by a hash of
+    /// the port's identity) would have the same names as another port's, which keeps them
+    /// (checked when compiling; with a 128-bit hash this does not happen by chance): the port
+    /// is not programmed at all.
+    #[error(
+        "port {port:?}: its session affinity objects would have the same names as those of {winner}, which keeps them: the port is not programmed"
+    )]
+    ObjectNameCollision {
+        /// The refused port's name.
+        port: String,
+        /// The service port that keeps the names (boxed: it would make every `Reason` large).
+        winner: Box<ServicePortName>,
+    },
+    /// The kernel refused the service's rules (the transaction that holds them fails while
+    /// everything else applies): the service is held back and tried again later. The text is
+    /// the kernel's error, naming the refused operation.
+    #[error("the kernel refused its rules, held back and retried later: {0}")]
+    KernelRefused(String),
+}
+
+/// A value of [`Reason::NonStandardIp`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{field} {value:?} is {form}, which the API server's strict IP validation refuses: use {canonical:?}"
+)]
+pub struct NonStandardValue {
+    /// Which field.
+    pub field: &'static str,
+    /// The value as written.
+    pub value: String,
+    /// Its form.
+    pub form: NonStandardIp,
+    /// What to write instead.
+    pub canonical: String,
 }
 
 impl Reason {
@@ -687,8 +825,12 @@ impl Reason {
             Reason::ServiceCidrSpecial { .. } => "service_cidr_special",
             Reason::ServiceCidrCoversNode { .. } => "service_cidr_covers_node",
             Reason::ServiceCidrOverlapsPods { .. } => "service_cidr_overlaps_pod_network",
+            Reason::NonStandardIp(_) => "non_standard_ip",
             Reason::Malformed(_) => MALFORMED_DOCUMENT,
             Reason::Duplicate => "duplicate_object",
+            Reason::FrontendConflict { .. } => "frontend_conflict",
+            Reason::ObjectNameCollision { .. } => "object_name_collision",
+            Reason::KernelRefused(_) => "kernel_refused",
         }
     }
 }

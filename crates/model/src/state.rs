@@ -149,6 +149,12 @@ impl ProxyState {
         self.dirty.extend(self.by_service.keys().cloned());
     }
 
+    /// Marks one service dirty again: its changes were taken but not programmed (the sync
+    /// loop ran out of time to decide on them), so the next sync must recompile it.
+    pub fn mark_dirty(&mut self, key: ServiceKey) {
+        self.dirty.insert(key);
+    }
+
     /// How many Service and EndpointSlice changes (real ones) the state has seen.
     pub fn change_counts(&self) -> (u64, u64) {
         (self.service_changes, self.slice_changes)

@@ -13,6 +13,7 @@
 //! meant for status, tests and drift checks only.
 
 mod listing;
+pub mod monitor;
 pub mod netlink;
 
 use std::io::Write;
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 use rudder_nft::{TableRef, Transaction};
 
 pub use listing::{ListedChain, ListedSet, TableListing};
+pub use monitor::{Monitor, Notice};
 pub use netlink::{NetlinkError, NetlinkWriter};
 
 /// Oldest `nft` release Rudder supports (the same floor as kube-proxy).
@@ -74,6 +76,37 @@ impl Error {
     }
 }
 
+/// Recent identifiers of Rudder's own writers, newest last, at most [`OwnIds::KEPT`]: the
+/// netlink port ids of its sockets, or the process ids of the `nft` programs it ran. The
+/// kernel names the writer of every change in its notifications, so the [`monitor`] can tell
+/// Rudder's own commits from changes made by others.
+#[derive(Debug, Default)]
+pub struct OwnIds(std::sync::Mutex<std::collections::VecDeque<u32>>);
+
+impl OwnIds {
+    /// How many identifiers are remembered. Sockets are kept open and `nft` processes run one
+    /// at a time, so a few are enough to cover every commit still being reported.
+    pub const KEPT: usize = 64;
+
+    /// Remembers `id`.
+    pub fn push(&self, id: u32) {
+        if let Ok(mut ids) = self.0.lock() {
+            if ids.back() == Some(&id) {
+                return;
+            }
+            if ids.len() == Self::KEPT {
+                ids.pop_front();
+            }
+            ids.push_back(id);
+        }
+    }
+
+    /// Whether `id` is one of them.
+    pub fn contains(&self, id: u32) -> bool {
+        self.0.lock().is_ok_and(|ids| ids.contains(&id))
+    }
+}
+
 /// What applying a transaction cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
@@ -100,6 +133,10 @@ pub struct NftBackend {
     program: PathBuf,
     mode: WriteMode,
     netlink: std::sync::Arc<NetlinkWriter>,
+    /// Process ids of the `nft` programs this backend ran.
+    children: std::sync::Arc<OwnIds>,
+    /// The running monitor, if any (see [`monitor::PAUSE_ABOVE`]).
+    monitor: std::sync::Arc<std::sync::Mutex<std::sync::Weak<monitor::Link>>>,
 }
 
 impl Default for NftBackend {
@@ -121,6 +158,8 @@ impl NftBackend {
             program: program.into(),
             mode: WriteMode::default(),
             netlink: std::sync::Arc::new(NetlinkWriter::new()),
+            children: std::sync::Arc::default(),
+            monitor: std::sync::Arc::default(),
         }
     }
 
@@ -154,6 +193,8 @@ impl NftBackend {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| self.spawn_err(e))?;
+        // Before it can commit anything: the monitor must know the change is Rudder's.
+        self.children.push(child.id());
         if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
             // nft reads all of its input before it answers, so writing first cannot deadlock
             // on a full stdout pipe. A write error (nft exited early) is reported through the
@@ -192,7 +233,8 @@ impl NftBackend {
     }
 
     /// Applies `tx` atomically, as one netlink batch or one `nft -f -` run. Nothing is sent
-    /// for an empty transaction.
+    /// for an empty transaction. A large transaction is written with the monitor, if one
+    /// runs, out of the notification group (see [`monitor`]).
     pub fn apply(&self, tx: &Transaction) -> Result<Applied, Error> {
         let start = Instant::now();
         if tx.is_empty() {
@@ -201,6 +243,38 @@ impl NftBackend {
                 duration: start.elapsed(),
             });
         }
+        let stats = tx.stats();
+        let size = tx.len() + stats.elements_added + stats.elements_deleted;
+        let link = if size > monitor::PAUSE_ABOVE {
+            self.monitor.lock().ok().and_then(|l| l.upgrade())
+        } else {
+            None
+        };
+        let Some(link) = link else {
+            return self.write(tx, start);
+        };
+        // Out of the group, then the generation: a commit by anyone after it is either
+        // Rudder's own or shows in the generation read after joining again.
+        if link.pause().is_err() {
+            return self.write(tx, start);
+        }
+        let before = self.netlink.generation().ok();
+        let result = self.write(tx, start);
+        let _ = link.resume();
+        let after = self.netlink.generation().ok();
+        let expected = before.map(|g| match (&result, g.wrapping_add(1)) {
+            (Err(_), _) => g,
+            // The generation skips 0.
+            (Ok(_), 0) => 1,
+            (Ok(_), next) => next,
+        });
+        if before.is_none() || after != expected {
+            link.report_lost();
+        }
+        result
+    }
+
+    fn write(&self, tx: &Transaction, start: Instant) -> Result<Applied, Error> {
         let bytes = match self.mode {
             WriteMode::Netlink => self.netlink.apply(tx)?,
             WriteMode::Program => {
@@ -215,10 +289,52 @@ impl NftBackend {
         })
     }
 
-    /// Checks `tx` against the kernel without applying it (`nft --check -f -`).
+    /// Has the kernel validate `tx` completely without applying it: a dry run, written the
+    /// way [`NftBackend::apply`] would write it (a netlink batch without its end, which the
+    /// kernel checks and aborts, or `nft --check -f -`, which sends the same). `Ok` when the
+    /// kernel would take it, the error `apply` would return otherwise. Nothing changes in the
+    /// kernel, and nothing is reported to change listeners.
     pub fn check(&self, tx: &Transaction) -> Result<(), Error> {
-        self.run(&["--check", "-f", "-"], Some(&tx.render()))
-            .map(|_| ())
+        if tx.is_empty() {
+            return Ok(());
+        }
+        match self.mode {
+            WriteMode::Netlink => Ok(self.netlink.check(tx)?),
+            WriteMode::Program => self
+                .run(&["--check", "-f", "-"], Some(&tx.render()))
+                .map(|_| ()),
+        }
+    }
+
+    /// Follows the kernel's change notifications for `tables` in the network namespace of the
+    /// calling thread, and calls `notify` (on a thread of the monitor's own) with the changes
+    /// made by anyone but this backend, debounced, until `notify` returns false or the
+    /// [`Monitor`] is dropped. See [`monitor`].
+    pub fn monitor(
+        &self,
+        tables: Vec<TableRef>,
+        notify: impl FnMut(Notice) -> bool + Send + 'static,
+    ) -> Result<Monitor, Error> {
+        let own = monitor::Own {
+            port_ids: self.netlink.port_ids(),
+            pids: self.children.clone(),
+        };
+        let (m, link) =
+            monitor::start(tables, own, notify).map_err(|e| Error::Netlink(NetlinkError::Io(e)))?;
+        if let Ok(mut slot) = self.monitor.lock() {
+            *slot = link;
+        }
+        Ok(m)
+    }
+
+    /// Whether the error is the kernel (or `nft`) refusing the transaction for what it
+    /// contains, as opposed to failing to reach the kernel at all.
+    pub fn is_refusal(e: &Error) -> bool {
+        matches!(
+            e,
+            Error::Nft { .. }
+                | Error::Netlink(NetlinkError::Refused { .. } | NetlinkError::Encode(_))
+        )
     }
 
     /// Lists one table, or `None` if it does not exist.

@@ -316,6 +316,12 @@ fn netlink_writes_what_nft_writes() {
         let b = Netns::new("nlb").expect("netns");
         let config = Config {
             masquerade_all: i == 4,
+            // Localhost node ports: lookups of the node port maps in nat-output.
+            localhost_node_ports: if i == 2 {
+                vec![IpFamily::V4, IpFamily::V6]
+            } else {
+                Vec::new()
+            },
             ..Config::default()
         };
         let mut c = Compiler::new(&[IpFamily::V4, IpFamily::V6], config, node(detector));

@@ -40,7 +40,7 @@ mod value;
 
 pub use diff::diff;
 pub use expr::{CmpOp, Expr, FibKind, IfaceName, Reject, Rule, Stmt};
-pub use name::{Comment, Name, NameError};
+pub use name::{Comment, MAX_COMMENT_LEN, MAX_NAME_LEN, Name, NameError};
 pub use object::{
     BaseChain, ChainDecl, ChainType, DataType, Hook, KeyType, Policy, SetDecl, SetFlag,
 };

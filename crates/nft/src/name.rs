@@ -132,6 +132,23 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        /// Whatever the text, a comment is at most 128 bytes (the most `nft` and the
+        /// kernel's userdata take, kubernetes#139516) of printable ASCII without quotes or
+        /// backslashes.
+        #[test]
+        fn comments_stay_within_the_kernel_limit(text in ".{0,600}") {
+            let c = Comment::sanitize(&text);
+            proptest::prop_assert!(c.as_str().len() <= MAX_COMMENT_LEN);
+            proptest::prop_assert!(c
+                .as_str()
+                .bytes()
+                .all(|b| (b.is_ascii_graphic() || b == b' ') && b != b'"' && b != b'\\'));
+            // Nothing is lost below the limit: one byte (or `_`) per character.
+            proptest::prop_assert_eq!(c.as_str().len(), text.chars().count().min(MAX_COMMENT_LEN));
+        }
+    }
+
     #[test]
     fn comments_cannot_close_their_quotes() {
         let c = Comment::sanitize("ns/svc\" ; flush ruleset ; \\ \n\u{202e}x");

@@ -44,6 +44,10 @@ pub struct StatusArgs {
     /// Print the raw JSON of `/status`.
     #[arg(long)]
     pub json: bool,
+
+    /// Name of Rudder's nftables tables: names the lock whose holder is reported.
+    #[arg(long = "nftables-table", value_name = "NAME", default_value = rudder_compiler::DEFAULT_TABLE)]
+    pub table: String,
 }
 
 #[derive(Debug, Args)]
@@ -129,14 +133,28 @@ pub struct ProxyArgs {
     #[arg(long = "masquerade-all")]
     pub masquerade_all: bool,
 
-    /// Addresses that accept NodePort traffic: `primary` (the node IPs, the default) or a
-    /// comma-separated list of CIDRs (`0.0.0.0/0,::/0` for every local address).
+    /// Addresses that accept NodePort traffic, comma-separated: CIDRs and the keywords
+    /// `primary` (the node IPs, the default), `localhost` (`127.0.0.1` and `::1`, served by
+    /// Rudder's userspace TCP proxy) and `all` (every local address).
     #[arg(
         long = "nodeport-addresses",
-        value_name = "primary|CIDR,...",
+        value_name = "primary|localhost|all|CIDR,...",
         value_delimiter = ','
     )]
     pub nodeport_addresses: Vec<String>,
+
+    /// kube-proxy's feature gates that Rudder reads, as `NAME=true|false` (comma-separated):
+    /// `AllowServiceExternalIPs` (default true; false: `spec.externalIPs` are not programmed,
+    /// and each Service that has some gets a warning Event, KEP-5707) and
+    /// `KubeProxyNFTablesLocalhostNodePorts` (default true; false: no localhost node ports
+    /// even when `--nodeport-addresses` lists a loopback address). Other gates are ignored
+    /// with a warning.
+    #[arg(
+        long = "feature-gates",
+        value_name = "NAME=BOOL,...",
+        value_delimiter = ','
+    )]
+    pub feature_gates: Vec<String>,
 
     /// Proxy mode. Only `nftables` is implemented.
     #[arg(long = "proxy-mode", value_name = "MODE", default_value = "nftables")]
@@ -282,6 +300,19 @@ pub struct RunArgs {
     /// Interval of full resyncs, which also repair rules changed behind Rudder's back.
     #[arg(long = "full-sync-period", value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
     pub full_sync_period: Duration,
+
+    /// Follow the kernel's nf_tables change notifications and repair Rudder's tables at once
+    /// when someone else changes them (`--watch-tables=false`: only the check before each
+    /// periodic full resync sees such changes).
+    #[arg(
+        long = "watch-tables",
+        value_name = "BOOL",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub watch_tables: bool,
 
     /// How often manifest files are checked for changes.
     #[arg(long = "manifests-poll-interval", value_name = "DURATION", default_value = "200ms", value_parser = parse_duration)]

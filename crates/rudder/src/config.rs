@@ -29,7 +29,6 @@ const IGNORED: &[(&str, &str)] = &[
         "watches never need a periodic resync; Rudder repairs rules with --full-sync-period",
     ),
     ("enableProfiling", "not implemented"),
-    ("featureGates", "not used by Rudder"),
     ("iptables", "iptables mode is not implemented"),
     ("ipvs", "IPVS mode is not implemented"),
     ("logging", "use -v and --logging-format"),
@@ -60,7 +59,17 @@ fn as_str<'a>(v: &'a Value, field: &str) -> anyhow::Result<&'a str> {
 pub fn apply(path: &Path, matches: &ArgMatches, args: &mut RunArgs) -> anyhow::Result<Vec<String>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading --config {}", path.display()))?;
-    let doc: Value = serde_yaml::from_str(&text)
+    apply_text(&text, path, matches, args)
+}
+
+/// [`apply`] for the text of the file at `path` (named in messages).
+pub fn apply_text(
+    text: &str,
+    path: &Path,
+    matches: &ArgMatches,
+    args: &mut RunArgs,
+) -> anyhow::Result<Vec<String>> {
+    let doc: Value = serde_yaml::from_str(text)
         .with_context(|| format!("--config {}: invalid YAML", path.display()))?;
     let obj = doc
         .as_object()
@@ -120,6 +129,17 @@ pub fn apply(path: &Path, matches: &ArgMatches, args: &mut RunArgs) -> anyhow::R
                 args.proxy.nodeport_addresses = list
                     .iter()
                     .map(|v| as_str(v, "nodePortAddresses").map(str::to_owned))
+                    .collect::<anyhow::Result<_>>()?;
+            }
+            "featureGates" if set("feature_gates") => {
+                let gates = mapping(value, key)?;
+                args.proxy.feature_gates = gates
+                    .iter()
+                    .map(|(name, v)| {
+                        v.as_bool().map(|b| format!("{name}={b}")).with_context(|| {
+                            format!("config field featureGates.{name} must be true or false")
+                        })
+                    })
                     .collect::<anyhow::Result<_>>()?;
             }
             "detectLocalMode" if set("detect_local_mode") => {
@@ -241,7 +261,7 @@ pub fn apply(path: &Path, matches: &ArgMatches, args: &mut RunArgs) -> anyhow::R
                 }
             }
             "clusterCIDR" | "hostnameOverride" | "bindAddress" | "healthzBindAddress"
-            | "metricsBindAddress" | "nodePortAddresses" | "detectLocalMode" => {}
+            | "metricsBindAddress" | "nodePortAddresses" | "detectLocalMode" | "featureGates" => {}
             other => match IGNORED.iter().find(|(n, _)| *n == other) {
                 Some((n, why)) if !why.is_empty() => {
                     warnings.push(format!("config field {n} is ignored: {why}"))
@@ -331,6 +351,15 @@ pub fn effective(args: &RunArgs) -> String {
                 .collect(),
         ),
     );
+    let mut gates = serde_json::Map::new();
+    for g in &p.feature_gates {
+        if let Some((name, value)) = g.split_once('=') {
+            gates.insert(name.trim().to_owned(), Value::Bool(value.trim() == "true"));
+        }
+    }
+    if !gates.is_empty() {
+        put("featureGates", Value::Object(gates));
+    }
     put("detectLocalMode", p.detect_local_mode.clone().into());
     put(
         "detectLocal",
@@ -421,6 +450,7 @@ detectLocal: {bridgeInterface: cbr0}
 nftables: {syncPeriod: 45s, minSyncPeriod: 2s, masqueradeAll: true, masqueradeBit: 15}
 clientConnection: {kubeconfig: /etc/kubeconfig, qps: 50}
 conntrack: {maxPerCore: 0}
+featureGates: {AllowServiceExternalIPs: false}
 someNewField: 1
 ";
 
@@ -461,6 +491,14 @@ someNewField: 1
         assert!(!text.contains("conntrack"), "conntrack is honoured: {text}");
         assert_eq!(args.conntrack_max_per_core, 0);
         assert_eq!(args.conntrack_min, 131072, "default kept");
+        assert_eq!(
+            args.proxy.feature_gates,
+            vec!["AllowServiceExternalIPs=false".to_string()]
+        );
+        assert!(
+            !text.contains("featureGates"),
+            "featureGates are honoured: {text}"
+        );
     }
 
     #[test]

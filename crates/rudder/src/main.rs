@@ -7,11 +7,19 @@
 mod cli;
 mod config;
 mod explain;
+mod files;
+mod follow;
+#[cfg(test)]
+mod fuzz_targets;
+mod gates;
 mod health;
 mod http;
+mod localhost;
+mod lock;
 mod logfmt;
 mod manifests;
 mod metrics;
+mod nesting;
 mod proxier;
 mod run;
 
@@ -154,13 +162,26 @@ fn load_offline(
     if proxy.manifests.is_empty() {
         anyhow::bail!("--manifests is required");
     }
-    let (files, errors) = manifests::load(&proxy.manifests, &Default::default())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (files, errors, skipped) = files::load(&proxy.manifests);
+    // A path given that cannot be walked is a usage error, not input to skip (`run` waits for
+    // it instead).
+    if let Some(s) = skipped.iter().find(|s| {
+        proxy.manifests.contains(&s.path)
+            && matches!(
+                s.reason,
+                files::Reason::UnreadableFile | files::Reason::BrokenSymlink
+            )
+    }) {
+        anyhow::bail!("--manifests {}", s);
+    }
+    for s in &skipped {
+        eprintln!("rudder: skipping {s}");
+    }
     for e in &errors {
         logfmt::say(format_args!("skipping {e}"));
     }
     let objs = manifests::merge(&files);
-    let conv = proxier::convert(&objs, &settings.hostname);
+    let mut conv = proxier::convert(&objs, &settings.hostname);
     for p in &conv.problems {
         logfmt::say(format_args!("skipping invalid input: {p}"));
     }
@@ -170,11 +191,23 @@ fn load_offline(
             settings.hostname
         );
     }
+
+    if !settings.gates.allow_service_external_ips {
+        for svc in &mut conv.services {
+            let ips = gates::strip_external_ips(svc);
+            if !ips.is_empty() {
+                logfmt::say(format_args!(
+                    "Service {}: spec.externalIPs {ips:?} are not programmed: the AllowServiceExternalIPs feature gate is off",
+                    svc.key
+                ));
+            }
+        }
+    }
     let mut node = settings.node_context(conv.node.as_ref(), None);
     node.service_cidrs = conv.service_cidrs;
     let mut state = rudder_model::ProxyState::new();
     state.replace_all(conv.services, conv.slices);
-    let invalid = !errors.is_empty() || !conv.problems.is_empty();
+    let invalid = !errors.is_empty() || !skipped.is_empty() || !conv.problems.is_empty();
     Ok((state, node, invalid))
 }
 
@@ -286,8 +319,15 @@ fn status(args: cli::StatusArgs) -> anyhow::Result<ExitCode> {
         .address
         .parse()
         .map_err(|_| anyhow::anyhow!("--metrics-bind-address {:?} is not IP:PORT", args.address))?;
-    let (code, body) = http_get(addr, "/status")
-        .map_err(|e| anyhow::anyhow!("cannot reach Rudder at {addr}: {e}"))?;
+    // Who holds this network namespace's lock, whatever the address asked.
+    let holder = lock::holder(&args.table);
+    let (code, body) = http_get(addr, "/status").map_err(|e| match &holder {
+        Some(h) => anyhow::anyhow!(
+            "cannot reach Rudder at {addr}: {e}; the `{}` tables of this network namespace are held by {h}",
+            args.table
+        ),
+        None => anyhow::anyhow!("cannot reach Rudder at {addr}: {e}"),
+    })?;
     if code != 200 {
         anyhow::bail!("{addr}/status answered {code}: is this Rudder?");
     }
@@ -333,6 +373,46 @@ fn status(args: cli::StatusArgs) -> anyhow::Result<ExitCode> {
             "no local endpoints:  {} service port(s) with a Local policy drop traffic here",
             st.no_local_endpoints
         );
+        match &holder {
+            Some(h) if h.pid > 0 && u32::try_from(h.pid) == Ok(st.pid) => println!(
+                "lock:                holds the `{}` tables of this network namespace (pid {})",
+                args.table, st.pid
+            ),
+            Some(h) => println!(
+                "lock:                the `{}` tables of this network namespace are held by {h}, not by this daemon (pid {})",
+                args.table, st.pid
+            ),
+            None => println!(
+                "lock:                nobody holds the `{}` tables of this network namespace (this daemon: pid {}, tables `{}`)",
+                args.table, st.pid, st.table
+            ),
+        }
+        if st.skipped_input.is_empty() {
+            println!("skipped input:       none");
+        } else {
+            println!(
+                "skipped input:       {} file(s), each keeping its last good content:",
+                st.skipped_input.len()
+            );
+            for s in &st.skipped_input {
+                println!("  {} ({}): {}", s.file, s.reason, s.message);
+            }
+        }
+        if st.quarantined.is_empty() {
+            println!("held back:           none");
+        } else {
+            println!(
+                "held back:           {} service(s) whose rules the kernel refused (retried every sync period):",
+                st.quarantined.len()
+            );
+            for q in &st.quarantined {
+                println!(
+                    "  {}: {}",
+                    rudder_model::escape_controls(&q.service),
+                    rudder_model::escape_controls(&q.reason)
+                );
+            }
+        }
     }
     Ok(if st.last_sync.is_some() && st.consecutive_failures == 0 {
         ExitCode::SUCCESS
@@ -344,6 +424,13 @@ fn status(args: cli::StatusArgs) -> anyhow::Result<ExitCode> {
 /// `rudder cleanup`: delete Rudder's tables.
 fn cleanup(args: cli::CleanupArgs) -> anyhow::Result<ExitCode> {
     let name = Name::new(&args.table).map_err(|e| anyhow::anyhow!("--nftables-table: {e}"))?;
+    // Never under a running daemon's feet: it would recreate the tables at its next sync.
+    let _lock = lock::acquire(&args.table, None).map_err(|e| match e {
+        lock::LockError::Held { .. } => {
+            anyhow::anyhow!("refusing to delete the tables: {e}; stop it first")
+        }
+        e => anyhow::Error::new(e),
+    })?;
     let backend = NftBackend::with_program(&args.nft_path);
     let tables = [
         TableRef::new(Family::Ip, name.clone()),

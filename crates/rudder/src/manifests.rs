@@ -1,8 +1,7 @@
-//! Loading Kubernetes objects from YAML and JSON files.
+//! Kubernetes objects from YAML and JSON manifest text (reading the files: `crate::files`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -42,49 +41,6 @@ impl std::fmt::Display for LoadError {
     }
 }
 
-/// Largest manifest file Rudder reads (a guard against reading something huge by mistake).
-const MAX_FILE_BYTES: u64 = 64 << 20;
-
-fn is_manifest(p: &Path) -> bool {
-    matches!(
-        p.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml" | "json")
-    )
-}
-
-/// Every manifest file under `paths` (files are taken as given; directories are walked
-/// recursively for `*.yaml`, `*.yml`, `*.json`), sorted, with their modification time and size.
-pub fn scan(paths: &[PathBuf]) -> Result<BTreeMap<PathBuf, (SystemTime, u64)>, LoadError> {
-    let mut out = BTreeMap::new();
-    let mut stack: Vec<(PathBuf, bool)> = paths.iter().map(|p| (p.clone(), true)).collect();
-    while let Some((p, explicit)) = stack.pop() {
-        let meta = std::fs::metadata(&p).map_err(|e| LoadError {
-            file: p.clone(),
-            document: 0,
-            message: e.to_string(),
-        })?;
-        if meta.is_dir() {
-            let rd = std::fs::read_dir(&p).map_err(|e| LoadError {
-                file: p.clone(),
-                document: 0,
-                message: e.to_string(),
-            })?;
-            for entry in rd.flatten() {
-                stack.push((entry.path(), false));
-            }
-        } else if explicit || is_manifest(&p) {
-            out.insert(
-                p,
-                (
-                    meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                    meta.len(),
-                ),
-            );
-        }
-    }
-    Ok(out)
-}
-
 fn err(file: &Path, document: usize, message: impl Into<String>) -> LoadError {
     LoadError {
         file: file.to_owned(),
@@ -93,44 +49,91 @@ fn err(file: &Path, document: usize, message: impl Into<String>) -> LoadError {
     }
 }
 
-/// Parses one file. A file that is not valid YAML at all is an error as a whole (`Err`);
-/// documents that are valid YAML but not valid objects are reported one by one.
-pub fn parse_file(file: &Path) -> Result<(Objects, Vec<LoadError>), LoadError> {
-    let meta = std::fs::metadata(file).map_err(|e| err(file, 0, e.to_string()))?;
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(err(
-            file,
-            0,
-            format!(
-                "file is {} bytes, the limit is {MAX_FILE_BYTES}",
-                meta.len()
-            ),
-        ));
-    }
-    let text = std::fs::read_to_string(file).map_err(|e| err(file, 0, e.to_string()))?;
-    parse_str(file, &text)
-}
-
 /// Parses manifest text: JSON (one document) for `.json` files, multi-document YAML otherwise.
 pub fn parse_str(file: &Path, text: &str) -> Result<(Objects, Vec<LoadError>), LoadError> {
-    let mut docs: Vec<serde_json::Value> = Vec::new();
+    // Documents, numbered from 1.
+    let mut docs: Vec<(usize, serde_json::Value)> = Vec::new();
+    let mut errors = Vec::new();
     if file.extension().and_then(|e| e.to_str()) == Some("json") {
-        docs.push(
+        docs.push((
+            1,
             serde_json::from_str(text).map_err(|e| err(file, 1, format!("invalid JSON: {e}")))?,
-        );
+        ));
     } else {
+        // The common case: every document reads. The iterator must not be used after an
+        // error: it resumes inside the failed document (and serde_yaml can then panic).
+        let mut failed = false;
         for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
-            let v = serde_json::Value::deserialize(de)
-                .map_err(|e| err(file, i + 1, format!("invalid YAML: {e}")))?;
-            docs.push(v);
+            match serde_json::Value::deserialize(de) {
+                Ok(v) => docs.push((i + 1, v)),
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if failed {
+            // Read each document on its own: a document that is YAML but not an object we
+            // can represent (a number out of range) is skipped alone; text that is not YAML
+            // (bad syntax, an unknown anchor, too many aliases) refuses the whole file.
+            docs.clear();
+            for (i, chunk) in split_documents(text).into_iter().enumerate() {
+                let mut one = serde_yaml::Deserializer::from_str(chunk);
+                let Some(de) = one.next() else {
+                    continue;
+                };
+                match serde_json::Value::deserialize(de) {
+                    Ok(v) => docs.push((i + 1, v)),
+                    Err(e) => {
+                        if let Err(syntax) = serde_yaml::from_str::<serde::de::IgnoredAny>(chunk) {
+                            return Err(err(file, i + 1, format!("invalid YAML: {syntax}")));
+                        }
+                        errors.push(err(file, i + 1, format!("invalid YAML: {e}")));
+                    }
+                }
+            }
         }
     }
     let mut objs = Objects::default();
-    let mut errors = Vec::new();
-    for (i, doc) in docs.into_iter().enumerate() {
-        add_document(file, i + 1, doc, &mut objs, &mut errors);
+    for (i, doc) in docs {
+        add_document(file, i, doc, &mut objs, &mut errors);
     }
     Ok((objs, errors))
+}
+
+/// `text` cut at its YAML document markers: a line starting with `---` (followed by nothing
+/// or white space) starts a document and a line `...` ends one. YAML forbids such lines
+/// inside any scalar, so the cut never splits a value.
+fn split_documents(text: &str) -> Vec<&str> {
+    let marker = |l: &str, m: &str| {
+        l.strip_prefix(m)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']))
+    };
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut seen_content = false;
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        if marker(line, "---") {
+            if seen_content {
+                out.push(&text[start..at]);
+            }
+            // The rest of the marker line belongs to the new document (`--- {a: 1}`).
+            start = at + 3;
+            seen_content = true;
+        } else if marker(line, "...") {
+            out.push(&text[start..at]);
+            start = at + line.len();
+            seen_content = false;
+        } else if !line.trim().is_empty() && !line.trim_start().starts_with('#') {
+            seen_content = true;
+        }
+        at += line.len();
+    }
+    if seen_content {
+        out.push(&text[start..]);
+    }
+    out
 }
 
 fn add_document(
@@ -201,32 +204,6 @@ fn add_document(
     }
 }
 
-/// Reads every manifest under `paths`. Files that fail as a whole keep the objects of their
-/// previous successful read (`previous`), so a file caught mid-write never removes rules.
-pub fn load(
-    paths: &[PathBuf],
-    previous: &BTreeMap<PathBuf, Objects>,
-) -> Result<(BTreeMap<PathBuf, Objects>, Vec<LoadError>), LoadError> {
-    let files = scan(paths)?;
-    let mut out = BTreeMap::new();
-    let mut errors = Vec::new();
-    for file in files.keys() {
-        match parse_file(file) {
-            Ok((objs, errs)) => {
-                errors.extend(errs);
-                out.insert(file.clone(), objs);
-            }
-            Err(e) => {
-                errors.push(e);
-                if let Some(prev) = previous.get(file) {
-                    out.insert(file.clone(), prev.clone());
-                }
-            }
-        }
-    }
-    Ok((out, errors))
-}
-
 /// All objects of all files, in file order.
 pub fn merge(files: &BTreeMap<PathBuf, Objects>) -> Objects {
     let mut all = Objects::default();
@@ -242,6 +219,57 @@ pub fn merge(files: &BTreeMap<PathBuf, Objects>) -> Objects {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_document_with_an_unrepresentable_number_is_skipped_alone() {
+        let svc = |name: &str, port: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{clusterIP: 10.96.0.1, ports: [{{port: {port}}}]}}\n"
+            )
+        };
+        let text = [
+            svc("a", "80"),
+            svc("b", "99999999999999999999999"),
+            svc("c", "81"),
+        ]
+        .join("---\n");
+        let (objs, errors) = parse_str(Path::new("m.yaml"), &text).expect("the file is usable");
+        let names: Vec<_> = objs
+            .services
+            .iter()
+            .filter_map(|s| s.metadata.name.clone())
+            .collect();
+        assert_eq!(names, ["a", "c"]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].document, 2);
+    }
+
+    #[test]
+    fn documents_are_cut_at_their_markers_only() {
+        let text =
+            "# c\n---\na: 1\n--- {b: 2}\nc: |\n  ---\n  x\n...\n# only a comment\n---\nd: 4\n";
+        assert_eq!(
+            split_documents(text),
+            ["\na: 1\n", " {b: 2}\nc: |\n  ---\n  x\n", "\nd: 4\n"]
+        );
+        assert_eq!(split_documents("a: 1\n"), ["a: 1\n"]);
+        assert_eq!(split_documents("a: ---x\n----\n"), ["a: ---x\n----\n"]);
+    }
+
+    #[test]
+    fn a_syntax_error_refuses_the_whole_file_without_looping() {
+        for text in [
+            "a: 1\n---\nb: [[[}}}\n---\nc: 3\n",
+            "a: 1\n---\nb: {x: 1\n",
+            "kind: [\n",
+            // Once made serde_yaml panic ("unexpected end of sequence") when its document
+            // iterator was used after the first error (found by the fuzzer).
+            include_str!("../../../tests/fuzz/manifest/serde-yaml-panic-unknown-anchor.yaml"),
+        ] {
+            let e = parse_str(Path::new("m.yaml"), text).expect_err(text);
+            assert!(e.message.starts_with("invalid YAML"), "{e}");
+        }
+    }
 
     #[test]
     fn parses_multi_document_yaml_lists_and_reports_bad_documents() {

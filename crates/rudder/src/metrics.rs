@@ -39,6 +39,9 @@ pub struct Metrics {
     rudder_bytes: IntCounter,
     rudder_objects: IntCounter,
     rudder_drift: IntCounter,
+    rudder_quarantined: IntGauge,
+    rudder_monitor_lost: IntCounter,
+    rudder_dry_runs: IntCounter,
     rudder_syncs: IntCounterVec,
     rudder_invalid: IntCounterVec,
     status: std::sync::Mutex<Status>,
@@ -50,6 +53,12 @@ pub struct Metrics {
 pub struct Status {
     /// When the daemon started (seconds since the epoch).
     pub started: f64,
+    /// The daemon's PID.
+    #[serde(default)]
+    pub pid: u32,
+    /// Its tables' name (what its lock is named after).
+    #[serde(default)]
+    pub table: String,
     /// Services known at the last successful sync.
     pub services: usize,
     /// Successful full syncs.
@@ -68,6 +77,34 @@ pub struct Status {
     pub no_local_endpoints: u64,
     /// Changes seen but not programmed yet (services + endpoint slices).
     pub pending_changes: i64,
+    /// Input files being skipped now (manifest mode), each keeping its last good content.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_input: Vec<SkippedInput>,
+    /// Services held back because the kernel refused their rules, after the last sync.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quarantined: Vec<QuarantinedService>,
+}
+
+/// A service whose rules the kernel refused, held back and retried.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuarantinedService {
+    /// `namespace/name`.
+    pub service: String,
+    /// The kernel's error.
+    pub reason: String,
+}
+
+/// A manifest file that is being skipped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SkippedInput {
+    /// The path.
+    pub file: String,
+    /// The `reason` label (`not_regular_file`, `file_too_large`, …).
+    pub reason: String,
+    /// What is wrong with it.
+    pub message: String,
 }
 
 /// The last successful sync.
@@ -263,7 +300,19 @@ impl Metrics {
             )?,
             rudder_drift: counter(
                 "rudder_drift_repairs_total",
-                "Periodic full resyncs that found the kernel's rules changed behind Rudder's back (and repaired them)",
+                "Full syncs that repaired Rudder's tables after they were changed behind its back (seen in the kernel's change notifications or before a periodic resync)",
+            )?,
+            rudder_monitor_lost: counter(
+                "rudder_table_monitor_lost_total",
+                "Times nf_tables change notifications were lost (the monitor's buffer overflowed) and the tables were compared with what Rudder programmed instead",
+            )?,
+            rudder_quarantined: gauge(
+                "rudder_quarantined_services",
+                "Services held back because the kernel refused their rules (retried every sync period, at every full sync and when they change)",
+            )?,
+            rudder_dry_runs: counter(
+                "rudder_sync_dry_runs_total",
+                "Dry runs (transactions the kernel validates and throws away) made to find the services whose rules the kernel refuses",
             )?,
             rudder_syncs: counter_vec(
                 "rudder_syncs_total",
@@ -285,6 +334,11 @@ impl Metrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
         Ok(m)
+    }
+
+    /// The registry, for metrics that live with their feature (the localhost proxy's).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// Creates the per-family series (at zero), so every metric is present from the start.
@@ -390,6 +444,9 @@ impl Metrics {
                     .inc_by(report.elements_deleted as u64);
                 self.rudder_bytes.inc_by(report.bytes as u64);
                 self.rudder_objects.inc_by(report.objects as u64);
+                self.rudder_quarantined
+                    .set(i64::try_from(report.quarantined.len()).unwrap_or(i64::MAX));
+                self.rudder_dry_runs.inc_by(report.dry_runs as u64);
                 self.rudder_syncs
                     .with_label_values(&[kind, "success"])
                     .inc();
@@ -400,6 +457,14 @@ impl Metrics {
                         SyncKind::Partial => st.partial_syncs += 1,
                     }
                     st.consecutive_failures = 0;
+                    st.quarantined = report
+                        .quarantined
+                        .iter()
+                        .map(|(k, why)| QuarantinedService {
+                            service: k.to_string(),
+                            reason: why.clone(),
+                        })
+                        .collect();
                     st.no_local_endpoints = report
                         .no_local_endpoints
                         .iter()
@@ -455,9 +520,29 @@ impl Metrics {
         }
     }
 
+    /// Counts change notifications lost by the table monitor.
+    pub fn monitor_lost(&self) {
+        self.rudder_monitor_lost.inc();
+    }
+
     /// Counts one skipped piece of invalid input.
     pub fn invalid_input(&self, reason: &str) {
         self.rudder_invalid.with_label_values(&[reason]).inc();
+    }
+
+    /// Who this daemon is: its PID and its tables' name.
+    pub fn set_identity(&self, pid: u32, table: &str) {
+        if let Ok(mut st) = self.status.lock() {
+            st.pid = pid;
+            st.table = table.to_owned();
+        }
+    }
+
+    /// Replaces the list of input files being skipped.
+    pub fn set_skipped_input(&self, skipped: Vec<SkippedInput>) {
+        if let Ok(mut st) = self.status.lock() {
+            st.skipped_input = skipped;
+        }
     }
 
     /// The daemon's status, for `/status`.
@@ -501,7 +586,12 @@ fn rfc3339(ms: u64) -> String {
 }
 
 /// kube-proxy's `/healthz` (with node eligibility) and `/livez` answer.
-pub fn health_response(health: &ProxyHealth, families: &[IpFamily], with_node: bool) -> Response {
+pub fn health_response(
+    health: &ProxyHealth,
+    families: &[IpFamily],
+    with_node: bool,
+    skipped_input: usize,
+) -> Response {
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -527,6 +617,15 @@ pub fn health_response(health: &ProxyHealth, families: &[IpFamily], with_node: b
     if with_node {
         body["nodeEligible"] = serde_json::Value::Bool(eligible);
     }
+    // Rudder's addition: a table deleted behind Rudder's back and not repaired yet (the
+    // answer is unhealthy until it is).
+    if health.tables_missing() {
+        body["tablesMissing"] = serde_json::Value::Bool(true);
+    }
+    // Rudder's addition: input files skipped (the rules of everything else are current).
+    if skipped_input > 0 {
+        body["skippedInputFiles"] = skipped_input.into();
+    }
     let mut r = Response::new(
         if ok { 200 } else { 503 },
         "application/json",
@@ -548,7 +647,12 @@ pub fn health_handler(
             "/livez" => (false, &metrics.livez_total),
             _ => return Response::new(404, "text/plain", "404 page not found\n".into()),
         };
-        let r = health_response(&health, &families, with_node);
+        let skipped = metrics
+            .status
+            .lock()
+            .map(|s| s.skipped_input.len())
+            .unwrap_or(0);
+        let r = health_response(&health, &families, with_node, skipped);
         counter.with_label_values(&[&r.status.to_string()]).inc();
         r
     })

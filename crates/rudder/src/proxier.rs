@@ -2,7 +2,7 @@
 //! the sync step (compile, apply, account).
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context, bail};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -14,13 +14,148 @@ use tracing::debug;
 use crate::cli::ProxyArgs;
 use crate::manifests::Objects;
 
-/// How node ports are exposed.
+/// How node ports are exposed: `--nodeport-addresses` (kube-proxy 1.37's syntax: CIDRs and
+/// the keywords `primary`, `localhost` and `all`, in any combination).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NodePortSpec {
-    /// The node's primary IPs.
-    Primary,
-    /// Local addresses inside these CIDRs.
-    Cidrs(Vec<Cidr>),
+pub struct NodePortSpec {
+    /// `primary` was given (or nothing at all): the node's primary IPs accept node ports.
+    pub primary: bool,
+    /// The CIDRs given, with `localhost` read as `127.0.0.0/8,::1/128` and `all` as
+    /// `0.0.0.0/0,::/0`: local addresses inside them accept node ports (loopback excepted:
+    /// the kernel cannot DNAT it).
+    pub cidrs: Vec<Cidr>,
+    /// The `KubeProxyNFTablesLocalhostNodePorts` gate is off: no localhost node ports.
+    pub localhost_disabled: bool,
+}
+
+impl Default for NodePortSpec {
+    fn default() -> NodePortSpec {
+        NodePortSpec {
+            primary: true,
+            cidrs: Vec::new(),
+            localhost_disabled: false,
+        }
+    }
+}
+
+impl NodePortSpec {
+    /// Parses the flag's (or the config field's) entries. Keywords are case-sensitive and
+    /// may each appear once, as kube-proxy validates them.
+    pub fn parse<'a>(entries: impl IntoIterator<Item = &'a str>) -> anyhow::Result<NodePortSpec> {
+        let entries: Vec<&str> = entries
+            .into_iter()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        if entries.is_empty() {
+            return Ok(NodePortSpec::default());
+        }
+        let mut spec = NodePortSpec {
+            primary: false,
+            cidrs: Vec::new(),
+            localhost_disabled: false,
+        };
+        let mut keywords: Vec<&str> = Vec::new();
+        for raw in entries {
+            let expanded: &[&str] = match raw {
+                "primary" => &[],
+                "localhost" => &["127.0.0.0/8", "::1/128"],
+                "all" => &["0.0.0.0/0", "::/0"],
+                _ => {
+                    spec.cidrs.push(raw.parse::<Cidr>().map_err(|_| {
+                        anyhow::anyhow!(
+                            "--nodeport-addresses: {raw:?} is neither a CIDR nor one of the keywords primary, localhost, all"
+                        )
+                    })?);
+                    continue;
+                }
+            };
+            if keywords.contains(&raw) {
+                bail!("--nodeport-addresses: the keyword {raw:?} is given twice");
+            }
+            keywords.push(raw);
+            spec.primary |= raw == "primary";
+            for c in expanded {
+                spec.cidrs.push(c.parse::<Cidr>()?);
+            }
+        }
+        Ok(spec)
+    }
+
+    /// The families whose loopback address is explicitly listed, so that their
+    /// `127.0.0.1:<nodePort>` / `[::1]:<nodePort>` are served by the localhost proxy
+    /// (KEP-6032): `localhost`, or a CIDR inside the loopback range that contains
+    /// `127.0.0.1` (`::1`). Zero CIDRs and `all` are not explicit (kube-proxy's
+    /// `ContainsExplicitLoopback`), and a prefix such as `127.0.0.2/32` that leaves out the
+    /// address the proxy listens on enables nothing (kubernetes#142129).
+    pub fn localhost_families(&self) -> Vec<IpFamily> {
+        let mut out = Vec::new();
+        if self.localhost_disabled {
+            return out;
+        }
+        for (family, listen) in [
+            (IpFamily::V4, IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            (IpFamily::V6, IpAddr::V6(Ipv6Addr::LOCALHOST)),
+        ] {
+            if self
+                .cidrs
+                .iter()
+                .any(|c| c.addr().is_loopback() && c.contains(&listen))
+            {
+                out.push(family);
+            }
+        }
+        out
+    }
+}
+
+/// The kube-proxy feature gates Rudder reads (`--feature-gates`, `featureGates`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeatureGates {
+    /// `AllowServiceExternalIPs` (KEP-5707; deprecated in 1.36, to be off by default in
+    /// 1.40): program `spec.externalIPs`. On by default, as in kube-proxy 1.37.
+    pub allow_service_external_ips: bool,
+    /// `KubeProxyNFTablesLocalhostNodePorts` (KEP-6032): Rudder behaves as 1.38, where it is
+    /// on by default; off, `--nodeport-addresses` may list loopback addresses to no effect.
+    pub localhost_node_ports: bool,
+}
+
+impl Default for FeatureGates {
+    fn default() -> FeatureGates {
+        FeatureGates {
+            allow_service_external_ips: true,
+            localhost_node_ports: true,
+        }
+    }
+}
+
+impl FeatureGates {
+    /// Parses `NAME=BOOL` entries (kube-proxy's `--feature-gates` syntax). Gates Rudder does
+    /// not know are returned as warnings: they may be kube-proxy's, with no meaning here.
+    pub fn parse<'a>(
+        entries: impl IntoIterator<Item = &'a str>,
+    ) -> anyhow::Result<(FeatureGates, Vec<String>)> {
+        let mut gates = FeatureGates::default();
+        let mut warnings = Vec::new();
+        for raw in entries.into_iter().map(str::trim).filter(|s| !s.is_empty()) {
+            let (name, value) = raw
+                .split_once('=')
+                .with_context(|| format!("--feature-gates: {raw:?} is not NAME=true|false"))?;
+            let value = match value.trim() {
+                "true" => true,
+                "false" => false,
+                other => bail!("--feature-gates: {name}={other:?} is neither true nor false"),
+            };
+            match name.trim() {
+                "AllowServiceExternalIPs" => gates.allow_service_external_ips = value,
+                "KubeProxyNFTablesLocalhostNodePorts" => gates.localhost_node_ports = value,
+                other => warnings.push(format!(
+                    "feature gate {other:?} is not one Rudder reads: ignored"
+                )),
+            }
+        }
+        Ok((gates, warnings))
+    }
 }
 
 /// How local traffic is detected (`--detect-local-mode`).
@@ -43,6 +178,7 @@ pub struct Settings {
     pub node_ip_override: Vec<IpAddr>,
     pub nodeport: NodePortSpec,
     pub detect_local: DetectLocal,
+    pub gates: FeatureGates,
     pub config: Config,
 }
 
@@ -94,24 +230,7 @@ impl Settings {
                     .with_context(|| format!("--cluster-cidr: {raw:?} is not a CIDR"))?,
             );
         }
-        let nodeport = match args
-            .nodeport_addresses
-            .iter()
-            .map(|s| s.trim())
-            .filter(|s| !s.is_empty())
-            .collect::<Vec<_>>()
-        {
-            v if v.is_empty() || v == ["primary"] => NodePortSpec::Primary,
-            v => {
-                let mut cidrs = Vec::new();
-                for raw in v {
-                    cidrs.push(raw.parse::<Cidr>().with_context(|| {
-                        format!("--nodeport-addresses: {raw:?} is neither \"primary\" nor a CIDR")
-                    })?);
-                }
-                NodePortSpec::Cidrs(cidrs)
-            }
-        };
+        let mut nodeport = NodePortSpec::parse(args.nodeport_addresses.iter().map(String::as_str))?;
         let detect_local = match args.detect_local_mode.as_str() {
             "ClusterCIDR" | "" => DetectLocal::ClusterCidr(cluster_cidrs),
             "NodeCIDR" => DetectLocal::NodeCidr,
@@ -137,15 +256,26 @@ impl Settings {
         if args.masquerade_bit > 31 {
             bail!("--masquerade-bit must be between 0 and 31");
         }
+        let (gates, gate_warnings) =
+            FeatureGates::parse(args.feature_gates.iter().map(String::as_str))?;
+        for w in gate_warnings {
+            tracing::warn!("{w}");
+        }
+        if !gates.localhost_node_ports {
+            nodeport.localhost_disabled = true;
+        }
+        let localhost_node_ports = nodeport.localhost_families();
         Ok(Settings {
             hostname,
             node_ip_override,
             nodeport,
             detect_local,
+            gates,
             config: Config {
                 table,
                 masquerade_all: args.masquerade_all,
                 masquerade_bit: args.masquerade_bit,
+                localhost_node_ports,
             },
         })
     }
@@ -154,22 +284,28 @@ impl Settings {
     /// interfaces (`None` when compiling offline: node IPs stand in for them).
     pub fn node_context(&self, node: Option<&Node>, local_addrs: Option<&[IpAddr]>) -> NodeContext {
         let node_ips = self.node_ips(node);
-        let node_port_ips = match &self.nodeport {
-            NodePortSpec::Primary => NodePortIps::Only(node_ips),
-            NodePortSpec::Cidrs(cidrs) if cidrs.iter().any(Cidr::is_all) => NodePortIps::All,
-            NodePortSpec::Cidrs(cidrs) => {
-                let candidates: Vec<IpAddr> = match local_addrs {
-                    Some(a) => a.to_vec(),
-                    None => node_ips,
-                };
-                let mut ips: Vec<IpAddr> = candidates
-                    .into_iter()
-                    .filter(|ip| !ip.is_loopback() && cidrs.iter().any(|c| c.contains(ip)))
-                    .collect();
-                ips.sort();
-                ips.dedup();
-                NodePortIps::Only(ips)
+        let node_port_ips = if self.nodeport.cidrs.iter().any(Cidr::is_all) {
+            NodePortIps::All
+        } else {
+            let mut ips: Vec<IpAddr> = Vec::new();
+            if self.nodeport.primary {
+                ips.extend(node_ips.iter().copied());
             }
+            if !self.nodeport.cidrs.is_empty() {
+                let candidates: &[IpAddr] = match local_addrs {
+                    Some(a) => a,
+                    None => &node_ips,
+                };
+                ips.extend(candidates.iter().copied().filter(|ip| {
+                    !ip.is_loopback() && self.nodeport.cidrs.iter().any(|c| c.contains(ip))
+                }));
+            }
+            // Loopback cannot be DNATed without route_localnet (which Rudder never sets):
+            // the localhost proxy serves it instead.
+            ips.retain(|ip| !ip.is_loopback());
+            ips.sort();
+            ips.dedup();
+            NodePortIps::Only(ips)
         };
         let local_detector = match &self.detect_local {
             DetectLocal::ClusterCidr(c) if c.is_empty() => LocalDetector::None,
@@ -363,5 +499,116 @@ pub fn families(ipv6: bool) -> Vec<IpFamily> {
         vec![IpFamily::V4, IpFamily::V6]
     } else {
         vec![IpFamily::V4]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(s: &str) -> anyhow::Result<NodePortSpec> {
+        NodePortSpec::parse(s.split(','))
+    }
+
+    fn ips(v: &[&str]) -> Vec<IpAddr> {
+        v.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn nodeport_addresses_take_kube_proxy_1_37_keywords() {
+        let node = Node {
+            addresses: ips(&["172.18.0.2", "fc00::2"]),
+            ..Node::default()
+        };
+        let local = ips(&["127.0.0.1", "::1", "172.18.0.2", "fc00::2", "10.0.0.5"]);
+        let settings = |s: &str| Settings {
+            hostname: "n1".into(),
+            node_ip_override: Vec::new(),
+            nodeport: spec(s).unwrap(),
+            detect_local: DetectLocal::NodeCidr,
+            gates: FeatureGates::default(),
+            config: Config::default(),
+        };
+        let only = |s: &str| match settings(s)
+            .node_context(Some(&node), Some(&local))
+            .node_port_ips
+        {
+            NodePortIps::Only(v) => v.iter().map(|ip| ip.to_string()).collect::<Vec<_>>(),
+            NodePortIps::All => vec!["all".to_string()],
+        };
+        let fams = |s: &str| spec(s).unwrap().localhost_families();
+        use IpFamily::{V4, V6};
+        // The default, and `primary` alone: the node's primary IPs, no localhost.
+        assert_eq!(NodePortSpec::parse([]).unwrap(), NodePortSpec::default());
+        assert_eq!(only("primary"), vec!["172.18.0.2", "fc00::2"]);
+        assert!(fams("primary").is_empty());
+        // `localhost`: the loopback addresses, which the kernel cannot DNAT: no kernel node
+        // port address, but the localhost proxy for both families.
+        assert!(only("localhost").is_empty());
+        assert_eq!(fams("localhost"), vec![V4, V6]);
+        assert_eq!(only("primary,localhost"), vec!["172.18.0.2", "fc00::2"]);
+        assert_eq!(fams("primary,localhost"), vec![V4, V6]);
+        // `primary` next to CIDRs.
+        assert_eq!(
+            only("primary,10.0.0.0/8"),
+            vec!["10.0.0.5", "172.18.0.2", "fc00::2"]
+        );
+        // `all` is every address, and no explicit loopback (kube-proxy 1.37).
+        assert_eq!(only("all"), vec!["all"]);
+        assert!(fams("all").is_empty());
+        assert!(fams("0.0.0.0/0,::/0").is_empty());
+        assert_eq!(fams("all,localhost"), vec![V4, V6]);
+        assert_eq!(fams("0.0.0.0/0,127.0.0.1/32"), vec![V4]);
+        // Only the family whose loopback is listed; a loopback prefix without 127.0.0.1 (the
+        // address the proxy listens on) enables nothing (kubernetes#142129).
+        assert_eq!(fams("primary,127.0.0.1/32"), vec![V4]);
+        assert_eq!(fams("127.0.0.0/30"), vec![V4]);
+        assert_eq!(fams("::1/128"), vec![V6]);
+        assert!(fams("127.0.0.2/32").is_empty());
+        assert!(
+            fams("96.0.0.0/3").is_empty(),
+            "contains 127.0.0.1 but is no loopback prefix"
+        );
+        // Whitespace and empty entries are ignored, as before.
+        assert_eq!(fams(" localhost ,"), vec![V4, V6]);
+        // Errors: unknown or wrongly cased keywords, duplicates.
+        for bad in [
+            "Localhost",
+            "primary,primary",
+            "localhost,localhost",
+            "all,all",
+            "loopback",
+        ] {
+            assert!(spec(bad).is_err(), "{bad} must be refused");
+        }
+        let e = spec("Primary").unwrap_err().to_string();
+        assert!(e.contains("primary, localhost, all"), "{e}");
+    }
+
+    #[test]
+    fn feature_gates_take_kube_proxys_syntax() {
+        let parse = |s: &str| FeatureGates::parse(s.split(','));
+        let (g, w) = parse("").unwrap();
+        assert_eq!(g, FeatureGates::default());
+        assert!(g.allow_service_external_ips && g.localhost_node_ports && w.is_empty());
+        let (g, w) = parse("AllowServiceExternalIPs=false, KubeProxyNFTablesLocalhostNodePorts=false,InPlacePodVerticalScaling=true").unwrap();
+        assert!(!g.allow_service_external_ips && !g.localhost_node_ports);
+        assert_eq!(w.len(), 1, "unknown gates are named: {w:?}");
+        for bad in [
+            "AllowServiceExternalIPs",
+            "AllowServiceExternalIPs=no",
+            "=true",
+        ] {
+            if bad == "=true" {
+                // An empty name is just an unknown gate.
+                assert!(parse(bad).is_ok());
+                continue;
+            }
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        // The localhost gate off turns localhost node ports off whatever the addresses say.
+        let mut spec = spec("primary,localhost").unwrap();
+        spec.localhost_disabled = true;
+        assert!(spec.localhost_families().is_empty());
     }
 }

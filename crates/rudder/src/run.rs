@@ -1,24 +1,20 @@
 //! `rudder run`: program the kernel and keep it in sync with manifest files or with a
 //! Kubernetes API server.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
 use rudder_compiler::Compiler;
-use rudder_controller::{Change, Dataplane, DataplaneError, LoopConfig, NodeContextFn, SyncLoop};
+use rudder_controller::{
+    Dataplane, DataplaneError, DriftNotice, Failure, LoopConfig, NodeContextFn, SyncLoop,
+};
 use rudder_nft::Transaction;
-use rudder_nft_backend::{NftBackend, WriteMode};
+use rudder_nft_backend::{NftBackend, Notice, WriteMode};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
 use crate::cli::RunArgs;
-use crate::manifests::{self, Objects};
 use crate::proxier::{self, Settings};
-use rudder_model::MALFORMED_DOCUMENT;
 
 /// The conntrack table, through conntrack netlink.
 struct KernelConntrack(rudder_conntrack::ConntrackSocket);
@@ -46,6 +42,22 @@ struct Kernel(NftBackend);
 impl Dataplane for Kernel {
     fn apply(&mut self, tx: &Transaction) -> Result<usize, DataplaneError> {
         Ok(self.0.apply(tx)?.bytes)
+    }
+
+    fn supports_dry_runs(&self) -> bool {
+        true
+    }
+
+    fn check(&mut self, tx: &Transaction) -> Option<Result<(), DataplaneError>> {
+        Some(self.0.check(tx).map_err(|e| Box::new(e) as DataplaneError))
+    }
+
+    fn classify(&self, error: &DataplaneError) -> Failure {
+        match error.downcast_ref::<rudder_nft_backend::Error>() {
+            Some(e) if e.is_not_found() => Failure::NotFound,
+            Some(e) if NftBackend::is_refusal(e) => Failure::Refused,
+            _ => Failure::Other,
+        }
     }
 
     fn shape(
@@ -92,12 +104,37 @@ async fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = (
 
 async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::from_args(&args.proxy)?;
+    // Before anything touches the kernel: one Rudder per table and network namespace.
+    let lock = crate::lock::acquire(
+        settings.config.table.as_str(),
+        Some(format!(
+            "pid={} metrics={}",
+            std::process::id(),
+            args.metrics_bind_address.trim()
+        )),
+    )
+    .map_err(|e| match e {
+        crate::lock::LockError::Held { .. } => {
+            anyhow::anyhow!("{e}: stop it first, or give this one another --nftables-table")
+        }
+        e => anyhow::Error::new(e),
+    })?;
+    if let Some(s) = lock.squatter() {
+        warn!(
+            pid = s.pid,
+            uid = s.uid,
+            "the lock of the `{}` tables is held by a process of another user, not a Rudder: running without it",
+            settings.config.table
+        );
+    }
     let mode = if args.nft_writer == "nft" {
         WriteMode::Program
     } else {
         WriteMode::Netlink
     };
     let backend = NftBackend::with_program(&args.nft_path).write_mode(mode);
+    // The monitor shares the writer's identity, to tell Rudder's own commits from others'.
+    let monitor_backend = backend.clone();
     let version = backend
         .check_version()
         .context("checking the nft program")?;
@@ -135,6 +172,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     let node_context: NodeContextFn =
         Box::new(move |node| ctx_settings.node_context(node, Some(&proxier::local_addresses())));
     let compiler = Compiler::new(&families, settings.config.clone(), node_context(None));
+    let tables = compiler.tables();
     let loop_config = LoopConfig {
         min_sync_period: args.min_sync_period,
         sync_period: args.sync_period,
@@ -168,16 +206,59 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     let metrics =
         std::sync::Arc::new(crate::metrics::Metrics::new().context("registering metrics")?);
     metrics.init_families(&families);
+    metrics.set_identity(std::process::id(), settings.config.table.as_str());
     let problem_metrics = metrics.clone();
+    // Every skipped piece of input: counted, and (with an API server) a warning Event on the
+    // object, at most one per problem and ten minutes.
+    let problem_events = events.clone();
     rudder_controller::change::on_problem(Box::new(move |p| {
-        problem_metrics.invalid_input(p.reason.label())
+        problem_metrics.invalid_input(p.reason.label());
+        if !p.name.is_empty() {
+            problem_events.record(rudder_controller::events::ProxyEvent::SkippedInvalidInput {
+                kind: p.kind,
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                reason: p.reason.label().into(),
+                message: p.to_string(),
+            });
+        }
     }));
     let (explain_tx, explain_rx) = tokio::sync::mpsc::unbounded_channel();
     let live_explain = crate::explain::Live::new(explain_tx);
     let observer_metrics = metrics.clone();
-    let sync_loop = sync_loop
+    let mut sync_loop = sync_loop
         .with_observer(Box::new(move |e| observer_metrics.observe(e)))
         .with_explain(explain_rx);
+    // Changes others make to Rudder's tables, as the kernel reports them.
+    let mut _monitor = None;
+    if args.watch_tables {
+        let (drift_tx, drift_rx) = tokio::sync::mpsc::unbounded_channel();
+        let lost_metrics = metrics.clone();
+        let notify = move |n: Notice| {
+            let d = match n {
+                Notice::Changed { changes, deleted } => DriftNotice::Changed {
+                    changes,
+                    tables_missing: !deleted.is_empty(),
+                },
+                Notice::Lost => {
+                    lost_metrics.monitor_lost();
+                    DriftNotice::Lost
+                }
+            };
+            drift_tx.send(d).is_ok()
+        };
+        match monitor_backend.monitor(tables, notify) {
+            Ok(m) => {
+                info!("watching Rudder's tables for changes made by others");
+                _monitor = Some(m);
+                sync_loop = sync_loop.with_drift(drift_rx);
+            }
+            Err(e) => warn!(
+                "cannot follow nf_tables change notifications, changes made by others are repaired at the next periodic full resync only: {e}"
+            ),
+        }
+    }
+    let (sync_loop, localhost_proxy) = localhost_proxy(sync_loop, &settings, &families, &metrics)?;
     let mut servers = Vec::new();
     for (flag, addr, handler) in [
         (
@@ -210,37 +291,122 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let shutdown = shutdown_signal().await?;
 
+    // Manifest files are read on a thread of their own: nothing the file system does can stall
+    // the runtime's threads, which serve /healthz, /metrics and /status.
+    let mut follower_thread = None;
     let tasks = if let Some(client) = client {
         let mut tasks =
             rudder_controller::watch::spawn(client.clone(), &settings.hostname, tx.clone());
         tasks.push(rudder_controller::watch::spawn_service_cidrs(client, tx));
         tasks
     } else {
-        let source = Source {
-            paths: args.proxy.manifests.clone(),
-            fingerprint: BTreeMap::new(),
-            files: BTreeMap::new(),
-            metrics: metrics.clone(),
-        };
-        vec![tokio::spawn(follow_manifests(
-            source,
-            settings.hostname.clone(),
-            args.poll_interval,
-            tx,
-        ))]
+        let follower = crate::follow::Follower::new(
+            args.proxy.manifests.clone(),
+            crate::follow::Settings::new(args.full_sync_period),
+        );
+        follower_thread = Some(
+            crate::follow::spawn(
+                follower,
+                settings.hostname.clone(),
+                args.poll_interval,
+                tx,
+                metrics.clone(),
+            )
+            .context("starting the manifest follower")?,
+        );
+        Vec::new()
+    };
+    // AllowServiceExternalIPs off: external IPs never reach the loop.
+    let (rx, gate_task) = if settings.gates.allow_service_external_ips {
+        (rx, None)
+    } else {
+        info!(
+            "the AllowServiceExternalIPs feature gate is off: spec.externalIPs are not programmed"
+        );
+        let (rx, task) = crate::gates::filter(rx, crate::gates::ExternalIps::new(events.clone()));
+        (rx, Some(task))
     };
     let _ = sync_loop.run(rx, shutdown).await;
+    if let Some(t) = gate_task {
+        t.abort();
+    }
     for t in tasks {
         t.abort();
     }
     health_servers.abort();
+    if let Some(t) = localhost_proxy {
+        t.abort();
+    }
     if let Some(t) = events_task {
         t.abort();
     }
     for s in servers {
         s.abort();
     }
+    // The follower ends at its next poll, once it sees the loop gone.
+    drop(follower_thread);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the localhost node port proxy when `--nodeport-addresses` lists a loopback address
+/// explicitly (KEP-6032), following what each sync programmed.
+fn localhost_proxy<D: Dataplane>(
+    sync_loop: SyncLoop<D>,
+    settings: &Settings,
+    families: &[rudder_model::IpFamily],
+    metrics: &crate::metrics::Metrics,
+) -> anyhow::Result<(SyncLoop<D>, Option<tokio::task::JoinHandle<()>>)> {
+    use rudder_controller::localhost::LocalhostNodePorts;
+    let enabled: Vec<_> = settings
+        .nodeport
+        .localhost_families()
+        .into_iter()
+        .filter(|f| families.contains(f))
+        .collect();
+    if enabled.is_empty() {
+        return Ok((sync_loop, None));
+    }
+    let nofile = raise_nofile_limit();
+    let max_connections = crate::localhost::max_connections(nofile);
+    let addrs: Vec<String> = enabled
+        .iter()
+        .map(|f| crate::localhost::loopback(*f).to_string())
+        .collect();
+    info!(addresses = ?addrs, max_connections, "localhost node ports: TCP node ports are proxied on the loopback addresses");
+    let lm = crate::localhost::LocalhostMetrics::register(metrics.registry(), &enabled)
+        .context("registering the localhost node port metrics")?;
+    let (tx, rx) = tokio::sync::watch::channel(LocalhostNodePorts::default());
+    let sync_loop = sync_loop.with_synced_observer(Box::new(move |synced| {
+        let desired =
+            LocalhostNodePorts::compute(synced.state, synced.node, &enabled, synced.refused);
+        tx.send_if_modified(|current| {
+            let changed = *current != desired;
+            *current = desired;
+            changed
+        });
+    }));
+    let task = tokio::spawn(crate::localhost::run(rx, lm, max_connections));
+    Ok((sync_loop, Some(task)))
+}
+
+/// Raises the soft limit of open files to the hard limit (as Go programs such as kube-proxy do
+/// at start), and returns the soft limit in force.
+fn raise_nofile_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                warn!("cannot raise the open files limit from {soft} to {hard}: {e}");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            warn!("cannot read the open files limit: {e}");
+            1024
+        }
+    }
 }
 
 /// A client from `--kubeconfig` / `--master`, or the in-cluster (or default) configuration.
@@ -280,231 +446,4 @@ async fn kube_client(args: &RunArgs) -> anyhow::Result<kube::Client> {
     }
     info!(server = %config.cluster_url, "using the Kubernetes API server");
     kube::Client::try_from(config).context("creating the Kubernetes client")
-}
-
-/// Everything read from the manifest files.
-struct Source {
-    paths: Vec<PathBuf>,
-    fingerprint: BTreeMap<PathBuf, (SystemTime, u64)>,
-    files: BTreeMap<PathBuf, Objects>,
-    /// Counts the documents that could not be read as objects.
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
-}
-
-impl Source {
-    /// Re-reads the files if any changed. Returns the merged objects when something changed.
-    fn poll(&mut self, force: bool) -> Option<Objects> {
-        let fingerprint = match manifests::scan(&self.paths) {
-            Ok(f) => f,
-            Err(e) => {
-                // A path that vanished (an editor replacing a file): keep the last content.
-                warn!("cannot scan manifests, keeping the last content: {e}");
-                return None;
-            }
-        };
-        if !force && fingerprint == self.fingerprint {
-            return None;
-        }
-        let (files, errors) = match manifests::load(&self.paths, &self.files) {
-            Ok(r) => r,
-            Err(e) => {
-                warn!("cannot read manifests, keeping the last content: {e}");
-                return None;
-            }
-        };
-        for e in &errors {
-            if e.document > 0 {
-                // A document that is not an object: bad syntax, no kind, a field of the wrong
-                // type (`port: "http"`).
-                warn!(file = %e.file.display(), document = e.document, reason = MALFORMED_DOCUMENT, "skipping manifest: {}", e.message);
-                self.metrics.invalid_input(MALFORMED_DOCUMENT);
-            } else {
-                warn!(file = %e.file.display(), "skipping manifest: {}", e.message);
-            }
-        }
-        self.fingerprint = fingerprint;
-        self.files = files;
-        Some(manifests::merge(&self.files))
-    }
-}
-
-/// The snapshot of one read of the manifests, and what was skipped: the same conversion
-/// (and the same rule for duplicates) as `rudder compile`'s, [`proxier::convert`].
-fn snapshot(objs: &Objects, hostname: &str) -> (Change, Vec<rudder_model::Problem>) {
-    let conv = proxier::convert(objs, hostname);
-    let snapshot = Change::Snapshot {
-        services: conv.services,
-        slices: conv.slices,
-        node: conv.node.map(Box::new),
-        service_cidrs: conv.service_cidrs,
-    };
-    (snapshot, conv.problems)
-}
-
-/// Sends a snapshot at start and whenever the files change.
-async fn follow_manifests(
-    mut source: Source,
-    hostname: String,
-    interval: Duration,
-    changes: UnboundedSender<Change>,
-) {
-    let mut force = true;
-    loop {
-        if let Some(objs) = source.poll(force) {
-            force = false;
-            let (snapshot, problems) = snapshot(&objs, &hostname);
-            rudder_controller::change::report_problems(&problems);
-            if matches!(&snapshot, Change::Snapshot { node: None, .. }) {
-                warn!(node = %hostname, "no Node object for this node in the manifests");
-            }
-            if changes.send(snapshot).is_err() {
-                return;
-            }
-        }
-        tokio::time::sleep(interval).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use super::*;
-
-    /// Two Nodes named like this node (in two files), two Services and two ServiceCIDRs with
-    /// the same names: the later one of each wins.
-    const FIRST: &str = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: node-1}
-status: {addresses: [{type: InternalIP, address: 10.0.0.1}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: default}
-spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}
----
-apiVersion: networking.k8s.io/v1
-kind: ServiceCIDR
-metadata: {name: kubernetes}
-spec: {cidrs: [10.96.0.0/16]}
-"#;
-    const SECOND: &str = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: NODE-1}
-status: {addresses: [{type: InternalIP, address: 10.0.0.2}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: default}
-spec: {clusterIP: 10.96.0.2, ports: [{port: 80}]}
----
-apiVersion: networking.k8s.io/v1
-kind: ServiceCIDR
-metadata: {name: kubernetes}
-spec: {cidrs: [10.97.0.0/16]}
-"#;
-
-    fn objects(files: &[(&str, &str)]) -> Objects {
-        let mut all = BTreeMap::new();
-        for (name, text) in files {
-            let (objs, errors) = manifests::parse_str(Path::new(name), text).expect("parses");
-            assert!(errors.is_empty(), "{errors:?}");
-            all.insert(PathBuf::from(name), objs);
-        }
-        manifests::merge(&all)
-    }
-
-    #[test]
-    fn compile_and_run_resolve_duplicate_objects_alike() {
-        let objs = objects(&[("a.yaml", FIRST), ("b.yaml", SECOND)]);
-        // What `rudder compile` uses...
-        let conv = proxier::convert(&objs, "node-1");
-        // ... and what `rudder run` sends to the sync loop.
-        let (snap, problems) = snapshot(&objs, "node-1");
-        let Change::Snapshot {
-            services,
-            node,
-            service_cidrs,
-            ..
-        } = snap
-        else {
-            panic!("not a snapshot");
-        };
-        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
-        assert_eq!(
-            node.as_ref().map(|n| n.addresses.clone()),
-            Some(vec![ip("10.0.0.2")])
-        );
-        assert_eq!(conv.node.map(|n| n.addresses), Some(vec![ip("10.0.0.2")]));
-        assert_eq!(services.len(), 1);
-        assert_eq!(services[0].cluster_ips, vec![ip("10.96.0.2")]);
-        assert_eq!(conv.services, services);
-        assert_eq!(service_cidrs, vec!["10.97.0.0/16".parse().unwrap()]);
-        assert_eq!(conv.service_cidrs, service_cidrs);
-        let labels: Vec<String> = problems
-            .iter()
-            .map(|p| format!("{} {}", p.kind, p.reason.label()))
-            .collect();
-        assert_eq!(
-            labels,
-            [
-                "Service duplicate_object",
-                "Node duplicate_object",
-                "ServiceCIDR duplicate_object"
-            ]
-        );
-        assert_eq!(problems, conv.problems);
-        // In the other file order, the other one wins: the rule is the order, not the content.
-        let swapped = objects(&[("a.yaml", SECOND), ("b.yaml", FIRST)]);
-        let (snap, _) = snapshot(&swapped, "node-1");
-        assert!(matches!(
-            snap,
-            Change::Snapshot { node: Some(n), .. } if n.addresses == vec![ip("10.0.0.1")]
-        ));
-    }
-
-    #[test]
-    fn a_later_invalid_duplicate_replaces_the_earlier_object() {
-        let bad = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {clusterIP: 127.0.0.1, ports: [{port: 80}]}\n";
-        let objs = objects(&[("a.yaml", FIRST), ("b.yaml", bad)]);
-        let (snap, problems) = snapshot(&objs, "node-1");
-        assert!(matches!(snap, Change::Snapshot { services, .. } if services.is_empty()));
-        let labels: Vec<&str> = problems.iter().map(|p| p.reason.label()).collect();
-        assert_eq!(labels, ["duplicate_object", "special_cluster_ip"]);
-    }
-
-    #[test]
-    fn documents_with_fields_of_the_wrong_type_are_counted() {
-        let dir = std::env::temp_dir().join(format!("rudder-malformed-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let svc = |i: usize, port: &str| {
-            format!(
-                "apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: default}}\nspec: {{clusterIP: 10.96.0.9, ports: [{{port: {port}}}]}}\n"
-            )
-        };
-        let text = [
-            svc(1, "\"http\""),
-            svc(2, "80.5"),
-            svc(3, "true"),
-            svc(4, "80"),
-        ]
-        .join("---\n");
-        std::fs::write(dir.join("m.yaml"), text).unwrap();
-        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new().unwrap());
-        let mut source = Source {
-            paths: vec![dir.clone()],
-            fingerprint: BTreeMap::new(),
-            files: BTreeMap::new(),
-            metrics: metrics.clone(),
-        };
-        let objs = source.poll(true).expect("read");
-        let _ = std::fs::remove_dir_all(&dir);
-        // The good document is used; the three others are counted, as often as they are read.
-        assert_eq!(objs.services.len(), 1);
-        let sample = "rudder_invalid_input_skipped_total{reason=\"malformed_document\"} 3";
-        let text = metrics.render();
-        assert!(text.contains(sample), "{text}");
-    }
 }

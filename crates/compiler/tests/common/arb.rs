@@ -19,7 +19,8 @@ pub fn arb_protocol() -> impl Strategy<Value = Protocol> {
 }
 
 pub fn arb_service(idx: usize) -> impl Strategy<Value = (Service, Vec<EndpointSlice>)> {
-    // Small pools so that ClusterIPs, node ports and external IPs collide between services.
+    // Small pools so that ClusterIPs, node ports and external IPs collide between services,
+    // and external and load balancer IPs sometimes are other services' ClusterIPs.
     let ports = prop::collection::vec(
         (
             0..2usize,
@@ -33,14 +34,15 @@ pub fn arb_service(idx: usize) -> impl Strategy<Value = (Service, Vec<EndpointSl
     (
         0u8..4,
         any::<bool>(),
-        prop::option::of(0u8..3),
+        prop::option::of(0u8..5),
         ports,
         eps,
         any::<bool>(),
-        (0u8..4, any::<bool>(), prop::option::of(1u32..3)),
+        (0u8..4, 0u8..4, prop::option::of(1u32..3)),
+        prop::option::of(0i64..3),
     )
         .prop_map(
-            move |(cip, v6, ext, ports, eps, split, (policy, lb, affinity))| {
+            move |(cip, v6, ext, ports, eps, split, (policy, lb, affinity), created)| {
                 let ns = "ns";
                 let name = NAMES[idx];
                 let mut ips = vec![format!("10.96.0.{cip}")];
@@ -56,13 +58,22 @@ pub fn arb_service(idx: usize) -> impl Strategy<Value = (Service, Vec<EndpointSl
                 if policy & 2 != 0 {
                     svc.external_traffic_policy = rudder_model::TrafficPolicy::Local;
                 }
-                if lb {
-                    svc.load_balancer_ips = vec![ip(&format!("198.51.100.{cip}"))];
+                // No LB IP, its own, or another service's ClusterIP.
+                match lb {
+                    0 => {}
+                    1 | 2 => svc.load_balancer_ips = vec![ip(&format!("198.51.100.{cip}"))],
+                    _ => svc.load_balancer_ips = vec![ip(&format!("10.96.0.{}", (cip + 1) % 4))],
                 }
+                svc.creation_timestamp = created;
                 svc.session_affinity_timeout = affinity.map(|t| t * 100);
                 svc.service_type = ServiceType::NodePort;
+                // External IPs 192.0.2.0-2, or the ClusterIPs 10.96.0.0-1.
                 if let Some(e) = ext {
-                    svc.external_ips = vec![ip(&format!("192.0.2.{e}"))];
+                    svc.external_ips = vec![if e < 3 {
+                        ip(&format!("192.0.2.{e}"))
+                    } else {
+                        ip(&format!("10.96.0.{}", e - 3))
+                    }];
                 }
                 let mut seen = BTreeSet::new();
                 for (pname, proto, p, np) in ports {

@@ -4,7 +4,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use rudder_compiler::{Compiler, NodeContext};
-use rudder_model::{IpFamily, Node, ProxyState};
+use std::collections::{BTreeMap, BTreeSet};
+
+use rudder_model::{IpFamily, Node, ProxyState, ServiceKey};
 use rudder_nft::Transaction;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::Instant;
@@ -18,10 +20,40 @@ use std::sync::Arc;
 /// An error from the dataplane, boxed so any backend fits.
 pub type DataplaneError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// Why the dataplane did not apply a transaction, as far as the loop cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// It refused the transaction for what it contains: some service's rules may be at
+    /// fault, and the loop looks for them.
+    Refused,
+    /// An object the transaction changes does not exist: the kernel's tables are not what
+    /// Rudder programmed (deleted or changed behind its back), and only a full sync helps.
+    NotFound,
+    /// Anything else (the dataplane could not be reached): retried later.
+    Other,
+}
+
 /// Where transactions go: the kernel in the binary, an in-memory ruleset in tests.
 pub trait Dataplane: Send {
     /// Applies `tx` atomically; returns the number of bytes sent, when that means anything.
     fn apply(&mut self, tx: &Transaction) -> Result<usize, DataplaneError>;
+
+    /// Validates `tx` completely, as [`Dataplane::apply`] would, without applying it (a dry
+    /// run); `None` when the dataplane cannot. The loop uses dry runs to find the services
+    /// whose rules are refused, so without them one refused service fails every sync.
+    fn check(&mut self, _tx: &Transaction) -> Option<Result<(), DataplaneError>> {
+        None
+    }
+
+    /// Whether [`Dataplane::check`] makes dry runs (returns `Some`).
+    fn supports_dry_runs(&self) -> bool {
+        false
+    }
+
+    /// What kind of failure `error` (from [`Dataplane::apply`] or [`Dataplane::check`]) is.
+    fn classify(&self, _error: &DataplaneError) -> Failure {
+        Failure::Refused
+    }
 
     /// The shape of `table` as the dataplane holds it (see [`Shape`]), for drift detection
     /// before periodic full resyncs; `None` when the dataplane cannot tell.
@@ -78,6 +110,34 @@ impl Dataplane for rudder_nft::Ruleset {
     fn apply(&mut self, tx: &Transaction) -> Result<usize, DataplaneError> {
         rudder_nft::Ruleset::apply(self, tx).map_err(|e| Box::new(e) as DataplaneError)?;
         Ok(0)
+    }
+
+    fn supports_dry_runs(&self) -> bool {
+        true
+    }
+
+    fn check(&mut self, tx: &Transaction) -> Option<Result<(), DataplaneError>> {
+        let mut copy = self.clone();
+        Some(
+            rudder_nft::Ruleset::apply(&mut copy, tx)
+                .map(|_| ())
+                .map_err(|e| Box::new(e) as DataplaneError),
+        )
+    }
+
+    fn classify(&self, error: &DataplaneError) -> Failure {
+        match error.downcast_ref::<rudder_nft::ApplyError>() {
+            Some(e) if e.is_not_found() => Failure::NotFound,
+            _ => Failure::Refused,
+        }
+    }
+
+    fn shape(&mut self, table: &rudder_nft::TableRef) -> Option<Result<Shape, DataplaneError>> {
+        Some(Ok(self
+            .tables
+            .get(table)
+            .map(expected_shape)
+            .unwrap_or_default()))
     }
 }
 
@@ -144,6 +204,11 @@ pub struct SyncReport {
     pub no_local_endpoints: Vec<(IpFamily, u64, u64)>,
     /// Services known after the sync (the whole state, not only the changed ones).
     pub services_total: usize,
+    /// Services held back because the kernel refused their rules (see
+    /// [`SyncLoop::quarantined`]), after the sync.
+    pub quarantined: Vec<(ServiceKey, String)>,
+    /// Dry runs made to find the refused services (0 when the kernel took everything).
+    pub dry_runs: usize,
 }
 
 /// What the loop tells observers (the binary turns these into metrics).
@@ -175,8 +240,8 @@ pub enum LoopEvent {
         /// Families it was for.
         families: Vec<rudder_model::IpFamily>,
     },
-    /// Before a periodic full resync, the kernel's tables differed from what Rudder had
-    /// programmed; the resync repairs them.
+    /// Rudder's tables had been changed behind its back (seen in the kernel's change
+    /// notifications, or found before a periodic full resync), and a full sync repaired them.
     Drift {
         /// What differed (a few entries).
         differences: Vec<String>,
@@ -194,6 +259,20 @@ pub enum LoopEvent {
 
 /// Receives [`LoopEvent`]s.
 pub type Observer = Box<dyn FnMut(&LoopEvent) + Send>;
+
+/// What a successful sync programmed, for observers that follow it with something of their
+/// own outside the kernel's rules (the localhost node port proxy follows the endpoints).
+pub struct Synced<'a> {
+    /// The state the sync programmed.
+    pub state: &'a ProxyState,
+    /// The node context it was programmed for.
+    pub node: &'a NodeContext,
+    /// Whether a service was refused as a whole (it has no rules, so nothing may follow it).
+    pub refused: &'a dyn Fn(&rudder_model::Service) -> bool,
+}
+
+/// Receives a [`Synced`] after every successful sync.
+pub type SyncedObserver = Box<dyn FnMut(&Synced<'_>) + Send>;
 
 /// Seconds since the epoch of an RFC 3339 UTC timestamp (`2026-01-02T03:04:05Z`, optional
 /// fraction), as Kubernetes writes them.
@@ -246,12 +325,26 @@ pub struct SyncLoop<D> {
     health: Arc<ProxyHealth>,
     service_health: tokio::sync::watch::Sender<ServiceHealth>,
     conntrack: Option<Box<dyn Conntrack>>,
+    /// UDP frontends services lost since the last conntrack cleanup.
+    withdrawn_udp: crate::withdrawn::Withdrawn,
     service_cidrs: Vec<rudder_model::Cidr>,
     observer: Option<Observer>,
+    synced_observers: Vec<SyncedObserver>,
     /// Trigger times (seconds since the epoch) of EndpointSlice changes not yet programmed.
     trigger_times: Vec<f64>,
     /// Questions from `rudder explain --live`.
     explain_rx: Option<UnboundedReceiver<ExplainRequest>>,
+    /// Services whose rules the kernel refused, with the kernel's error: compiled as absent
+    /// until they are tried again (see [`SyncLoop::quarantined`]).
+    quarantine: BTreeMap<ServiceKey, String>,
+    /// When the quarantined services are tried again.
+    quarantine_retry_at: Option<Instant>,
+    /// What the dataplane's change monitor reports ([`SyncLoop::with_drift`]).
+    drift_rx: Option<UnboundedReceiver<DriftNotice>>,
+    /// Drift seen and not repaired yet: what changed, and when it was first seen.
+    pending_drift: Option<(Vec<String>, Instant)>,
+    /// The monitor lost notifications: the tables must be compared with what Rudder wrote.
+    verify_pending: bool,
 }
 
 /// A question for the running loop: what happens to this packet, given the loop's current
@@ -262,6 +355,14 @@ pub struct ExplainRequest {
     pub query: rudder_compiler::explain::Query,
     /// Where the answer goes.
     pub reply: std::sync::mpsc::SyncSender<rudder_compiler::explain::Explanation>,
+}
+
+/// The next drift notice, or never when there is no (more) channel.
+async fn next_drift(rx: &mut Option<UnboundedReceiver<DriftNotice>>) -> Option<DriftNotice> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next question, or never when there is no (more) channel.
@@ -281,10 +382,40 @@ impl<D: Dataplane> SyncLoop<D> {
         self
     }
 
+    /// Repairs Rudder's tables when the dataplane's change monitor, sending on `rx`, reports
+    /// that someone else changed them (see [`DriftNotice`]).
+    pub fn with_drift(mut self, rx: UnboundedReceiver<DriftNotice>) -> Self {
+        self.drift_rx = Some(rx);
+        self
+    }
+
     /// Reports loop events to `observer`.
     pub fn with_observer(mut self, observer: Observer) -> Self {
         self.observer = Some(observer);
         self
+    }
+
+    /// Shows `observer` what every successful sync programmed (see [`Synced`]).
+    pub fn with_synced_observer(mut self, observer: SyncedObserver) -> Self {
+        self.synced_observers.push(observer);
+        self
+    }
+
+    fn notify_synced(&mut self) {
+        // Services the compiler refused as a whole, and those the kernel refused (held
+        // back), have no rules: nothing may follow them (as for health check servers).
+        let compiler = &self.compiler;
+        let quarantine = &self.quarantine;
+        let refused =
+            |s: &rudder_model::Service| compiler.refuses(s) || quarantine.contains_key(&s.key);
+        let synced = Synced {
+            state: &self.state,
+            node: &self.current_ctx,
+            refused: &refused,
+        };
+        for o in &mut self.synced_observers {
+            o(&synced);
+        }
     }
 
     fn emit(&mut self, event: LoopEvent) {
@@ -303,18 +434,25 @@ impl<D: Dataplane> SyncLoop<D> {
     fn clean_conntrack(&mut self) {
         let mut events = Vec::new();
         let node_addrs = rudder_compiler::guard::node_addresses(self.compiler.node());
+        let withdrawn = std::mem::take(&mut self.withdrawn_udp);
         let Some(ct) = self.conntrack.as_mut() else {
             return;
         };
+        let mut retry_withdrawn = false;
         for family in self.compiler.families() {
             let flows = match ct.udp_flows(family) {
                 Ok(f) => f,
                 Err(e) => {
                     warn!(%family, "cannot list conntrack entries: {e}");
+                    retry_withdrawn = true;
                     continue;
                 }
             };
-            let stale = stale_udp_flows(&self.state, family, &flows, &node_addrs);
+            let mut stale = stale_udp_flows(&self.state, family, &flows, &node_addrs);
+            // The flows of frontends that went away with their service (kubernetes#141371).
+            stale.extend(withdrawn.stale_flows(&self.state, family, &flows));
+            stale.sort();
+            stale.dedup();
             if stale.is_empty() {
                 continue;
             }
@@ -330,6 +468,10 @@ impl<D: Dataplane> SyncLoop<D> {
                 }
                 Err(e) => warn!(%family, "cannot delete stale conntrack entries: {e}"),
             }
+        }
+        if retry_withdrawn {
+            // Tried again after the next sync.
+            self.withdrawn_udp = withdrawn;
         }
         for e in events {
             self.emit(e);
@@ -377,11 +519,25 @@ impl<D: Dataplane> SyncLoop<D> {
             health: ProxyHealth::new(config.sync_period * 2),
             service_health: tokio::sync::watch::Sender::new(ServiceHealth::default()),
             conntrack: None,
+            withdrawn_udp: Default::default(),
             service_cidrs: Vec::new(),
             observer: None,
+            synced_observers: Vec::new(),
             trigger_times: Vec::new(),
             explain_rx: None,
+            quarantine: BTreeMap::new(),
+            quarantine_retry_at: None,
+            drift_rx: None,
+            pending_drift: None,
+            verify_pending: false,
         }
+    }
+
+    /// The services held back because the kernel refused their rules, with its error. They
+    /// are compiled as if they did not exist, so that nothing else is held up, and tried
+    /// again at every full sync, whenever they change, and every `sync_period`.
+    pub fn quarantined(&self) -> &BTreeMap<ServiceKey, String> {
+        &self.quarantine
     }
 
     /// The current proxy state.
@@ -428,12 +584,17 @@ impl<D: Dataplane> SyncLoop<D> {
     fn apply_change_inner(&mut self, change: Change) {
         match change {
             Change::ServiceApplied(s) => {
+                self.withdrawn_udp
+                    .note(self.state.service(&s.key), Some(&s));
                 self.state.upsert_service(*s);
             }
             Change::ServiceDeleted(key) => {
+                self.withdrawn_udp.note(self.state.service(&key), None);
                 self.state.remove_service(&key);
             }
             Change::ServicesListed(list) => {
+                self.withdrawn_udp
+                    .note_replaced(self.state.services(), &list);
                 self.state.replace_services(list);
                 self.services_listed = true;
             }
@@ -459,6 +620,8 @@ impl<D: Dataplane> SyncLoop<D> {
                 node,
                 service_cidrs,
             } => {
+                self.withdrawn_udp
+                    .note_replaced(self.state.services(), &services);
                 self.state.replace_services(services);
                 self.state.replace_slices(slices);
                 self.services_listed = true;
@@ -509,7 +672,14 @@ impl<D: Dataplane> SyncLoop<D> {
 
     /// Whether a sync has work to do (ignoring timing).
     pub fn pending(&self, now: Instant) -> bool {
-        self.needs_full || !self.state.dirty().is_empty() || self.full_due(now)
+        self.needs_full
+            || !self.state.dirty().is_empty()
+            || self.full_due(now)
+            || self.quarantine_retry_due(now)
+    }
+
+    fn quarantine_retry_due(&self, now: Instant) -> bool {
+        self.quarantine_retry_at.is_some_and(|t| now >= t)
     }
 
     /// The earliest time the next sync may start, or `None` if nothing is pending.
@@ -530,47 +700,22 @@ impl<D: Dataplane> SyncLoop<D> {
         if self.needs_full || !self.state.dirty().is_empty() {
             Some(earliest.max(now))
         } else {
-            // Nothing changed: wake up for the periodic full resync.
+            // Nothing changed: wake up for the periodic full resync, or to try quarantined
+            // services again.
             self.last_full
-                .map(|t| (t + self.config.full_sync_period).max(earliest))
+                .map(|t| t + self.config.full_sync_period)
+                .into_iter()
+                .chain(self.quarantine_retry_at)
+                .min()
+                .map(|t| t.max(earliest))
         }
-    }
-
-    /// Compares the kernel's tables with what Rudder programmed (by shape: rules per chain,
-    /// elements per static set) and reports drift.
-    fn check_drift(&mut self) {
-        let Ok(expected) = self.compiler.ruleset() else {
-            return;
-        };
-        let mut differences = Vec::new();
-        for (table_ref, table) in &expected.tables {
-            match self.dataplane.shape(table_ref) {
-                None => return,
-                Some(Err(e)) => {
-                    warn!("cannot read {table_ref} to check for drift: {e}");
-                    return;
-                }
-                Some(Ok(actual)) => {
-                    for d in shape_diff(&expected_shape(table), &actual) {
-                        differences.push(format!("{table_ref}: {d}"));
-                    }
-                }
-            }
-        }
-        if differences.is_empty() {
-            debug!("no drift before the periodic full resync");
-            return;
-        }
-        warn!(
-            total = differences.len(),
-            first = ?differences.iter().take(5).collect::<Vec<_>>(),
-            "drift: the kernel's rules were changed behind Rudder's back; the full resync repairs them"
-        );
-        differences.truncate(20);
-        self.emit(LoopEvent::Drift { differences });
     }
 
     /// Syncs now if the gate is open and something is pending, regardless of timing.
+    ///
+    /// When the dataplane refuses the transaction, the services at fault are looked for with
+    /// dry runs ([`isolate`]), held back ([`SyncLoop::quarantined`]), and everything else is
+    /// applied: the sync succeeds unless nothing at all can be applied.
     pub fn sync(&mut self) -> Option<Result<SyncReport, DataplaneError>> {
         let now = Instant::now();
         if !self.gate_open(now) || !self.pending(now) {
@@ -583,21 +728,113 @@ impl<D: Dataplane> SyncLoop<D> {
             self.check_drift();
         }
         let t0 = Instant::now();
-        let dirty = self.state.take_dirty();
-        let udp_changed = full || has_udp(&self.state, &dirty);
-        let tx = if full {
-            self.compiler.full(&self.state)
+        let mut dirty = self.state.take_dirty();
+        // Quarantined services are tried again: all of them by a full sync or when their
+        // retry is due, the ones that changed otherwise.
+        let periodic_retry = !full && self.quarantine_retry_due(now);
+        let retry_all = full || periodic_retry;
+        let suspects: BTreeSet<ServiceKey> = self
+            .quarantine
+            .keys()
+            .filter(|k| retry_all || dirty.contains(*k))
+            .cloned()
+            .collect();
+        let previous = std::mem::take(&mut self.quarantine);
+        self.quarantine = previous
+            .iter()
+            .filter(|(k, _)| !suspects.contains(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        // Suspects tried again only because their retry is due (they did not change).
+        let unchanged: BTreeSet<ServiceKey> = suspects
+            .iter()
+            .filter(|k| !dirty.contains(*k))
+            .cloned()
+            .collect();
+        if !full {
+            dirty.extend(suspects.iter().cloned());
+        }
+        self.quarantine_retry_at = None;
+        self.compiler
+            .set_excluded(self.quarantine.keys().cloned().collect());
+        let udp_changed = full || has_udp(&self.state, &dirty) || !self.withdrawn_udp.is_empty();
+        let (tx, undo) = if full {
+            (self.compiler.full(&self.state), None)
         } else {
-            self.compiler.update(&self.state, &dirty)
+            let (tx, undo) = self.compiler.update_undoable(&self.state, &dirty);
+            (tx, Some(undo))
         };
-        let compile = t0.elapsed();
+        let mut compile = t0.elapsed();
+        let mut stats = tx.stats();
+        let t1 = Instant::now();
+        // Services held back are tried in dry runs first: applying them with everything
+        // else would most likely be refused again.
+        let probe_first = !suspects.is_empty() && self.dataplane.supports_dry_runs();
+        let mut result = if probe_first {
+            Err(DataplaneError::from(
+                "services held back are tried in dry runs first",
+            ))
+        } else {
+            self.dataplane.apply(&tx)
+        };
+        let mut dry_runs = 0;
+        let mut isolation_compile = Duration::ZERO;
+        let mut not_found = false;
+        if let Err(e) = &result {
+            let failure = if probe_first {
+                Failure::Refused
+            } else {
+                self.dataplane.classify(e)
+            };
+            match failure {
+                // A partial sync that misses an object: the kernel's tables are not what
+                // Rudder programmed. Only a full sync can repair them, and it runs at once.
+                Failure::NotFound if !full => not_found = true,
+                Failure::Other => {}
+                Failure::Refused | Failure::NotFound => {
+                    let reason = e.to_string();
+                    if let Some(r) =
+                        self.isolate_refused(full, undo, &dirty, &suspects, periodic_retry, &reason)
+                    {
+                        dry_runs = r.dry_runs;
+                        stats = r.stats;
+                        compile += r.compile;
+                        isolation_compile = r.compile;
+                        result = r.result;
+                        // The services found refused, reported unless it is only a periodic
+                        // retry of a service that did not change and is still refused (the
+                        // error may name another operation: the transaction differs).
+                        let problems: Vec<rudder_model::Problem> = r
+                            .refused
+                            .iter()
+                            .filter(|k| {
+                                !(periodic_retry
+                                    && unchanged.contains(*k)
+                                    && previous.contains_key(*k))
+                            })
+                            .filter_map(|k| {
+                                Some(rudder_model::Problem {
+                                    kind: rudder_model::ObjectKind::Service,
+                                    namespace: k.namespace.clone(),
+                                    name: k.name.clone(),
+                                    reason: rudder_model::Reason::KernelRefused(
+                                        self.quarantine.get(k)?.clone(),
+                                    ),
+                                })
+                            })
+                            .collect();
+                        crate::change::report_problems(&problems);
+                    }
+                }
+            }
+        }
         // What the compiler refused (service addresses that are the node's own, service CIDRs
         // covering the node): logged and counted like invalid input.
         crate::change::report_problems(&self.compiler.take_problems());
-        let stats = tx.stats();
-        let t1 = Instant::now();
-        let result = self.dataplane.apply(&tx);
-        let apply = t1.elapsed();
+        if !self.quarantine.is_empty() {
+            self.quarantine_retry_at = Some(Instant::now() + self.config.sync_period);
+        }
+        let apply = t1.elapsed().saturating_sub(isolation_compile);
         self.syncs += 1;
         self.last_sync_end = Some(Instant::now());
         let kind = if full {
@@ -617,20 +854,24 @@ impl<D: Dataplane> SyncLoop<D> {
                     rudder_compiler::NodePortIps::All => Vec::new(),
                     rudder_compiler::NodePortIps::Only(ips) => ips.clone(),
                 };
-                // Services the compiler refused as a whole get no health check server.
+                // Services the compiler refused as a whole, and those the kernel refused, get
+                // no health check server.
                 let compiler = &self.compiler;
+                let quarantine = &self.quarantine;
                 let sh =
                     ServiceHealth::compute(&self.state, &self.current_ctx.name, addresses, |s| {
-                        compiler.refuses(s)
+                        compiler.refuses(s) || quarantine.contains_key(&s.key)
                     });
                 self.service_health.send_if_modified(|cur| {
                     let changed = *cur != sh;
                     *cur = sh;
                     changed
                 });
+                self.notify_synced();
                 if full {
                     self.needs_full = false;
                     self.last_full = self.last_sync_end;
+                    self.drift_repaired();
                 }
                 let report = SyncReport {
                     kind,
@@ -647,6 +888,12 @@ impl<D: Dataplane> SyncLoop<D> {
                     apply,
                     no_local_endpoints: self.compiler.no_local_endpoints(),
                     services_total: self.state.service_count(),
+                    quarantined: self
+                        .quarantine
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    dry_runs,
                 };
                 info!(
                     kind = kind_name,
@@ -657,6 +904,7 @@ impl<D: Dataplane> SyncLoop<D> {
                     bytes = report.bytes,
                     compile_ms = compile.as_secs_f64() * 1e3,
                     apply_ms = apply.as_secs_f64() * 1e3,
+                    quarantined = report.quarantined.len(),
                     "sync done"
                 );
                 let now = std::time::SystemTime::now()
@@ -682,8 +930,19 @@ impl<D: Dataplane> SyncLoop<D> {
                 // the next sync replaces the tables completely.
                 self.failures += 1;
                 self.needs_full = true;
-                self.retry_at = Some(Instant::now() + self.config.sync_period);
-                warn!(kind = kind_name, retry_in = ?self.config.sync_period, "sync failed: {e}");
+                // The quarantine of a failed sync is void: the full sync decides again.
+                self.quarantine = previous;
+                self.quarantine_retry_at = None;
+                if not_found {
+                    self.retry_at = None;
+                    warn!(
+                        kind = kind_name,
+                        "sync failed, an object is missing (Rudder's tables were changed behind its back): a full sync repairs them now: {e}"
+                    );
+                } else {
+                    self.retry_at = Some(Instant::now() + self.config.sync_period);
+                    warn!(kind = kind_name, retry_in = ?self.config.sync_period, "sync failed: {e}");
+                }
                 Err(e)
             }
         })
@@ -699,10 +958,19 @@ impl<D: Dataplane> SyncLoop<D> {
         tokio::pin!(shutdown);
         let mut open = true;
         let mut explain_rx = self.explain_rx.take();
+        let mut drift_rx = self.drift_rx.take();
         loop {
             // Take everything already queued, so a burst becomes one sync.
             while let Ok(c) = changes.try_recv() {
                 self.apply_change(c);
+            }
+            if let Some(rx) = drift_rx.as_mut() {
+                while let Ok(d) = rx.try_recv() {
+                    self.drift_observed(d);
+                }
+            }
+            if self.verify_pending {
+                self.verify_tables();
             }
             let now = Instant::now();
             let next = self.next_sync_at(now);
@@ -731,12 +999,25 @@ impl<D: Dataplane> SyncLoop<D> {
                     }
                     None => explain_rx = None,
                 },
+                d = next_drift(&mut drift_rx) => match d {
+                    Some(d) => self.drift_observed(d),
+                    None => drift_rx = None,
+                },
                 _ = tokio::time::sleep_until(next.unwrap_or(now + Duration::from_secs(3600))) => {}
             }
         }
         self
     }
 }
+
+mod drift;
+mod isolate;
+mod quarantine;
+
+pub use drift::DriftNotice;
+
+pub use isolate::{Isolation, isolate};
+pub use quarantine::MAX_DRY_RUNS;
 
 #[cfg(test)]
 mod tests;

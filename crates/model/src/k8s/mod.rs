@@ -17,8 +17,47 @@ use crate::{
     EndpointPort, EndpointSlice, Ignored, IpFamily, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME,
     LABEL_ZONE, MAX_AFFINITY_TIMEOUT_SECS, MAX_ENDPOINTS_PER_SLICE, Node, ObjectKind, Problem,
     Protocol, Reason, Rejected, Service, ServiceKey, ServicePort, ServiceType, SliceKey, SpecialIp,
-    TargetPort, TrafficPolicy, parse_ip,
+    StrictError, TargetPort, TrafficPolicy, parse_ip_strict,
 };
+
+/// Why a strictly parsed value is not used: `invalid` for what does not parse at all, or
+/// [`Reason::NonStandardIp`] for a form KEP-4858 refuses.
+fn not_strict(
+    e: StrictError,
+    raw: &str,
+    field: &'static str,
+    invalid: fn(String) -> Reason,
+) -> Reason {
+    match e {
+        StrictError::Invalid => invalid(raw.to_owned()),
+        StrictError::NonStandard { form, canonical } => {
+            Reason::NonStandardIp(Box::new(crate::NonStandardValue {
+                field,
+                value: raw.to_owned(),
+                form,
+                canonical,
+            }))
+        }
+    }
+}
+
+/// An IP address of an API field, parsed as the API server's strict validation does.
+fn strict_ip(
+    raw: &str,
+    field: &'static str,
+    invalid: fn(String) -> Reason,
+) -> Result<IpAddr, Reason> {
+    parse_ip_strict(raw).map_err(|e| not_strict(e, raw, field, invalid))
+}
+
+/// A CIDR of an API field, parsed as the API server's strict validation does.
+fn strict_cidr(
+    raw: &str,
+    field: &'static str,
+    invalid: fn(String) -> Reason,
+) -> Result<Cidr, Reason> {
+    Cidr::parse_strict(raw).map_err(|e| not_strict(e, raw, field, invalid))
+}
 
 fn port_u16(v: i64) -> Option<u16> {
     u16::try_from(v).ok().filter(|p| *p != 0)
@@ -79,7 +118,7 @@ pub fn service(svc: &core::Service) -> Result<(Service, Vec<Problem>), Rejected>
     }
     let mut cluster_ips = Vec::new();
     for raw in &raw_ips {
-        let ip = parse_ip(raw).ok_or_else(|| problem(Reason::InvalidClusterIp(raw.clone())))?;
+        let ip = strict_ip(raw, "clusterIP", Reason::InvalidClusterIp).map_err(problem)?;
         if let Some(kind) = SpecialIp::of(&ip) {
             return Err(problem(Reason::SpecialAddress {
                 field: AddressField::ClusterIp,
@@ -99,8 +138,8 @@ pub fn service(svc: &core::Service) -> Result<(Service, Vec<Problem>), Rejected>
     let mut problems = Vec::new();
     let mut external_ips = Vec::new();
     for raw in spec.external_ips.iter().flatten() {
-        match parse_ip(raw) {
-            Some(ip) => match SpecialIp::of(&ip) {
+        match strict_ip(raw, "externalIPs", Reason::InvalidExternalIp) {
+            Ok(ip) => match SpecialIp::of(&ip) {
                 Some(kind) => problems.push(problem(Reason::SpecialAddress {
                     field: AddressField::ExternalIp,
                     address: ip,
@@ -109,7 +148,7 @@ pub fn service(svc: &core::Service) -> Result<(Service, Vec<Problem>), Rejected>
                 None if !external_ips.contains(&ip) => external_ips.push(ip),
                 None => {}
             },
-            None => problems.push(problem(Reason::InvalidExternalIp(raw.clone()))),
+            Err(r) => problems.push(problem(r)),
         }
     }
 
@@ -130,8 +169,8 @@ pub fn service(svc: &core::Service) -> Result<(Service, Vec<Problem>), Rejected>
                 if raw.is_empty() {
                     continue;
                 }
-                match parse_ip(raw) {
-                    Some(ip) => match SpecialIp::of(&ip) {
+                match strict_ip(raw, "load balancer ingress IP", Reason::InvalidIngressIp) {
+                    Ok(ip) => match SpecialIp::of(&ip) {
                         Some(kind) => problems.push(problem(Reason::SpecialAddress {
                             field: AddressField::IngressIp,
                             address: ip,
@@ -140,7 +179,7 @@ pub fn service(svc: &core::Service) -> Result<(Service, Vec<Problem>), Rejected>
                         None if !load_balancer_ips.contains(&ip) => load_balancer_ips.push(ip),
                         None => {}
                     },
-                    None => problems.push(problem(Reason::InvalidIngressIp(raw.clone()))),
+                    Err(r) => problems.push(problem(r)),
                 }
             }
         }
@@ -148,14 +187,28 @@ pub fn service(svc: &core::Service) -> Result<(Service, Vec<Problem>), Rejected>
 
     let mut load_balancer_source_ranges = Vec::new();
     if service_type == ServiceType::LoadBalancer {
+        let mut refused = false;
         for raw in spec.load_balancer_source_ranges.iter().flatten() {
             // Entries may be comma-separated and padded with spaces (as kube-proxy accepts).
             for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                match part.parse::<Cidr>() {
+                match strict_cidr(
+                    part,
+                    "loadBalancerSourceRanges entry (the load balancer IPs are not programmed)",
+                    Reason::InvalidSourceRange,
+                ) {
                     Ok(c) => load_balancer_source_ranges.push(c),
-                    Err(_) => problems.push(problem(Reason::InvalidSourceRange(part.to_owned()))),
+                    Err(r) => {
+                        refused |= matches!(r, Reason::NonStandardIp(_));
+                        problems.push(problem(r));
+                    }
                 }
             }
+        }
+        // Dropping a range someone meant to allow would narrow the filter, but dropping the
+        // last one would open the load balancer to everyone: a refused range closes it.
+        if refused {
+            load_balancer_ips.clear();
+            load_balancer_source_ranges.clear();
         }
     }
 
@@ -256,6 +309,7 @@ pub fn service(svc: &core::Service) -> Result<(Service, Vec<Problem>), Rejected>
             health_check_node_port,
             session_affinity_timeout,
             ports,
+            creation_timestamp: meta.creation_timestamp.as_ref().map(|t| t.0.as_second()),
         },
         problems,
     ))
@@ -299,8 +353,10 @@ pub fn endpoint_slice(
         .and_then(|l| l.get(LABEL_SERVICE_NAME))
         .filter(|s| !s.is_empty())
         .ok_or_else(|| problem(Reason::MissingServiceNameLabel))?;
-    if slice.endpoints.len() > MAX_ENDPOINTS_PER_SLICE {
-        return Err(problem(Reason::TooManyEndpoints(slice.endpoints.len())).into());
+    // Optional since Kubernetes 1.36 (absent: no endpoints).
+    let slice_endpoints = slice.endpoints.as_deref().unwrap_or_default();
+    if slice_endpoints.len() > MAX_ENDPOINTS_PER_SLICE {
+        return Err(problem(Reason::TooManyEndpoints(slice_endpoints.len())).into());
     }
 
     let mut problems = Vec::new();
@@ -334,14 +390,17 @@ pub fn endpoint_slice(
     }
 
     let mut endpoints = Vec::new();
-    for ep in &slice.endpoints {
+    for ep in slice_endpoints {
         let Some(raw) = ep.addresses.first() else {
             problems.push(problem(Reason::NoAddress));
             continue;
         };
-        let Some(address) = parse_ip(raw) else {
-            problems.push(problem(Reason::InvalidAddress(raw.clone())));
-            continue;
+        let address = match strict_ip(raw, "endpoint address", Reason::InvalidAddress) {
+            Ok(a) => a,
+            Err(r) => {
+                problems.push(problem(r));
+                continue;
+            }
         };
         if IpFamily::of(&address) != family {
             problems.push(problem(Reason::AddressFamilyMismatch {
@@ -416,9 +475,9 @@ pub fn node(node: &core::Node) -> (Node, Vec<Problem>) {
             "ExternalIP" => &mut external,
             _ => continue,
         };
-        match parse_ip(&a.address) {
-            Some(ip) => list.push(ip),
-            None => problems.push(problem(Reason::InvalidNodeAddress(a.address.clone()))),
+        match strict_ip(&a.address, "node address", Reason::InvalidNodeAddress) {
+            Ok(ip) => list.push(ip),
+            Err(r) => problems.push(problem(r)),
         }
     }
     let mut addresses = Vec::new();
@@ -448,9 +507,9 @@ pub fn node(node: &core::Node) -> (Node, Vec<Problem>) {
         .into_iter()
         .flatten()
     {
-        match raw.parse::<Cidr>() {
+        match strict_cidr(raw, "podCIDR", Reason::InvalidNodeAddress) {
             Ok(c) => pod_cidrs.push(c),
-            Err(_) => problems.push(problem(Reason::InvalidNodeAddress(raw.clone()))),
+            Err(r) => problems.push(problem(r)),
         }
     }
     let zone = node
@@ -499,9 +558,12 @@ pub fn service_cidr(s: &networking::ServiceCIDR) -> (Vec<Cidr>, Vec<Problem>) {
         .into_iter()
         .flatten()
     {
-        let Ok(cidr) = raw.parse::<Cidr>() else {
-            problems.push(problem(Reason::InvalidServiceCidr(raw.clone())));
-            continue;
+        let cidr = match strict_cidr(raw, "ServiceCIDR entry", Reason::InvalidServiceCidr) {
+            Ok(c) => c,
+            Err(r) => {
+                problems.push(problem(r));
+                continue;
+            }
         };
         match crate::service_cidr_refusal(&cidr) {
             Some(reason) => problems.push(problem(reason)),

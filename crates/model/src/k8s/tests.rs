@@ -313,7 +313,10 @@ fn special_addresses_are_refused_with_a_reason() {
     assert_eq!(
         labels(&problems),
         [
-            ["special_external_ip"; 4].as_slice(),
+            ["special_external_ip"; 2].as_slice(),
+            // KEP-4858's strict parsing refuses the IPv4-mapped address first.
+            ["non_standard_ip"].as_slice(),
+            ["special_external_ip"].as_slice(),
             ["special_ingress_ip"; 3].as_slice()
         ]
         .concat()
@@ -401,7 +404,7 @@ fn service_cidrs_that_would_cut_off_the_node_are_refused() {
             "service_cidr_too_broad",
             "service_cidr_special",
             "service_cidr_special",
-            "service_cidr_special",
+            "non_standard_ip",
             "invalid_service_cidr"
         ]
     );
@@ -409,4 +412,189 @@ fn service_cidrs_that_would_cut_off_the_node_are_refused() {
         problems[0].to_string(),
         "ServiceCIDR kubernetes: 0.0.0.0/0 is broader than /8: refused"
     );
+}
+
+#[test]
+fn creation_timestamps_are_kept_in_seconds() {
+    let (s, _) = service(&svc(json!({
+        "metadata": {"namespace": "ns", "name": "old", "creationTimestamp": "2024-01-02T03:04:05Z"},
+        "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": 80}]}
+    })))
+    .expect("service converts");
+    assert_eq!(s.creation_timestamp, Some(1_704_164_645));
+    let (s, _) = service(&svc(json!({
+        "metadata": {"namespace": "ns", "name": "none"},
+        "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": 80}]}
+    })))
+    .expect("service converts");
+    assert_eq!(s.creation_timestamp, None);
+}
+
+#[test]
+fn conflict_reasons_name_the_winner_and_have_stable_labels() {
+    let winner = crate::ServicePortName {
+        service: ServiceKey::new("ns", "a"),
+        port: "http".into(),
+        protocol: Protocol::Tcp,
+    };
+    let p = Problem {
+        kind: ObjectKind::Service,
+        namespace: "ns".into(),
+        name: "b".into(),
+        reason: Reason::FrontendConflict {
+            port: "web".into(),
+            kind: crate::FrontendKind::ExternalIp,
+            frontend: crate::Frontend {
+                address: Some("10.96.0.1".parse().unwrap()),
+                protocol: Protocol::Tcp,
+                port: 80,
+            },
+            winner: Box::new(winner.clone()),
+            winner_kind: crate::FrontendKind::ClusterIp,
+            rule: crate::ConflictRule::Precedence,
+        },
+    };
+    assert_eq!(p.reason.label(), "frontend_conflict");
+    assert_eq!(
+        p.to_string(),
+        "Service ns/b: port \"web\": externalIP 10.96.0.1:80/tcp is also the clusterIP of ns/a:http/tcp, \
+         which keeps it (a clusterIP comes before load balancer IPs, and those before externalIPs): \
+         not programmed for this service"
+    );
+    let node_port = crate::Frontend {
+        address: None,
+        protocol: Protocol::Udp,
+        port: 30053,
+    };
+    assert_eq!(node_port.to_string(), "30053/udp");
+    let v6 = crate::Frontend {
+        address: Some("fd00::1".parse().unwrap()),
+        protocol: Protocol::Tcp,
+        port: 80,
+    };
+    assert_eq!(v6.to_string(), "[fd00::1]:80/tcp");
+    let r = Reason::ObjectNameCollision {
+        port: "http".into(),
+        winner: Box::new(winner),
+    };
+    assert_eq!(r.label(), "object_name_collision");
+    assert!(r.to_string().contains("ns/a:http/tcp"));
+}
+
+#[test]
+fn non_standard_ips_are_refused_like_the_api_servers_strict_validation() {
+    // KEP-4858: leading zeros (decimal to Go, octal to libc) and IPv4-mapped IPv6 addresses,
+    // in every IP and CIDR field, are not used, with the reason non_standard_ip.
+    let err = service(&svc(json!({
+        "metadata": {"namespace": "ns", "name": "zeros"},
+        "spec": {"clusterIP": "010.096.000.001", "ports": [{"port": 80}]}
+    })))
+    .unwrap_err();
+    let Rejected::Invalid(p) = err else {
+        panic!("refused as a whole")
+    };
+    assert_eq!(p.reason.label(), "non_standard_ip");
+    assert_eq!(
+        p.to_string(),
+        "Service ns/zeros: clusterIP \"010.096.000.001\" is an IPv4 address with leading zeros, which the API server's strict IP validation refuses: use \"10.96.0.1\""
+    );
+    let (s, problems) = service(&svc(json!({
+        "metadata": {"namespace": "ns", "name": "lb"},
+        "spec": {
+            "type": "LoadBalancer", "clusterIP": "10.96.0.2", "ports": [{"port": 80}],
+            "externalIPs": ["1.2.3.4", "01.2.3.5"],
+        },
+        "status": {"loadBalancer": {"ingress": [{"ip": "5.6.7.8"}, {"ip": "::ffff:5.6.7.9"}]}}
+    })))
+    .unwrap();
+    assert_eq!(s.external_ips, vec!["1.2.3.4".parse::<IpAddr>().unwrap()]);
+    assert_eq!(
+        s.load_balancer_ips,
+        vec!["5.6.7.8".parse::<IpAddr>().unwrap()]
+    );
+    assert_eq!(labels(&problems), ["non_standard_ip", "non_standard_ip"]);
+    // A refused source range closes the load balancer instead of opening it to everyone.
+    let (s, problems) = service(&svc(json!({
+        "metadata": {"namespace": "ns", "name": "fw"},
+        "spec": {
+            "type": "LoadBalancer", "clusterIP": "10.96.0.3", "ports": [{"port": 80}],
+            "loadBalancerSourceRanges": ["192.168.0.0/16", "010.0.0.0/8"]
+        },
+        "status": {"loadBalancer": {"ingress": [{"ip": "5.6.7.8"}]}}
+    })))
+    .unwrap();
+    assert!(s.load_balancer_ips.is_empty() && s.load_balancer_source_ranges.is_empty());
+    assert_eq!(labels(&problems), ["non_standard_ip"]);
+    // Endpoints, node addresses and pod CIDRs.
+    let (sl, problems) = endpoint_slice(&slice(json!({
+        "metadata": {"namespace": "ns", "name": "s-1", "labels": {"kubernetes.io/service-name": "s"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "p", "port": 80}],
+        "endpoints": [{"addresses": ["10.244.1.2"]}, {"addresses": ["10.244.001.003"]}]
+    })))
+    .unwrap();
+    assert_eq!(sl.endpoints.len(), 1);
+    assert_eq!(labels(&problems), ["non_standard_ip"]);
+    let n: core::Node = serde_json::from_value(json!({
+        "metadata": {"name": "n1"},
+        "spec": {"podCIDRs": ["10.244.01.0/24", "10.244.2.0/24"]},
+        "status": {"addresses": [
+            {"type": "InternalIP", "address": "172.018.0.2"},
+            {"type": "InternalIP", "address": "172.18.0.3"}
+        ]}
+    }))
+    .unwrap();
+    let (node, problems) = super::node(&n);
+    assert_eq!(
+        node.addresses,
+        vec!["172.18.0.3".parse::<IpAddr>().unwrap()]
+    );
+    assert_eq!(
+        node.pod_cidrs,
+        vec!["10.244.2.0/24".parse::<Cidr>().unwrap()]
+    );
+    assert_eq!(labels(&problems), ["non_standard_ip", "non_standard_ip"]);
+}
+
+#[test]
+fn objects_of_newer_api_servers_convert_and_unknown_fields_are_ignored() {
+    // Kubernetes 1.37's types (k8s-openapi `v1_37`): trafficDistribution's newer values are
+    // the EndpointSlice controller's business (it writes the hints kube-proxy and Rudder
+    // follow), fields Rudder does not know are ignored, and a slice may omit `endpoints`
+    // (optional since 1.36).
+    let (s, problems) = service(&svc(json!({
+        "metadata": {"namespace": "ns", "name": "dns"},
+        "spec": {
+            "clusterIP": "10.96.0.10", "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}],
+            "trafficDistribution": "PreferSameNode",
+            "someFieldFromKubernetes1_40": {"nested": [1, 2, 3]}
+        },
+        "status": {"conditions": [], "anotherNewField": true}
+    })))
+    .unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(s.ports.len(), 1);
+    let (sl, problems) = endpoint_slice(&slice(json!({
+        "metadata": {"namespace": "ns", "name": "dns-1", "labels": {"kubernetes.io/service-name": "dns"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}],
+        "endpoints": [{
+            "addresses": ["10.244.1.2"], "nodeName": "node-1",
+            "hints": {"forNodes": [{"name": "node-1"}], "forZones": [{"name": "zone-a"}]},
+            "newEndpointField": "x"
+        }]
+    })))
+    .unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(
+        sl.endpoints[0].node_hints.as_deref(),
+        Some(["node-1".to_string()].as_slice())
+    );
+    let (empty, problems) = endpoint_slice(&slice(json!({
+        "metadata": {"namespace": "ns", "name": "dns-2", "labels": {"kubernetes.io/service-name": "dns"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]
+    })))
+    .unwrap();
+    assert!(problems.is_empty() && empty.endpoints.is_empty());
 }

@@ -35,7 +35,7 @@ impl From<NestTooLarge> for EncodeError {
 /// A batch ready to send, and which operation each message sequence number belongs to.
 #[derive(Debug)]
 pub struct Batch {
-    /// The messages, from `BATCH_BEGIN` to `BATCH_END`.
+    /// The messages, from `BATCH_BEGIN` to `BATCH_END` (no `BATCH_END` in a dry run).
     pub bytes: Vec<u8>,
     /// `(sequence number, index of the operation in the transaction)` per message.
     pub seqs: Vec<(u32, usize)>,
@@ -110,6 +110,28 @@ fn slots(len: u32) -> u32 {
 
 /// Encodes `tx` with sequence numbers starting at `seq`.
 pub fn encode(tx: &Transaction, known: &IntervalSets, seq: u32) -> Result<Batch, EncodeError> {
+    encode_batch(tx, known, seq, true)
+}
+
+/// Encodes `tx` as a batch the kernel validates completely and then throws away: the same
+/// messages without the closing `BATCH_END`. The kernel processes every message as it would
+/// for a commit and reports every error, then, finding no end, aborts the transaction and
+/// runs the same table validation it runs before a commit (`NFNL_ABORT_VALIDATE`). This is
+/// what `nft --check` sends. Nothing changes, and no change notification is sent.
+pub fn encode_dry_run(
+    tx: &Transaction,
+    known: &IntervalSets,
+    seq: u32,
+) -> Result<Batch, EncodeError> {
+    encode_batch(tx, known, seq, false)
+}
+
+fn encode_batch(
+    tx: &Transaction,
+    known: &IntervalSets,
+    seq: u32,
+    commit: bool,
+) -> Result<Batch, EncodeError> {
     let mut intervals = known.clone();
     // Reserve enough up front: growing a multi-megabyte buffer by doubling would copy it and
     // briefly hold both copies. Pages reserved but never written cost no memory.
@@ -151,14 +173,16 @@ pub fn encode(tx: &Transaction, known: &IntervalSets, seq: u32) -> Result<Batch,
         e.w.buf[at..at + 2].copy_from_slice(&flags.to_ne_bytes());
         last_seq = Some(seq);
     }
-    let m = e.w.begin_msg(
-        NFNL_MSG_BATCH_END,
-        NLM_F_REQUEST,
-        e.seq,
-        0,
-        NFNL_SUBSYS_NFTABLES,
-    );
-    e.w.end_msg(m);
+    if commit {
+        let m = e.w.begin_msg(
+            NFNL_MSG_BATCH_END,
+            NLM_F_REQUEST,
+            e.seq,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+        );
+        e.w.end_msg(m);
+    }
     if e.w.overflow {
         return Err(EncodeError::TooLarge("an attribute".into()));
     }

@@ -8,7 +8,7 @@
 //! assumed.
 
 pub mod encode;
-mod wire;
+pub(crate) mod wire;
 
 use std::io::ErrorKind;
 use std::sync::Mutex;
@@ -65,6 +65,10 @@ pub struct NetlinkWriter {
     intervals: Mutex<IntervalSets>,
     seq: AtomicU32,
     socket: Mutex<Option<Cached>>,
+    /// The netlink port ids of the sockets this writer used, newest last: the kernel's change
+    /// notifications name the writer by its port id, so the monitor can tell Rudder's own
+    /// commits from others'.
+    port_ids: std::sync::Arc<crate::OwnIds>,
 }
 
 #[derive(Debug)]
@@ -88,8 +92,17 @@ impl NetlinkWriter {
         NetlinkWriter::default()
     }
 
+    /// The netlink port ids this writer sends from (see [`crate::OwnIds`]).
+    pub fn port_ids(&self) -> std::sync::Arc<crate::OwnIds> {
+        self.port_ids.clone()
+    }
+
     /// Encodes `tx` without sending it.
     pub fn encode(&self, tx: &Transaction) -> Result<Batch, EncodeError> {
+        self.encode_as(tx, true)
+    }
+
+    fn encode_as(&self, tx: &Transaction, commit: bool) -> Result<Batch, EncodeError> {
         let known = self.intervals.lock().map(|g| g.clone()).unwrap_or_default();
         // Enough sequence numbers for every message the batch can hold (at most one per
         // element, plus anonymous sets and framing), so consecutive batches never share one.
@@ -99,13 +112,27 @@ impl NetlinkWriter {
             u32::try_from(most).unwrap_or(u32::MAX / 2),
             Ordering::Relaxed,
         );
-        encode::encode(tx, &known, seq.wrapping_add(1))
+        if commit {
+            encode::encode(tx, &known, seq.wrapping_add(1))
+        } else {
+            encode::encode_dry_run(tx, &known, seq.wrapping_add(1))
+        }
     }
 
     /// Applies `tx` atomically. Returns the size of the batch in bytes.
     pub fn apply(&self, tx: &Transaction) -> Result<usize, NetlinkError> {
-        let batch = self.encode(tx)?;
-        let len = batch.bytes.len();
+        self.send(tx, true)
+    }
+
+    /// Has the kernel validate `tx` completely, exactly as [`NetlinkWriter::apply`] would
+    /// send it, and then abort it (see [`encode::encode_dry_run`]): `Ok` when the kernel would
+    /// take it, the same error as `apply` otherwise. Nothing changes.
+    pub fn check(&self, tx: &Transaction) -> Result<(), NetlinkError> {
+        self.send(tx, false).map(|_| ())
+    }
+
+    /// The socket for the calling thread's network namespace, opened if needed.
+    fn socket(&self) -> Result<std::sync::MutexGuard<'_, Option<Cached>>, NetlinkError> {
         let netns = current_netns()?;
         let mut cache = self
             .socket
@@ -113,7 +140,8 @@ impl NetlinkWriter {
             .map_err(|_| std::io::Error::other("netlink socket lock poisoned"))?;
         if cache.as_ref().is_none_or(|c| c.netns != netns) {
             let mut socket = Socket::new(NETLINK_NETFILTER as isize)?;
-            socket.bind_auto()?;
+            let addr = socket.bind_auto()?;
+            self.port_ids.push(addr.port_number());
             let _ = setsockopt(&socket, sockopt::RcvBufForce, &RECV_BUFFER);
             socket.set_cap_ack(true)?;
             socket.set_non_blocking(true)?;
@@ -123,6 +151,13 @@ impl NetlinkWriter {
                 sndbuf: 0,
             });
         }
+        Ok(cache)
+    }
+
+    fn send(&self, tx: &Transaction, commit: bool) -> Result<usize, NetlinkError> {
+        let batch = self.encode_as(tx, commit)?;
+        let len = batch.bytes.len();
+        let mut cache = self.socket()?;
         let Some(cached) = cache.as_mut() else {
             return Err(NetlinkError::Io(std::io::Error::other("no netlink socket")));
         };
@@ -132,10 +167,89 @@ impl NetlinkWriter {
             *cache = None;
         }
         result?;
-        if let Ok(mut known) = self.intervals.lock() {
+        if commit && let Ok(mut known) = self.intervals.lock() {
             encode::track_interval_sets(tx, &mut known);
         }
         Ok(len)
+    }
+
+    /// The kernel's nf_tables generation (`NFT_MSG_GETGEN`): a counter that every committed
+    /// transaction, anyone's, advances by exactly one.
+    pub fn generation(&self) -> Result<u32, NetlinkError> {
+        let mut cache = self.socket()?;
+        let Some(cached) = cache.as_mut() else {
+            return Err(NetlinkError::Io(std::io::Error::other("no netlink socket")));
+        };
+        let result = get_generation(&cached.socket, self.seq.fetch_add(1, Ordering::Relaxed));
+        if result.is_err() {
+            *cache = None;
+        }
+        result
+    }
+}
+
+fn get_generation(socket: &Socket, seq: u32) -> Result<u32, NetlinkError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    while socket.recv(&mut &mut buf[..], 0).is_ok() {}
+    let mut w = wire::Writer::default();
+    let m = w.begin_msg(
+        (wire::NFNL_SUBSYS_NFTABLES << 8) | wire::NFT_MSG_GETGEN,
+        wire::NLM_F_REQUEST,
+        seq,
+        0,
+        0,
+    );
+    w.end_msg(m);
+    socket.send(&w.buf, 0)?;
+    // The kernel answers inside sendmsg: the reply is waiting.
+    loop {
+        let n = match socket.recv(&mut &mut buf[..], 0) {
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Err(NetlinkError::NoAck),
+            Err(e) => return Err(e.into()),
+        };
+        let mut at = 0;
+        while at + 20 <= n {
+            let len = u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
+            let ty = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
+            let msg_seq =
+                u32::from_ne_bytes([buf[at + 8], buf[at + 9], buf[at + 10], buf[at + 11]]);
+            if len < 16 || at + len > n {
+                break;
+            }
+            if ty == NLMSG_ERROR && len >= 20 {
+                let errno =
+                    -i32::from_ne_bytes([buf[at + 16], buf[at + 17], buf[at + 18], buf[at + 19]]);
+                if errno != 0 {
+                    return Err(NetlinkError::Refused {
+                        errno,
+                        op: "get generation".into(),
+                    });
+                }
+            } else if msg_seq == seq && ty & 0xff == wire::NFT_MSG_NEWGEN {
+                // nfgenmsg, then attributes: NFTA_GEN_ID (1) first, a big-endian u32.
+                let mut a = at + 20;
+                while a + 8 <= at + len {
+                    let alen = usize::from(u16::from_ne_bytes([buf[a], buf[a + 1]]));
+                    let aty = u16::from_ne_bytes([buf[a + 2], buf[a + 3]]) & 0x3fff;
+                    if alen < 4 || a + alen > at + len {
+                        break;
+                    }
+                    if aty == 1 && alen >= 8 {
+                        return Ok(u32::from_be_bytes([
+                            buf[a + 4],
+                            buf[a + 5],
+                            buf[a + 6],
+                            buf[a + 7],
+                        ]));
+                    }
+                    a += alen.div_ceil(4) * 4;
+                }
+                return Err(NetlinkError::NoAck);
+            }
+            at += len.div_ceil(4) * 4;
+        }
     }
 }
 

@@ -55,13 +55,14 @@ pub fn slice(ns: &str, name: &str, service: &str, ips: &[&str]) -> EndpointSlice
     EndpointSlice {
         metadata: meta(Some(ns), name, &[("kubernetes.io/service-name", service)]),
         address_type: "IPv4".to_owned(),
-        endpoints: ips
-            .iter()
-            .map(|ip| Endpoint {
-                addresses: vec![(*ip).to_owned()],
-                ..Endpoint::default()
-            })
-            .collect(),
+        endpoints: Some(
+            ips.iter()
+                .map(|ip| Endpoint {
+                    addresses: vec![(*ip).to_owned()],
+                    ..Endpoint::default()
+                })
+                .collect(),
+        ),
         ports: None,
     }
 }
