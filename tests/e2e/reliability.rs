@@ -627,7 +627,7 @@ fn a_partial_sync_missing_a_table_is_followed_by_a_full_sync_at_once() {
             "100ms",
         ],
     );
-    assert_eq!(c.hist("10.96.100.100:80", 6).len(), 3, "before");
+    assert_eq!(c.hist("10.96.100.100:80", 30).len(), 3, "before");
     nft::load(&c.topo.node, "delete table ip rudder\n").expect("delete the table");
     assert!(!list(&c, &["tables"]).contains("ip rudder"), "deleted");
     let syncs = c.daemon.count(SYNC_DONE);
