@@ -125,7 +125,7 @@ fn offender() -> Service {
     s
 }
 
-fn new_loop(full_every_sync: bool) -> SyncLoop<Kernel> {
+fn new_loop(full_every_sync: bool) -> SyncLoop<rudder_controller::NftMode<Kernel>> {
     let node = NodeContext::new("node-1".into(), NodePortIps::Only(vec![ip(0xac12_0002)]));
     let compiler = Compiler::new(&[IpFamily::V4], Config::default(), node.clone());
     let ctx: NodeContextFn = Box::new(move |_| node.clone());
@@ -152,7 +152,7 @@ fn snapshot(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Change {
 }
 
 /// One sync, timed.
-fn timed(l: &mut SyncLoop<Kernel>) -> anyhow::Result<(SyncReport, Duration)> {
+fn timed(l: &mut SyncLoop<rudder_controller::NftMode<Kernel>>) -> anyhow::Result<(SyncReport, Duration)> {
     let t = Instant::now();
     let r = l
         .sync()

@@ -11,7 +11,10 @@ use std::net::SocketAddr;
 
 use rudder_model::{IpFamily, Protocol, ProxyState, Service, ServicePort, UdpFlow};
 
-use crate::sync::DataplaneError;
+use crate::change::Change;
+use crate::mode::DataplaneError;
+use crate::observer::{LoopEvent, SyncObserver, Synced};
+use crate::withdrawn::Withdrawn;
 
 /// Access to the kernel's conntrack table.
 pub trait Conntrack: Send {
@@ -141,6 +144,83 @@ pub fn stale_udp_flows(
         })
         .copied()
         .collect()
+}
+
+/// Cleans stale UDP conntrack entries after the syncs that changed UDP services (an observer
+/// of the loop, see [`crate::SyncLoop::with_conntrack`]).
+pub struct ConntrackCleaner {
+    conntrack: Box<dyn Conntrack>,
+    /// UDP frontends services lost since the last cleanup.
+    withdrawn: Withdrawn,
+}
+
+impl ConntrackCleaner {
+    /// A cleaner working through `conntrack`.
+    pub fn new(conntrack: Box<dyn Conntrack>) -> ConntrackCleaner {
+        ConntrackCleaner {
+            conntrack,
+            withdrawn: Withdrawn::default(),
+        }
+    }
+}
+
+impl SyncObserver for ConntrackCleaner {
+    fn change(&mut self, state: &ProxyState, change: &Change) {
+        match change {
+            Change::ServiceApplied(s) => self.withdrawn.note(state.service(&s.key), Some(s)),
+            Change::ServiceDeleted(key) => self.withdrawn.note(state.service(key), None),
+            Change::ServicesListed(list) => self.withdrawn.note_replaced(state.services(), list),
+            Change::Snapshot { services, .. } => {
+                self.withdrawn.note_replaced(state.services(), services)
+            }
+            _ => {}
+        }
+    }
+
+    fn synced(&mut self, synced: &Synced<'_>, events: &mut Vec<LoopEvent>) {
+        let udp_changed =
+            synced.full || has_udp(synced.state, synced.changed) || !self.withdrawn.is_empty();
+        if !udp_changed {
+            return;
+        }
+        let node_addrs = rudder_compiler::guard::node_addresses(synced.node);
+        let withdrawn = std::mem::take(&mut self.withdrawn);
+        let mut retry_withdrawn = false;
+        for &family in synced.families {
+            let flows = match self.conntrack.udp_flows(family) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(%family, "cannot list conntrack entries: {e}");
+                    retry_withdrawn = true;
+                    continue;
+                }
+            };
+            let mut stale = stale_udp_flows(synced.state, family, &flows, &node_addrs);
+            // The flows of frontends that went away with their service (kubernetes#141371).
+            stale.extend(withdrawn.stale_flows(synced.state, family, &flows));
+            stale.sort();
+            stale.dedup();
+            if stale.is_empty() {
+                continue;
+            }
+            let t0 = std::time::Instant::now();
+            match self.conntrack.delete(&stale) {
+                Ok(n) => {
+                    tracing::info!(%family, deleted = n, "deleted stale UDP conntrack entries");
+                    events.push(LoopEvent::Conntrack {
+                        family,
+                        deleted: n,
+                        duration: t0.elapsed(),
+                    });
+                }
+                Err(e) => tracing::warn!(%family, "cannot delete stale conntrack entries: {e}"),
+            }
+        }
+        if retry_withdrawn {
+            // Tried again after the next sync.
+            self.withdrawn = withdrawn;
+        }
+    }
 }
 
 #[cfg(test)]

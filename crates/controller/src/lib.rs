@@ -7,22 +7,33 @@
 //! timing rules (bursts coalesce within `minSyncPeriod`, failed syncs are retried after
 //! `syncPeriod`, a full resync runs periodically and after failures).
 //!
-//! What it must not do: touch the kernel or spawn processes. The loop drives a
+//! The loop drives a [`ProxyMode`] ([`mode`]: compile, apply, verify what the kernel holds);
+//! the nftables mode ([`nftables::NftMode`]) compiles with `rudder-compiler` and writes to a
 //! [`Dataplane`], which the binary implements with the nftables backend and tests implement
-//! with the in-memory [`rudder_nft::Ruleset`].
+//! with the in-memory [`rudder_nft::Ruleset`]. The work that follows a sync (health check
+//! servers, stale UDP conntrack entries, the localhost proxy, metrics) hangs off the loop as
+//! [`observer`]s.
+//!
+//! What it must not do: touch the kernel or spawn processes.
 
 pub mod change;
 pub mod conntrack;
 pub mod events;
 pub mod health;
+pub mod isolate;
 pub mod localhost;
+pub mod mode;
+pub mod nftables;
+pub mod observer;
 mod sync;
 pub mod watch;
 pub mod withdrawn;
 
 pub use change::Change;
-pub use sync::{
-    Dataplane, DataplaneError, DriftNotice, ExplainRequest, Failure, Isolation, LoopConfig,
-    LoopEvent, MAX_DRY_RUNS, NodeContextFn, Observer, Shape, SyncKind, SyncLoop, SyncReport,
-    Synced, SyncedObserver, expected_shape, isolate, parse_rfc3339, shape_diff,
+pub use isolate::{Isolation, isolate};
+pub use mode::{DataplaneError, Failure, Outcome, ProxyMode, Scope, SyncRequest, Written};
+pub use nftables::{Dataplane, MAX_DRY_RUNS, NftMode, Shape, expected_shape, shape_diff};
+pub use observer::{
+    LoopEvent, Observer, SyncKind, SyncObserver, SyncReport, Synced, SyncedObserver,
 };
+pub use sync::{DriftNotice, ExplainRequest, LoopConfig, NodeContextFn, SyncLoop, parse_rfc3339};

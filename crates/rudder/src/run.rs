@@ -350,12 +350,12 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// Starts the localhost node port proxy when `--nodeport-addresses` lists a loopback address
 /// explicitly (KEP-6032), following what each sync programmed.
-fn localhost_proxy<D: Dataplane>(
-    sync_loop: SyncLoop<D>,
+fn localhost_proxy<M: rudder_controller::ProxyMode>(
+    sync_loop: SyncLoop<M>,
     settings: &Settings,
     families: &[rudder_model::IpFamily],
     metrics: &crate::metrics::Metrics,
-) -> anyhow::Result<(SyncLoop<D>, Option<tokio::task::JoinHandle<()>>)> {
+) -> anyhow::Result<(SyncLoop<M>, Option<tokio::task::JoinHandle<()>>)> {
     use rudder_controller::localhost::LocalhostNodePorts;
     let enabled: Vec<_> = settings
         .nodeport

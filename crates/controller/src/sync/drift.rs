@@ -10,7 +10,8 @@
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::{Dataplane, LoopEvent, SyncLoop, expected_shape, shape_diff};
+use super::{LoopEvent, SyncLoop};
+use crate::mode::ProxyMode;
 
 /// What the dataplane's change monitor reports to the loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +31,7 @@ pub enum DriftNotice {
 /// At most this many lines of what changed are kept for the log and the event.
 const KEPT: usize = 20;
 
-impl<D: Dataplane> SyncLoop<D> {
+impl<M: ProxyMode> SyncLoop<M> {
     /// Handles a notice of the change monitor.
     pub(super) fn drift_observed(&mut self, notice: DriftNotice) {
         if self.last_full.is_none() {
@@ -91,31 +92,14 @@ impl<D: Dataplane> SyncLoop<D> {
     /// Compares the kernel's tables with what Rudder programmed (by shape: rules per chain,
     /// elements per static set); differences are drift, which the next full sync repairs.
     pub(super) fn check_drift(&mut self) {
-        // The kernel's side first: building the expected ruleset is not free, and is not
-        // needed when the dataplane cannot tell.
-        let mut actual = Vec::new();
-        for table_ref in self.compiler.tables() {
-            match self.dataplane.shape(&table_ref) {
-                None => return,
-                Some(Err(e)) => {
-                    warn!("cannot read {table_ref} to check for drift: {e}");
-                    return;
-                }
-                Some(Ok(shape)) => actual.push((table_ref, shape)),
+        let differences = match self.mode.verify() {
+            None => return,
+            Some(Err(e)) => {
+                warn!("cannot read Rudder's tables to check for drift: {e}");
+                return;
             }
-        }
-        let Ok(expected) = self.compiler.ruleset() else {
-            return;
+            Some(Ok(d)) => d,
         };
-        let mut differences = Vec::new();
-        for (table_ref, shape) in &actual {
-            let Some(table) = expected.tables.get(table_ref) else {
-                continue;
-            };
-            for d in shape_diff(&expected_shape(table), shape) {
-                differences.push(format!("{table_ref}: {d}"));
-            }
-        }
         if differences.is_empty() {
             debug!("no drift: the kernel's tables have the shape Rudder programmed");
             return;

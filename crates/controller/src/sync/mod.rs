@@ -1,145 +1,38 @@
-//! The sync loop: change tracking, the initial-list gate, and kube-proxy's timing rules.
+//! The sync loop: change tracking, the initial-list gate, kube-proxy's timing rules, full
+//! and partial syncs, the services held back after a refusal, health and events — over a
+//! [`ProxyMode`], which does what depends on the kernel.
+//!
+//! # The thread it runs on
+//!
+//! The loop is one task ([`SyncLoop::run`]) that owns the state, the mode and the observers:
+//! changes, `explain` questions and drift notices arrive on channels, and are taken one at a
+//! time between syncs, so nothing is shared and nothing is locked. A sync is synchronous CPU
+//! and netlink work (compile, encode, one `sendmsg`, dry runs when the kernel refuses): the
+//! binary gives the loop a thread of its own (a current-thread runtime, see
+//! `crates/rudder/src/run.rs`) so that a long full sync never stalls the API watchers, the
+//! metrics and health servers or the localhost proxy, which run on the other runtime. The
+//! loop never waits on the network while it holds a change: sources buffer in the channel.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rudder_compiler::{Compiler, NodeContext};
-use std::collections::{BTreeMap, BTreeSet};
-
-use rudder_model::{IpFamily, Node, ProxyState, ServiceKey};
-use rudder_nft::Transaction;
+use rudder_model::{Node, ProxyState, ServiceKey};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::change::Change;
-use crate::conntrack::{Conntrack, has_udp, stale_udp_flows};
+use crate::conntrack::{Conntrack, ConntrackCleaner};
 use crate::health::{ProxyHealth, ServiceHealth};
-use std::sync::Arc;
-
-/// An error from the dataplane, boxed so any backend fits.
-pub type DataplaneError = Box<dyn std::error::Error + Send + Sync + 'static>;
-
-/// Why the dataplane did not apply a transaction, as far as the loop cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    /// It refused the transaction for what it contains: some service's rules may be at
-    /// fault, and the loop looks for them.
-    Refused,
-    /// An object the transaction changes does not exist: the kernel's tables are not what
-    /// Rudder programmed (deleted or changed behind its back), and only a full sync helps.
-    NotFound,
-    /// Anything else (the dataplane could not be reached): retried later.
-    Other,
-}
-
-/// Where transactions go: the kernel in the binary, an in-memory ruleset in tests.
-pub trait Dataplane: Send {
-    /// Applies `tx` atomically; returns the number of bytes sent, when that means anything.
-    fn apply(&mut self, tx: &Transaction) -> Result<usize, DataplaneError>;
-
-    /// Validates `tx` completely, as [`Dataplane::apply`] would, without applying it (a dry
-    /// run); `None` when the dataplane cannot. The loop uses dry runs to find the services
-    /// whose rules are refused, so without them one refused service fails every sync.
-    fn check(&mut self, _tx: &Transaction) -> Option<Result<(), DataplaneError>> {
-        None
-    }
-
-    /// Whether [`Dataplane::check`] makes dry runs (returns `Some`).
-    fn supports_dry_runs(&self) -> bool {
-        false
-    }
-
-    /// What kind of failure `error` (from [`Dataplane::apply`] or [`Dataplane::check`]) is.
-    fn classify(&self, _error: &DataplaneError) -> Failure {
-        Failure::Refused
-    }
-
-    /// The shape of `table` as the dataplane holds it (see [`Shape`]), for drift detection
-    /// before periodic full resyncs; `None` when the dataplane cannot tell.
-    fn shape(&mut self, _table: &rudder_nft::TableRef) -> Option<Result<Shape, DataplaneError>> {
-        None
-    }
-}
-
-/// A table's shape: rules per chain (`chain NAME`) and elements per static set or map
-/// (`set NAME`; sets the packet path updates are left out). Differences between the shape
-/// Rudder programmed and the kernel's are drift: changes made behind Rudder's back.
-pub type Shape = std::collections::BTreeMap<String, usize>;
-
-/// The shape of a table as Rudder programmed it.
-pub fn expected_shape(table: &rudder_nft::Table) -> Shape {
-    let mut s = Shape::new();
-    for (name, chain) in &table.chains {
-        s.insert(format!("chain {name}"), chain.rules.len());
-    }
-    for (name, set) in &table.sets {
-        let dynamic = set.decl.flags.iter().any(|f| {
-            matches!(
-                f,
-                rudder_nft::SetFlag::Dynamic | rudder_nft::SetFlag::Timeout
-            )
-        }) || set.decl.timeout_secs.is_some();
-        if !dynamic {
-            s.insert(format!("set {name}"), set.elements.len());
-        }
-    }
-    s
-}
-
-/// What differs between two shapes, for the log (at most a few entries).
-pub fn shape_diff(expected: &Shape, actual: &Shape) -> Vec<String> {
-    let mut out = Vec::new();
-    for (k, v) in expected {
-        match actual.get(k) {
-            None => out.push(format!("{k} missing")),
-            Some(a) if a != v => out.push(format!("{k}: {a} instead of {v}")),
-            Some(_) => {}
-        }
-    }
-    // Extra chains are drift; extra sets may be the dynamic ones the expectation leaves out.
-    for k in actual.keys() {
-        if k.starts_with("chain ") && !expected.contains_key(k) {
-            out.push(format!("{k} unexpected"));
-        }
-    }
-    out
-}
-
-impl Dataplane for rudder_nft::Ruleset {
-    fn apply(&mut self, tx: &Transaction) -> Result<usize, DataplaneError> {
-        rudder_nft::Ruleset::apply(self, tx).map_err(|e| Box::new(e) as DataplaneError)?;
-        Ok(0)
-    }
-
-    fn supports_dry_runs(&self) -> bool {
-        true
-    }
-
-    fn check(&mut self, tx: &Transaction) -> Option<Result<(), DataplaneError>> {
-        let mut copy = self.clone();
-        Some(
-            rudder_nft::Ruleset::apply(&mut copy, tx)
-                .map(|_| ())
-                .map_err(|e| Box::new(e) as DataplaneError),
-        )
-    }
-
-    fn classify(&self, error: &DataplaneError) -> Failure {
-        match error.downcast_ref::<rudder_nft::ApplyError>() {
-            Some(e) if e.is_not_found() => Failure::NotFound,
-            _ => Failure::Refused,
-        }
-    }
-
-    fn shape(&mut self, table: &rudder_nft::TableRef) -> Option<Result<Shape, DataplaneError>> {
-        Some(Ok(self
-            .tables
-            .get(table)
-            .map(expected_shape)
-            .unwrap_or_default()))
-    }
-}
+use crate::mode::{DataplaneError, Failure, ProxyMode, Scope, SyncRequest};
+use crate::nftables::{Dataplane, NftMode};
+use crate::observer::{
+    HealthPublisher, LoopEvent, Observer, SyncKind, SyncObserver, SyncReport, Synced,
+    SyncedObserver,
+};
 
 /// Computes the compiler's node context from this node's Node object (or its absence). The
 /// binary supplies it, because it depends on flags and on the local interfaces.
@@ -171,109 +64,6 @@ impl Default for LoopConfig {
     }
 }
 
-/// Full or partial.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SyncKind {
-    /// The tables were replaced atomically with a complete compile.
-    Full,
-    /// Only changed services were recompiled and their elements updated.
-    Partial,
-}
-
-/// What one sync did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SyncReport {
-    /// Full or partial.
-    pub kind: SyncKind,
-    /// Services recompiled.
-    pub services: usize,
-    /// Operations on tables, chains, sets and rules.
-    pub objects: usize,
-    /// Elements added.
-    pub elements_added: usize,
-    /// Elements deleted.
-    pub elements_deleted: usize,
-    /// Bytes sent to the dataplane.
-    pub bytes: usize,
-    /// Time spent compiling.
-    pub compile: Duration,
-    /// Time spent applying.
-    pub apply: Duration,
-    /// Per family, service ports with endpoints but none local under a `Local` policy:
-    /// `(family, internal, external)`.
-    pub no_local_endpoints: Vec<(IpFamily, u64, u64)>,
-    /// Services known after the sync (the whole state, not only the changed ones).
-    pub services_total: usize,
-    /// Services held back because the kernel refused their rules (see
-    /// [`SyncLoop::quarantined`]), after the sync.
-    pub quarantined: Vec<(ServiceKey, String)>,
-    /// Dry runs made to find the refused services (0 when the kernel took everything).
-    pub dry_runs: usize,
-}
-
-/// What the loop tells observers (the binary turns these into metrics).
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum LoopEvent {
-    /// A change made a service or its endpoints differ; `endpoints` tells which kind.
-    Changed {
-        /// Service changes.
-        services: u64,
-        /// EndpointSlice changes.
-        endpoints: u64,
-    },
-    /// A sync succeeded.
-    Synced {
-        /// What it did.
-        report: SyncReport,
-        /// Families programmed.
-        families: Vec<rudder_model::IpFamily>,
-        /// For each EndpointSlice change programmed by this sync that carried an
-        /// `endpoints.kubernetes.io/last-change-trigger-time`, the seconds from that time to
-        /// now.
-        programming_seconds: Vec<f64>,
-    },
-    /// A sync failed.
-    Failed {
-        /// Full or partial.
-        kind: SyncKind,
-        /// Families it was for.
-        families: Vec<rudder_model::IpFamily>,
-    },
-    /// Rudder's tables had been changed behind its back (seen in the kernel's change
-    /// notifications, or found before a periodic full resync), and a full sync repaired them.
-    Drift {
-        /// What differed (a few entries).
-        differences: Vec<String>,
-    },
-    /// Stale conntrack entries were cleaned.
-    Conntrack {
-        /// Family.
-        family: rudder_model::IpFamily,
-        /// Entries deleted.
-        deleted: usize,
-        /// Time spent.
-        duration: Duration,
-    },
-}
-
-/// Receives [`LoopEvent`]s.
-pub type Observer = Box<dyn FnMut(&LoopEvent) + Send>;
-
-/// What a successful sync programmed, for observers that follow it with something of their
-/// own outside the kernel's rules (the localhost node port proxy follows the endpoints).
-pub struct Synced<'a> {
-    /// The state the sync programmed.
-    pub state: &'a ProxyState,
-    /// The node context it was programmed for.
-    pub node: &'a NodeContext,
-    /// Whether a service was refused as a whole (it has no rules, so nothing may follow it).
-    pub refused: &'a dyn Fn(&rudder_model::Service) -> bool,
-}
-
-/// Receives a [`Synced`] after every successful sync.
-pub type SyncedObserver = Box<dyn FnMut(&Synced<'_>) + Send>;
-
 /// Seconds since the epoch of an RFC 3339 UTC timestamp (`2026-01-02T03:04:05Z`, optional
 /// fraction), as Kubernetes writes them.
 pub fn parse_rfc3339(ts: &str) -> Option<f64> {
@@ -304,10 +94,9 @@ pub fn parse_rfc3339(ts: &str) -> Option<f64> {
 
 /// The loop. Feed it [`Change`]s with [`SyncLoop::apply_change`] or run it on a channel
 /// with [`SyncLoop::run`].
-pub struct SyncLoop<D> {
+pub struct SyncLoop<M> {
     state: ProxyState,
-    compiler: Compiler,
-    dataplane: D,
+    mode: M,
     node_context: NodeContextFn,
     config: LoopConfig,
     node: Option<Node>,
@@ -323,13 +112,12 @@ pub struct SyncLoop<D> {
     syncs: u64,
     failures: u64,
     health: Arc<ProxyHealth>,
-    service_health: tokio::sync::watch::Sender<ServiceHealth>,
-    conntrack: Option<Box<dyn Conntrack>>,
-    /// UDP frontends services lost since the last conntrack cleanup.
-    withdrawn_udp: crate::withdrawn::Withdrawn,
+    service_health: tokio::sync::watch::Receiver<ServiceHealth>,
     service_cidrs: Vec<rudder_model::Cidr>,
     observer: Option<Observer>,
-    synced_observers: Vec<SyncedObserver>,
+    /// The work that follows syncs (health check servers, conntrack cleanup, the localhost
+    /// proxy), in the order it was added.
+    observers: Vec<Box<dyn SyncObserver>>,
     /// Trigger times (seconds since the epoch) of EndpointSlice changes not yet programmed.
     trigger_times: Vec<f64>,
     /// Questions from `rudder explain --live`.
@@ -375,7 +163,29 @@ async fn next_request(
     }
 }
 
-impl<D: Dataplane> SyncLoop<D> {
+impl<D: Dataplane> SyncLoop<NftMode<D>> {
+    /// A loop in the nftables mode: it programs `dataplane` through `compiler`.
+    pub fn new(
+        compiler: Compiler,
+        dataplane: D,
+        node_context: NodeContextFn,
+        config: LoopConfig,
+    ) -> SyncLoop<NftMode<D>> {
+        SyncLoop::with_mode(NftMode::new(compiler, dataplane), node_context, config)
+    }
+
+    /// The nftables dataplane.
+    pub fn dataplane(&self) -> &D {
+        self.mode.dataplane()
+    }
+
+    /// The nftables dataplane, to change it (tests tamper with it).
+    pub fn dataplane_mut(&mut self) -> &mut D {
+        self.mode.dataplane_mut()
+    }
+}
+
+impl<M: ProxyMode> SyncLoop<M> {
     /// Answers `explain` questions arriving on `rx` between syncs.
     pub fn with_explain(mut self, rx: UnboundedReceiver<ExplainRequest>) -> Self {
         self.explain_rx = Some(rx);
@@ -396,25 +206,40 @@ impl<D: Dataplane> SyncLoop<D> {
     }
 
     /// Shows `observer` what every successful sync programmed (see [`Synced`]).
-    pub fn with_synced_observer(mut self, observer: SyncedObserver) -> Self {
-        self.synced_observers.push(observer);
+    pub fn with_synced_observer(self, observer: SyncedObserver) -> Self {
+        self.with_sync_observer(Box::new(observer))
+    }
+
+    /// Adds work that follows the loop: it sees every change and every successful sync.
+    pub fn with_sync_observer(mut self, observer: Box<dyn SyncObserver>) -> Self {
+        self.observers.push(observer);
         self
     }
 
-    fn notify_synced(&mut self) {
-        // Services the compiler refused as a whole, and those the kernel refused (held
-        // back), have no rules: nothing may follow them (as for health check servers).
-        let compiler = &self.compiler;
+    /// Runs the observers after a successful sync of `changed` services (all of them when
+    /// `full`).
+    fn notify_synced(&mut self, full: bool, changed: &BTreeSet<ServiceKey>) {
+        // Services the mode refused as a whole, and those the kernel refused (held back),
+        // have no rules: nothing may follow them (health check servers, the localhost proxy).
+        let mode = &self.mode;
         let quarantine = &self.quarantine;
         let refused =
-            |s: &rudder_model::Service| compiler.refuses(s) || quarantine.contains_key(&s.key);
+            |s: &rudder_model::Service| mode.refuses(s) || quarantine.contains_key(&s.key);
+        let families = mode.families();
         let synced = Synced {
             state: &self.state,
             node: &self.current_ctx,
             refused: &refused,
+            full,
+            changed,
+            families: &families,
         };
-        for o in &mut self.synced_observers {
-            o(&synced);
+        let mut events = Vec::new();
+        for o in &mut self.observers {
+            o.synced(&synced, &mut events);
+        }
+        for e in events {
+            self.emit(e);
         }
     }
 
@@ -425,57 +250,9 @@ impl<D: Dataplane> SyncLoop<D> {
     }
 
     /// Cleans stale UDP conntrack entries through `conntrack` after syncs that changed UDP
-    /// services.
-    pub fn with_conntrack(mut self, conntrack: Box<dyn Conntrack>) -> Self {
-        self.conntrack = Some(conntrack);
-        self
-    }
-
-    fn clean_conntrack(&mut self) {
-        let mut events = Vec::new();
-        let node_addrs = rudder_compiler::guard::node_addresses(self.compiler.node());
-        let withdrawn = std::mem::take(&mut self.withdrawn_udp);
-        let Some(ct) = self.conntrack.as_mut() else {
-            return;
-        };
-        let mut retry_withdrawn = false;
-        for family in self.compiler.families() {
-            let flows = match ct.udp_flows(family) {
-                Ok(f) => f,
-                Err(e) => {
-                    warn!(%family, "cannot list conntrack entries: {e}");
-                    retry_withdrawn = true;
-                    continue;
-                }
-            };
-            let mut stale = stale_udp_flows(&self.state, family, &flows, &node_addrs);
-            // The flows of frontends that went away with their service (kubernetes#141371).
-            stale.extend(withdrawn.stale_flows(&self.state, family, &flows));
-            stale.sort();
-            stale.dedup();
-            if stale.is_empty() {
-                continue;
-            }
-            let t0 = Instant::now();
-            match ct.delete(&stale) {
-                Ok(n) => {
-                    info!(%family, deleted = n, "deleted stale UDP conntrack entries");
-                    events.push(LoopEvent::Conntrack {
-                        family,
-                        deleted: n,
-                        duration: t0.elapsed(),
-                    });
-                }
-                Err(e) => warn!(%family, "cannot delete stale conntrack entries: {e}"),
-            }
-        }
-        if retry_withdrawn {
-            // Tried again after the next sync.
-            self.withdrawn_udp = withdrawn;
-        }
-        for e in events {
-            self.emit(e);
-        }
+    /// services (a [`ConntrackCleaner`] observer).
+    pub fn with_conntrack(self, conntrack: Box<dyn Conntrack>) -> Self {
+        self.with_sync_observer(Box::new(ConntrackCleaner::new(conntrack)))
     }
 
     /// The proxy's health, for health servers.
@@ -486,22 +263,17 @@ impl<D: Dataplane> SyncLoop<D> {
     /// The health-check node port servers that should run, updated after every successful
     /// sync.
     pub fn service_health(&self) -> tokio::sync::watch::Receiver<ServiceHealth> {
-        self.service_health.subscribe()
+        self.service_health.clone()
     }
 
-    /// A loop that programs `dataplane` through `compiler`. Nothing is synced before both
+    /// A loop that programs the kernel through `mode`. Nothing is synced before both
     /// Services and EndpointSlices have been listed once.
-    pub fn new(
-        compiler: Compiler,
-        dataplane: D,
-        node_context: NodeContextFn,
-        config: LoopConfig,
-    ) -> SyncLoop<D> {
-        let current_ctx = compiler.node().clone();
+    pub fn with_mode(mode: M, node_context: NodeContextFn, config: LoopConfig) -> SyncLoop<M> {
+        let current_ctx = mode.node().clone();
+        let (publisher, service_health) = HealthPublisher::new();
         SyncLoop {
             state: ProxyState::new(),
-            compiler,
-            dataplane,
+            mode,
             node_context,
             config,
             node: None,
@@ -517,12 +289,10 @@ impl<D: Dataplane> SyncLoop<D> {
             syncs: 0,
             failures: 0,
             health: ProxyHealth::new(config.sync_period * 2),
-            service_health: tokio::sync::watch::Sender::new(ServiceHealth::default()),
-            conntrack: None,
-            withdrawn_udp: Default::default(),
+            service_health,
             service_cidrs: Vec::new(),
             observer: None,
-            synced_observers: Vec::new(),
+            observers: vec![Box::new(publisher)],
             trigger_times: Vec::new(),
             explain_rx: None,
             quarantine: BTreeMap::new(),
@@ -545,9 +315,9 @@ impl<D: Dataplane> SyncLoop<D> {
         &self.state
     }
 
-    /// The dataplane.
-    pub fn dataplane(&self) -> &D {
-        &self.dataplane
+    /// The proxy mode.
+    pub fn mode(&self) -> &M {
+        &self.mode
     }
 
     /// Number of sync attempts and of failed ones.
@@ -568,6 +338,9 @@ impl<D: Dataplane> SyncLoop<D> {
             }
         }
         let (s0, e0) = self.state.change_counts();
+        for o in &mut self.observers {
+            o.change(&self.state, &change);
+        }
         self.apply_change_inner(change);
         let (s1, e1) = self.state.change_counts();
         if (s1, e1) != (s0, e0) {
@@ -584,17 +357,12 @@ impl<D: Dataplane> SyncLoop<D> {
     fn apply_change_inner(&mut self, change: Change) {
         match change {
             Change::ServiceApplied(s) => {
-                self.withdrawn_udp
-                    .note(self.state.service(&s.key), Some(&s));
                 self.state.upsert_service(*s);
             }
             Change::ServiceDeleted(key) => {
-                self.withdrawn_udp.note(self.state.service(&key), None);
                 self.state.remove_service(&key);
             }
             Change::ServicesListed(list) => {
-                self.withdrawn_udp
-                    .note_replaced(self.state.services(), &list);
                 self.state.replace_services(list);
                 self.services_listed = true;
             }
@@ -620,8 +388,6 @@ impl<D: Dataplane> SyncLoop<D> {
                 node,
                 service_cidrs,
             } => {
-                self.withdrawn_udp
-                    .note_replaced(self.state.services(), &services);
                 self.state.replace_services(services);
                 self.state.replace_slices(slices);
                 self.services_listed = true;
@@ -654,8 +420,7 @@ impl<D: Dataplane> SyncLoop<D> {
         ctx.service_cidrs = cidrs;
         if ctx != self.current_ctx {
             info!(node_port_ips = ?ctx.node_port_ips, "node context changed: next sync is a full one");
-            self.compiler
-                .reconfigure(self.compiler.config().clone(), ctx.clone());
+            self.mode.set_node(ctx.clone());
             self.current_ctx = ctx;
             self.needs_full = true;
         }
@@ -713,9 +478,9 @@ impl<D: Dataplane> SyncLoop<D> {
 
     /// Syncs now if the gate is open and something is pending, regardless of timing.
     ///
-    /// When the dataplane refuses the transaction, the services at fault are looked for with
-    /// dry runs ([`isolate`]), held back ([`SyncLoop::quarantined`]), and everything else is
-    /// applied: the sync succeeds unless nothing at all can be applied.
+    /// When the kernel refuses the change, the mode looks for the services at fault (with
+    /// dry runs, see [`crate::isolate`]); they are held back ([`SyncLoop::quarantined`]) and
+    /// everything else is applied: the sync succeeds unless nothing at all can be applied.
     pub fn sync(&mut self) -> Option<Result<SyncReport, DataplaneError>> {
         let now = Instant::now();
         if !self.gate_open(now) || !self.pending(now) {
@@ -727,7 +492,6 @@ impl<D: Dataplane> SyncLoop<D> {
             // in this run): first see whether anything changed behind our back.
             self.check_drift();
         }
-        let t0 = Instant::now();
         let mut dirty = self.state.take_dirty();
         // Quarantined services are tried again: all of them by a full sync or when their
         // retry is due, the ones that changed otherwise.
@@ -755,86 +519,45 @@ impl<D: Dataplane> SyncLoop<D> {
             dirty.extend(suspects.iter().cloned());
         }
         self.quarantine_retry_at = None;
-        self.compiler
-            .set_excluded(self.quarantine.keys().cloned().collect());
-        let udp_changed = full || has_udp(&self.state, &dirty) || !self.withdrawn_udp.is_empty();
-        let (tx, undo) = if full {
-            (self.compiler.full(&self.state), None)
-        } else {
-            let (tx, undo) = self.compiler.update_undoable(&self.state, &dirty);
-            (tx, Some(undo))
-        };
-        let mut compile = t0.elapsed();
-        let mut stats = tx.stats();
-        let t1 = Instant::now();
-        // Services held back are tried in dry runs first: applying them with everything
-        // else would most likely be refused again.
-        let probe_first = !suspects.is_empty() && self.dataplane.supports_dry_runs();
-        let mut result = if probe_first {
-            Err(DataplaneError::from(
-                "services held back are tried in dry runs first",
-            ))
-        } else {
-            self.dataplane.apply(&tx)
-        };
-        let mut dry_runs = 0;
-        let mut isolation_compile = Duration::ZERO;
-        let mut not_found = false;
-        if let Err(e) = &result {
-            let failure = if probe_first {
-                Failure::Refused
-            } else {
-                self.dataplane.classify(e)
-            };
-            match failure {
-                // A partial sync that misses an object: the kernel's tables are not what
-                // Rudder programmed. Only a full sync can repair them, and it runs at once.
-                Failure::NotFound if !full => not_found = true,
-                Failure::Other => {}
-                Failure::Refused | Failure::NotFound => {
-                    let reason = e.to_string();
-                    if let Some(r) =
-                        self.isolate_refused(full, undo, &dirty, &suspects, periodic_retry, &reason)
-                    {
-                        dry_runs = r.dry_runs;
-                        stats = r.stats;
-                        compile += r.compile;
-                        isolation_compile = r.compile;
-                        result = r.result;
-                        // The services found refused, reported unless it is only a periodic
-                        // retry of a service that did not change and is still refused (the
-                        // error may name another operation: the transaction differs).
-                        let problems: Vec<rudder_model::Problem> = r
-                            .refused
-                            .iter()
-                            .filter(|k| {
-                                !(periodic_retry
-                                    && unchanged.contains(*k)
-                                    && previous.contains_key(*k))
-                            })
-                            .filter_map(|k| {
-                                Some(rudder_model::Problem {
-                                    kind: rudder_model::ObjectKind::Service,
-                                    namespace: k.namespace.clone(),
-                                    name: k.name.clone(),
-                                    reason: rudder_model::Reason::KernelRefused(
-                                        self.quarantine.get(k)?.clone(),
-                                    ),
-                                })
-                            })
-                            .collect();
-                        crate::change::report_problems(&problems);
-                    }
-                }
+        let held_back: BTreeSet<ServiceKey> = self.quarantine.keys().cloned().collect();
+        let outcome = self.mode.sync(
+            &self.state,
+            SyncRequest {
+                scope: if full {
+                    Scope::Full
+                } else {
+                    Scope::Partial(&dirty)
+                },
+                held_back: &held_back,
+                suspects: &suspects,
+                periodic_retry,
+            },
+        );
+        // The services found refused are held back, and reported unless it is only a
+        // periodic retry of a service that did not change and is still refused (the error
+        // may name another operation: the change differs).
+        let mut problems = Vec::new();
+        for (k, why) in &outcome.refused {
+            self.quarantine.insert(k.clone(), why.clone());
+            if !(periodic_retry && unchanged.contains(k) && previous.contains_key(k)) {
+                problems.push(rudder_model::Problem {
+                    kind: rudder_model::ObjectKind::Service,
+                    namespace: k.namespace.clone(),
+                    name: k.name.clone(),
+                    reason: rudder_model::Reason::KernelRefused(why.clone()),
+                });
             }
         }
-        // What the compiler refused (service addresses that are the node's own, service CIDRs
+        crate::change::report_problems(&problems);
+        for k in &outcome.undecided {
+            self.state.mark_dirty(k.clone());
+        }
+        // What the mode refused (service addresses that are the node's own, service CIDRs
         // covering the node): logged and counted like invalid input.
-        crate::change::report_problems(&self.compiler.take_problems());
+        crate::change::report_problems(&self.mode.take_problems());
         if !self.quarantine.is_empty() {
             self.quarantine_retry_at = Some(Instant::now() + self.config.sync_period);
         }
-        let apply = t1.elapsed().saturating_sub(isolation_compile);
         self.syncs += 1;
         self.last_sync_end = Some(Instant::now());
         let kind = if full {
@@ -843,31 +566,13 @@ impl<D: Dataplane> SyncLoop<D> {
             SyncKind::Partial
         };
         let kind_name = if full { "full" } else { "partial" };
-        Some(match result {
+        let (compile, apply) = (outcome.compile, outcome.apply);
+        Some(match outcome.result {
             Ok(bytes) => {
                 self.retry_at = None;
                 self.health.updated();
-                if udp_changed {
-                    self.clean_conntrack();
-                }
-                let addresses = match &self.current_ctx.node_port_ips {
-                    rudder_compiler::NodePortIps::All => Vec::new(),
-                    rudder_compiler::NodePortIps::Only(ips) => ips.clone(),
-                };
-                // Services the compiler refused as a whole, and those the kernel refused, get
-                // no health check server.
-                let compiler = &self.compiler;
-                let quarantine = &self.quarantine;
-                let sh =
-                    ServiceHealth::compute(&self.state, &self.current_ctx.name, addresses, |s| {
-                        compiler.refuses(s) || quarantine.contains_key(&s.key)
-                    });
-                self.service_health.send_if_modified(|cur| {
-                    let changed = *cur != sh;
-                    *cur = sh;
-                    changed
-                });
-                self.notify_synced();
+                let changed = if full { BTreeSet::new() } else { dirty };
+                self.notify_synced(full, &changed);
                 if full {
                     self.needs_full = false;
                     self.last_full = self.last_sync_end;
@@ -878,22 +583,22 @@ impl<D: Dataplane> SyncLoop<D> {
                     services: if full {
                         self.state.service_count()
                     } else {
-                        dirty.len()
+                        changed.len()
                     },
-                    objects: stats.objects,
-                    elements_added: stats.elements_added,
-                    elements_deleted: stats.elements_deleted,
+                    objects: outcome.written.objects,
+                    elements_added: outcome.written.elements_added,
+                    elements_deleted: outcome.written.elements_deleted,
                     bytes,
                     compile,
                     apply,
-                    no_local_endpoints: self.compiler.no_local_endpoints(),
+                    no_local_endpoints: self.mode.no_local_endpoints(),
                     services_total: self.state.service_count(),
                     quarantined: self
                         .quarantine
                         .iter()
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect(),
-                    dry_runs,
+                    dry_runs: outcome.dry_runs,
                 };
                 info!(
                     kind = kind_name,
@@ -915,7 +620,7 @@ impl<D: Dataplane> SyncLoop<D> {
                     .into_iter()
                     .map(|t| (now - t).max(0.0))
                     .collect();
-                let families = self.compiler.families();
+                let families = self.mode.families();
                 self.emit(LoopEvent::Synced {
                     report: report.clone(),
                     families,
@@ -923,17 +628,19 @@ impl<D: Dataplane> SyncLoop<D> {
                 });
                 Ok(report)
             }
-            Err(e) => {
-                let families = self.compiler.families();
+            Err((e, failure)) => {
+                let families = self.mode.families();
                 self.emit(LoopEvent::Failed { kind, families });
-                // The compiler has moved on but the kernel has not (transactions are atomic):
-                // the next sync replaces the tables completely.
+                // The mode has moved on but the kernel has not (changes are atomic): the
+                // next sync programs everything.
                 self.failures += 1;
                 self.needs_full = true;
                 // The quarantine of a failed sync is void: the full sync decides again.
                 self.quarantine = previous;
                 self.quarantine_retry_at = None;
-                if not_found {
+                if !full && failure == Failure::NotFound {
+                    // A partial sync that misses an object: the kernel's tables are not what
+                    // Rudder programmed. Only a full sync repairs them, and it runs at once.
                     self.retry_at = None;
                     warn!(
                         kind = kind_name,
@@ -989,12 +696,7 @@ impl<D: Dataplane> SyncLoop<D> {
                 },
                 q = next_request(&mut explain_rx) => match q {
                     Some(req) => {
-                        let e = rudder_compiler::explain::explain(
-                            &self.state,
-                            self.compiler.config(),
-                            self.compiler.node(),
-                            &req.query,
-                        );
+                        let e = self.mode.explain(&self.state, &req.query);
                         let _ = req.reply.try_send(e);
                     }
                     None => explain_rx = None,
@@ -1011,13 +713,8 @@ impl<D: Dataplane> SyncLoop<D> {
 }
 
 mod drift;
-mod isolate;
-mod quarantine;
 
 pub use drift::DriftNotice;
-
-pub use isolate::{Isolation, isolate};
-pub use quarantine::MAX_DRY_RUNS;
 
 #[cfg(test)]
 mod tests;

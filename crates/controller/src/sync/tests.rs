@@ -9,6 +9,8 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::*;
+use crate::nftables::{MAX_DRY_RUNS, Shape};
+use rudder_nft::Transaction;
 
 fn svc(name: &str, ip: &str) -> Box<rudder_model::Service> {
     let k: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
@@ -29,7 +31,7 @@ fn slice(name: &str, svc: &str, ips: &[&str]) -> Box<rudder_model::EndpointSlice
     Box::new(crate::change::slice(&k).unwrap())
 }
 
-fn new_loop(config: LoopConfig) -> SyncLoop<Ruleset> {
+fn new_loop(config: LoopConfig) -> SyncLoop<NftMode<Ruleset>> {
     let node = NodeContext::new("n1".into(), NodePortIps::Only(vec![]));
     let compiler = Compiler::new(&[IpFamily::V4], Config::default(), node.clone());
     let ctx: NodeContextFn = Box::new(move |n: Option<&Node>| {
@@ -181,7 +183,7 @@ async fn failures_are_retried_after_the_sync_period_with_a_full_sync() {
     l.apply_change(Change::ServicesListed(vec![*svc("a", "10.96.0.1")]));
     l.apply_change(Change::SlicesListed(vec![]));
     assert!(l.sync().unwrap().is_ok());
-    l.dataplane.fail = true;
+    l.dataplane_mut().fail = true;
     l.apply_change(Change::ServiceApplied(svc("b", "10.96.0.2")));
     assert!(l.sync().unwrap().is_err());
     let now = Instant::now();
@@ -190,7 +192,7 @@ async fn failures_are_retried_after_the_sync_period_with_a_full_sync() {
         Some(now + Duration::from_secs(30)),
         "retry after syncPeriod"
     );
-    l.dataplane.fail = false;
+    l.dataplane_mut().fail = false;
     tokio::time::advance(Duration::from_secs(30)).await;
     let report = l.sync().unwrap().unwrap();
     assert_eq!(
@@ -198,7 +200,7 @@ async fn failures_are_retried_after_the_sync_period_with_a_full_sync() {
         SyncKind::Full,
         "after a failure the next sync is full"
     );
-    let mut ips = elements(&l.dataplane.inner, "cluster-ips");
+    let mut ips = elements(&l.dataplane().inner, "cluster-ips");
     ips.sort();
     assert_eq!(ips, vec!["10.96.0.1", "10.96.0.2"]);
 }
@@ -371,7 +373,7 @@ impl Dataplane for Picky {
     }
 }
 
-fn picky_loop(poison: &SharedPoison) -> SyncLoop<Picky> {
+fn picky_loop(poison: &SharedPoison) -> SyncLoop<NftMode<Picky>> {
     let node = NodeContext::new("n1".into(), NodePortIps::Only(vec![]));
     let compiler = Compiler::new(&[IpFamily::V4], Config::default(), node.clone());
     let ctx: NodeContextFn = Box::new(move |_| node.clone());
@@ -413,7 +415,7 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
     v
 }
 
-fn quarantined_names<D: Dataplane>(l: &SyncLoop<D>) -> Vec<String> {
+fn quarantined_names<D: Dataplane>(l: &SyncLoop<NftMode<D>>) -> Vec<String> {
     l.quarantined().keys().map(|k| k.name.clone()).collect()
 }
 
@@ -654,7 +656,7 @@ async fn a_partial_sync_that_misses_an_object_is_followed_at_once_by_a_full_sync
     l.sync().unwrap().unwrap();
     // Someone deletes the cluster-ips set's elements behind Rudder's back; then a service
     // is deleted, whose element the partial sync deletes.
-    for t in l.dataplane.inner.tables.values_mut() {
+    for t in l.dataplane_mut().inner.tables.values_mut() {
         if let Some(s) = t
             .sets
             .values_mut()
@@ -719,7 +721,7 @@ fn shared_loop(
     kernel: &Shared,
     min_sync: Duration,
 ) -> (
-    SyncLoop<Shared>,
+    SyncLoop<NftMode<Shared>>,
     std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 ) {
     let node = NodeContext::new("n1".into(), NodePortIps::Only(vec![]));

@@ -18,8 +18,10 @@ use rudder_nft::TxStats;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::isolate::isolate;
-use super::{Dataplane, DataplaneError, Failure, SyncLoop};
+use super::{Dataplane, NftMode, all_services};
+use crate::isolate::isolate;
+use crate::mode::{DataplaneError, Failure, SyncRequest};
+use rudder_model::ProxyState;
 
 /// Most dry runs one sync makes to find refused services: enough for one offender among a
 /// million services (about `2 × log2(n)` in the worst case), or a few among thousands. What is
@@ -36,8 +38,10 @@ pub(super) struct Isolated {
     pub compile: Duration,
     /// Dry runs made.
     pub dry_runs: usize,
-    /// The services found refused (now in the quarantine).
-    pub refused: Vec<ServiceKey>,
+    /// The services found refused, each with the error of the dry run that refused it.
+    pub refused: Vec<(ServiceKey, String)>,
+    /// The services not decided on (out of dry runs): left out, or left as they were.
+    pub undecided: Vec<ServiceKey>,
 }
 
 /// The answer of one dry run, as [`isolate`] wants it.
@@ -60,7 +64,7 @@ fn groups(candidates: Vec<ServiceKey>, suspects: &BTreeSet<ServiceKey>) -> Vec<V
     vec![others, sus]
 }
 
-impl<D: Dataplane> SyncLoop<D> {
+impl<D: Dataplane> NftMode<D> {
     /// After the dataplane refused a sync (with `error`), or before applying a sync that
     /// tries held-back services again: finds the refused services, adds them to the
     /// quarantine, and applies the rest. `undo` undoes the compile of a partial sync;
@@ -70,19 +74,25 @@ impl<D: Dataplane> SyncLoop<D> {
     /// any service are refused, no service is held back and the sync fails.
     pub(super) fn isolate_refused(
         &mut self,
-        full: bool,
+        state: &ProxyState,
+        request: SyncRequest<'_>,
         undo: Option<Undo>,
-        dirty: &BTreeSet<ServiceKey>,
-        suspects: &BTreeSet<ServiceKey>,
-        periodic_retry: bool,
         error: &str,
     ) -> Option<Isolated> {
+        let full = request.scope.is_full();
+        let suspects = request.suspects;
+        let periodic_retry = request.periodic_retry;
+        let empty = BTreeSet::new();
+        let dirty = match request.scope {
+            crate::mode::Scope::Partial(d) => d,
+            crate::mode::Scope::Full => &empty,
+        };
         let t0 = Instant::now();
         let mut compile = Duration::ZERO;
         let mut dry_runs = 0;
         let mut extra_dry_runs = 0;
         let all: Vec<ServiceKey> = if full {
-            self.state.services().map(|s| s.key.clone()).collect()
+            all_services(state)
         } else {
             Vec::new()
         };
@@ -90,7 +100,6 @@ impl<D: Dataplane> SyncLoop<D> {
             let candidates = groups(all.clone(), suspects);
             let compiler = &mut self.compiler;
             let dataplane = &mut self.dataplane;
-            let state = &self.state;
             let mut baseline_checked = false;
             isolate(candidates, MAX_DRY_RUNS - 1, |accepted, _refused, trial| {
                 let included: BTreeSet<&ServiceKey> = accepted.iter().chain(trial).collect();
@@ -125,11 +134,10 @@ impl<D: Dataplane> SyncLoop<D> {
             // Back to what the kernel holds; each dry run is then an update of some of the
             // changed services, rolled back after the kernel's answer.
             self.compiler.rollback(undo?);
-            let quarantined: BTreeSet<ServiceKey> = self.quarantine.keys().cloned().collect();
+            let quarantined: &BTreeSet<ServiceKey> = request.held_back;
             let candidates = groups(dirty.iter().cloned().collect(), suspects);
             let compiler = &mut self.compiler;
             let dataplane = &mut self.dataplane;
-            let state = &self.state;
             isolate(candidates, MAX_DRY_RUNS, |accepted, refused, trial| {
                 let changed: BTreeSet<ServiceKey> = accepted
                     .iter()
@@ -157,38 +165,40 @@ impl<D: Dataplane> SyncLoop<D> {
                     compile,
                     dry_runs,
                     refused: Vec::new(),
+                    undecided: Vec::new(),
                 });
             }
         };
         dry_runs += outcome.dry_runs;
-        for (k, why) in &outcome.refused {
-            self.quarantine.insert(k.clone(), why.clone());
-        }
-        // Undecided services wait for the next sync, which decides on them with a budget of
-        // its own: a full sync leaves them out, a partial one leaves them as they were.
-        for k in &outcome.undecided {
-            self.state.mark_dirty(k.clone());
-        }
+        // The services held back from now on: those held back already, and those refused.
+        let held_back: BTreeSet<ServiceKey> = request
+            .held_back
+            .iter()
+            .chain(outcome.refused.iter().map(|(k, _)| k))
+            .cloned()
+            .collect();
+        // Undecided services wait for the next sync (the loop marks them changed), which
+        // decides on them with a budget of its own: a full sync leaves them out, a partial
+        // one leaves them as they were.
         let t = Instant::now();
         let tx = if full {
             self.compiler.set_excluded(
-                self.quarantine
-                    .keys()
+                held_back
+                    .iter()
                     .chain(&outcome.undecided)
                     .cloned()
                     .collect(),
             );
-            self.compiler.full(&self.state)
+            self.compiler.full(state)
         } else {
-            self.compiler
-                .set_excluded(self.quarantine.keys().cloned().collect());
+            self.compiler.set_excluded(held_back);
             let changed: BTreeSet<ServiceKey> = outcome
                 .accepted
                 .iter()
                 .chain(outcome.refused.iter().map(|(k, _)| k))
                 .cloned()
                 .collect();
-            self.compiler.update(&self.state, &changed)
+            self.compiler.update(state, &changed)
         };
         compile += t.elapsed();
         let stats = tx.stats();
@@ -242,7 +252,8 @@ impl<D: Dataplane> SyncLoop<D> {
             stats,
             compile,
             dry_runs,
-            refused: outcome.refused.into_iter().map(|(k, _)| k).collect(),
+            refused: outcome.refused,
+            undecided: outcome.undecided,
         })
     }
 }
