@@ -7,8 +7,8 @@
 //! transaction; the last message asks for an acknowledgement, so success is confirmed, not
 //! assumed.
 
-pub mod encode;
-pub(crate) mod wire;
+pub use rudder_nft_codec::encode;
+pub(crate) use rudder_nft_codec::wire;
 
 use std::io::ErrorKind;
 use std::sync::Mutex;

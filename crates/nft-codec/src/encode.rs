@@ -13,7 +13,7 @@ use rudder_nft::{
     SetDecl, SetFlag, Stmt, TableRef, Transaction, Value, Verdict,
 };
 
-use super::wire::*;
+use crate::wire::*;
 
 /// A transaction the netlink encoder cannot express.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
