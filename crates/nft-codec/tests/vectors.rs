@@ -35,8 +35,12 @@ fn messages(mut b: &[u8]) -> Vec<&[u8]> {
 /// The messages of a vector file: one hex line each, `#` comments.
 fn read_vector(name: &str) -> Vec<Vec<u8>> {
     let path = dir().join(format!("{name}.hex"));
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (write it with --ignored write_vectors)", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (write it with --ignored write_vectors)",
+            path.display()
+        )
+    });
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
@@ -89,10 +93,19 @@ fn batches_are_byte_identical_to_the_vectors() {
         assert_eq!(got.len(), want.len(), "{}: number of messages", case.name);
         // Framing: BATCH_BEGIN first, BATCH_END last unless a dry run, the ack asked on the
         // last operation message.
-        assert_eq!(u16::from_ne_bytes([got[0][4], got[0][5]]), 0x10, "{}", case.name);
+        assert_eq!(
+            u16::from_ne_bytes([got[0][4], got[0][5]]),
+            0x10,
+            "{}",
+            case.name
+        );
         let end = u16::from_ne_bytes([got[got.len() - 1][4], got[got.len() - 1][5]]);
         assert_eq!(end == 0x11, !case.dry_run, "{}", case.name);
-        let last = if case.dry_run { got.len() - 1 } else { got.len() - 2 };
+        let last = if case.dry_run {
+            got.len() - 1
+        } else {
+            got.len() - 2
+        };
         let flags = u16::from_ne_bytes([got[last][6], got[last][7]]);
         assert_ne!(flags & 0x4, 0, "{}: ack requested", case.name);
         let seq = u32::from_ne_bytes([got[last][8], got[last][9], got[last][10], got[last][11]]);

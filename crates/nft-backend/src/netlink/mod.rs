@@ -1,13 +1,12 @@
 //! The native write path: transactions sent to the kernel as one nf_tables netlink batch.
 //!
-//! The batch is built in memory ([`encode`]) and sent with a single `sendmsg` on a
+//! The batch is built in memory ([`rudder_nft_codec::encode`]) and sent with a single `sendmsg` on a
 //! `NETLINK_NETFILTER` socket. The kernel processes a batch synchronously inside that call
 //! and applies it atomically: every message or none. Errors come back as `NLMSG_ERROR`
 //! messages naming the failing message's sequence number, which maps to the operation of the
 //! transaction; the last message asks for an acknowledgement, so success is confirmed, not
 //! assumed.
 
-pub use rudder_nft_codec::encode;
 pub(crate) use rudder_nft_codec::wire;
 
 use std::io::ErrorKind;
@@ -18,8 +17,9 @@ use netlink_sys::Socket;
 use nix::sys::socket::{setsockopt, sockopt};
 use rudder_nft::Transaction;
 
-use encode::IntervalSets;
-pub use encode::{Batch, EncodeError};
+use rudder_nft_codec as codec;
+use rudder_nft_codec::IntervalSets;
+pub use rudder_nft_codec::{Batch, EncodeError};
 use wire::{NETLINK_NETFILTER, NLMSG_DONE, NLMSG_ERROR};
 
 /// Why a netlink transaction failed.
@@ -113,9 +113,9 @@ impl NetlinkWriter {
             Ordering::Relaxed,
         );
         if commit {
-            encode::encode(tx, &known, seq.wrapping_add(1))
+            codec::encode(tx, &known, seq.wrapping_add(1))
         } else {
-            encode::encode_dry_run(tx, &known, seq.wrapping_add(1))
+            codec::encode_dry_run(tx, &known, seq.wrapping_add(1))
         }
     }
 
@@ -125,7 +125,7 @@ impl NetlinkWriter {
     }
 
     /// Has the kernel validate `tx` completely, exactly as [`NetlinkWriter::apply`] would
-    /// send it, and then abort it (see [`encode::encode_dry_run`]): `Ok` when the kernel would
+    /// send it, and then abort it (see [`codec::encode_dry_run`]): `Ok` when the kernel would
     /// take it, the same error as `apply` otherwise. Nothing changes.
     pub fn check(&self, tx: &Transaction) -> Result<(), NetlinkError> {
         self.send(tx, false).map(|_| ())
@@ -168,7 +168,7 @@ impl NetlinkWriter {
         }
         result?;
         if commit && let Ok(mut known) = self.intervals.lock() {
-            encode::track_interval_sets(tx, &mut known);
+            codec::track_interval_sets(tx, &mut known);
         }
         Ok(len)
     }

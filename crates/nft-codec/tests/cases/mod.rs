@@ -128,11 +128,7 @@ fn sets(tx: &mut Transaction, t: &TableRef) {
     ];
     tx.add_set(
         t,
-        SetDecl::map_typeof(
-            n("endpoints-3"),
-            key,
-            vec![Expr::Daddr(f), Expr::ThDport],
-        ),
+        SetDecl::map_typeof(n("endpoints-3"), key, vec![Expr::Daddr(f), Expr::ThDport]),
     );
     let mut aff = SetDecl::set(n("affinity"), KeyType::types([addr]));
     aff.flags = vec![SetFlag::Dynamic, SetFlag::Timeout];
@@ -148,29 +144,71 @@ fn rules(f: Family) -> Transaction {
     tx.add_table(t.clone());
     tx.add_chain(
         &t,
-        base("nat-prerouting", ChainType::Nat, Hook::Prerouting, -100, Policy::Accept),
+        base(
+            "nat-prerouting",
+            ChainType::Nat,
+            Hook::Prerouting,
+            -100,
+            Policy::Accept,
+        ),
     );
     tx.add_chain(
         &t,
-        base("nat-output", ChainType::Nat, Hook::Output, -100, Policy::Accept),
+        base(
+            "nat-output",
+            ChainType::Nat,
+            Hook::Output,
+            -100,
+            Policy::Accept,
+        ),
     );
     tx.add_chain(
         &t,
-        base("nat-postrouting", ChainType::Nat, Hook::Postrouting, 100, Policy::Accept),
+        base(
+            "nat-postrouting",
+            ChainType::Nat,
+            Hook::Postrouting,
+            100,
+            Policy::Accept,
+        ),
     );
     tx.add_chain(
         &t,
-        base("filter-input", ChainType::Filter, Hook::Input, 0, Policy::Accept),
+        base(
+            "filter-input",
+            ChainType::Filter,
+            Hook::Input,
+            0,
+            Policy::Accept,
+        ),
     );
     tx.add_chain(
         &t,
-        base("filter-forward", ChainType::Filter, Hook::Forward, 0, Policy::Drop),
+        base(
+            "filter-forward",
+            ChainType::Filter,
+            Hook::Forward,
+            0,
+            Policy::Drop,
+        ),
     );
     tx.add_chain(
         &t,
-        base("filter-prerouting-pre-dnat", ChainType::Filter, Hook::Prerouting, -110, Policy::Accept),
+        base(
+            "filter-prerouting-pre-dnat",
+            ChainType::Filter,
+            Hook::Prerouting,
+            -110,
+            Policy::Accept,
+        ),
     );
-    for c in ["services", "masquerading", "reject-chain", "endpoints", "sticky"] {
+    for c in [
+        "services",
+        "masquerading",
+        "reject-chain",
+        "endpoints",
+        "sticky",
+    ] {
         tx.add_chain(&t, ChainDecl::regular(n(c)));
     }
     tx.add_chain(&t, chain_with_comment("firewall-check", "source ranges"));
@@ -215,7 +253,11 @@ fn rules(f: Family) -> Transaction {
         &mut tx,
         "services",
         rule(vec![
-            Stmt::Cmp(Expr::FibType(FibKind::Daddr), CmpOp::Eq, Expr::Keyword("local")),
+            Stmt::Cmp(
+                Expr::FibType(FibKind::Daddr),
+                CmpOp::Eq,
+                Expr::Keyword("local"),
+            ),
             Stmt::Cmp(Expr::Daddr(f), CmpOp::Ne, loopback),
             Stmt::Cmp(Expr::Saddr(f), CmpOp::Eq, pod),
             Stmt::Cmp(Expr::Daddr(f), CmpOp::Eq, other),
@@ -273,8 +315,16 @@ fn rules(f: Family) -> Transaction {
         &mut tx,
         "filter-input",
         rule(vec![
-            Stmt::Cmp(Expr::FibType(FibKind::Saddr), CmpOp::Ne, Expr::Keyword("unicast")),
-            Stmt::Cmp(Expr::L4Proto, CmpOp::Eq, Expr::Const(Atom::Proto(L4Proto::Udp))),
+            Stmt::Cmp(
+                Expr::FibType(FibKind::Saddr),
+                CmpOp::Ne,
+                Expr::Keyword("unicast"),
+            ),
+            Stmt::Cmp(
+                Expr::L4Proto,
+                CmpOp::Eq,
+                Expr::Const(Atom::Proto(L4Proto::Udp)),
+            ),
             Stmt::Cmp(Expr::ThDport, CmpOp::Eq, Expr::Const(Atom::Port(53))),
             Stmt::Verdict(Verdict::Drop),
         ]),
@@ -293,7 +343,12 @@ fn rules(f: Family) -> Transaction {
         "firewall-check",
         rule(vec![
             Stmt::Lookup(
-                Expr::Concat(vec![Expr::Daddr(f), Expr::L4Proto, Expr::ThDport, Expr::Saddr(f)]),
+                Expr::Concat(vec![
+                    Expr::Daddr(f),
+                    Expr::L4Proto,
+                    Expr::ThDport,
+                    Expr::Saddr(f),
+                ]),
                 CmpOp::Ne,
                 n("firewall-allow"),
             ),
@@ -306,7 +361,11 @@ fn rules(f: Family) -> Transaction {
         &mut tx,
         "reject-chain",
         rule(vec![
-            Stmt::Cmp(Expr::L4Proto, CmpOp::Eq, Expr::Const(Atom::Proto(L4Proto::Tcp))),
+            Stmt::Cmp(
+                Expr::L4Proto,
+                CmpOp::Eq,
+                Expr::Const(Atom::Proto(L4Proto::Tcp)),
+            ),
             Stmt::Reject(Reject::TcpReset),
         ]),
     );
@@ -315,14 +374,23 @@ fn rules(f: Family) -> Transaction {
         "reject-chain",
         rule(vec![Stmt::Counter, Stmt::Reject(Reject::TcpReset)]),
     );
-    r(&mut tx, "reject-chain", rule(vec![Stmt::Reject(Reject::Default)]));
+    r(
+        &mut tx,
+        "reject-chain",
+        rule(vec![Stmt::Reject(Reject::Default)]),
+    );
     // DNAT through a map and to a fixed address; a dynamic set update.
     r(
         &mut tx,
         "endpoints",
         rule(vec![Stmt::DnatMap(
             f,
-            Expr::Concat(vec![Expr::Daddr(f), Expr::L4Proto, Expr::ThDport, Expr::Numgen(3)]),
+            Expr::Concat(vec![
+                Expr::Daddr(f),
+                Expr::L4Proto,
+                Expr::ThDport,
+                Expr::Numgen(3),
+            ]),
             n("endpoints-3"),
         )]),
     );
@@ -331,7 +399,11 @@ fn rules(f: Family) -> Transaction {
         "sticky",
         rule(vec![
             Stmt::UpdateSet(Expr::Saddr(f), n("affinity")),
-            Stmt::Cmp(Expr::L4Proto, CmpOp::Eq, Expr::Const(Atom::Proto(L4Proto::Tcp))),
+            Stmt::Cmp(
+                Expr::L4Proto,
+                CmpOp::Eq,
+                Expr::Const(Atom::Proto(L4Proto::Tcp)),
+            ),
             Stmt::DnatTo(ep, 8080),
         ]),
     );
@@ -430,7 +502,12 @@ fn intervals(f: Family) -> Transaction {
             )
         })
         .chain(std::iter::once((
-            Key::new([lb.clone(), Atom::Proto(L4Proto::Sctp), Atom::Port(9999), any]),
+            Key::new([
+                lb.clone(),
+                Atom::Proto(L4Proto::Sctp),
+                Atom::Port(9999),
+                any,
+            ]),
             None,
         )))
         .collect();
@@ -498,7 +575,11 @@ fn deletions(f: Family) -> Transaction {
     tx.delete_elements(
         &t,
         &n("service-ips"),
-        vec![Key::new([a.clone(), Atom::Proto(L4Proto::Udp), Atom::Port(53)])],
+        vec![Key::new([
+            a.clone(),
+            Atom::Proto(L4Proto::Udp),
+            Atom::Port(53),
+        ])],
     );
     tx.delete_elements(
         &t,
@@ -552,9 +633,8 @@ fn declared(f: Family) -> IntervalSets {
 pub fn cases() -> Vec<Case> {
     let mut out = Vec::new();
     for (f, suffix) in [(Family::Ip, "ip"), (Family::Ip6, "ip6")] {
-        let name = |base: &str| -> &'static str {
-            Box::leak(format!("{base}-{suffix}").into_boxed_str())
-        };
+        let name =
+            |base: &str| -> &'static str { Box::leak(format!("{base}-{suffix}").into_boxed_str()) };
         out.push(Case {
             name: name("rules"),
             about: "table, base and regular chains, sets and maps, rules with every statement and expression",

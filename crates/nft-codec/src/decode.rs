@@ -1,0 +1,1 @@
+//! Decoding what the kernel sends back (to be written).
