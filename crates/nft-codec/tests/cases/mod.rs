@@ -687,3 +687,80 @@ pub fn cases() -> Vec<Case> {
     }
     out
 }
+
+/// One exchange of the kernel reply vectors (`tests/vectors/replies/*.hex`): a batch sent to
+/// a kernel after `setup` was applied, and what the kernel is expected to answer.
+pub struct ReplyCase {
+    /// File name (without `.hex`).
+    pub name: &'static str,
+    /// What the kernel answers.
+    pub about: &'static str,
+    /// Applied first (successfully), in an empty namespace.
+    pub setup: Transaction,
+    /// The batch whose answer is recorded, encoded from [`SEQ`].
+    pub tx: Transaction,
+    /// The errno expected (0: acknowledged).
+    pub errno: i32,
+}
+
+/// `ip probe` with a chain and a set.
+fn probe_setup() -> Transaction {
+    let t = TableRef::new(Family::Ip, n("probe"));
+    let mut tx = Transaction::new();
+    tx.add_table(t.clone());
+    tx.add_chain(&t, ChainDecl::regular(n("services")));
+    tx.add_set(
+        &t,
+        SetDecl::set(n("ips"), KeyType::types([DataType::Ipv4Addr])),
+    );
+    tx
+}
+
+/// The kernel reply vectors.
+pub fn reply_cases() -> Vec<ReplyCase> {
+    let t = TableRef::new(Family::Ip, n("probe"));
+    let mut ok = Transaction::new();
+    ok.add_elements(&t, &n("ips"), vec![(Key::new([v4("10.0.0.1")]), None)]);
+    ok.add_rule(&t, &n("services"), rule(vec![Stmt::Counter]));
+    let mut exists = Transaction::new();
+    exists.add_elements(&t, &n("ips"), vec![(Key::new([v4("10.0.0.2")]), None)]);
+    // The same set declared again with another key type.
+    exists.add_set(
+        &t,
+        SetDecl::set(n("ips"), KeyType::types([DataType::Ipv6Addr])),
+    );
+    let mut missing_chain = Transaction::new();
+    missing_chain.add_rule(&t, &n("services"), rule(vec![jump("no-such-chain")]));
+    let mut missing_table = Transaction::new();
+    missing_table.delete_table(TableRef::new(Family::Ip, n("no-such-table")));
+    vec![
+        ReplyCase {
+            name: "ack",
+            about: "an element and a rule added: the last message acknowledged",
+            setup: probe_setup(),
+            tx: ok,
+            errno: 0,
+        },
+        ReplyCase {
+            name: "eexist",
+            about: "a set declared again with another key type: EEXIST for the second message",
+            setup: probe_setup(),
+            tx: exists,
+            errno: 17,
+        },
+        ReplyCase {
+            name: "enoent-chain",
+            about: "a rule jumping to a chain that does not exist: ENOENT",
+            setup: probe_setup(),
+            tx: missing_chain,
+            errno: 2,
+        },
+        ReplyCase {
+            name: "enoent-table",
+            about: "a table that does not exist deleted: ENOENT",
+            setup: probe_setup(),
+            tx: missing_table,
+            errno: 2,
+        },
+    ]
+}
