@@ -39,17 +39,15 @@ use netlink_sys::Socket;
 use nix::sys::socket::{setsockopt, sockopt};
 use rudder_nft::{Family, TableRef};
 
+use rudder_nft_codec::decode::{Attrs, Message, NFTA_GEN_ID, NFTA_GEN_PROC_PID, messages};
+use rudder_nft_codec::wire::NETLINK_NETFILTER;
+
 use crate::OwnIds;
-use crate::netlink::wire::{NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES};
 
 /// `NFNLGRP_NFTABLES`: the multicast group of nf_tables change notifications.
 const NFNLGRP_NFTABLES: u32 = 7;
-/// `NFT_MSG_NEWGEN`: the last message of every committed transaction.
-const NFT_MSG_NEWGEN: u16 = 15;
-/// `NFTA_GEN_ID`.
-const NFTA_GEN_ID: u16 = 1;
-/// `NFTA_GEN_PROC_PID`.
-const NFTA_GEN_PROC_PID: u16 = 2;
+// `NFT_MSG_NEWGEN`: the last message of every committed transaction.
+use rudder_nft_codec::wire::NFT_MSG_NEWGEN;
 /// The table attribute of every nf_tables object message (`NFTA_TABLE_NAME`,
 /// `NFTA_CHAIN_TABLE`, `NFTA_RULE_TABLE`, `NFTA_SET_TABLE`, `NFTA_SET_ELEM_LIST_TABLE`, ...).
 const ATTR_TABLE: u16 = 1;
@@ -59,8 +57,6 @@ const ATTR_NAME_2: u16 = 2;
 const NFTA_CHAIN_NAME: u16 = 3;
 /// `NFTA_SET_ELEM_LIST_ELEMENTS`.
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
-/// `NLMSG_ERROR`, `NLMSG_DONE`, `NLMSG_OVERRUN`.
-const NLMSG_MAX_CONTROL: u16 = 0x10;
 
 /// How long a burst of changes must be quiet before it is reported.
 pub const QUIET: Duration = Duration::from_millis(50);
@@ -323,36 +319,24 @@ impl Reader {
         self.burst = Burst::default();
     }
 
-    /// One datagram: one or more netlink messages.
-    fn datagram(&mut self, mut buf: &[u8]) {
-        while buf.len() >= 16 {
-            let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-            if len < 16 || len > buf.len() {
-                return;
+    /// One datagram: one or more netlink messages (decoded by the codec, up to the first
+    /// malformed one).
+    fn datagram(&mut self, buf: &[u8]) {
+        for m in messages(buf) {
+            match m {
+                Ok(Message::Nft(n)) => {
+                    self.message(n.kind, n.family, n.header.port_number, n.attrs)
+                }
+                Ok(_) => {}
+                Err(_) => return,
             }
-            let ty = u16::from_ne_bytes([buf[4], buf[5]]);
-            let port_id = u32::from_ne_bytes([buf[12], buf[13], buf[14], buf[15]]);
-            self.message(ty, port_id, &buf[16..len]);
-            buf = &buf[(len.div_ceil(4) * 4).min(buf.len())..];
         }
     }
 
-    fn message(&mut self, ty: u16, port_id: u32, payload: &[u8]) {
-        if ty < NLMSG_MAX_CONTROL || ty >> 8 != NFNL_SUBSYS_NFTABLES || payload.len() < 4 {
-            return;
-        }
-        let kind = ty & 0xff;
-        let family = payload[0];
-        let attrs = Attrs(&payload[4..]);
+    fn message(&mut self, kind: u16, family: u8, port_id: u32, attrs: Attrs<'_>) {
         if kind == NFT_MSG_NEWGEN {
-            let be32 = |ty| {
-                attrs
-                    .get(ty)
-                    .and_then(|v| v.get(..4))
-                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-            };
-            let pid = be32(NFTA_GEN_PROC_PID);
-            let generation = be32(NFTA_GEN_ID);
+            let pid = attrs.be32(NFTA_GEN_PROC_PID);
+            let generation = attrs.be32(NFTA_GEN_ID);
             // Commits were not seen (written while the monitor was out of the group, or
             // lost): the changes collected may belong partly to one of them, whoever wrote
             // it, and are not taken for Rudder's.
@@ -428,49 +412,11 @@ impl Reader {
     }
 }
 
-/// A sequence of netlink attributes.
-#[derive(Debug, Clone, Copy)]
-struct Attrs<'a>(&'a [u8]);
-
-impl<'a> Attrs<'a> {
-    fn iter(self) -> impl Iterator<Item = (u16, &'a [u8])> {
-        let mut buf = self.0;
-        std::iter::from_fn(move || {
-            if buf.len() < 4 {
-                return None;
-            }
-            let len = usize::from(u16::from_ne_bytes([buf[0], buf[1]]));
-            let ty = u16::from_ne_bytes([buf[2], buf[3]]) & 0x3fff;
-            if len < 4 || len > buf.len() {
-                return None;
-            }
-            let value = &buf[4..len];
-            buf = &buf[len.div_ceil(4).saturating_mul(4).min(buf.len())..];
-            Some((ty, value))
-        })
-    }
-
-    fn get(self, ty: u16) -> Option<&'a [u8]> {
-        self.iter().find(|(t, _)| *t == ty).map(|(_, v)| v)
-    }
-
-    /// A NUL-terminated string attribute.
-    fn string(self, ty: u16) -> Option<&'a str> {
-        let v = self.get(ty)?;
-        let v = v.split(|b| *b == 0).next().unwrap_or(v);
-        std::str::from_utf8(v).ok()
-    }
-
-    fn count(self) -> usize {
-        self.iter().count()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::wire::{NLM_F_REQUEST, Writer};
     use rudder_nft::Name;
+    use rudder_nft_codec::wire::{NFNL_SUBSYS_NFTABLES, NLM_F_REQUEST, Writer};
 
     fn table(f: Family, n: &str) -> TableRef {
         TableRef::new(f, Name::new(n).unwrap())

@@ -1,14 +1,14 @@
 //! The native write path: transactions sent to the kernel as one nf_tables netlink batch.
 //!
-//! The batch is built in memory ([`encode`]) and sent with a single `sendmsg` on a
-//! `NETLINK_NETFILTER` socket. The kernel processes a batch synchronously inside that call
-//! and applies it atomically: every message or none. Errors come back as `NLMSG_ERROR`
-//! messages naming the failing message's sequence number, which maps to the operation of the
-//! transaction; the last message asks for an acknowledgement, so success is confirmed, not
-//! assumed.
-
-pub mod encode;
-pub(crate) mod wire;
+//! The batch is built in memory by the codec ([`rudder_nft_codec::encode`]) and sent with a
+//! single `sendmsg` on a `NETLINK_NETFILTER` socket; the kernel's answers are decoded by the
+//! codec too ([`rudder_nft_codec::decode`]). What this module adds is the socket, sequence
+//! numbers, and the catalogue of interval sets kept between transactions.
+//!
+//! The kernel processes a batch synchronously inside that call and applies it atomically:
+//! every message or none. Errors come back as `NLMSG_ERROR` messages naming the failing
+//! message's sequence number, which maps to the operation of the transaction; the last
+//! message asks for an acknowledgement, so success is confirmed, not assumed.
 
 use std::io::ErrorKind;
 use std::sync::Mutex;
@@ -18,9 +18,11 @@ use netlink_sys::Socket;
 use nix::sys::socket::{setsockopt, sockopt};
 use rudder_nft::Transaction;
 
-use encode::IntervalSets;
-pub use encode::{Batch, EncodeError};
-use wire::{NETLINK_NETFILTER, NLMSG_DONE, NLMSG_ERROR};
+use rudder_nft_codec as codec;
+use rudder_nft_codec::IntervalSets;
+use rudder_nft_codec::decode::{self, BatchError, BatchReplies, Refusal};
+use rudder_nft_codec::wire::NETLINK_NETFILTER;
+pub use rudder_nft_codec::{Batch, EncodeError};
 
 /// Why a netlink transaction failed.
 #[derive(Debug, thiserror::Error)]
@@ -33,12 +35,18 @@ pub enum NetlinkError {
     #[error("netlink socket: {0}")]
     Io(#[from] std::io::Error),
     /// The kernel refused the batch; nothing was applied.
-    #[error("the kernel refused the transaction: {op}: {}", std::io::Error::from_raw_os_error(*errno))]
+    #[error(
+        "the kernel refused the transaction: {op}: {}{}",
+        std::io::Error::from_raw_os_error(*errno),
+        detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default()
+    )]
     Refused {
         /// The errno the kernel returned.
         errno: i32,
         /// The operation that failed, in `nft` syntax (shortened).
         op: String,
+        /// The kernel's own explanation (its extended acknowledgement's message), if any.
+        detail: Option<String>,
     },
     /// The kernel neither acknowledged nor refused the batch.
     #[error("the kernel did not acknowledge the transaction")]
@@ -46,6 +54,14 @@ pub enum NetlinkError {
 }
 
 impl NetlinkError {
+    fn refused(r: Refusal, op: String) -> NetlinkError {
+        NetlinkError::Refused {
+            errno: r.errno,
+            op,
+            detail: r.message,
+        }
+    }
+
     /// Whether the kernel said an object does not exist.
     pub fn is_not_found(&self) -> bool {
         matches!(self, NetlinkError::Refused { errno, .. } if *errno == nix::libc::ENOENT)
@@ -113,9 +129,9 @@ impl NetlinkWriter {
             Ordering::Relaxed,
         );
         if commit {
-            encode::encode(tx, &known, seq.wrapping_add(1))
+            codec::encode(tx, &known, seq.wrapping_add(1))
         } else {
-            encode::encode_dry_run(tx, &known, seq.wrapping_add(1))
+            codec::encode_dry_run(tx, &known, seq.wrapping_add(1))
         }
     }
 
@@ -125,7 +141,7 @@ impl NetlinkWriter {
     }
 
     /// Has the kernel validate `tx` completely, exactly as [`NetlinkWriter::apply`] would
-    /// send it, and then abort it (see [`encode::encode_dry_run`]): `Ok` when the kernel would
+    /// send it, and then abort it (see [`codec::encode_dry_run`]): `Ok` when the kernel would
     /// take it, the same error as `apply` otherwise. Nothing changes.
     pub fn check(&self, tx: &Transaction) -> Result<(), NetlinkError> {
         self.send(tx, false).map(|_| ())
@@ -144,6 +160,8 @@ impl NetlinkWriter {
             self.port_ids.push(addr.port_number());
             let _ = setsockopt(&socket, sockopt::RcvBufForce, &RECV_BUFFER);
             socket.set_cap_ack(true)?;
+            // Errors carry the kernel's explanation, when it has one.
+            let _ = socket.set_ext_ack(true);
             socket.set_non_blocking(true)?;
             *cache = Some(Cached {
                 netns,
@@ -168,7 +186,7 @@ impl NetlinkWriter {
         }
         result?;
         if commit && let Ok(mut known) = self.intervals.lock() {
-            encode::track_interval_sets(tx, &mut known);
+            codec::track_interval_sets(tx, &mut known);
         }
         Ok(len)
     }
@@ -191,16 +209,7 @@ impl NetlinkWriter {
 fn get_generation(socket: &Socket, seq: u32) -> Result<u32, NetlinkError> {
     let mut buf = vec![0u8; 64 * 1024];
     while socket.recv(&mut &mut buf[..], 0).is_ok() {}
-    let mut w = wire::Writer::default();
-    let m = w.begin_msg(
-        (wire::NFNL_SUBSYS_NFTABLES << 8) | wire::NFT_MSG_GETGEN,
-        wire::NLM_F_REQUEST,
-        seq,
-        0,
-        0,
-    );
-    w.end_msg(m);
-    socket.send(&w.buf, 0)?;
+    socket.send(&codec::encode_get_generation(seq), 0)?;
     // The kernel answers inside sendmsg: the reply is waiting.
     loop {
         let n = match socket.recv(&mut &mut buf[..], 0) {
@@ -209,46 +218,13 @@ fn get_generation(socket: &Socket, seq: u32) -> Result<u32, NetlinkError> {
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Err(NetlinkError::NoAck),
             Err(e) => return Err(e.into()),
         };
-        let mut at = 0;
-        while at + 20 <= n {
-            let len = u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
-            let ty = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
-            let msg_seq =
-                u32::from_ne_bytes([buf[at + 8], buf[at + 9], buf[at + 10], buf[at + 11]]);
-            if len < 16 || at + len > n {
-                break;
+        match decode::generation(&buf[..n.min(buf.len())], seq) {
+            Some(Ok(generation)) => return Ok(generation),
+            Some(Err(BatchError::Refused(r))) => {
+                return Err(NetlinkError::refused(r, "get generation".into()));
             }
-            if ty == NLMSG_ERROR && len >= 20 {
-                let errno =
-                    -i32::from_ne_bytes([buf[at + 16], buf[at + 17], buf[at + 18], buf[at + 19]]);
-                if errno != 0 {
-                    return Err(NetlinkError::Refused {
-                        errno,
-                        op: "get generation".into(),
-                    });
-                }
-            } else if msg_seq == seq && ty & 0xff == wire::NFT_MSG_NEWGEN {
-                // nfgenmsg, then attributes: NFTA_GEN_ID (1) first, a big-endian u32.
-                let mut a = at + 20;
-                while a + 8 <= at + len {
-                    let alen = usize::from(u16::from_ne_bytes([buf[a], buf[a + 1]]));
-                    let aty = u16::from_ne_bytes([buf[a + 2], buf[a + 3]]) & 0x3fff;
-                    if alen < 4 || a + alen > at + len {
-                        break;
-                    }
-                    if aty == 1 && alen >= 8 {
-                        return Ok(u32::from_be_bytes([
-                            buf[a + 4],
-                            buf[a + 5],
-                            buf[a + 6],
-                            buf[a + 7],
-                        ]));
-                    }
-                    a += alen.div_ceil(4) * 4;
-                }
-                return Err(NetlinkError::NoAck);
-            }
-            at += len.div_ceil(4) * 4;
+            Some(Err(BatchError::NoAck)) => return Err(NetlinkError::NoAck),
+            None => {}
         }
     }
 }
@@ -272,60 +248,28 @@ fn send_batch(cached: &mut Cached, batch: &Batch, tx: &Transaction) -> Result<()
     // The kernel processes the batch inside sendmsg, so a non-blocking send either takes it
     // whole or fails; then read what the kernel answered.
     socket.send(&batch.bytes, 0)?;
-    let mut acked = false;
-    let mut refused: Option<NetlinkError> = None;
+    let mut replies = BatchReplies::new(batch);
     loop {
-        let n = match socket.recv(&mut &mut buf[..], 0) {
-            Ok(n) => n,
+        match socket.recv(&mut &mut buf[..], 0) {
+            Ok(n) => replies.read(&buf[..n.min(buf.len())]),
             Err(e) if e.kind() == ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(e.into()),
-        };
-        let mut at = 0;
-        while at + 16 <= n {
-            let len = u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
-            let ty = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
-            if len < 16 || at + len > n {
-                break;
-            }
-            if ty == NLMSG_ERROR && len >= 20 {
-                let errno =
-                    -i32::from_ne_bytes([buf[at + 16], buf[at + 17], buf[at + 18], buf[at + 19]]);
-                // The original header follows the error code.
-                let seq = if len >= 36 {
-                    u32::from_ne_bytes([buf[at + 28], buf[at + 29], buf[at + 30], buf[at + 31]])
-                } else {
-                    0
-                };
-                if errno == 0 {
-                    if Some(seq) == batch.last_seq {
-                        acked = true;
-                    }
-                } else if refused.is_none() {
-                    refused = Some(NetlinkError::Refused {
-                        errno,
-                        op: describe(batch, tx, seq),
-                    });
-                }
-            } else if ty == NLMSG_DONE {
-                // Nothing to do: the batch end.
-            }
-            at += len.div_ceil(4) * 4;
         }
     }
-    if let Some(e) = refused {
-        return Err(e);
-    }
-    if acked || batch.last_seq.is_none() {
-        Ok(())
-    } else {
-        Err(NetlinkError::NoAck)
+    match replies.outcome() {
+        Ok(()) => Ok(()),
+        Err(BatchError::Refused(r)) => {
+            let op = describe(batch, tx, r.seq);
+            Err(NetlinkError::refused(r, op))
+        }
+        Err(BatchError::NoAck) => Err(NetlinkError::NoAck),
     }
 }
 
 /// The operation a message belongs to, in `nft` syntax, shortened for an error message.
 fn describe(batch: &Batch, tx: &Transaction, seq: u32) -> String {
-    let Some(&(_, i)) = batch.seqs.iter().find(|(s, _)| *s == seq) else {
+    let Some(i) = batch.operation(seq) else {
         return format!("message {seq} (batch framing)");
     };
     let Some(op) = tx.ops().get(i) else {

@@ -14,88 +14,149 @@ pub const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 /// `NFNL_MSG_BATCH_END`.
 pub const NFNL_MSG_BATCH_END: u16 = 0x11;
 
-pub const NLM_F_REQUEST: u16 = 0x1;
-pub const NLM_F_ACK: u16 = 0x4;
-pub const NLM_F_APPEND: u16 = 0x800;
-pub const NLM_F_CREATE: u16 = 0x400;
-pub const NLMSG_ERROR: u16 = 0x2;
-pub const NLMSG_DONE: u16 = 0x3;
-const NLA_F_NESTED: u16 = 0x8000;
+// The netlink header's flags and control message types (`linux/netlink.h`), as rust-netlink
+// defines them.
+pub use netlink_packet_core::{
+    NLA_F_NESTED, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR,
+};
 
 // enum nf_tables_msg_types
+/// `NFT_MSG_NEWTABLE`.
 pub const NFT_MSG_NEWTABLE: u16 = 0;
+/// `NFT_MSG_DELTABLE`.
 pub const NFT_MSG_DELTABLE: u16 = 2;
+/// `NFT_MSG_NEWCHAIN`.
 pub const NFT_MSG_NEWCHAIN: u16 = 3;
+/// `NFT_MSG_DELCHAIN`.
 pub const NFT_MSG_DELCHAIN: u16 = 5;
+/// `NFT_MSG_NEWRULE`.
 pub const NFT_MSG_NEWRULE: u16 = 6;
+/// `NFT_MSG_DELRULE`.
 pub const NFT_MSG_DELRULE: u16 = 8;
+/// `NFT_MSG_NEWSET`.
 pub const NFT_MSG_NEWSET: u16 = 9;
+/// `NFT_MSG_DELSET`.
 pub const NFT_MSG_DELSET: u16 = 11;
+/// `NFT_MSG_NEWSETELEM`.
 pub const NFT_MSG_NEWSETELEM: u16 = 12;
+/// `NFT_MSG_DELSETELEM`.
 pub const NFT_MSG_DELSETELEM: u16 = 14;
+/// `NFT_MSG_NEWGEN`.
 pub const NFT_MSG_NEWGEN: u16 = 15;
+/// `NFT_MSG_GETGEN`.
 pub const NFT_MSG_GETGEN: u16 = 16;
 
+/// `NFTA_LIST_ELEM`.
 pub const NFTA_LIST_ELEM: u16 = 1;
 
+/// `NFTA_TABLE_NAME`.
 pub const NFTA_TABLE_NAME: u16 = 1;
+/// `NFTA_TABLE_FLAGS`.
 pub const NFTA_TABLE_FLAGS: u16 = 2;
 
+/// `NFTA_CHAIN_TABLE`.
 pub const NFTA_CHAIN_TABLE: u16 = 1;
+/// `NFTA_CHAIN_NAME`.
 pub const NFTA_CHAIN_NAME: u16 = 3;
+/// `NFTA_CHAIN_HOOK`.
 pub const NFTA_CHAIN_HOOK: u16 = 4;
+/// `NFTA_CHAIN_POLICY`.
 pub const NFTA_CHAIN_POLICY: u16 = 5;
+/// `NFTA_CHAIN_TYPE`.
 pub const NFTA_CHAIN_TYPE: u16 = 7;
+/// `NFTA_CHAIN_USERDATA`.
 pub const NFTA_CHAIN_USERDATA: u16 = 12;
+/// `NFTA_HOOK_HOOKNUM`.
 pub const NFTA_HOOK_HOOKNUM: u16 = 1;
+/// `NFTA_HOOK_PRIORITY`.
 pub const NFTA_HOOK_PRIORITY: u16 = 2;
 
+/// `NFTA_RULE_TABLE`.
 pub const NFTA_RULE_TABLE: u16 = 1;
+/// `NFTA_RULE_CHAIN`.
 pub const NFTA_RULE_CHAIN: u16 = 2;
+/// `NFTA_RULE_EXPRESSIONS`.
 pub const NFTA_RULE_EXPRESSIONS: u16 = 4;
+/// `NFTA_RULE_USERDATA`.
 pub const NFTA_RULE_USERDATA: u16 = 7;
 
+/// `NFTA_SET_TABLE`.
 pub const NFTA_SET_TABLE: u16 = 1;
+/// `NFTA_SET_NAME`.
 pub const NFTA_SET_NAME: u16 = 2;
+/// `NFTA_SET_FLAGS`.
 pub const NFTA_SET_FLAGS: u16 = 3;
+/// `NFTA_SET_KEY_TYPE`.
 pub const NFTA_SET_KEY_TYPE: u16 = 4;
+/// `NFTA_SET_KEY_LEN`.
 pub const NFTA_SET_KEY_LEN: u16 = 5;
+/// `NFTA_SET_DATA_TYPE`.
 pub const NFTA_SET_DATA_TYPE: u16 = 6;
+/// `NFTA_SET_DATA_LEN`.
 pub const NFTA_SET_DATA_LEN: u16 = 7;
+/// `NFTA_SET_DESC`.
 pub const NFTA_SET_DESC: u16 = 9;
+/// `NFTA_SET_ID`.
 pub const NFTA_SET_ID: u16 = 10;
+/// `NFTA_SET_TIMEOUT`.
 pub const NFTA_SET_TIMEOUT: u16 = 11;
+/// `NFTA_SET_USERDATA`.
 pub const NFTA_SET_USERDATA: u16 = 13;
+/// `NFTA_SET_DESC_SIZE`.
 pub const NFTA_SET_DESC_SIZE: u16 = 1;
+/// `NFTA_SET_DESC_CONCAT`.
 pub const NFTA_SET_DESC_CONCAT: u16 = 2;
+/// `NFTA_SET_FIELD_LEN`.
 pub const NFTA_SET_FIELD_LEN: u16 = 1;
 
+/// `NFT_SET_ANONYMOUS`.
 pub const NFT_SET_ANONYMOUS: u32 = 0x1;
+/// `NFT_SET_CONSTANT`.
 pub const NFT_SET_CONSTANT: u32 = 0x2;
+/// `NFT_SET_INTERVAL`.
 pub const NFT_SET_INTERVAL: u32 = 0x4;
+/// `NFT_SET_MAP`.
 pub const NFT_SET_MAP: u32 = 0x8;
+/// `NFT_SET_TIMEOUT`.
 pub const NFT_SET_TIMEOUT: u32 = 0x10;
+/// `NFT_SET_EVAL`.
 pub const NFT_SET_EVAL: u32 = 0x20;
+/// `NFT_SET_CONCAT`.
 pub const NFT_SET_CONCAT: u32 = 0x80;
 
+/// `NFTA_SET_ELEM_LIST_TABLE`.
 pub const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+/// `NFTA_SET_ELEM_LIST_SET`.
 pub const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+/// `NFTA_SET_ELEM_LIST_ELEMENTS`.
 pub const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+/// `NFTA_SET_ELEM_LIST_SET_ID`.
 pub const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
+/// `NFTA_SET_ELEM_KEY`.
 pub const NFTA_SET_ELEM_KEY: u16 = 1;
+/// `NFTA_SET_ELEM_DATA`.
 pub const NFTA_SET_ELEM_DATA: u16 = 2;
+/// `NFTA_SET_ELEM_FLAGS`.
 pub const NFTA_SET_ELEM_FLAGS: u16 = 3;
+/// `NFTA_SET_ELEM_KEY_END`.
 pub const NFTA_SET_ELEM_KEY_END: u16 = 10;
+/// `NFT_SET_ELEM_INTERVAL_END`.
 pub const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
 
+/// `NFTA_DATA_VALUE`.
 pub const NFTA_DATA_VALUE: u16 = 1;
+/// `NFTA_DATA_VERDICT`.
 pub const NFTA_DATA_VERDICT: u16 = 2;
+/// `NFTA_VERDICT_CODE`.
 pub const NFTA_VERDICT_CODE: u16 = 1;
+/// `NFTA_VERDICT_CHAIN`.
 pub const NFTA_VERDICT_CHAIN: u16 = 2;
 /// `NFT_DATA_VERDICT`: the data type of verdict maps.
 pub const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
 
+/// `NFTA_EXPR_NAME`.
 pub const NFTA_EXPR_NAME: u16 = 1;
+/// `NFTA_EXPR_DATA`.
 pub const NFTA_EXPR_DATA: u16 = 2;
 
 /// The verdict register.
@@ -104,6 +165,7 @@ pub const NFT_REG_VERDICT: u32 = 0;
 /// A writer of netlink messages into one buffer.
 #[derive(Debug, Default)]
 pub struct Writer {
+    /// The messages written so far.
     pub buf: Vec<u8>,
     /// Set when an attribute was too long for its 16-bit length (and was left out): the
     /// batch must not be sent.
@@ -111,6 +173,7 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// A writer whose buffer has room for `n` bytes.
     pub fn with_capacity(n: usize) -> Writer {
         Writer {
             buf: Vec::with_capacity(n),
@@ -133,6 +196,7 @@ impl Writer {
         start
     }
 
+    /// Ends the message started at `start` (from [`Writer::begin_msg`]): patches its length.
     pub fn end_msg(&mut self, start: usize) {
         let len = (self.buf.len() - start) as u32;
         self.buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
@@ -208,7 +272,12 @@ pub struct NestTooLarge;
 
 /// Userdata TLVs (libnftnl's `nftnl_udata`): one byte of type, one of length, then the value.
 #[derive(Debug, Default, Clone)]
-pub struct Udata(pub Vec<u8>, pub bool);
+pub struct Udata(
+    /// The TLVs written so far.
+    pub Vec<u8>,
+    /// Whether a value did not fit (see [`Udata::overflow`]).
+    pub bool,
+);
 
 impl Udata {
     /// One TLV. A value longer than 255 bytes cannot be written: it is left out and the
@@ -240,6 +309,7 @@ impl Udata {
         self.put(ty, &v);
     }
 
+    /// `inner` as the value of one TLV (an overflow inside it carries over).
     pub fn put_nested(&mut self, ty: u8, inner: &Udata) {
         self.1 |= inner.1;
         self.put(ty, &inner.0);
