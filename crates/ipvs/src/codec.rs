@@ -313,7 +313,7 @@ pub fn parse_dest_key(
     let port = port.ok_or("destination without IPVS_DEST_ATTR_PORT")?;
     let family = match af {
         Some(n) => family_of(n, "destination")?,
-        None => fallback.unwrap_or(if addr.len() == 4 || addr[4..].iter().all(|b| *b == 0) {
+        None => fallback.unwrap_or(if addr.len() <= 4 || addr[4..].iter().all(|b| *b == 0) {
             Family::V4
         } else {
             Family::V6
