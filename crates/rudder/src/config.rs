@@ -69,7 +69,7 @@ pub fn apply_text(
     matches: &ArgMatches,
     args: &mut RunArgs,
 ) -> anyhow::Result<Vec<String>> {
-    let doc: Value = serde_yaml::from_str(text)
+    let doc: Value = serde_norway::from_str(text)
         .with_context(|| format!("--config {}: invalid YAML", path.display()))?;
     let obj = doc
         .as_object()
@@ -395,7 +395,7 @@ pub fn effective(args: &RunArgs) -> String {
             "kubeconfig": args.kubeconfig.as_ref().map(|k| k.display().to_string()).unwrap_or_default(),
         }),
     );
-    serde_yaml::to_string(&Value::Object(doc)).unwrap_or_default()
+    serde_norway::to_string(&Value::Object(doc)).unwrap_or_default()
 }
 
 #[cfg(test)]
