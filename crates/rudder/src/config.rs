@@ -417,26 +417,16 @@ mod tests {
         (m.subcommand_matches("run").cloned().expect("run"), args)
     }
 
-    fn file(text: &str) -> (tempfile_path::Guard, std::path::PathBuf) {
-        tempfile_path::write(text)
-    }
-
-    /// A throwaway file for one test.
-    mod tempfile_path {
-        pub struct Guard(pub std::path::PathBuf);
-        impl Drop for Guard {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_file(&self.0);
-            }
-        }
-        pub fn write(text: &str) -> (Guard, std::path::PathBuf) {
-            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let p =
-                std::env::temp_dir().join(format!("rudder-config-{}-{n}.yaml", std::process::id()));
-            std::fs::write(&p, text).expect("write");
-            (Guard(p.clone()), p)
-        }
+    /// A throwaway file for one test, removed when the first value is dropped.
+    fn file(text: &str) -> (tempfile::NamedTempFile, std::path::PathBuf) {
+        let f = tempfile::Builder::new()
+            .prefix("rudder-config-")
+            .suffix(".yaml")
+            .tempfile()
+            .expect("temp file");
+        std::fs::write(f.path(), text).expect("write");
+        let path = f.path().to_path_buf();
+        (f, path)
     }
 
     const CONFIG: &str = "apiVersion: kubeproxy.config.k8s.io/v1alpha1

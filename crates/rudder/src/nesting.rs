@@ -786,9 +786,8 @@ mod tests {
                     .collect()
             })
             .collect();
-        let dir = std::env::temp_dir().join(format!("rudder-nesting-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let input = dir.join("cases.json");
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("cases.json");
         std::fs::write(&input, serde_json::to_string(&cases).unwrap()).unwrap();
         let script = r#"
 import json, sys, yaml
@@ -813,7 +812,7 @@ print(json.dumps(out))
             .arg(&input)
             .output()
             .expect("python3");
-        std::fs::remove_dir_all(&dir).unwrap();
+        drop(dir);
         assert!(
             out.status.success(),
             "{}",
