@@ -12,7 +12,7 @@ use rudder_controller::health::ProxyHealth;
 use rudder_controller::{LoopEvent, SyncKind};
 use rudder_model::IpFamily;
 
-use crate::http::{Handler, Response};
+use crate::http::{Handler, Response, handler, handler_sync};
 
 /// Every metric Rudder exports.
 pub struct Metrics {
@@ -626,8 +626,8 @@ pub fn health_handler(
     metrics: Arc<Metrics>,
     families: Vec<IpFamily>,
 ) -> Handler {
-    Arc::new(move |target: &str| {
-        let (with_node, counter) = match target.split('?').next().unwrap_or("/") {
+    handler_sync(move |uri| {
+        let (with_node, counter) = match uri.path() {
             "/healthz" => (true, &metrics.healthz_total),
             "/livez" => (false, &metrics.livez_total),
             _ => return Response::new(404, "text/plain", "404 page not found\n".into()),
@@ -645,27 +645,30 @@ pub fn health_handler(
 
 /// Handler of the metrics server (`--metrics-bind-address`).
 pub fn metrics_handler(metrics: Arc<Metrics>, explain: Option<crate::explain::Live>) -> Handler {
-    Arc::new(
-        move |target: &str| match target.split('?').next().unwrap_or("/") {
-            "/explain" => match &explain {
-                Some(live) => live.answer(target),
-                None => Response::new(404, "text/plain", "404 page not found\n".into()),
-            },
-            "/metrics" => Response::new(
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                metrics.render(),
-            ),
-            "/healthz" => Response::new(200, "text/plain; charset=utf-8", "ok".into()),
-            "/proxyMode" => Response::new(200, "text/plain; charset=utf-8", "nftables".into()),
-            "/status" => Response::new(
-                200,
-                "application/json",
-                serde_json::to_string(&metrics.status()).unwrap_or_default(),
-            ),
-            _ => Response::new(404, "text/plain", "404 page not found\n".into()),
-        },
-    )
+    handler(move |uri| {
+        let (metrics, explain) = (metrics.clone(), explain.clone());
+        async move {
+            match uri.path() {
+                "/explain" => match &explain {
+                    Some(live) => live.answer(&uri).await,
+                    None => Response::new(404, "text/plain", "404 page not found\n".into()),
+                },
+                "/metrics" => Response::new(
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    metrics.render(),
+                ),
+                "/healthz" => Response::new(200, "text/plain; charset=utf-8", "ok".into()),
+                "/proxyMode" => Response::new(200, "text/plain; charset=utf-8", "nftables".into()),
+                "/status" => Response::new(
+                    200,
+                    "application/json",
+                    serde_json::to_string(&metrics.status()).unwrap_or_default(),
+                ),
+                _ => Response::new(404, "text/plain", "404 page not found\n".into()),
+            }
+        }
+    })
 }
 
 #[cfg(test)]
