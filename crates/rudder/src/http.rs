@@ -3,8 +3,8 @@
 //!
 //! One request per connection (every answer says `Connection: close`), any method, the answer
 //! decided by the request's path and query string. A request whose head has not arrived
-//! within 5 s, or is larger than 8 KiB, gets no answer from Rudder (hyper closes the
-//! connection, or answers 431 to an oversized head).
+//! within 5 s gets no answer (hyper closes the connection); hyper refuses a head larger than
+//! 8 KiB (431) before any handler sees it.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -217,6 +217,13 @@ mod tests {
         let out = raw(addr, b"POST /nope HTTP/1.0\r\n\r\n");
         assert!(out.starts_with("HTTP/1.0 404 Not Found\r\n"), "{out}");
         assert!(out.contains("\r\nConnection: close\r\n"), "{out}");
+        // An oversized head is refused, not answered by the handler.
+        let big = format!(
+            "GET /ok HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(3 * MAX_HEAD)
+        );
+        let out = raw(addr, big.as_bytes());
+        assert!(out.is_empty() || out.starts_with("HTTP/1.1 431 "), "{out}");
         // The client.
         let (code, body) = get_blocking(addr, "/ok?to=%5B%3A%3A1%5D").unwrap();
         assert_eq!(
