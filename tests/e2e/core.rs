@@ -506,7 +506,7 @@ fn write_config_to_writes_the_effective_config_and_exits() {
         String::from_utf8_lossy(&out.stderr)
     );
     let written = std::fs::read_to_string(&output).expect("written config");
-    let doc: serde_yaml::Value = serde_yaml::from_str(&written).expect("YAML");
+    let doc: serde_norway::Value = serde_norway::from_str(&written).expect("YAML");
     let get = |path: &[&str]| {
         let mut v = &doc;
         for k in path {
@@ -516,28 +516,28 @@ fn write_config_to_writes_the_effective_config_and_exits() {
     };
     assert_eq!(
         get(&["kind"]),
-        serde_yaml::Value::from("KubeProxyConfiguration")
+        serde_norway::Value::from("KubeProxyConfiguration")
     );
     assert_eq!(
         get(&["clusterCIDR"]),
-        serde_yaml::Value::from("10.244.0.0/16")
+        serde_norway::Value::from("10.244.0.0/16")
     );
     assert_eq!(
         get(&["nftables", "syncPeriod"]),
-        serde_yaml::Value::from("1m0s")
+        serde_norway::Value::from("1m0s")
     );
     assert_eq!(
         get(&["nftables", "minSyncPeriod"]),
-        serde_yaml::Value::from("3s"),
+        serde_norway::Value::from("3s"),
         "the flag wins"
     );
     assert_eq!(
         get(&["nftables", "masqueradeAll"]),
-        serde_yaml::Value::from(true)
+        serde_norway::Value::from(true)
     );
     assert_eq!(
         get(&["metricsBindAddress"]),
-        serde_yaml::Value::from("127.0.0.1:10249")
+        serde_norway::Value::from("127.0.0.1:10249")
     );
 }
 

@@ -26,7 +26,7 @@ fn repo() -> PathBuf {
 
 fn documents(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).expect("manifest file");
-    serde_yaml::Deserializer::from_str(&text)
+    serde_norway::Deserializer::from_str(&text)
         .map(|d| Value::deserialize(d).expect("valid YAML"))
         .filter(|v| !v.is_null())
         .collect()
@@ -417,14 +417,14 @@ fn render(template: &str, values: &Value) -> String {
 fn chart_values() -> Value {
     let text =
         std::fs::read_to_string(repo().join("helm/rudder/values.yaml")).expect("values.yaml");
-    serde_yaml::from_str(&text).expect("values")
+    serde_norway::from_str(&text).expect("values")
 }
 
 fn chart_objects(values: &Value) -> Vec<Value> {
     let template = std::fs::read_to_string(repo().join("helm/rudder/templates/rudder.yaml"))
         .expect("template");
     let text = render(&template, values);
-    serde_yaml::Deserializer::from_str(&text)
+    serde_norway::Deserializer::from_str(&text)
         .map(|d| Value::deserialize(d).expect("rendered YAML"))
         .filter(|v| !v.is_null())
         .collect()
@@ -438,7 +438,7 @@ fn the_helm_chart_defaults_render_exactly_deploy() {
         rendered, deploy,
         "helm/rudder with default values differs from deploy/rudder.yaml"
     );
-    let chart: Value = serde_yaml::from_str(
+    let chart: Value = serde_norway::from_str(
         &std::fs::read_to_string(repo().join("helm/rudder/Chart.yaml")).expect("Chart.yaml"),
     )
     .expect("yaml");

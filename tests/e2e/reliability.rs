@@ -274,10 +274,10 @@ fn the_first_full_sync_holds_back_a_refused_service_and_programs_the_rest() {
     let _servers: Vec<EchoServers> = (0..3)
         .map(|i| serve_pod(&topo.pods[i], NAMES[i], &[80]).expect("echo servers"))
         .collect();
-    let mut objects: Vec<serde_yaml::Value> = Vec::new();
+    let mut objects: Vec<serde_norway::Value> = Vec::new();
     for (i, name) in ["a", "b", "bad", "c", "d"].iter().enumerate() {
         for doc in plain(name, &format!("10.96.80.{}", i + 1), i % 3).split("---\n") {
-            objects.push(serde_yaml::from_str(doc).expect("yaml"));
+            objects.push(serde_norway::from_str(doc).expect("yaml"));
         }
     }
     let (mut services, mut slices) = (Vec::new(), Vec::new());

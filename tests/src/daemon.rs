@@ -4,7 +4,6 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -12,43 +11,37 @@ use nix::unistd::Pid;
 
 use crate::netns::Netns;
 
-static DIR_COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// A directory under the system temp dir, removed on drop.
+/// A directory under the system temp dir, removed on drop (a [`tempfile::TempDir`]).
 #[derive(Debug)]
 pub struct TempDir {
-    path: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 impl TempDir {
-    /// Creates `rudder-<prefix>-<pid>-<n>`.
+    /// Creates `rudder-<prefix>-<random>`, mode 0755 like a directory made with the default
+    /// umask (tempfile's default is 0700), so that whatever runs the daemon can read it.
     pub fn new(prefix: &str) -> io::Result<TempDir> {
-        let n = DIR_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("rudder-{prefix}-{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path)?;
-        Ok(TempDir { path })
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("rudder-{prefix}-"))
+            .permissions(fs::Permissions::from_mode(0o755))
+            .tempdir()?;
+        Ok(TempDir { dir })
     }
 
     /// The directory.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.dir.path()
     }
 
     /// Writes a file atomically (write to a temporary name, then rename), as editors and
     /// config management tools do.
     pub fn write(&self, name: &str, content: &str) -> io::Result<PathBuf> {
-        let target = self.path.join(name);
-        let tmp = self.path.join(format!(".{name}.tmp"));
+        let target = self.path().join(name);
+        let tmp = self.path().join(format!(".{name}.tmp"));
         fs::write(&tmp, content)?;
         fs::rename(&tmp, &target)?;
         Ok(target)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
     }
 }
 

@@ -41,28 +41,8 @@ fn slice(i: usize, eps: usize, shift: usize) -> anyhow::Result<EndpointSlice> {
 /// Parses the RFC 3339 timestamp that starts a default `tracing` log line, as seconds since
 /// the epoch (UTC, `2026-11-23T17:24:02.123456Z`).
 fn log_time(line: &str) -> Option<f64> {
-    let ts = line.split_whitespace().next()?;
-    let (date, time) = ts.trim_end_matches('Z').split_once('T')?;
-    let d: Vec<i64> = date
-        .split('-')
-        .map(|p| p.parse().ok())
-        .collect::<Option<_>>()?;
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let t: Vec<i64> = hms
-        .split(':')
-        .map(|p| p.parse().ok())
-        .collect::<Option<_>>()?;
-    let (y, m, day) = (d[0], d[1], d[2]);
-    // Days from civil (Howard Hinnant's algorithm).
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    let secs = days * 86400 + t[0] * 3600 + t[1] * 60 + t[2];
-    Some(secs as f64 + format!("0.{frac}").parse::<f64>().ok()?)
+    let t: jiff::Timestamp = line.split_whitespace().next()?.parse().ok()?;
+    Some(t.as_duration().as_secs_f64())
 }
 
 fn now_secs() -> f64 {
@@ -201,4 +181,15 @@ pub fn bench_api(args: &[String]) -> anyhow::Result<()> {
     println!("| daemon peak RSS | {:.1} MiB |", rss as f64 / 1024.0);
     println!("| clean exit on SIGTERM | {ok} |");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_lines_start_with_their_time() {
+        let t =
+            super::log_time("2026-01-02T03:04:05.250000Z  INFO rudder: sync done").expect("a time");
+        assert!((t - 1_767_323_045.25).abs() < 1e-6, "{t}");
+        assert_eq!(super::log_time("INFO no time"), None);
+    }
 }

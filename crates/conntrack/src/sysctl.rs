@@ -128,19 +128,12 @@ pub fn apply(s: &ConntrackSettings, cpus: usize, paths: &Paths) -> Vec<Outcome> 
 mod tests {
     use super::*;
 
-    struct Dir(PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn fake() -> (Dir, Paths) {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let d = std::env::temp_dir().join(format!("rudder-sysctl-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).expect("dir");
+    fn fake() -> (tempfile::TempDir, Paths) {
+        let dir = tempfile::Builder::new()
+            .prefix("rudder-sysctl-")
+            .tempdir()
+            .expect("dir");
+        let d = dir.path().to_path_buf();
         for (f, v) in [
             ("nf_conntrack_max", "65536"),
             ("hashsize", "16384"),
@@ -156,7 +149,7 @@ mod tests {
             sysctl_dir: d.clone(),
             module_dir: d.clone(),
         };
-        (Dir(d), paths)
+        (dir, paths)
     }
 
     fn value(p: &Paths, f: &str) -> u64 {

@@ -1,20 +1,28 @@
 //! `--config FILE`: a kube-proxy `KubeProxyConfiguration` (`kubeproxy.config.k8s.io/v1alpha1`).
 //!
 //! The fields Rudder honours set the same options as their flags; a flag given explicitly on
-//! the command line wins over the file. Fields Rudder knows but does not implement, and
-//! unknown fields, are named in warnings; invalid values are errors.
+//! the command line wins over the file. The file is read into serde-derived types
+//! ([`KubeProxyConfiguration`]); fields Rudder knows but does not implement, and unknown
+//! fields, are what `serde_ignored` reports, named in warnings; invalid values are errors that
+//! name the field (`serde_path_to_error`), whether or not a flag overrides it.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::ArgMatches;
 use clap::parser::ValueSource;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use crate::cli::{RunArgs, parse_duration};
 
+const API_VERSION: &str = "kubeproxy.config.k8s.io/v1alpha1";
+const KIND: &str = "KubeProxyConfiguration";
+
 /// Fields of KubeProxyConfiguration that Rudder reads but does not act on (yet), with why.
+/// Every other field the types below do not name is reported as unknown.
 const IGNORED: &[(&str, &str)] = &[
     ("bindAddressHardFail", "Rudder binds no proxy sockets"),
     (
@@ -37,21 +45,223 @@ const IGNORED: &[(&str, &str)] = &[
     ("showHiddenMetricsForVersion", "not used by Rudder"),
     ("winkernel", "Windows is not supported"),
     ("windowsRunAsService", "Windows is not supported"),
-    ("healthzBindAddress", ""),
 ];
+
+/// The fields of a `KubeProxyConfiguration` that Rudder honours. Absent fields keep the
+/// flags' values; fields not named here are reported (see [`IGNORED`]).
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeProxyConfiguration {
+    /// `kubeproxy.config.k8s.io/v1alpha1`.
+    #[serde(default)]
+    pub api_version: String,
+    /// `KubeProxyConfiguration`.
+    #[serde(default)]
+    pub kind: String,
+    /// Only `nftables` (or empty) is implemented; anything else is a warning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// A specific address is the node IP (`--node-ip`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind_address: Option<String>,
+    /// `--cluster-cidr`, comma-separated.
+    #[serde(
+        rename = "clusterCIDR",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cluster_cidr: Option<String>,
+    /// `--hostname-override`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname_override: Option<String>,
+    /// `--healthz-bind-address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthz_bind_address: Option<String>,
+    /// `--metrics-bind-address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_bind_address: Option<String>,
+    /// `--nodeport-addresses`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_port_addresses: Option<Vec<String>>,
+    /// `--feature-gates`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature_gates: Option<BTreeMap<String, bool>>,
+    /// `--detect-local-mode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detect_local_mode: Option<String>,
+    /// `--pod-bridge-interface`, `--pod-interface-name-prefix`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detect_local: Option<DetectLocal>,
+    /// The nftables mode's periods and masquerading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nftables: Option<Nftables>,
+    /// kube-proxy's conntrack sysctls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrack: Option<Conntrack>,
+    /// Only the kubeconfig.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_connection: Option<ClientConnection>,
+}
+
+/// `detectLocal`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DetectLocal {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge_interface: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface_name_prefix: Option<String>,
+}
+
+/// `nftables`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Nftables {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_period: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_sync_period: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masquerade_all: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masquerade_bit: Option<MasqueradeBit>,
+}
+
+/// `conntrack`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Conntrack {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_core: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_established_timeout: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_close_wait_timeout: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_be_liberal: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_timeout: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_stream_timeout: Option<GoDuration>,
+}
+
+/// `clientConnection`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientConnection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<String>,
+}
+
+/// A duration in Go's notation (`1m30s`), as kube-proxy's `metav1.Duration`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GoDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for GoDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s)
+            .map(GoDuration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for GoDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration(self.0))
+    }
+}
+
+/// `nftables.masqueradeBit`: 0–31.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct MasqueradeBit(pub u8);
+
+impl<'de> Deserialize<'de> for MasqueradeBit {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let bit = u64::deserialize(d)?;
+        u8::try_from(bit)
+            .ok()
+            .filter(|b| *b <= 31)
+            .map(MasqueradeBit)
+            .ok_or_else(|| serde::de::Error::custom(format!("{bit}: must be 0-31")))
+    }
+}
 
 fn explicit(m: &ArgMatches, id: &str) -> bool {
     m.value_source(id) == Some(ValueSource::CommandLine)
 }
 
-fn mapping<'a>(v: &'a Value, field: &str) -> anyhow::Result<&'a serde_json::Map<String, Value>> {
-    v.as_object()
-        .with_context(|| format!("config field {field} must be a mapping"))
+/// `detectLocal.bridgeInterface`: the names of the fields that lead to `path` (`serde_ignored`'s
+/// `Display` also shows the `Option`s on the way, as `?`).
+fn field_name(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    let join = |parent: &Path<'_>, name: String| match field_name(parent) {
+        p if p.is_empty() => name,
+        p => format!("{p}.{name}"),
+    };
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => join(parent, index.to_string()),
+        Path::Map { parent, key } => join(parent, key.clone()),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => field_name(parent),
+    }
 }
 
-fn as_str<'a>(v: &'a Value, field: &str) -> anyhow::Result<&'a str> {
-    v.as_str()
-        .with_context(|| format!("config field {field} must be a string"))
+/// The warning for a field the types do not name.
+fn ignored_field(path: &str) -> String {
+    match IGNORED.iter().find(|(n, _)| *n == path) {
+        Some((n, why)) => format!("config field {n} is ignored: {why}"),
+        None if path.contains('.') => format!("unknown field {path}"),
+        None => format!("unknown config field {path:?}"),
+    }
+}
+
+/// Parses a `KubeProxyConfiguration` document: the configuration and the warnings about the
+/// fields it ignores (by name).
+pub fn parse(text: &str, path: &Path) -> anyhow::Result<(KubeProxyConfiguration, Vec<String>)> {
+    let doc: Value = serde_norway::from_str(text)
+        .with_context(|| format!("--config {}: invalid YAML", path.display()))?;
+    let obj = doc
+        .as_object()
+        .with_context(|| format!("--config {}: not a mapping", path.display()))?;
+    match (
+        obj.get("apiVersion").and_then(Value::as_str),
+        obj.get("kind").and_then(Value::as_str),
+    ) {
+        (Some(API_VERSION), Some(KIND)) => {}
+        (api, kind) => bail!(
+            "--config {}: expected apiVersion {API_VERSION}, kind {KIND}, found {api:?} {kind:?}",
+            path.display()
+        ),
+    }
+    let mut warnings = Vec::new();
+    let mut track = serde_path_to_error::Track::new();
+    let de = serde_path_to_error::Deserializer::new(&doc, &mut track);
+    let config: KubeProxyConfiguration = serde_ignored::deserialize(de, |field| {
+        warnings.push(ignored_field(&field_name(&field)));
+    })
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "--config {}: config field {}: {e}",
+            path.display(),
+            track.path()
+        )
+    })?;
+    if let Some(mode) = config
+        .mode
+        .as_deref()
+        .filter(|m| !m.is_empty() && *m != "nftables")
+    {
+        warnings.push(format!(
+            "mode {mode:?}: Rudder implements the nftables mode, which it uses"
+        ));
+    }
+    Ok((config, warnings))
 }
 
 /// Reads `path` and applies it to `args` (flags given on the command line win). Returns the
@@ -69,207 +279,114 @@ pub fn apply_text(
     matches: &ArgMatches,
     args: &mut RunArgs,
 ) -> anyhow::Result<Vec<String>> {
-    let doc: Value = serde_yaml::from_str(text)
-        .with_context(|| format!("--config {}: invalid YAML", path.display()))?;
-    let obj = doc
-        .as_object()
-        .with_context(|| format!("--config {}: not a mapping", path.display()))?;
-    match (
-        obj.get("apiVersion").and_then(Value::as_str),
-        obj.get("kind").and_then(Value::as_str),
-    ) {
-        (Some("kubeproxy.config.k8s.io/v1alpha1"), Some("KubeProxyConfiguration")) => {}
-        (api, kind) => bail!(
-            "--config {}: expected apiVersion kubeproxy.config.k8s.io/v1alpha1, kind KubeProxyConfiguration, found {api:?} {kind:?}",
-            path.display()
-        ),
-    }
-    let mut warnings = Vec::new();
+    let (c, warnings) = parse(text, path)?;
     let set = |id: &str| !explicit(matches, id);
-    for (key, value) in obj {
-        match key.as_str() {
-            "apiVersion" | "kind" => {}
-            "mode" => {
-                let mode = as_str(value, "mode")?;
-                if !mode.is_empty() && mode != "nftables" {
-                    warnings.push(format!(
-                        "mode {mode:?}: Rudder implements the nftables mode, which it uses"
-                    ));
-                }
-            }
-            "clusterCIDR" if set("cluster_cidr") => {
-                args.proxy.cluster_cidr = as_str(value, key)?
-                    .split(',')
-                    .map(|s| s.trim().to_owned())
-                    .collect();
-            }
-            "hostnameOverride" if set("hostname_override") => {
-                let h = as_str(value, key)?;
-                if !h.is_empty() {
-                    args.proxy.hostname_override = Some(h.to_owned());
-                }
-            }
-            "bindAddress" if set("node_ip") => {
-                // kube-proxy uses a specific bindAddress as the node IP.
-                let b = as_str(value, key)?;
-                if !b.is_empty() && b != "0.0.0.0" && b != "::" {
-                    args.proxy.node_ip = vec![b.to_owned()];
-                }
-            }
-            "healthzBindAddress" if set("healthz_bind_address") => {
-                args.healthz_bind_address = as_str(value, key)?.to_owned();
-            }
-            "metricsBindAddress" if set("metrics_bind_address") => {
-                args.metrics_bind_address = as_str(value, key)?.to_owned();
-            }
-            "nodePortAddresses" if set("nodeport_addresses") => {
-                let list = value
-                    .as_array()
-                    .context("config field nodePortAddresses must be a list")?;
-                args.proxy.nodeport_addresses = list
-                    .iter()
-                    .map(|v| as_str(v, "nodePortAddresses").map(str::to_owned))
-                    .collect::<anyhow::Result<_>>()?;
-            }
-            "featureGates" if set("feature_gates") => {
-                let gates = mapping(value, key)?;
-                args.proxy.feature_gates = gates
-                    .iter()
-                    .map(|(name, v)| {
-                        v.as_bool().map(|b| format!("{name}={b}")).with_context(|| {
-                            format!("config field featureGates.{name} must be true or false")
-                        })
-                    })
-                    .collect::<anyhow::Result<_>>()?;
-            }
-            "detectLocalMode" if set("detect_local_mode") => {
-                let m = as_str(value, key)?;
-                if !m.is_empty() {
-                    args.proxy.detect_local_mode = m.to_owned();
-                }
-            }
-            "detectLocal" => {
-                for (k, v) in mapping(value, "detectLocal")? {
-                    match k.as_str() {
-                        "bridgeInterface" if set("pod_bridge_interface") => {
-                            args.proxy.pod_bridge_interface =
-                                Some(as_str(v, k)?.to_owned()).filter(|s| !s.is_empty());
-                        }
-                        "interfaceNamePrefix" if set("pod_interface_name_prefix") => {
-                            args.proxy.pod_interface_name_prefix =
-                                Some(as_str(v, k)?.to_owned()).filter(|s| !s.is_empty());
-                        }
-                        "bridgeInterface" | "interfaceNamePrefix" => {}
-                        other => warnings.push(format!("unknown field detectLocal.{other}")),
-                    }
-                }
-            }
-            "nftables" => {
-                for (k, v) in mapping(value, "nftables")? {
-                    match k.as_str() {
-                        "syncPeriod" if set("sync_period") => {
-                            args.sync_period = parse_duration(as_str(v, k)?)
-                                .map_err(|e| anyhow::anyhow!("nftables.syncPeriod: {e}"))?;
-                        }
-                        "minSyncPeriod" if set("min_sync_period") => {
-                            args.min_sync_period = parse_duration(as_str(v, k)?)
-                                .map_err(|e| anyhow::anyhow!("nftables.minSyncPeriod: {e}"))?;
-                        }
-                        "masqueradeAll" if set("masquerade_all") => {
-                            args.proxy.masquerade_all = v
-                                .as_bool()
-                                .context("nftables.masqueradeAll must be true or false")?;
-                        }
-                        "masqueradeBit" if set("masquerade_bit") => {
-                            let bit = v
-                                .as_u64()
-                                .filter(|b| *b <= 31)
-                                .context("nftables.masqueradeBit must be 0-31")?;
-                            args.proxy.masquerade_bit = bit as u8;
-                        }
-                        "syncPeriod" | "minSyncPeriod" | "masqueradeAll" | "masqueradeBit" => {}
-                        other => warnings.push(format!("unknown field nftables.{other}")),
-                    }
-                }
-            }
-            "conntrack" => {
-                for (k, v) in mapping(value, "conntrack")? {
-                    let dur = |v: &Value| -> anyhow::Result<Duration> {
-                        parse_duration(as_str(v, k)?)
-                            .map_err(|e| anyhow::anyhow!("conntrack.{k}: {e}"))
-                    };
-                    let count = |v: &Value| -> anyhow::Result<u32> {
-                        v.as_u64()
-                            .and_then(|n| u32::try_from(n).ok())
-                            .with_context(|| {
-                                format!("conntrack.{k} must be a non-negative integer")
-                            })
-                    };
-                    match k.as_str() {
-                        "maxPerCore" if set("conntrack_max_per_core") => {
-                            args.conntrack_max_per_core = count(v)?;
-                        }
-                        "min" if set("conntrack_min") => args.conntrack_min = count(v)?,
-                        "tcpEstablishedTimeout" if set("conntrack_tcp_established") => {
-                            args.conntrack_tcp_established = dur(v)?;
-                        }
-                        "tcpCloseWaitTimeout" if set("conntrack_tcp_close_wait") => {
-                            args.conntrack_tcp_close_wait = dur(v)?;
-                        }
-                        "tcpBeLiberal" if set("conntrack_tcp_be_liberal") => {
-                            args.conntrack_tcp_be_liberal = v
-                                .as_bool()
-                                .context("conntrack.tcpBeLiberal must be true or false")?;
-                        }
-                        "udpTimeout" if set("conntrack_udp") => args.conntrack_udp = dur(v)?,
-                        "udpStreamTimeout" if set("conntrack_udp_stream") => {
-                            args.conntrack_udp_stream = dur(v)?;
-                        }
-                        "maxPerCore"
-                        | "min"
-                        | "tcpEstablishedTimeout"
-                        | "tcpCloseWaitTimeout"
-                        | "tcpBeLiberal"
-                        | "udpTimeout"
-                        | "udpStreamTimeout" => {}
-                        other => warnings.push(format!("unknown field conntrack.{other}")),
-                    }
-                }
-            }
-            "clientConnection" => {
-                for (k, v) in mapping(value, "clientConnection")? {
-                    match k.as_str() {
-                        "kubeconfig" if set("kubeconfig") => {
-                            let p = as_str(v, k)?;
-                            if !p.is_empty() {
-                                args.kubeconfig = Some(p.into());
-                            }
-                        }
-                        "kubeconfig" => {}
-                        other => match IGNORED
-                            .iter()
-                            .find(|(n, _)| *n == format!("clientConnection.{other}"))
-                        {
-                            Some((n, why)) => {
-                                warnings.push(format!("config field {n} is ignored: {why}"))
-                            }
-                            None => {
-                                warnings.push(format!("unknown field clientConnection.{other}"))
-                            }
-                        },
-                    }
-                }
-            }
-            "clusterCIDR" | "hostnameOverride" | "bindAddress" | "healthzBindAddress"
-            | "metricsBindAddress" | "nodePortAddresses" | "detectLocalMode" | "featureGates" => {}
-            other => match IGNORED.iter().find(|(n, _)| *n == other) {
-                Some((n, why)) if !why.is_empty() => {
-                    warnings.push(format!("config field {n} is ignored: {why}"))
-                }
-                Some(_) => {}
-                None => warnings.push(format!("unknown config field {other:?}")),
-            },
+    let p = &mut args.proxy;
+    let nonempty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
+    if let Some(cidrs) = c.cluster_cidr.filter(|_| set("cluster_cidr")) {
+        p.cluster_cidr = cidrs.split(',').map(|s| s.trim().to_owned()).collect();
+    }
+    if let Some(h) = nonempty(&c.hostname_override).filter(|_| set("hostname_override")) {
+        p.hostname_override = Some(h);
+    }
+    // kube-proxy uses a specific bindAddress as the node IP.
+    if let Some(b) = nonempty(&c.bind_address).filter(|b| b != "0.0.0.0" && b != "::") {
+        if set("node_ip") {
+            p.node_ip = vec![b];
         }
+    }
+    if let Some(a) = c
+        .healthz_bind_address
+        .filter(|_| set("healthz_bind_address"))
+    {
+        args.healthz_bind_address = a;
+    }
+    if let Some(a) = c
+        .metrics_bind_address
+        .filter(|_| set("metrics_bind_address"))
+    {
+        args.metrics_bind_address = a;
+    }
+    if let Some(list) = c.node_port_addresses.filter(|_| set("nodeport_addresses")) {
+        p.nodeport_addresses = list;
+    }
+    if let Some(gates) = c.feature_gates.filter(|_| set("feature_gates")) {
+        p.feature_gates = gates
+            .into_iter()
+            .map(|(name, on)| format!("{name}={on}"))
+            .collect();
+    }
+    if let Some(m) = nonempty(&c.detect_local_mode).filter(|_| set("detect_local_mode")) {
+        p.detect_local_mode = m;
+    }
+    if let Some(d) = c.detect_local {
+        if d.bridge_interface.is_some() && set("pod_bridge_interface") {
+            p.pod_bridge_interface = nonempty(&d.bridge_interface);
+        }
+        if d.interface_name_prefix.is_some() && set("pod_interface_name_prefix") {
+            p.pod_interface_name_prefix = nonempty(&d.interface_name_prefix);
+        }
+    }
+    if let Some(n) = c.nftables {
+        if let Some(d) = n.sync_period.filter(|_| set("sync_period")) {
+            args.sync_period = d.0;
+        }
+        if let Some(d) = n.min_sync_period.filter(|_| set("min_sync_period")) {
+            args.min_sync_period = d.0;
+        }
+        if let Some(all) = n.masquerade_all.filter(|_| set("masquerade_all")) {
+            args.proxy.masquerade_all = all;
+        }
+        if let Some(bit) = n.masquerade_bit.filter(|_| set("masquerade_bit")) {
+            args.proxy.masquerade_bit = bit.0;
+        }
+    }
+    if let Some(ct) = c.conntrack {
+        let put_count = |v: Option<u32>, id: &str, to: &mut u32| {
+            if let Some(v) = v.filter(|_| set(id)) {
+                *to = v;
+            }
+        };
+        put_count(
+            ct.max_per_core,
+            "conntrack_max_per_core",
+            &mut args.conntrack_max_per_core,
+        );
+        put_count(ct.min, "conntrack_min", &mut args.conntrack_min);
+        let put_dur = |v: Option<GoDuration>, id: &str, to: &mut Duration| {
+            if let Some(v) = v.filter(|_| set(id)) {
+                *to = v.0;
+            }
+        };
+        put_dur(
+            ct.tcp_established_timeout,
+            "conntrack_tcp_established",
+            &mut args.conntrack_tcp_established,
+        );
+        put_dur(
+            ct.tcp_close_wait_timeout,
+            "conntrack_tcp_close_wait",
+            &mut args.conntrack_tcp_close_wait,
+        );
+        put_dur(ct.udp_timeout, "conntrack_udp", &mut args.conntrack_udp);
+        put_dur(
+            ct.udp_stream_timeout,
+            "conntrack_udp_stream",
+            &mut args.conntrack_udp_stream,
+        );
+        if let Some(b) = ct
+            .tcp_be_liberal
+            .filter(|_| set("conntrack_tcp_be_liberal"))
+        {
+            args.conntrack_tcp_be_liberal = b;
+        }
+    }
+    if let Some(k) = c
+        .client_connection
+        .and_then(|cc| nonempty(&cc.kubeconfig))
+        .filter(|_| set("kubeconfig"))
+    {
+        args.kubeconfig = Some(k.into());
     }
     Ok(warnings)
 }
@@ -313,89 +430,57 @@ pub fn format_duration(d: Duration) -> String {
 /// the output back with `--config` gives the same settings.
 pub fn effective(args: &RunArgs) -> String {
     let p = &args.proxy;
-    let mut doc = serde_json::Map::new();
-    let mut put = |k: &str, v: Value| {
-        doc.insert(k.to_owned(), v);
-    };
-    put("apiVersion", "kubeproxy.config.k8s.io/v1alpha1".into());
-    put("kind", "KubeProxyConfiguration".into());
-    put("mode", "nftables".into());
-    // kube-proxy's bindAddress holds one node IP; a dual-stack --node-ip has no equivalent.
-    put(
-        "bindAddress",
-        match p.node_ip.as_slice() {
-            [one] => one.clone().into(),
+    let gates: BTreeMap<String, bool> = p
+        .feature_gates
+        .iter()
+        .filter_map(|g| g.split_once('='))
+        .map(|(name, value)| (name.trim().to_owned(), value.trim() == "true"))
+        .collect();
+    let config = KubeProxyConfiguration {
+        api_version: API_VERSION.into(),
+        kind: KIND.into(),
+        mode: Some("nftables".into()),
+        // kube-proxy's bindAddress holds one node IP; a dual-stack --node-ip has no equivalent.
+        bind_address: Some(match p.node_ip.as_slice() {
+            [one] => one.clone(),
             _ => "0.0.0.0".into(),
-        },
-    );
-    put("clusterCIDR", p.cluster_cidr.join(",").into());
-    put(
-        "hostnameOverride",
-        p.hostname_override.clone().unwrap_or_default().into(),
-    );
-    put(
-        "healthzBindAddress",
-        args.healthz_bind_address.clone().into(),
-    );
-    put(
-        "metricsBindAddress",
-        args.metrics_bind_address.clone().into(),
-    );
-    put(
-        "nodePortAddresses",
-        Value::Array(
-            p.nodeport_addresses
-                .iter()
-                .cloned()
-                .map(Value::from)
-                .collect(),
-        ),
-    );
-    let mut gates = serde_json::Map::new();
-    for g in &p.feature_gates {
-        if let Some((name, value)) = g.split_once('=') {
-            gates.insert(name.trim().to_owned(), Value::Bool(value.trim() == "true"));
-        }
-    }
-    if !gates.is_empty() {
-        put("featureGates", Value::Object(gates));
-    }
-    put("detectLocalMode", p.detect_local_mode.clone().into());
-    put(
-        "detectLocal",
-        serde_json::json!({
-            "bridgeInterface": p.pod_bridge_interface.clone().unwrap_or_default(),
-            "interfaceNamePrefix": p.pod_interface_name_prefix.clone().unwrap_or_default(),
         }),
-    );
-    put(
-        "nftables",
-        serde_json::json!({
-            "syncPeriod": format_duration(args.sync_period),
-            "minSyncPeriod": format_duration(args.min_sync_period),
-            "masqueradeAll": p.masquerade_all,
-            "masqueradeBit": p.masquerade_bit,
+        cluster_cidr: Some(p.cluster_cidr.join(",")),
+        hostname_override: Some(p.hostname_override.clone().unwrap_or_default()),
+        healthz_bind_address: Some(args.healthz_bind_address.clone()),
+        metrics_bind_address: Some(args.metrics_bind_address.clone()),
+        node_port_addresses: Some(p.nodeport_addresses.clone()),
+        feature_gates: Some(gates).filter(|g| !g.is_empty()),
+        detect_local_mode: Some(p.detect_local_mode.clone()),
+        detect_local: Some(DetectLocal {
+            bridge_interface: Some(p.pod_bridge_interface.clone().unwrap_or_default()),
+            interface_name_prefix: Some(p.pod_interface_name_prefix.clone().unwrap_or_default()),
         }),
-    );
-    put(
-        "conntrack",
-        serde_json::json!({
-            "maxPerCore": args.conntrack_max_per_core,
-            "min": args.conntrack_min,
-            "tcpEstablishedTimeout": format_duration(args.conntrack_tcp_established),
-            "tcpCloseWaitTimeout": format_duration(args.conntrack_tcp_close_wait),
-            "tcpBeLiberal": args.conntrack_tcp_be_liberal,
-            "udpTimeout": format_duration(args.conntrack_udp),
-            "udpStreamTimeout": format_duration(args.conntrack_udp_stream),
+        nftables: Some(Nftables {
+            sync_period: Some(GoDuration(args.sync_period)),
+            min_sync_period: Some(GoDuration(args.min_sync_period)),
+            masquerade_all: Some(p.masquerade_all),
+            masquerade_bit: Some(MasqueradeBit(p.masquerade_bit)),
         }),
-    );
-    put(
-        "clientConnection",
-        serde_json::json!({
-            "kubeconfig": args.kubeconfig.as_ref().map(|k| k.display().to_string()).unwrap_or_default(),
+        conntrack: Some(Conntrack {
+            max_per_core: Some(args.conntrack_max_per_core),
+            min: Some(args.conntrack_min),
+            tcp_established_timeout: Some(GoDuration(args.conntrack_tcp_established)),
+            tcp_close_wait_timeout: Some(GoDuration(args.conntrack_tcp_close_wait)),
+            tcp_be_liberal: Some(args.conntrack_tcp_be_liberal),
+            udp_timeout: Some(GoDuration(args.conntrack_udp)),
+            udp_stream_timeout: Some(GoDuration(args.conntrack_udp_stream)),
         }),
-    );
-    serde_yaml::to_string(&Value::Object(doc)).unwrap_or_default()
+        client_connection: Some(ClientConnection {
+            kubeconfig: Some(
+                args.kubeconfig
+                    .as_ref()
+                    .map(|k| k.display().to_string())
+                    .unwrap_or_default(),
+            ),
+        }),
+    };
+    serde_norway::to_string(&config).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -417,26 +502,16 @@ mod tests {
         (m.subcommand_matches("run").cloned().expect("run"), args)
     }
 
-    fn file(text: &str) -> (tempfile_path::Guard, std::path::PathBuf) {
-        tempfile_path::write(text)
-    }
-
-    /// A throwaway file for one test.
-    mod tempfile_path {
-        pub struct Guard(pub std::path::PathBuf);
-        impl Drop for Guard {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_file(&self.0);
-            }
-        }
-        pub fn write(text: &str) -> (Guard, std::path::PathBuf) {
-            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let p =
-                std::env::temp_dir().join(format!("rudder-config-{}-{n}.yaml", std::process::id()));
-            std::fs::write(&p, text).expect("write");
-            (Guard(p.clone()), p)
-        }
+    /// A throwaway file for one test, removed when the first value is dropped.
+    fn file(text: &str) -> (tempfile::NamedTempFile, std::path::PathBuf) {
+        let f = tempfile::Builder::new()
+            .prefix("rudder-config-")
+            .suffix(".yaml")
+            .tempfile()
+            .expect("temp file");
+        std::fs::write(f.path(), text).expect("write");
+        let path = f.path().to_path_buf();
+        (f, path)
     }
 
     const CONFIG: &str = "apiVersion: kubeproxy.config.k8s.io/v1alpha1
@@ -560,6 +635,87 @@ someNewField: 1
         assert_eq!(back.conntrack_udp, Duration::ZERO);
         // And writing it again gives the same text.
         assert_eq!(effective(&back), written);
+    }
+
+    #[test]
+    fn unknown_and_ignored_fields_are_named() {
+        let (_g, path) = file(
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: ipvs
+ipvs: {scheduler: rr}
+oomScoreAdj: -999
+clientConnection: {burst: 10, contentType: application/json, typo: 1}
+detectLocal: {bridgeInterface: cbr0, other: x}
+nftables: {syncPeriod: 1m, extra: true}
+conntrack: {min: 1, tcpTimeout: 1s}
+whatIsThis: {nested: [1, 2]}
+",
+        );
+        let (m, mut args) = run_args(&["rudder", "run"]);
+        let warnings = apply(&path, &m, &mut args).expect("valid config");
+        // Sorted by field name (the order the mapping is read in).
+        assert_eq!(
+            warnings,
+            [
+                "config field clientConnection.burst is ignored: not implemented",
+                "config field clientConnection.contentType is ignored: Rudder always uses JSON",
+                "unknown field clientConnection.typo",
+                "unknown field conntrack.tcpTimeout",
+                "unknown field detectLocal.other",
+                "config field ipvs is ignored: IPVS mode is not implemented",
+                "unknown field nftables.extra",
+                "config field oomScoreAdj is ignored: set it in the DaemonSet",
+                "unknown config field \"whatIsThis\"",
+                "mode \"ipvs\": Rudder implements the nftables mode, which it uses",
+            ]
+        );
+        assert_eq!(args.sync_period, Duration::from_secs(60));
+        assert_eq!(args.conntrack_min, 1);
+        assert_eq!(args.proxy.pod_bridge_interface.as_deref(), Some("cbr0"));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        for (bad, expected) in [
+            (
+                "clusterCIDR: 7",
+                "config field clusterCIDR: invalid type: integer `7`, expected a string",
+            ),
+            (
+                "nftables: {masqueradeBit: 40}",
+                "config field nftables.masqueradeBit: 40: must be 0-31",
+            ),
+            (
+                "nftables: {syncPeriod: forever}",
+                "config field nftables.syncPeriod: invalid duration",
+            ),
+            (
+                "conntrack: {min: -1}",
+                "config field conntrack.min: invalid value: integer `-1`, expected u32",
+            ),
+            (
+                "featureGates: {A: maybe}",
+                "config field featureGates.A: invalid type: string \"maybe\", expected a boolean",
+            ),
+            (
+                "nodePortAddresses: primary",
+                "config field nodePortAddresses: invalid type: string \"primary\", expected a sequence",
+            ),
+            (
+                "nftables: 3",
+                "config field nftables: invalid type: integer `3`",
+            ),
+        ] {
+            let text = format!(
+                "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n{bad}\n"
+            );
+            let (_g, path) = file(&text);
+            let (m, mut args) = run_args(&["rudder", "run"]);
+            let e = format!("{:#}", apply(&path, &m, &mut args).expect_err(bad));
+            assert!(e.contains(expected), "{bad}: {e}");
+            assert!(e.starts_with("--config "), "{e}");
+        }
     }
 
     #[test]

@@ -9,6 +9,8 @@ use rudder_controller::ExplainRequest;
 use rudder_model::Protocol;
 use tokio::sync::mpsc::UnboundedSender;
 
+use hyper::Uri;
+
 use crate::http::Response;
 
 /// Builds the question from `--to IP:PORT[/PROTO]`, `--from IP` and `--via pod|node|external`.
@@ -50,40 +52,11 @@ pub fn query(to: &str, from: Option<&str>, via: Option<&str>) -> Result<Query, S
     })
 }
 
-/// Decodes `%XX` escapes (and `+` as a space) of a query-string value.
-fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hex = |c: u8| (c as char).to_digit(16);
-                match (hex(b[i + 1]), hex(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        // Two hex digits: always below 256.
-                        out.push((h * 16 + l) as u8);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The value of `key` in the query string of `target`.
-fn param(target: &str, key: &str) -> Option<String> {
-    let (_, qs) = target.split_once('?')?;
-    qs.split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| decode(v))
+/// The value of `key` in the query string `query` (`application/x-www-form-urlencoded`).
+fn param(query: Option<&str>, key: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
 }
 
 /// The `/explain` endpoint: forwards questions to the sync loop.
@@ -99,7 +72,8 @@ impl Live {
     }
 
     /// Answers `GET /explain?to=IP:PORT[/PROTO][&from=IP][&via=pod|node|external]`.
-    pub fn answer(&self, target: &str) -> Response {
+    pub async fn answer(&self, uri: &Uri) -> Response {
+        let target = uri.query();
         let Some(to) = param(target, "to") else {
             return Response::new(400, "text/plain", "missing to=IP:PORT[/PROTO]\n".into());
         };
@@ -115,34 +89,28 @@ impl Live {
         if self.tx.send(ExplainRequest { query: q, reply }).is_err() {
             return Response::new(503, "text/plain", "the sync loop has stopped\n".into());
         }
-        // The loop answers between syncs; wait without starving the runtime.
-        match tokio::task::block_in_place(|| answer.recv_timeout(Duration::from_secs(10))) {
-            Ok(e) => Response::new(200, "text/plain; charset=utf-8", e.to_string()),
-            Err(_) => Response::new(503, "text/plain", "no answer from the sync loop\n".into()),
+        // The loop answers between syncs, on a std channel (the controller's type): wait for
+        // it on the blocking pool, so no runtime thread waits.
+        let wait =
+            tokio::task::spawn_blocking(move || answer.recv_timeout(Duration::from_secs(10)));
+        match wait.await {
+            Ok(Ok(e)) => Response::new(200, "text/plain; charset=utf-8", e.to_string()),
+            _ => Response::new(503, "text/plain", "no answer from the sync loop\n".into()),
         }
     }
 }
 
 /// The query string `rudder explain --live` sends.
 pub fn query_string(to: &str, from: Option<&str>, via: Option<&str>) -> String {
-    let enc = |s: &str| -> String {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
-    };
-    let mut q = format!("/explain?to={}", enc(to));
+    let mut q = form_urlencoded::Serializer::new(String::from("/explain?"));
+    q.append_pair("to", to);
     if let Some(f) = from {
-        q.push_str(&format!("&from={}", enc(f)));
+        q.append_pair("from", f);
     }
     if let Some(v) = via {
-        q.push_str(&format!("&via={}", enc(v)));
+        q.append_pair("via", v);
     }
-    q
+    q.finish()
 }
 
 #[cfg(test)]
@@ -153,11 +121,20 @@ mod tests {
     fn query_strings_round_trip() {
         let target = query_string("[fd00::1]:53/udp", Some("10.0.0.1"), Some("pod"));
         assert!(!target.contains('['), "{target}");
-        assert_eq!(param(&target, "to").as_deref(), Some("[fd00::1]:53/udp"));
-        assert_eq!(param(&target, "from").as_deref(), Some("10.0.0.1"));
-        assert_eq!(param(&target, "via").as_deref(), Some("pod"));
-        assert_eq!(param(&target, "nope"), None);
-        assert_eq!(decode("a%2"), "a%2", "a cut escape stays as it is");
+        let uri: Uri = target.parse().expect("a valid request target");
+        assert_eq!(uri.path(), "/explain");
+        let q = uri.query();
+        assert_eq!(param(q, "to").as_deref(), Some("[fd00::1]:53/udp"));
+        assert_eq!(param(q, "from").as_deref(), Some("10.0.0.1"));
+        assert_eq!(param(q, "via").as_deref(), Some("pod"));
+        assert_eq!(param(q, "nope"), None);
+        assert_eq!(param(None, "to"), None);
+        assert_eq!(
+            param(Some("to=a%2"), "to").as_deref(),
+            Some("a%2"),
+            "a cut escape stays as it is"
+        );
+        assert_eq!(param(Some("to=a+b"), "to").as_deref(), Some("a b"));
         let q = query("[fd00::1]:53/udp", Some("10.0.0.1"), Some("pod")).expect("valid");
         assert_eq!(q.port, 53);
         assert_eq!(q.protocol, Protocol::Udp);

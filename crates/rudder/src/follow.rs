@@ -703,8 +703,8 @@ spec: {cidrs: [10.97.0.0/16]}
 
     #[test]
     fn documents_with_fields_of_the_wrong_type_are_counted() {
-        let dir = std::env::temp_dir().join(format!("rudder-malformed-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let svc = |i: usize, port: &str| {
             format!(
                 "apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: default}}\nspec: {{clusterIP: 10.96.0.9, ports: [{{port: {port}}}]}}\n"
@@ -719,10 +719,10 @@ spec: {cidrs: [10.97.0.0/16]}
         .join("---\n");
         std::fs::write(dir.join("m.yaml"), text).unwrap();
         let metrics = crate::metrics::Metrics::new().unwrap();
-        let mut f = follower(&dir);
+        let mut f = follower(dir);
         let p = f.poll(Instant::now());
         report(&p, &metrics);
-        let _ = std::fs::remove_dir_all(&dir);
+        drop(tmp);
         let objs = p.changed.expect("read");
         // The good document is used; the three others are counted, as often as they are read.
         assert_eq!(objs.services.len(), 1);

@@ -73,7 +73,7 @@ pub async fn run(
             let mut tasks = Vec::new();
             for addr in addrs {
                 let (table2, health2, port2) = (table.clone(), health.clone(), *port);
-                let handler: crate::http::Handler = std::sync::Arc::new(move |_path: &str| {
+                let handler = crate::http::handler_sync(move |_| {
                     let (status, body, count) = response(&table2, &health2, port2);
                     let mut r = crate::http::Response::new(status, "application/json", body);
                     r.headers.push(("X-Content-Type-Options", "nosniff".into()));

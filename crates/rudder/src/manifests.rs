@@ -61,9 +61,10 @@ pub fn parse_str(file: &Path, text: &str) -> Result<(Objects, Vec<LoadError>), L
         ));
     } else {
         // The common case: every document reads. The iterator must not be used after an
-        // error: it resumes inside the failed document (and serde_yaml can then panic).
+        // error: it resumes inside the failed document (and serde_norway, like the
+        // serde_yaml it forks, can then panic).
         let mut failed = false;
-        for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        for (i, de) in serde_norway::Deserializer::from_str(text).enumerate() {
             match serde_json::Value::deserialize(de) {
                 Ok(v) => docs.push((i + 1, v)),
                 Err(_) => {
@@ -78,14 +79,15 @@ pub fn parse_str(file: &Path, text: &str) -> Result<(Objects, Vec<LoadError>), L
             // (bad syntax, an unknown anchor, too many aliases) refuses the whole file.
             docs.clear();
             for (i, chunk) in split_documents(text).into_iter().enumerate() {
-                let mut one = serde_yaml::Deserializer::from_str(chunk);
+                let mut one = serde_norway::Deserializer::from_str(chunk);
                 let Some(de) = one.next() else {
                     continue;
                 };
                 match serde_json::Value::deserialize(de) {
                     Ok(v) => docs.push((i + 1, v)),
                     Err(e) => {
-                        if let Err(syntax) = serde_yaml::from_str::<serde::de::IgnoredAny>(chunk) {
+                        if let Err(syntax) = serde_norway::from_str::<serde::de::IgnoredAny>(chunk)
+                        {
                             return Err(err(file, i + 1, format!("invalid YAML: {syntax}")));
                         }
                         errors.push(err(file, i + 1, format!("invalid YAML: {e}")));

@@ -12,7 +12,7 @@ use rudder_controller::health::ProxyHealth;
 use rudder_controller::{LoopEvent, SyncKind};
 use rudder_model::IpFamily;
 
-use crate::http::{Handler, Response};
+use crate::http::{Handler, Response, handler, handler_sync};
 
 /// Every metric Rudder exports.
 pub struct Metrics {
@@ -561,28 +561,13 @@ impl Metrics {
     }
 }
 
-/// RFC 3339 UTC time from milliseconds since the epoch.
+/// RFC 3339 UTC time from milliseconds since the epoch, always with milliseconds.
 fn rfc3339(ms: u64) -> String {
-    let secs = (ms / 1000) as i64;
-    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    )
+    let t = i64::try_from(ms)
+        .ok()
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .unwrap_or(jiff::Timestamp::MAX);
+    format!("{t:.3}")
 }
 
 /// kube-proxy's `/healthz` (with node eligibility) and `/livez` answer.
@@ -641,8 +626,8 @@ pub fn health_handler(
     metrics: Arc<Metrics>,
     families: Vec<IpFamily>,
 ) -> Handler {
-    Arc::new(move |target: &str| {
-        let (with_node, counter) = match target.split('?').next().unwrap_or("/") {
+    handler_sync(move |uri| {
+        let (with_node, counter) = match uri.path() {
             "/healthz" => (true, &metrics.healthz_total),
             "/livez" => (false, &metrics.livez_total),
             _ => return Response::new(404, "text/plain", "404 page not found\n".into()),
@@ -660,27 +645,30 @@ pub fn health_handler(
 
 /// Handler of the metrics server (`--metrics-bind-address`).
 pub fn metrics_handler(metrics: Arc<Metrics>, explain: Option<crate::explain::Live>) -> Handler {
-    Arc::new(
-        move |target: &str| match target.split('?').next().unwrap_or("/") {
-            "/explain" => match &explain {
-                Some(live) => live.answer(target),
-                None => Response::new(404, "text/plain", "404 page not found\n".into()),
-            },
-            "/metrics" => Response::new(
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                metrics.render(),
-            ),
-            "/healthz" => Response::new(200, "text/plain; charset=utf-8", "ok".into()),
-            "/proxyMode" => Response::new(200, "text/plain; charset=utf-8", "nftables".into()),
-            "/status" => Response::new(
-                200,
-                "application/json",
-                serde_json::to_string(&metrics.status()).unwrap_or_default(),
-            ),
-            _ => Response::new(404, "text/plain", "404 page not found\n".into()),
-        },
-    )
+    handler(move |uri| {
+        let (metrics, explain) = (metrics.clone(), explain.clone());
+        async move {
+            match uri.path() {
+                "/explain" => match &explain {
+                    Some(live) => live.answer(&uri).await,
+                    None => Response::new(404, "text/plain", "404 page not found\n".into()),
+                },
+                "/metrics" => Response::new(
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    metrics.render(),
+                ),
+                "/healthz" => Response::new(200, "text/plain; charset=utf-8", "ok".into()),
+                "/proxyMode" => Response::new(200, "text/plain; charset=utf-8", "nftables".into()),
+                "/status" => Response::new(
+                    200,
+                    "application/json",
+                    serde_json::to_string(&metrics.status()).unwrap_or_default(),
+                ),
+                _ => Response::new(404, "text/plain", "404 page not found\n".into()),
+            }
+        }
+    })
 }
 
 #[cfg(test)]

@@ -1,14 +1,14 @@
 //! A linear-time bound on the nesting depth of manifest text, checked before the text reaches
 //! the YAML or JSON parser.
 //!
-//! libyaml (behind `serde_yaml`) keeps one "possible simple key" per open flow collection and
-//! walks the pending ones for every token, so nesting costs time that grows with the square of
-//! the depth (`{a: {a: …` 10,000 deep: 2 s, 20,000 deep: 9 s; 100,000 nested `[`: 3.7 s, in a
-//! debug build). `serde_yaml`'s own recursion limit only applies after the
-//! whole document has been parsed into events, too late to help. This module follows libyaml's
-//! scanner closely enough to know where it opens flow collections (`[`, `{` outside scalars and
-//! comments) and block collections (its indentation stack), and stops at the first point where
-//! the depth exceeds the limit, in time linear in the input.
+//! libyaml (behind `serde_norway`, a fork of `serde_yaml`) keeps one "possible simple key" per
+//! open flow collection and walks the pending ones for every token, so nesting costs time that
+//! grows with the square of the depth (`{a: {a: …` 10,000 deep: 2 s, 20,000 deep: 9 s;
+//! 100,000 nested `[`: 3.7 s, in a debug build). `serde_norway`'s own recursion limit only
+//! applies after the whole document has been parsed into events, too late to help. This module
+//! follows libyaml's scanner closely enough to know where it opens flow collections (`[`, `{`
+//! outside scalars and comments) and block collections (its indentation stack), and stops at
+//! the first point where the depth exceeds the limit, in time linear in the input.
 //!
 //! The scanner mirrors libyaml's rules for everything that decides whether a character is
 //! markup or content: comments, single- and double-quoted scalars, plain scalars (with their
@@ -19,7 +19,7 @@
 //! therefore never smaller than what libyaml would reach.
 
 /// Deepest nesting of collections accepted in a manifest. Kubernetes objects nest about ten
-/// levels deep; `serde_yaml` and `serde_json` refuse more than 128 levels anyway.
+/// levels deep; `serde_norway` and `serde_json` refuse more than 128 levels anyway.
 pub const MAX_DEPTH: usize = 100;
 
 /// The text nests deeper than the limit.
@@ -786,9 +786,8 @@ mod tests {
                     .collect()
             })
             .collect();
-        let dir = std::env::temp_dir().join(format!("rudder-nesting-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let input = dir.join("cases.json");
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("cases.json");
         std::fs::write(&input, serde_json::to_string(&cases).unwrap()).unwrap();
         let script = r#"
 import json, sys, yaml
@@ -813,7 +812,7 @@ print(json.dumps(out))
             .arg(&input)
             .output()
             .expect("python3");
-        std::fs::remove_dir_all(&dir).unwrap();
+        drop(dir);
         assert!(
             out.status.success(),
             "{}",

@@ -67,29 +67,8 @@ impl Default for LoopConfig {
 /// Seconds since the epoch of an RFC 3339 UTC timestamp (`2026-01-02T03:04:05Z`, optional
 /// fraction), as Kubernetes writes them.
 pub fn parse_rfc3339(ts: &str) -> Option<f64> {
-    let ts = ts.strip_suffix('Z')?;
-    let (date, time) = ts.split_once('T')?;
-    let d: Vec<i64> = date
-        .split('-')
-        .map(|p| p.parse().ok())
-        .collect::<Option<_>>()?;
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let t: Vec<i64> = hms
-        .split(':')
-        .map(|p| p.parse().ok())
-        .collect::<Option<_>>()?;
-    if d.len() != 3 || t.len() != 3 {
-        return None;
-    }
-    let (y, m, day) = (d[0], d[1], d[2]);
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    let frac: f64 = format!("0.{frac}").parse().ok()?;
-    Some((days * 86400 + t[0] * 3600 + t[1] * 60 + t[2]) as f64 + frac)
+    let t: jiff::Timestamp = ts.parse().ok()?;
+    Some(t.as_duration().as_secs_f64())
 }
 
 /// The loop. Feed it [`Change`]s with [`SyncLoop::apply_change`] or run it on a channel
