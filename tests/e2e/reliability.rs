@@ -286,11 +286,11 @@ fn the_first_full_sync_holds_back_a_refused_service_and_programs_the_rest() {
         if o["kind"] == "Service" {
             let s: k8s_openapi::api::core::v1::Service =
                 serde_json::from_value(json).expect("service");
-            services.extend(rudder_controller::change::service(&s));
+            services.extend(rudder_sources::convert::service(&s));
         } else {
             let s: k8s_openapi::api::discovery::v1::EndpointSlice =
                 serde_json::from_value(json).expect("slice");
-            slices.extend(rudder_controller::change::slice(&s));
+            slices.extend(rudder_sources::convert::slice(&s));
         }
     }
     let node = rudder_compiler::NodeContext::new(

@@ -152,7 +152,9 @@ fn snapshot(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Change {
 }
 
 /// One sync, timed.
-fn timed(l: &mut SyncLoop<rudder_controller::NftMode<Kernel>>) -> anyhow::Result<(SyncReport, Duration)> {
+fn timed(
+    l: &mut SyncLoop<rudder_controller::NftMode<Kernel>>,
+) -> anyhow::Result<(SyncReport, Duration)> {
     let t = Instant::now();
     let r = l
         .sync()

@@ -20,6 +20,7 @@ mod bench_api;
 mod bench_refusals;
 mod demo;
 mod dist;
+mod layering;
 mod soak;
 
 use std::process::{Command, ExitCode};
@@ -120,6 +121,7 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     }
     install_deps()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    layering::check()?;
     run(cargo().args([
         "clippy",
         "--workspace",

@@ -1,12 +1,12 @@
-//! What sources tell the sync loop, already converted to the model.
+//! What sources tell the sync loop, already converted to the model, and where skipped
+//! input is reported.
 //!
-//! Sources convert Kubernetes objects as they arrive (logging what they skip), so the loop
-//! and any buffered list hold only the compact model types, never whole API objects.
+//! Sources (`rudder-sources`) convert Kubernetes objects as they arrive (logging what they
+//! skip), so the loop and any buffered list hold only the compact model types, never whole
+//! API objects.
 
-use k8s_openapi::api::core::v1 as core;
-use k8s_openapi::api::discovery::v1 as discovery;
-use rudder_model::{EndpointSlice, Node, Rejected, Service, ServiceKey, SliceKey, k8s};
-use tracing::{debug, warn};
+use rudder_model::{EndpointSlice, Node, Service, ServiceKey, SliceKey};
+use tracing::warn;
 
 /// One change reported by a source (the API watchers or the manifest reader).
 #[derive(Debug, Clone)]
@@ -42,14 +42,6 @@ pub enum Change {
     },
 }
 
-/// The CIDRs of a ServiceCIDR object (`spec.cidrs`), without the invalid or refused ones,
-/// which are logged and counted (see [`rudder_model::k8s::service_cidr`]).
-pub fn service_cidrs(s: &k8s_openapi::api::networking::v1::ServiceCIDR) -> Vec<rudder_model::Cidr> {
-    let (cidrs, problems) = k8s::service_cidr(s);
-    log_problems(&problems);
-    cidrs
-}
-
 /// Called for every skipped piece of invalid input (the binary counts them in a metric).
 type ProblemHook = Box<dyn Fn(&rudder_model::Problem) + Send + Sync>;
 
@@ -61,101 +53,13 @@ pub fn on_problem(hook: ProblemHook) {
     let _ = ON_PROBLEM.set(hook);
 }
 
-/// Logs every problem and passes it to the [`on_problem`] hook (which counts it). For
-/// problems found outside the conversions here: the compiler's, the manifest reader's.
+/// Logs every problem and passes it to the [`on_problem`] hook (which counts it, and in API
+/// mode records an Event): the sources' conversions, the compiler's refusals, the kernel's.
 pub fn report_problems(problems: &[rudder_model::Problem]) {
-    log_problems(problems);
-}
-
-fn log_problems(problems: &[rudder_model::Problem]) {
     for p in problems {
         warn!(reason = p.reason.label(), "skipped invalid input: {p}");
         if let Some(hook) = ON_PROBLEM.get() {
             hook(p);
         }
-    }
-}
-
-/// Converts a Service, logging problems; `None` when it is ignored or invalid.
-pub fn service(s: &core::Service) -> Option<Service> {
-    match k8s::service(s) {
-        Ok((svc, problems)) => {
-            log_problems(&problems);
-            Some(svc)
-        }
-        Err(Rejected::Ignored(why)) => {
-            debug!(namespace = ?s.metadata.namespace, name = ?s.metadata.name, "ignoring service: {why}");
-            None
-        }
-        Err(Rejected::Invalid(p)) => {
-            log_problems(&[p]);
-            None
-        }
-    }
-}
-
-/// Converts an EndpointSlice, logging problems; `None` when it is ignored or invalid.
-pub fn slice(s: &discovery::EndpointSlice) -> Option<EndpointSlice> {
-    match k8s::endpoint_slice(s) {
-        Ok((slice, problems)) => {
-            log_problems(&problems);
-            Some(slice)
-        }
-        Err(Rejected::Ignored(_)) => None,
-        Err(Rejected::Invalid(p)) => {
-            log_problems(&[p]);
-            None
-        }
-    }
-}
-
-/// Converts a Node, logging problems.
-pub fn node(n: &core::Node) -> Node {
-    let (node, problems) = k8s::node(n);
-    log_problems(&problems);
-    node
-}
-
-/// The change for a Service that was created or updated. An object that cannot be used
-/// (invalid, or now labelled for another proxy) becomes a deletion, so its old rules go.
-pub fn service_applied(s: &core::Service) -> Option<Change> {
-    match service(s) {
-        Some(svc) => Some(Change::ServiceApplied(Box::new(svc))),
-        None => service_key(s).map(Change::ServiceDeleted),
-    }
-}
-
-/// The change for a deleted Service.
-pub fn service_deleted(s: &core::Service) -> Option<Change> {
-    service_key(s).map(Change::ServiceDeleted)
-}
-
-/// The change for an EndpointSlice that was created or updated (or became unusable).
-pub fn slice_applied(s: &discovery::EndpointSlice) -> Option<Change> {
-    match slice(s) {
-        Some(sl) => Some(Change::SliceApplied(Box::new(sl))),
-        None => slice_key(s).map(Change::SliceDeleted),
-    }
-}
-
-/// The change for a deleted EndpointSlice.
-pub fn slice_deleted(s: &discovery::EndpointSlice) -> Option<Change> {
-    slice_key(s).map(Change::SliceDeleted)
-}
-
-fn service_key(s: &core::Service) -> Option<ServiceKey> {
-    match (&s.metadata.namespace, &s.metadata.name) {
-        (Some(ns), Some(n)) => Some(ServiceKey::new(ns, n)),
-        _ => None,
-    }
-}
-
-fn slice_key(s: &discovery::EndpointSlice) -> Option<SliceKey> {
-    match (&s.metadata.namespace, &s.metadata.name) {
-        (Some(ns), Some(n)) => Some(SliceKey {
-            namespace: ns.clone(),
-            name: n.clone(),
-        }),
-        _ => None,
     }
 }

@@ -1,8 +1,6 @@
-//! Rudder's controller: from Kubernetes (or manifest files) to synced kernel rules.
+//! Rudder's controller: from [`Change`]s to synced kernel rules.
 //!
-//! This crate owns the only code that knows kube-rs ([`watch`]: watchers for Services,
-//! EndpointSlices and this node's Node, with their re-list and backoff behaviour), the
-//! translation of their events into [`Change`]s, and the [`SyncLoop`]: change tracking on a
+//! This crate owns the [`SyncLoop`]: change tracking on a
 //! [`rudder_model::ProxyState`], the gate that waits for the initial lists, and kube-proxy's
 //! timing rules (bursts coalesce within `minSyncPeriod`, failed syncs are retried after
 //! `syncPeriod`, a full resync runs periodically and after failures).
@@ -18,7 +16,6 @@
 
 pub mod change;
 pub mod conntrack;
-pub mod events;
 pub mod health;
 pub mod isolate;
 pub mod localhost;
@@ -26,7 +23,6 @@ pub mod mode;
 pub mod nftables;
 pub mod observer;
 mod sync;
-pub mod watch;
 pub mod withdrawn;
 
 pub use change::Change;

@@ -18,7 +18,7 @@ use rudder_model::{IpFamily, ProxyState};
 use rudder_nft::Ruleset;
 
 use crate::cli::{Cli, Command};
-use crate::{config, files, manifests, nesting, proxier};
+use crate::{config, convert, files, manifests, nesting, proxier};
 
 const FAMILIES: [IpFamily; 2] = [IpFamily::V4, IpFamily::V6];
 
@@ -50,7 +50,7 @@ static SETTINGS: LazyLock<proxier::Settings> = LazyLock::new(|| {
 static BASE: LazyLock<(ProxyState, NodeContext)> = LazyLock::new(|| {
     let (by_file, errors, skipped) = files::load(&[repo().join("examples/nginx")]);
     assert!(errors.is_empty() && skipped.is_empty(), "the example reads");
-    let conv = proxier::convert(&manifests::merge(&by_file), "node-1");
+    let conv = convert::convert(&manifests::merge(&by_file), "node-1");
     let mut node = SETTINGS.node_context(conv.node.as_ref(), None);
     node.service_cidrs = conv.service_cidrs;
     let mut state = ProxyState::new();
@@ -90,7 +90,7 @@ pub fn manifest(data: &[u8], name: &str) {
     let Ok((objs, _errors)) = manifests::parse_str(path, text) else {
         return;
     };
-    let conv = proxier::convert(&objs, "node-1");
+    let conv = convert::convert(&objs, "node-1");
     for p in &conv.problems {
         // Problems are logged: their text must be printable once escaped.
         let shown = rudder_model::escape_controls(&p.to_string()).into_owned();

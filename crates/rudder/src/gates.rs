@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use rudder_controller::Change;
-use rudder_controller::events::{Events, ProxyEvent};
 use rudder_model::{Service, ServiceKey};
+use rudder_sources::events::{Events, ProxyEvent};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tracing::warn;
 

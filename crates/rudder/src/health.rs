@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 
-use rudder_controller::events::{Events, ProxyEvent};
 use rudder_controller::health::{ProxyHealth, ServiceHealth};
 use rudder_model::ServiceKey;
+use rudder_sources::events::{Events, ProxyEvent};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};

@@ -7,8 +7,6 @@
 mod cli;
 mod config;
 mod explain;
-mod files;
-mod follow;
 #[cfg(test)]
 mod fuzz_targets;
 mod gates;
@@ -17,11 +15,14 @@ mod http;
 mod localhost;
 mod lock;
 mod logfmt;
-mod manifests;
 mod metrics;
-mod nesting;
 mod proxier;
 mod run;
+
+// The sources crate's modules, under the names the binary's modules use.
+#[cfg(test)]
+use rudder_sources::nesting;
+use rudder_sources::{convert, files, follow, manifests};
 
 use std::process::ExitCode;
 
@@ -181,7 +182,7 @@ fn load_offline(
         logfmt::say(format_args!("skipping {e}"));
     }
     let objs = manifests::merge(&files);
-    let mut conv = proxier::convert(&objs, &settings.hostname);
+    let mut conv = convert::convert(&objs, &settings.hostname);
     for p in &conv.problems {
         logfmt::say(format_args!("skipping invalid input: {p}"));
     }

@@ -95,17 +95,7 @@ pub struct QuarantinedService {
     pub reason: String,
 }
 
-/// A manifest file that is being skipped.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SkippedInput {
-    /// The path.
-    pub file: String,
-    /// The `reason` label (`not_regular_file`, `file_too_large`, …).
-    pub reason: String,
-    /// What is wrong with it.
-    pub message: String,
-}
+pub use rudder_sources::follow::SkippedInput;
 
 /// The last successful sync.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -538,7 +528,7 @@ impl Metrics {
         }
     }
 
-    /// Replaces the list of input files being skipped.
+    /// Replaces the list of input files being skipped (see [`rudder_sources::follow::Report`]).
     pub fn set_skipped_input(&self, skipped: Vec<SkippedInput>) {
         if let Ok(mut st) = self.status.lock() {
             st.skipped_input = skipped;
@@ -669,6 +659,16 @@ pub fn metrics_handler(metrics: Arc<Metrics>, explain: Option<crate::explain::Li
             }
         }
     })
+}
+
+impl rudder_sources::follow::Report for Metrics {
+    fn invalid_input(&self, reason: &str) {
+        Metrics::invalid_input(self, reason);
+    }
+
+    fn set_skipped_input(&self, skipped: Vec<SkippedInput>) {
+        Metrics::set_skipped_input(self, skipped);
+    }
 }
 
 #[cfg(test)]

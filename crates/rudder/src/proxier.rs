@@ -1,18 +1,13 @@
-//! Wiring: settings from flags, Kubernetes objects into the model, the node context, and
-//! the sync step (compile, apply, account).
+//! Wiring: settings from flags, and the node context.
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context, bail};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use rudder_compiler::{Config, LocalDetector, NodeContext, NodePortIps};
-use rudder_model::{Cidr, IpFamily, Node, ObjectKind, Problem, Reason, Rejected, k8s, parse_ip};
+use rudder_model::{Cidr, IpFamily, Node, parse_ip};
 use rudder_nft::{IfaceName, Name};
-use tracing::debug;
 
 use crate::cli::ProxyArgs;
-use crate::manifests::Objects;
 
 /// How node ports are exposed: `--nodeport-addresses` (kube-proxy 1.37's syntax: CIDRs and
 /// the keywords `primary`, `localhost` and `all`, in any combination).
@@ -356,141 +351,6 @@ pub fn local_addresses() -> Vec<IpAddr> {
 /// Whether this network namespace has IPv6.
 pub fn ipv6_available() -> bool {
     std::path::Path::new("/proc/net/if_inet6").exists()
-}
-
-/// The model objects converted from manifests, with what was skipped.
-#[derive(Debug, Default)]
-pub struct Converted {
-    pub services: Vec<rudder_model::Service>,
-    pub slices: Vec<rudder_model::EndpointSlice>,
-    pub node: Option<Node>,
-    /// The service CIDRs of every ServiceCIDR object, sorted, without the refused ones.
-    pub service_cidrs: Vec<Cidr>,
-    pub problems: Vec<Problem>,
-    pub ignored: usize,
-}
-
-/// The objects of `items` that are used: of several with the same key (kind, namespace and
-/// name), the last one in file and document order; objects without a key are all kept. The
-/// earlier duplicates are reported as problems. `key` is `None` for objects without a name.
-fn last_of_each<'a, T>(
-    items: impl IntoIterator<Item = &'a T>,
-    kind: ObjectKind,
-    key: impl Fn(&T) -> Option<(String, String)>,
-    problems: &mut Vec<Problem>,
-) -> Vec<&'a T>
-where
-    T: 'a,
-{
-    let items: Vec<&T> = items.into_iter().collect();
-    let mut last: BTreeMap<(String, String), usize> = BTreeMap::new();
-    for (i, item) in items.iter().enumerate() {
-        if let Some(k) = key(item)
-            && last.insert(k.clone(), i).is_some()
-        {
-            problems.push(Problem {
-                kind,
-                namespace: k.0,
-                name: k.1,
-                reason: Reason::Duplicate,
-            });
-        }
-    }
-    items
-        .iter()
-        .enumerate()
-        .filter(|(i, item)| key(item).is_none_or(|k| last.get(&k) == Some(i)))
-        .map(|(_, item)| *item)
-        .collect()
-}
-
-fn namespaced_key(m: &ObjectMeta) -> Option<(String, String)> {
-    match (&m.namespace, &m.name) {
-        (Some(ns), Some(n)) if !ns.is_empty() && !n.is_empty() => Some((ns.clone(), n.clone())),
-        _ => None,
-    }
-}
-
-fn cluster_key(m: &ObjectMeta) -> Option<(String, String)> {
-    m.name
-        .as_ref()
-        .filter(|n| !n.is_empty())
-        .map(|n| (String::new(), n.clone()))
-}
-
-/// Converts Kubernetes objects into the model; `hostname` picks this node's Node object.
-/// `rudder compile` and `rudder run` both read manifests through this function, so they
-/// resolve them alike. Of several objects of one kind with the same namespace and name (Nodes
-/// and ServiceCIDRs: the same name), the last one in file order (files sorted by path, then
-/// document order) is used, as if each document were applied in turn; if that one is invalid
-/// or ignored, so is the object. The earlier ones are reported (`duplicate_object`).
-pub fn convert(objs: &Objects, hostname: &str) -> Converted {
-    let mut out = Converted::default();
-    let services = last_of_each(
-        &objs.services,
-        ObjectKind::Service,
-        |s| namespaced_key(&s.metadata),
-        &mut out.problems,
-    );
-    for s in services {
-        match k8s::service(s) {
-            Ok((svc, problems)) => {
-                out.problems.extend(problems);
-                out.services.push(svc);
-            }
-            Err(Rejected::Ignored(why)) => {
-                debug!(namespace = ?s.metadata.namespace, name = ?s.metadata.name, "ignoring service: {why}");
-                out.ignored += 1;
-            }
-            Err(Rejected::Invalid(p)) => out.problems.push(p),
-        }
-    }
-    let slices = last_of_each(
-        &objs.slices,
-        ObjectKind::EndpointSlice,
-        |s| namespaced_key(&s.metadata),
-        &mut out.problems,
-    );
-    for s in slices {
-        match k8s::endpoint_slice(s) {
-            Ok((slice, problems)) => {
-                out.problems.extend(problems);
-                out.slices.push(slice);
-            }
-            Err(Rejected::Ignored(_)) => out.ignored += 1,
-            Err(Rejected::Invalid(p)) => out.problems.push(p),
-        }
-    }
-    // Node names are matched case-insensitively, as kube-proxy matches --hostname-override.
-    let this_node = objs
-        .nodes
-        .iter()
-        .filter(|n| n.metadata.name.as_deref().map(str::to_lowercase).as_deref() == Some(hostname));
-    let nodes = last_of_each(
-        this_node,
-        ObjectKind::Node,
-        |_| Some((String::new(), hostname.to_owned())),
-        &mut out.problems,
-    );
-    if let Some(n) = nodes.last() {
-        let (node, problems) = k8s::node(n);
-        out.problems.extend(problems);
-        out.node = Some(node);
-    }
-    let cidrs = last_of_each(
-        &objs.service_cidrs,
-        ObjectKind::ServiceCidr,
-        |c| cluster_key(&c.metadata),
-        &mut out.problems,
-    );
-    for s in cidrs {
-        let (cidrs, problems) = k8s::service_cidr(s);
-        out.service_cidrs.extend(cidrs);
-        out.problems.extend(problems);
-    }
-    out.service_cidrs.sort();
-    out.service_cidrs.dedup();
-    out
 }
 
 /// Families to program: IPv4, plus IPv6 when the namespace has it.

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use rudder_compiler::Compiler;
 use rudder_controller::{
     Dataplane, DataplaneError, DriftNotice, Failure, LoopConfig, NodeContextFn, SyncLoop,
@@ -186,18 +186,21 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     // The API client comes first: Events (and the health servers that record some) need it.
     let client = if args.proxy.manifests.is_empty() {
-        Some(kube_client(&args).await?)
+        Some(
+            rudder_sources::client::connect(args.kubeconfig.as_deref(), args.master.as_deref())
+                .await?,
+        )
     } else {
         None
     };
     let (events, events_task) = match &client {
         Some(c) => {
-            let (events, task) = rudder_controller::events::spawn(c.clone(), &settings.hostname);
+            let (events, task) = rudder_sources::events::spawn(c.clone(), &settings.hostname);
             (events, Some(task))
         }
-        None => (rudder_controller::events::Events::disabled(), None),
+        None => (rudder_sources::events::Events::disabled(), None),
     };
-    events.record(rudder_controller::events::ProxyEvent::Starting);
+    events.record(rudder_sources::events::ProxyEvent::Starting);
     let health_servers = tokio::spawn(crate::health::run(
         sync_loop.service_health(),
         sync_loop.proxy_health(),
@@ -214,7 +217,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     rudder_controller::change::on_problem(Box::new(move |p| {
         problem_metrics.invalid_input(p.reason.label());
         if !p.name.is_empty() {
-            problem_events.record(rudder_controller::events::ProxyEvent::SkippedInvalidInput {
+            problem_events.record(rudder_sources::events::ProxyEvent::SkippedInvalidInput {
                 kind: p.kind,
                 namespace: p.namespace.clone(),
                 name: p.name.clone(),
@@ -296,8 +299,8 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut follower_thread = None;
     let tasks = if let Some(client) = client {
         let mut tasks =
-            rudder_controller::watch::spawn(client.clone(), &settings.hostname, tx.clone());
-        tasks.push(rudder_controller::watch::spawn_service_cidrs(client, tx));
+            rudder_sources::watch::spawn(client.clone(), &settings.hostname, tx.clone());
+        tasks.push(rudder_sources::watch::spawn_service_cidrs(client, tx));
         tasks
     } else {
         let follower = crate::follow::Follower::new(
@@ -407,43 +410,4 @@ fn raise_nofile_limit() -> u64 {
             1024
         }
     }
-}
-
-/// A client from `--kubeconfig` / `--master`, or the in-cluster (or default) configuration.
-async fn kube_client(args: &RunArgs) -> anyhow::Result<kube::Client> {
-    use kube::config::{KubeConfigOptions, Kubeconfig};
-    let mut config = match &args.kubeconfig {
-        Some(path) => {
-            let kc = Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("loading kubeconfig {}", path.display()))?
-        }
-        None => match &args.master {
-            Some(master) => kube::Config::new(
-                master
-                    .parse()
-                    .with_context(|| format!("--master {master:?} is not a URL"))?,
-            ),
-            None => kube::Config::infer()
-                .await
-                .context("no --kubeconfig, --master or in-cluster configuration")?,
-        },
-    };
-    if let (Some(_), Some(master)) = (&args.kubeconfig, &args.master) {
-        config.cluster_url = master
-            .parse()
-            .with_context(|| format!("--master {master:?} is not a URL"))?;
-    }
-    if config.cluster_url.scheme_str() != Some("https")
-        && config.cluster_url.scheme_str() != Some("http")
-    {
-        bail!(
-            "API server URL {} must be http or https",
-            config.cluster_url
-        );
-    }
-    info!(server = %config.cluster_url, "using the Kubernetes API server");
-    kube::Client::try_from(config).context("creating the Kubernetes client")
 }

@@ -9,6 +9,10 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::*;
+
+fn node_of(n: &k8s_openapi::api::core::v1::Node) -> Node {
+    rudder_model::k8s::node(n).0
+}
 use crate::nftables::{MAX_DRY_RUNS, Shape};
 use rudder_nft::Transaction;
 
@@ -18,7 +22,7 @@ fn svc(name: &str, ip: &str) -> Box<rudder_model::Service> {
         "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80}]}
     }))
     .unwrap();
-    Box::new(crate::change::service(&k).unwrap())
+    Box::new(rudder_model::k8s::service(&k).unwrap().0)
 }
 
 fn slice(name: &str, svc: &str, ips: &[&str]) -> Box<rudder_model::EndpointSlice> {
@@ -28,7 +32,7 @@ fn slice(name: &str, svc: &str, ips: &[&str]) -> Box<rudder_model::EndpointSlice
         "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}], "endpoints": eps
     }))
     .unwrap();
-    Box::new(crate::change::slice(&k).unwrap())
+    Box::new(rudder_model::k8s::endpoint_slice(&k).unwrap().0)
 }
 
 fn new_loop(config: LoopConfig) -> SyncLoop<NftMode<Ruleset>> {
@@ -224,7 +228,7 @@ async fn periodic_full_resync_and_node_changes() {
         SyncKind::Full,
         "hourly full resync"
     );
-    let node: Box<Node> = Box::new(crate::change::node(
+    let node: Box<Node> = Box::new(node_of(
         &serde_json::from_value(json!({"metadata": {"name": "n1"}, "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.2"}]}}))
             .unwrap(),
     ));
@@ -257,7 +261,7 @@ async fn a_zone_label_change_forces_a_full_sync() {
     l.apply_change(Change::ServicesListed(vec![*svc("a", "10.96.0.1")]));
     l.apply_change(Change::SlicesListed(vec![]));
     let zoned = |zone: &str| {
-        Box::new(crate::change::node(
+        Box::new(node_of(
             &serde_json::from_value(json!({"metadata": {"name": "n1", "labels": {"topology.kubernetes.io/zone": zone}}})).unwrap(),
         ))
     };
@@ -288,14 +292,14 @@ async fn a_service_refused_for_its_cluster_ip_gets_no_rules_and_no_health_check_
                      "healthCheckNodePort": hc, "ports": [{"name": "http", "port": 80, "nodePort": 30000 + hc % 1000}]}
         }))
         .unwrap();
-        crate::change::service(&k).unwrap()
+        rudder_model::k8s::service(&k).unwrap().0
     };
     l.apply_change(Change::ServicesListed(vec![
         lb("ok", "10.96.0.1", 32001),
         lb("own", "172.18.0.2", 32002),
     ]));
     l.apply_change(Change::SlicesListed(vec![]));
-    let node: Box<Node> = Box::new(crate::change::node(
+    let node: Box<Node> = Box::new(node_of(
         &serde_json::from_value(json!({"metadata": {"name": "n1"}, "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.2"}]}}))
             .unwrap(),
     ));

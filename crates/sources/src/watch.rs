@@ -21,7 +21,8 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use crate::change::{self, Change};
+use crate::convert as change;
+use rudder_controller::change::Change;
 
 /// Services handed to another proxy carry this label; the API server filters them out.
 pub const SERVICE_LABEL_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name";
@@ -151,7 +152,7 @@ fn report_malformed(kind: rudder_model::ObjectKind, e: &watcher::Error) -> bool 
         }
         _ => return false,
     };
-    change::report_problems(&[rudder_model::Problem {
+    rudder_controller::change::report_problems(&[rudder_model::Problem {
         kind,
         namespace: String::new(),
         name: String::new(),

@@ -72,8 +72,11 @@ impl Reason {
 /// A file (or directory) that was skipped, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skipped {
+    /// The path skipped.
     pub path: PathBuf,
+    /// Why, as a label.
     pub reason: Reason,
+    /// Why, in words.
     pub message: String,
 }
 
@@ -103,10 +106,15 @@ fn skipped(path: &Path, reason: Reason, message: impl Into<String>) -> Skipped {
 /// the modification time still changes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meta {
+    /// Device of the inode.
     pub dev: u64,
+    /// Inode number.
     pub ino: u64,
+    /// Size in bytes.
     pub len: u64,
+    /// Modification time, in nanoseconds since the epoch.
     pub mtime_ns: i128,
+    /// Change time, in nanoseconds since the epoch.
     pub ctime_ns: i128,
     /// The resolved path, when reached through a symlink.
     pub target: Option<PathBuf>,
@@ -309,9 +317,11 @@ pub fn content_hash(text: &str) -> u64 {
 /// A file that was read and parsed.
 #[derive(Debug, Clone)]
 pub struct Loaded {
+    /// The objects of the documents that could be used.
     pub objects: Objects,
     /// Documents that could not be used (the rest of the file is).
     pub errors: Vec<LoadError>,
+    /// Hash of the content (to notice edits that metadata hides).
     pub hash: u64,
     /// Whether the file had any content.
     pub empty: bool,

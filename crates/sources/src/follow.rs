@@ -24,15 +24,34 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rudder_controller::Change;
+use rudder_controller::change::Change;
 use rudder_model::MALFORMED_DOCUMENT;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
+use crate::convert;
 use crate::files::{self, Seen, Skipped};
 use crate::manifests::{self, LoadError, Objects};
-use crate::metrics::{Metrics, SkippedInput};
-use crate::proxier;
+
+/// A manifest file that is being skipped (shown by `/status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SkippedInput {
+    /// The path.
+    pub file: String,
+    /// The `reason` label (`not_regular_file`, `file_too_large`, …).
+    pub reason: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// Where the follower reports what it skips: the binary's metrics and `/status`.
+pub trait Report: Send + Sync {
+    /// One piece of input skipped, by reason (`rudder_invalid_input_skipped_total`).
+    fn invalid_input(&self, reason: &str);
+    /// The files being skipped now.
+    fn set_skipped_input(&self, skipped: Vec<SkippedInput>);
+}
 
 /// The timing rules.
 #[derive(Debug, Clone, Copy)]
@@ -102,6 +121,7 @@ pub struct Follower {
 }
 
 impl Follower {
+    /// A follower of `paths` (files or directories), with these timing rules.
     pub fn new(paths: Vec<PathBuf>, settings: Settings) -> Follower {
         Follower {
             paths,
@@ -259,9 +279,9 @@ impl Follower {
 }
 
 /// The snapshot of one read of the manifests, and what was skipped: the same conversion
-/// (and the same rule for duplicates) as `rudder compile`'s, [`proxier::convert`].
+/// (and the same rule for duplicates) as `rudder compile`'s, [`convert::convert`].
 fn snapshot(objs: &Objects, hostname: &str) -> (Change, Vec<rudder_model::Problem>) {
-    let conv = proxier::convert(objs, hostname);
+    let conv = convert::convert(objs, hostname);
     if conv.node.is_none() {
         warn!(node = %hostname, "no Node object for this node in the manifests");
     }
@@ -295,7 +315,7 @@ fn new_problems(
 }
 
 /// Logs, counts and publishes what one poll found.
-fn report(p: &Poll, metrics: &Metrics) {
+fn report(p: &Poll, metrics: &dyn Report) {
     for s in &p.new_problems {
         warn!(file = %s.path.display(), reason = s.reason.label(), "skipping manifest file, keeping its last good content: {}", s.message);
         if s.reason.counted() {
@@ -334,7 +354,7 @@ pub fn spawn(
     hostname: String,
     interval: Duration,
     changes: UnboundedSender<Change>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<dyn Report>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("rudder-manifests".into())
@@ -345,7 +365,7 @@ pub fn spawn(
             let mut reported = std::collections::BTreeSet::new();
             while !changes.is_closed() {
                 let p = follower.poll(Instant::now());
-                report(&p, &metrics);
+                report(&p, metrics.as_ref());
                 if let Some(objs) = &p.changed {
                     let (snapshot, problems) = snapshot(objs, &hostname);
                     let (fresh, now) = new_problems(&reported, problems);
@@ -646,7 +666,7 @@ spec: {cidrs: [10.97.0.0/16]}
     fn compile_and_run_resolve_duplicate_objects_alike() {
         let objs = objects(&[("a.yaml", FIRST), ("b.yaml", SECOND)]);
         // What `rudder compile` uses...
-        let conv = proxier::convert(&objs, "node-1");
+        let conv = convert::convert(&objs, "node-1");
         // ... and what `rudder run` sends to the sync loop.
         let (snap, problems) = snapshot(&objs, "node-1");
         let Change::Snapshot {
@@ -718,16 +738,22 @@ spec: {cidrs: [10.97.0.0/16]}
         ]
         .join("---\n");
         std::fs::write(dir.join("m.yaml"), text).unwrap();
-        let metrics = crate::metrics::Metrics::new().unwrap();
+        #[derive(Default)]
+        struct Counts(std::sync::Mutex<Vec<String>>);
+        impl Report for Counts {
+            fn invalid_input(&self, reason: &str) {
+                self.0.lock().unwrap().push(reason.to_owned());
+            }
+            fn set_skipped_input(&self, _: Vec<SkippedInput>) {}
+        }
+        let counts = Counts::default();
         let mut f = follower(dir);
         let p = f.poll(Instant::now());
-        report(&p, &metrics);
+        report(&p, &counts);
         drop(tmp);
         let objs = p.changed.expect("read");
         // The good document is used; the three others are counted, as often as they are read.
         assert_eq!(objs.services.len(), 1);
-        let sample = "rudder_invalid_input_skipped_total{reason=\"malformed_document\"} 3";
-        let text = metrics.render();
-        assert!(text.contains(sample), "{text}");
+        assert_eq!(*counts.0.lock().unwrap(), ["malformed_document"; 3]);
     }
 }

@@ -10,18 +10,24 @@ use serde::Deserialize;
 /// Objects read from manifest files.
 #[derive(Debug, Clone, Default)]
 pub struct Objects {
+    /// Services.
     pub services: Vec<Service>,
+    /// EndpointSlices.
     pub slices: Vec<EndpointSlice>,
+    /// Nodes.
     pub nodes: Vec<Node>,
+    /// ServiceCIDRs.
     pub service_cidrs: Vec<k8s_openapi::api::networking::v1::ServiceCIDR>,
 }
 
 /// A document that could not be used, with where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadError {
+    /// The file.
     pub file: PathBuf,
     /// 1-based document index within the file (0 when the file itself failed).
     pub document: usize,
+    /// What is wrong.
     pub message: String,
 }
 
