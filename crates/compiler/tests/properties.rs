@@ -144,7 +144,10 @@ fn incremental_matches_full(
     }
     // The kernel holds exactly what the compiler believes it holds: no chain or set leaked
     // by the update, none missing.
-    prop_assert_eq!(canonical(&kernel), canonical(&c.ruleset().expect("ruleset")));
+    prop_assert_eq!(
+        canonical(&kernel),
+        canonical(&c.ruleset().expect("ruleset"))
+    );
     let expected = with_kept_classes(&kernel, full_ruleset_for(&st, node_ctx.clone()));
     prop_assert_eq!(canonical(&kernel), canonical(&expected));
     // The no-local-endpoints counts, kept incrementally, match a fresh compile.
@@ -196,7 +199,9 @@ fn is_class_object(name: &str) -> bool {
     PREFIXES.iter().any(|p| {
         name.strip_prefix(p).is_some_and(|rest| {
             !rest.is_empty()
-                && rest.split('-').all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                && rest
+                    .split('-')
+                    .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
         })
     })
 }
