@@ -1,0 +1,360 @@
+//! The IPVS compiler against kube-proxy's IPVS semantics, and incremental ≡ full.
+
+#[path = "../../compiler/tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+use common::arb::arb_state;
+use common::{endpoint, ip, node, port, service, slice, state};
+use proptest::prelude::*;
+use rudder_compiler::NodeContext;
+use rudder_model::{IpFamily, Protocol, ProxyState, ServiceKey, TrafficPolicy};
+
+use super::*;
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().expect("test socket address")
+}
+
+fn tcp(s: &str) -> VsKey {
+    VsKey::tcp(sa(s))
+}
+
+fn compiler(node: NodeContext) -> IpvsCompiler {
+    IpvsCompiler::new(&[IpFamily::V4, IpFamily::V6], Options::default(), node)
+}
+
+fn reals(t: &Target, key: &VsKey) -> Vec<String> {
+    t.servers
+        .get(key)
+        .map(|s| s.real.keys().map(|a| a.to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// A web service: ClusterIP 10.96.0.10:80, node port 30080, external IP 203.0.113.7, load
+/// balancer IP 192.0.2.50, endpoints on node-a (local) and node-b.
+fn web() -> ProxyState {
+    let mut s = service("ns", "web", &["10.96.0.10"]);
+    s.ports = vec![port("http", Protocol::Tcp, 80, Some(30080))];
+    s.external_ips = vec![ip("203.0.113.7")];
+    s.load_balancer_ips = vec![ip("192.0.2.50")];
+    let sl = slice(
+        "ns",
+        "web-1",
+        "web",
+        IpFamily::V4,
+        &[("http", Protocol::Tcp, 8080)],
+        vec![
+            endpoint("10.244.1.5", true, "node-a"),
+            endpoint("10.244.2.5", true, "node-b"),
+            endpoint("10.244.2.6", false, "node-b"),
+        ],
+    );
+    state(vec![s], vec![sl])
+}
+
+#[test]
+fn every_frontend_is_a_virtual_server_and_only_vips_are_bound() {
+    let mut c = compiler(node("node-a", &["172.18.0.2"]));
+    let st = web();
+    let t = c.full(&st).clone();
+    let keys: Vec<String> = t
+        .servers
+        .keys()
+        .map(|k| match k {
+            VsKey::Addr { addr, .. } => addr.to_string(),
+            VsKey::Fwmark { .. } => "fwmark".into(),
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "10.96.0.10:80",
+            "172.18.0.2:30080",
+            "192.0.2.50:80",
+            "203.0.113.7:80"
+        ]
+    );
+    let bound: Vec<String> = t.addresses.iter().map(|a| a.to_string()).collect();
+    assert_eq!(bound, ["10.96.0.10", "192.0.2.50", "203.0.113.7"]);
+    // Ready endpoints only, weight 1, on every frontend.
+    for k in t.servers.keys() {
+        assert_eq!(
+            reals(&t, k),
+            ["10.244.1.5:8080", "10.244.2.5:8080"],
+            "{k:?}"
+        );
+        assert!(t.servers[k].real.values().all(|w| *w == 1));
+        assert_eq!(t.servers[k].service.scheduler, Scheduler::RoundRobin);
+        assert_eq!(t.servers[k].service.persistence, None);
+    }
+    assert!(!t.servers[&tcp("172.18.0.2:30080")].bind);
+}
+
+#[test]
+fn local_policies_pick_local_endpoints_and_fall_back_to_all() {
+    let mut st = web();
+    let mut s = st.service(&ServiceKey::new("ns", "web")).unwrap().clone();
+    s.external_traffic_policy = TrafficPolicy::Local;
+    st.upsert_service(s.clone());
+    let mut c = compiler(node("node-a", &["172.18.0.2"]));
+    let t = c.full(&st).clone();
+    // The ClusterIP follows the internal policy (Cluster): every endpoint.
+    assert_eq!(reals(&t, &tcp("10.96.0.10:80")).len(), 2);
+    // External frontends: the local endpoint only.
+    for k in ["172.18.0.2:30080", "192.0.2.50:80", "203.0.113.7:80"] {
+        assert_eq!(reals(&t, &tcp(k)), ["10.244.1.5:8080"], "{k}");
+    }
+    // On a node without local endpoints, kube-proxy keeps the cluster endpoints
+    // (kubernetes#97081).
+    let mut c = compiler(node("node-c", &["172.18.0.3"]));
+    let t = c.full(&st).clone();
+    assert_eq!(reals(&t, &tcp("172.18.0.3:30080")).len(), 2);
+    // Internal Local: the ClusterIP too.
+    s.internal_traffic_policy = TrafficPolicy::Local;
+    st.upsert_service(s);
+    let mut c = compiler(node("node-a", &["172.18.0.2"]));
+    let t = c.full(&st).clone();
+    assert_eq!(reals(&t, &tcp("10.96.0.10:80")), ["10.244.1.5:8080"]);
+}
+
+#[test]
+fn client_ip_affinity_is_persistence_and_mh_gets_its_port_flag() {
+    let mut st = web();
+    let mut s = st.service(&ServiceKey::new("ns", "web")).unwrap().clone();
+    s.session_affinity_timeout = Some(600);
+    st.upsert_service(s);
+    let mut c = IpvsCompiler::new(
+        &[IpFamily::V4],
+        Options {
+            scheduler: Scheduler::MaglevHashing,
+        },
+        node("node-a", &["172.18.0.2"]),
+    );
+    let t = c.full(&st).clone();
+    let vs = &t.servers[&tcp("10.96.0.10:80")].service;
+    assert_eq!(
+        vs.persistence.map(|p| (p.timeout, p.prefix_len)),
+        Some((600, 32))
+    );
+    assert!(vs.flags.sched2 && !vs.flags.sched1);
+    assert_eq!(vs.scheduler.name(), "mh");
+}
+
+#[test]
+fn a_clusterip_that_is_the_nodes_address_is_refused_and_reported() {
+    let mut s = service("ns", "evil", &["172.18.0.2"]);
+    s.ports = vec![port("p", Protocol::Tcp, 22, None)];
+    let st = state(vec![s], vec![]);
+    let mut c = compiler(node("node-a", &["172.18.0.2"]));
+    assert!(c.full(&st).servers.is_empty());
+    let labels: Vec<&str> = c.take_problems().iter().map(|p| p.reason.label()).collect();
+    assert_eq!(labels, ["cluster_ip_is_node_ip"]);
+    assert!(c.refuses(st.service(&ServiceKey::new("ns", "evil")).unwrap()));
+}
+
+#[test]
+fn the_clusterip_wins_over_an_external_ip_that_repeats_it() {
+    let mut st = web();
+    let mut other = service("ns", "thief", &["10.96.0.99"]);
+    other.ports = vec![port("http", Protocol::Tcp, 80, None)];
+    other.external_ips = vec![ip("10.96.0.10")];
+    st.upsert_service(other);
+    st.upsert_slice(slice(
+        "ns",
+        "thief-1",
+        "thief",
+        IpFamily::V4,
+        &[("http", Protocol::Tcp, 9090)],
+        vec![endpoint("10.244.9.9", true, "node-b")],
+    ));
+    st.take_dirty();
+    let mut c = compiler(node("node-a", &["172.18.0.2"]));
+    let t = c.full(&st).clone();
+    assert_eq!(
+        reals(&t, &tcp("10.96.0.10:80")),
+        ["10.244.1.5:8080", "10.244.2.5:8080"]
+    );
+    let problems = c.take_problems();
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].name, "thief");
+    assert_eq!(problems[0].reason.label(), "frontend_conflict");
+}
+
+#[test]
+fn one_endpoint_change_is_one_add_and_one_graceful_retire() {
+    let mut st = web();
+    let mut c = compiler(node("node-a", &["172.18.0.2"]));
+    c.full(&st);
+    st.upsert_slice(slice(
+        "ns",
+        "web-1",
+        "web",
+        IpFamily::V4,
+        &[("http", Protocol::Tcp, 8080)],
+        vec![
+            endpoint("10.244.1.5", true, "node-a"),
+            endpoint("10.244.2.7", true, "node-b"),
+        ],
+    ));
+    let changed = st.take_dirty();
+    let ops = c.update(&st, &changed);
+    // Four frontends, each +1 / −1 real server; nothing else.
+    assert_eq!(ops.len(), 8, "{ops:#?}");
+    let adds = ops
+        .iter()
+        .filter(|o| matches!(o, Op::AddReal(_, a) if *a == sa("10.244.2.7:8080")))
+        .count();
+    let retires = ops
+        .iter()
+        .filter(|o| matches!(o, Op::Retire(_, a) if *a == sa("10.244.2.5:8080")))
+        .count();
+    assert_eq!((adds, retires), (4, 4));
+    // Adds come before retires: a frontend never has fewer real servers than needed.
+    let first_retire = ops.iter().position(|o| matches!(o, Op::Retire(..)));
+    let last_add = ops.iter().rposition(|o| matches!(o, Op::AddReal(..)));
+    assert!(last_add < first_retire);
+    // Nothing changed: nothing to do.
+    assert!(c.update(&st, &changed).is_empty());
+}
+
+#[test]
+fn deleting_the_service_deletes_its_servers_and_unbinds_last() {
+    let mut st = web();
+    let mut c = compiler(node("node-a", &["172.18.0.2"]));
+    c.full(&st);
+    st.remove_service(&ServiceKey::new("ns", "web"));
+    let changed = st.take_dirty();
+    let ops = c.update(&st, &changed);
+    let dels = ops
+        .iter()
+        .filter(|o| matches!(o, Op::DelService(_)))
+        .count();
+    let unbinds: Vec<&Op> = ops.iter().filter(|o| matches!(o, Op::Unbind(_))).collect();
+    assert_eq!((dels, unbinds.len()), (4, 3));
+    assert!(matches!(ops.last(), Some(Op::Unbind(_))));
+    assert!(c.target().servers.is_empty() && c.target().addresses.is_empty());
+}
+
+#[test]
+fn diff_repairs_what_the_kernel_lost_and_leaves_draining_servers_alone() {
+    let st = web();
+    let mut c = compiler(node("node-a", &["172.18.0.2"]));
+    let want = c.full(&st).clone();
+    assert!(diff(&want, &want).is_empty());
+    let mut have = want.clone();
+    let k = tcp("10.96.0.10:80");
+    // Someone deleted one real server, added one, and unbound an address.
+    if let Some(s) = have.servers.get_mut(&k) {
+        s.real.remove(&sa("10.244.1.5:8080"));
+        s.real.insert(sa("10.244.7.7:80"), 1);
+        // A server being drained (weight 0) that is not wanted stays as it is.
+        s.real.insert(sa("10.244.8.8:80"), 0);
+    }
+    have.addresses.remove(&ip("192.0.2.50"));
+    let ops = diff(&have, &want);
+    assert_eq!(
+        ops,
+        [
+            Op::Bind(ip("192.0.2.50")),
+            Op::AddReal(k, sa("10.244.1.5:8080")),
+            Op::Retire(k, sa("10.244.7.7:80")),
+        ]
+    );
+}
+
+fn apply(t: &mut Target, ops: &[Op]) {
+    for op in ops {
+        match op {
+            Op::Bind(a) => assert!(t.addresses.insert(*a), "bind twice {a}"),
+            Op::Unbind(a) => assert!(t.addresses.remove(a), "unbind missing {a}"),
+            Op::AddService(vs) => {
+                assert!(
+                    t.servers
+                        .insert(
+                            vs.key,
+                            Server {
+                                service: vs.clone(),
+                                real: Default::default(),
+                                bind: false,
+                                owner: None,
+                            },
+                        )
+                        .is_none(),
+                    "add existing {vs:?}"
+                );
+            }
+            Op::EditService(vs) => {
+                let s = t.servers.get_mut(&vs.key).expect("edit missing");
+                s.service = vs.clone();
+            }
+            Op::DelService(k) => assert!(t.servers.remove(k).is_some(), "delete missing {k:?}"),
+            Op::AddReal(k, a) => {
+                let s = t
+                    .servers
+                    .get_mut(k)
+                    .expect("real server of a missing service");
+                assert!(s.real.insert(*a, 1).is_none(), "add existing real {a}");
+            }
+            Op::SetWeight(k, a, w) => {
+                let s = t.servers.get_mut(k).expect("service");
+                *s.real.get_mut(a).expect("real") = *w;
+            }
+            // Retired servers are gone once drained; model that at once.
+            Op::Retire(k, a) => {
+                let s = t.servers.get_mut(k).expect("service");
+                assert!(s.real.remove(a).is_some(), "retire missing {a}");
+            }
+        }
+    }
+}
+
+/// Servers with their definitions and real servers.
+type Servers = Vec<(VsKey, VirtualServer, Vec<(SocketAddr, u32)>)>;
+
+/// What matters of a target for comparison: servers with their definitions and real servers,
+/// and the addresses.
+fn shape(t: &Target) -> (Servers, BTreeSet<IpAddr>) {
+    (
+        t.servers
+            .iter()
+            .map(|(k, s)| {
+                (
+                    *k,
+                    s.service.clone(),
+                    s.real.iter().map(|(a, w)| (*a, *w)).collect(),
+                )
+            })
+            .collect(),
+        t.addresses.clone(),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, .. ProptestConfig::default() })]
+
+    #[test]
+    fn incremental_updates_equal_a_full_compile(
+        steps in proptest::collection::vec(arb_state(), 1..4),
+    ) {
+        let ctx = node("node-a", &["172.18.0.2", "fd00:18::2"]);
+        let mut st = ProxyState::new();
+        let mut c = compiler(ctx.clone());
+        let mut kernel = c.full(&st).clone();
+        for (s, l) in steps.into_iter().chain([(Vec::new(), Vec::new())]) {
+            st.replace_all(s, l);
+            let changed = st.take_dirty();
+            let ops = c.update(&st, &changed);
+            apply(&mut kernel, &ops);
+            let mut fresh = compiler(ctx.clone());
+            let expected = fresh.full(&st).clone();
+            prop_assert_eq!(shape(&kernel), shape(&expected));
+            prop_assert_eq!(shape(c.target()), shape(&expected));
+            // And diff from what the kernel holds to a fresh compile is empty.
+            prop_assert!(diff(&kernel, &expected).is_empty());
+        }
+        prop_assert!(kernel.servers.is_empty() && kernel.addresses.is_empty());
+    }
+}
