@@ -463,6 +463,30 @@ fn service_cidrs_from_the_api_server_are_applied() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // A ServiceCIDR over the pod network is refused by the compiler (which sees only the
+    // prefix); the warning Event still lands on the object that holds it.
+    let bad: k8s_openapi::api::networking::v1::ServiceCIDR = serde_json::from_value(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+        "metadata": {"name": "over-the-pods"}, "spec": {"cidrs": ["10.244.0.0/20"]}
+    }))
+    .expect("ServiceCIDR");
+    live.api().apply_service_cidr(bad);
+    let e = wait_event(&live, "SkippedInvalidInput");
+    assert_eq!(e["regarding"]["kind"], "ServiceCIDR", "{e}");
+    assert_eq!(e["regarding"]["apiVersion"], "networking.k8s.io/v1", "{e}");
+    assert_eq!(e["regarding"]["name"], "over-the-pods", "{e}");
+    let note = e["note"].as_str().unwrap_or_default();
+    assert!(
+        note.starts_with("node node-1 skipped invalid input (service_cidr_overlaps_pod_network): "),
+        "{e}"
+    );
+    assert!(
+        !rudder_e2e::nft::list_ruleset(&live.topo.node)
+            .expect("ruleset")
+            .contains("10.244.0.0/20"),
+        "a refused ServiceCIDR is not programmed"
+    );
+    live.converge(&live.topo.pods[0], "10.96.7.1:80", &["111"], SOON);
 }
 
 #[test]
@@ -598,4 +622,45 @@ fn events_are_recorded_like_kube_proxys() {
         .filter(|e| e["reason"] == "Starting")
         .count();
     assert_eq!(starting, 1);
+}
+
+#[test]
+fn a_frontend_conflict_is_a_warning_event_on_the_loser_and_the_winner_keeps_answering() {
+    if !e2e_enabled() {
+        return;
+    }
+    let live = Live::start("100ms");
+    // `owner` has 10.96.7.20:80; `thief` repeats it as an external IP. The ClusterIP wins
+    // (it is allocated by the API server): `owner`'s backend answers, and `thief` gets a
+    // SkippedInvalidInput warning naming the rule.
+    live.api()
+        .apply_service(service("owner", "10.96.7.20", 80, "ClusterIP"));
+    live.api()
+        .apply_endpoint_slice(slice("owner", &["10.244.1.2"]));
+    let mut thief = service("thief", "10.96.7.21", 80, "ClusterIP");
+    thief.spec.as_mut().expect("spec").external_ips = Some(vec!["10.96.7.20".into()]);
+    live.api().apply_service(thief);
+    live.api()
+        .apply_endpoint_slice(slice("thief", &["10.244.2.2"]));
+    live.converge(&live.topo.pods[2], "10.96.7.21:80", &["222"], SOON);
+    let e = wait_event(&live, "SkippedInvalidInput");
+    assert_eq!(e["type"], "Warning", "{e}");
+    assert_eq!(e["regarding"]["kind"], "Service", "{e}");
+    assert_eq!(e["regarding"]["name"], "thief", "{e}");
+    let note = e["note"].as_str().unwrap_or_default();
+    assert!(
+        note.starts_with("node node-1 skipped invalid input (frontend_conflict): "),
+        "{e}"
+    );
+    assert!(note.contains("10.96.7.20"), "{e}");
+    // The winner keeps its frontend, whatever the order the objects arrived in.
+    live.converge(&live.topo.pods[2], "10.96.7.20:80", &["111"], SOON);
+    // No Event for the winner.
+    let on_owner = live
+        .api()
+        .events()
+        .iter()
+        .filter(|e| e["reason"] == "SkippedInvalidInput" && e["regarding"]["name"] == "owner")
+        .count();
+    assert_eq!(on_owner, 0);
 }

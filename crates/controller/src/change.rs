@@ -28,7 +28,7 @@ pub enum Change {
     /// This node's Node object was deleted.
     NodeDeleted,
     /// The cluster's service CIDRs changed (the union of every ServiceCIDR object).
-    ServiceCidrs(Vec<rudder_model::Cidr>),
+    ServiceCidrs(Vec<rudder_model::NamedCidr>),
     /// Everything at once (a manifest reload): Services, EndpointSlices and this node's Node.
     Snapshot {
         /// Every Service.
@@ -38,7 +38,7 @@ pub enum Change {
         /// This node's Node, if present.
         node: Option<Box<Node>>,
         /// The service CIDRs of every ServiceCIDR object.
-        service_cidrs: Vec<rudder_model::Cidr>,
+        service_cidrs: Vec<rudder_model::NamedCidr>,
     },
 }
 

@@ -37,6 +37,16 @@ pub use cidr::{Cidr, CidrError, NonStandardIp, StrictError, parse_ip, parse_ip_s
 pub use special::{SpecialIp, escape_controls, is_unsafe_char, push_escaped, service_cidr_refusal};
 pub use state::{ProxyState, ResolvedEndpoint};
 
+/// A prefix of a ServiceCIDR object, with the object's name: what the compiler later refuses
+/// of the prefix (it covers the node, or the pod network) is reported on the object.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NamedCidr {
+    /// The prefix.
+    pub cidr: Cidr,
+    /// The ServiceCIDR object it comes from.
+    pub object: String,
+}
+
 /// Label that names the service an EndpointSlice belongs to.
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 /// Label that hands a service to another proxy; services that carry it are ignored.
@@ -789,6 +799,17 @@ pub struct NonStandardValue {
 }
 
 impl Reason {
+    /// The ServiceCIDR prefix a ServiceCIDR refusal is about.
+    pub fn service_cidr(&self) -> Option<Cidr> {
+        match self {
+            Reason::ServiceCidrTooBroad { cidr, .. }
+            | Reason::ServiceCidrSpecial { cidr, .. }
+            | Reason::ServiceCidrCoversNode { cidr, .. }
+            | Reason::ServiceCidrOverlapsPods { cidr, .. } => Some(*cidr),
+            _ => None,
+        }
+    }
+
     /// A short, stable label for metrics (`invalid_port`, `unknown_protocol`, ...).
     pub fn label(&self) -> &'static str {
         match self {

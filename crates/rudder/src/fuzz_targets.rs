@@ -52,7 +52,7 @@ static BASE: LazyLock<(ProxyState, NodeContext)> = LazyLock::new(|| {
     assert!(errors.is_empty() && skipped.is_empty(), "the example reads");
     let conv = convert::convert(&manifests::merge(&by_file), "node-1");
     let mut node = SETTINGS.node_context(conv.node.as_ref(), None);
-    node.service_cidrs = conv.service_cidrs;
+    node.service_cidrs = conv.service_cidrs.iter().map(|c| c.cidr).collect();
     let mut state = ProxyState::new();
     state.replace_all(conv.services, conv.slices);
     state.take_dirty();
@@ -99,7 +99,7 @@ pub fn manifest(data: &[u8], name: &str) {
 
     // The fuzzed input alone, compiled from scratch.
     let mut node = SETTINGS.node_context(conv.node.as_ref(), None);
-    node.service_cidrs = conv.service_cidrs.clone();
+    node.service_cidrs = conv.service_cidrs.iter().map(|c| c.cidr).collect();
     let mut state = ProxyState::new();
     state.replace_all(conv.services.clone(), conv.slices.clone());
     let mut alone = Compiler::new(&FAMILIES, SETTINGS.config.clone(), node);

@@ -205,7 +205,9 @@ fn load_offline(
         }
     }
     let mut node = settings.node_context(conv.node.as_ref(), None);
-    node.service_cidrs = conv.service_cidrs;
+    node.service_cidrs = conv.service_cidrs.iter().map(|c| c.cidr).collect();
+    node.service_cidrs.sort();
+    node.service_cidrs.dedup();
     let mut state = rudder_model::ProxyState::new();
     state.replace_all(conv.services, conv.slices);
     let invalid = !errors.is_empty() || !skipped.is_empty() || !conv.problems.is_empty();

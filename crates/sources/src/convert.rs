@@ -13,8 +13,7 @@ use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use rudder_controller::change::{Change, report_problems};
 use rudder_model::{
-    Cidr, EndpointSlice, Node, ObjectKind, Problem, Reason, Rejected, Service, ServiceKey,
-    SliceKey, k8s,
+    EndpointSlice, Node, ObjectKind, Problem, Reason, Rejected, Service, ServiceKey, SliceKey, k8s,
 };
 use tracing::debug;
 
@@ -147,8 +146,9 @@ pub struct Converted {
     pub slices: Vec<rudder_model::EndpointSlice>,
     /// This node's Node, if there is one.
     pub node: Option<Node>,
-    /// The service CIDRs of every ServiceCIDR object, sorted, without the refused ones.
-    pub service_cidrs: Vec<Cidr>,
+    /// The service CIDRs of every ServiceCIDR object, with the object's name, sorted, without
+    /// the refused ones.
+    pub service_cidrs: Vec<rudder_model::NamedCidr>,
     /// What was skipped (not reported yet: the caller decides, see [`convert`]).
     pub problems: Vec<Problem>,
     /// Objects ignored (meant for another proxy, headless).
@@ -269,7 +269,12 @@ pub fn convert(objs: &Objects, hostname: &str) -> Converted {
     );
     for s in cidrs {
         let (cidrs, problems) = k8s::service_cidr(s);
-        out.service_cidrs.extend(cidrs);
+        let object = s.metadata.name.clone().unwrap_or_default();
+        out.service_cidrs
+            .extend(cidrs.into_iter().map(|cidr| rudder_model::NamedCidr {
+                cidr,
+                object: object.clone(),
+            }));
         out.problems.extend(problems);
     }
     out.service_cidrs.sort();

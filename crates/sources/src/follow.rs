@@ -687,7 +687,13 @@ spec: {cidrs: [10.97.0.0/16]}
         assert_eq!(services.len(), 1);
         assert_eq!(services[0].cluster_ips, vec![ip("10.96.0.2")]);
         assert_eq!(conv.services, services);
-        assert_eq!(service_cidrs, vec!["10.97.0.0/16".parse().unwrap()]);
+        assert_eq!(
+            service_cidrs,
+            vec![rudder_model::NamedCidr {
+                cidr: "10.97.0.0/16".parse().unwrap(),
+                object: "kubernetes".into(),
+            }]
+        );
         assert_eq!(conv.service_cidrs, service_cidrs);
         let labels: Vec<String> = problems
             .iter()

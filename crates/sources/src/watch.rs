@@ -91,7 +91,7 @@ pub fn spawn_service_cidrs(client: Client, changes: UnboundedSender<Change>) -> 
             Default::default();
         let mut listing: std::collections::BTreeMap<String, Vec<rudder_model::Cidr>> =
             Default::default();
-        let mut sent: Option<Vec<rudder_model::Cidr>> = None;
+        let mut sent: Option<Vec<rudder_model::NamedCidr>> = None;
         while let Some(event) = stream.next().await {
             let name = |o: &ServiceCIDR| o.metadata.name.clone().unwrap_or_default();
             match event {
@@ -113,7 +113,15 @@ pub fn spawn_service_cidrs(client: Client, changes: UnboundedSender<Change>) -> 
                     continue;
                 }
             }
-            let all: Vec<rudder_model::Cidr> = current.values().flatten().copied().collect();
+            let all: Vec<rudder_model::NamedCidr> = current
+                .iter()
+                .flat_map(|(object, cidrs)| {
+                    cidrs.iter().map(|cidr| rudder_model::NamedCidr {
+                        cidr: *cidr,
+                        object: object.clone(),
+                    })
+                })
+                .collect();
             if sent.as_ref() != Some(&all) {
                 sent = Some(all.clone());
                 if changes.send(Change::ServiceCidrs(all)).is_err() {

@@ -92,7 +92,7 @@ pub struct SyncLoop<M> {
     failures: u64,
     health: Arc<ProxyHealth>,
     service_health: tokio::sync::watch::Receiver<ServiceHealth>,
-    service_cidrs: Vec<rudder_model::Cidr>,
+    service_cidrs: Vec<rudder_model::NamedCidr>,
     observer: Option<Observer>,
     /// The work that follows syncs (health check servers, conntrack cleanup, the localhost
     /// proxy), in the order it was added.
@@ -379,6 +379,40 @@ impl<M: ProxyMode> SyncLoop<M> {
         }
     }
 
+    /// `problems` with the ServiceCIDR objects they concern named: the mode refuses prefixes
+    /// (it knows no objects), and a problem on every object that holds the prefix lets each
+    /// get its Event.
+    fn named(&self, problems: Vec<rudder_model::Problem>) -> Vec<rudder_model::Problem> {
+        let mut out = Vec::with_capacity(problems.len());
+        for p in problems {
+            let cidr = p.reason.service_cidr();
+            let owners: Vec<&str> = match cidr {
+                Some(c) if p.kind == rudder_model::ObjectKind::ServiceCidr && p.name.is_empty() => {
+                    self.service_cidrs
+                        .iter()
+                        .filter(|n| n.cidr == c)
+                        .map(|n| n.object.as_str())
+                        .collect()
+                }
+                _ => Vec::new(),
+            };
+            if owners.is_empty() {
+                out.push(p);
+                continue;
+            }
+            let mut owners = owners;
+            owners.sort_unstable();
+            owners.dedup();
+            for o in owners {
+                out.push(rudder_model::Problem {
+                    name: o.to_owned(),
+                    ..p.clone()
+                });
+            }
+        }
+        out
+    }
+
     fn set_node(&mut self, node: Option<Node>) {
         self.health.set_node_eligible(
             node.as_ref()
@@ -393,7 +427,8 @@ impl<M: ProxyMode> SyncLoop<M> {
     /// sync.
     fn refresh_context(&mut self) {
         let mut ctx = (self.node_context)(self.node.as_ref());
-        let mut cidrs = self.service_cidrs.clone();
+        let mut cidrs: Vec<rudder_model::Cidr> =
+            self.service_cidrs.iter().map(|c| c.cidr).collect();
         cidrs.sort();
         cidrs.dedup();
         ctx.service_cidrs = cidrs;
@@ -533,7 +568,8 @@ impl<M: ProxyMode> SyncLoop<M> {
         }
         // What the mode refused (service addresses that are the node's own, service CIDRs
         // covering the node): logged and counted like invalid input.
-        crate::change::report_problems(&self.mode.take_problems());
+        let problems = self.mode.take_problems();
+        crate::change::report_problems(&self.named(problems));
         if !self.quarantine.is_empty() {
             self.quarantine_retry_at = Some(Instant::now() + self.config.sync_period);
         }

@@ -882,3 +882,35 @@ async fn synced_observers_do_not_see_services_the_kernel_refused() {
     assert!(l.quarantined().contains_key(&ServiceKey::new("ns", "bad")));
     assert_eq!(*seen.lock().unwrap(), vec![vec!["good".to_string()]]);
 }
+
+#[test]
+fn service_cidr_problems_are_named_after_every_object_that_holds_the_prefix() {
+    let mut l = new_loop(LoopConfig::default());
+    let c = |s: &str| s.parse::<rudder_model::Cidr>().unwrap();
+    let named = |cidr: &str, object: &str| rudder_model::NamedCidr {
+        cidr: c(cidr),
+        object: object.into(),
+    };
+    l.apply_change(Change::ServiceCidrs(vec![
+        named("10.0.0.0/24", "b"),
+        named("10.0.0.0/24", "a"),
+        named("10.96.0.0/16", "kubernetes"),
+    ]));
+    let problem = |cidr: &str| rudder_model::Problem {
+        kind: rudder_model::ObjectKind::ServiceCidr,
+        namespace: String::new(),
+        name: String::new(),
+        reason: rudder_model::Reason::ServiceCidrCoversNode {
+            cidr: c(cidr),
+            address: "10.0.0.5".parse().unwrap(),
+        },
+    };
+    let out = l.named(vec![problem("10.0.0.0/24"), problem("10.1.0.0/24")]);
+    let names: Vec<&str> = out.iter().map(|p| p.name.as_str()).collect();
+    // One problem per object holding the prefix; a prefix no object holds stays unnamed.
+    assert_eq!(names, ["a", "b", ""]);
+    assert!(
+        out.iter()
+            .all(|p| p.reason.label() == "service_cidr_covers_node")
+    );
+}
