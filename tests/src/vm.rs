@@ -784,6 +784,7 @@ pub struct Vm<'a> {
     cpus: u32,
     timeout: Duration,
     echo: bool,
+    interactive: bool,
 }
 
 /// What a run produced.
@@ -877,7 +878,7 @@ fn clean_console(raw: &[u8]) -> String {
             '\x1b' => {
                 if chars.peek() == Some(&'[') {
                     chars.next();
-                    while let Some(c) = chars.next() {
+                    for c in chars.by_ref() {
                         if c.is_ascii_alphabetic() {
                             break;
                         }
@@ -917,6 +918,7 @@ impl<'a> Vm<'a> {
             cpus: 1,
             timeout: Duration::from_secs(300),
             echo: true,
+            interactive: false,
         }
     }
 
@@ -976,6 +978,15 @@ impl<'a> Vm<'a> {
     /// Whether to echo the console to stderr as it comes (`vm| ` lines); on by default.
     pub fn echo(mut self, echo: bool) -> Vm<'a> {
         self.echo = echo;
+        self
+    }
+
+    /// For people at a terminal (`cargo xtask vm --shell`): qemu gets the terminal, the
+    /// script gets the console as its stdin, nothing is captured ([`VmOutput::output`] and
+    /// `console` stay empty), and the timeout becomes a day.
+    pub fn interactive(mut self) -> Vm<'a> {
+        self.interactive = true;
+        self.timeout = Duration::from_secs(24 * 3600);
         self
     }
 
@@ -1138,10 +1149,15 @@ impl<'a> Vm<'a> {
                 mode: 0o755,
             },
         );
+        let stdin = if self.interactive {
+            "/dev/console"
+        } else {
+            "/dev/null"
+        };
         a.add(
             "init",
             Node::Bytes {
-                data: init_script(&p.release, nonce).into_bytes(),
+                data: init_script(&p.release, nonce, stdin).into_bytes(),
                 mode: 0o755,
             },
         );
@@ -1208,6 +1224,11 @@ impl<'a> Vm<'a> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+        if self.interactive {
+            cmd.stdin(Stdio::inherit())
+                .stdout(Stdio::inherit())
+                .stderr(Stdio::inherit());
+        }
         let mut guard = QemuGuard(Some(
             cmd.spawn().map_err(io_err(format!("starting {QEMU}")))?,
         ));
@@ -1373,7 +1394,7 @@ fn add_dir(a: &mut Archive, from: &Path, guest: &str) -> Result<(), VmError> {
 
 /// The guest's `/init`: mounts, loads the modules in order (reporting each failure on
 /// `ttyS1`), runs the script, reports its status on `ttyS1`, powers off.
-fn init_script(release: &str, nonce: &str) -> String {
+fn init_script(release: &str, nonce: &str, stdin: &str) -> String {
     let release = shell_quote(release);
     format!(
         r#"#!/bin/busybox sh
@@ -1406,7 +1427,7 @@ echo 4 > /proc/sys/kernel/printk
 report "RUDDER-VM-READY {nonce} uptime=$(up)"
 echo "RUDDER-VM-START {nonce}"
 cd /
-/bin/sh /etc/rudder-vm/script </dev/null
+/bin/sh /etc/rudder-vm/script <{stdin}
 rc=$?
 echo
 echo "RUDDER-VM-EXIT {nonce} $rc"
@@ -1443,6 +1464,31 @@ pub const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
 /// shared by `cargo xtask dist` and [`static_rudder`] so that both use one artifact.
 pub fn static_build_command() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    // Run from a test, the environment holds what cargo sets for the test (CARGO_MANIFEST_DIR,
+    // CARGO_PKG_*, OUT_DIR...); build scripts that watch those (ring's) would rebuild the
+    // whole dependency tree each time, so the build gets the environment a shell has.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let set_by_cargo = [
+            "CARGO_PKG_",
+            "CARGO_BIN_EXE_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+        ]
+        .iter()
+        .any(|p| key.starts_with(p))
+            || [
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "OUT_DIR",
+                "RUST_TEST_THREADS",
+            ]
+            .contains(&key.as_ref());
+        if set_by_cargo {
+            cmd.env_remove(key.as_ref());
+        }
+    }
     cmd.current_dir(workspace_root())
         .args([
             "build",
