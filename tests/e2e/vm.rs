@@ -8,7 +8,8 @@
 //! - `rudder_in_the_guest`: the static `rudder` runs in the guest (`--version`, `compile`), then
 //!   `rudder run` on `examples/nginx` in a node namespace with three pods and a client, and real
 //!   TCP connections go through the ClusterIP (IPv4 and IPv6), the NodePort, and a service
-//!   without endpoints is rejected: nftables mode on the guest's 6.1 kernel.
+//!   without endpoints is rejected: nftables mode on the guest's 6.1 kernel;
+//! - `harness_reports_status_failures_panics_and_timeouts`: the harness's own promises.
 //!
 //! Both skip themselves (with a message) only when qemu cannot be installed.
 
@@ -247,4 +248,45 @@ fn rudder_in_the_guest() {
         );
     }
     assert!(out.output.contains("RUDDER-SMOKE-OK"), "{}", out.output);
+}
+
+/// The harness itself: the script's exit status and output come back, a module that cannot
+/// load is reported (KVM's: no VMX under emulation), a kernel panic is an error rather than a
+/// status, and a guest that outlives its timeout is killed (its pid is gone afterwards).
+#[test]
+fn harness_reports_status_failures_panics_and_timeouts() {
+    let Some(prepared) = prepared() else { return };
+    let out = Vm::new(&prepared)
+        .modules(&["dummy", "kvm_intel"])
+        .timeout(Duration::from_secs(120))
+        .run("echo hello from the guest; exit 3")
+        .expect("booting the VM");
+    assert_eq!(out.status, 3, "{}", out.console);
+    assert_eq!(out.output.trim(), "hello from the guest", "{}", out.console);
+    assert_eq!(out.failed_modules, ["kvm_intel"], "{}", out.console);
+    assert!(out.loaded_modules.iter().any(|m| m == "dummy"));
+    assert!(out.boot > Duration::ZERO && out.ready >= out.boot);
+
+    let err = Vm::new(&prepared)
+        .timeout(Duration::from_secs(120))
+        .run("echo c >/proc/sysrq-trigger; sleep 100")
+        .expect_err("a kernel panic reports no status");
+    assert!(
+        matches!(&err, VmError::NoExitStatus { console, .. } if console.contains("Kernel panic")),
+        "{err}"
+    );
+
+    let started = Instant::now();
+    let err = Vm::new(&prepared)
+        .timeout(Duration::from_secs(15))
+        .run("sleep 600")
+        .expect_err("the timeout");
+    let VmError::Timeout { pid, .. } = err else {
+        panic!("expected a timeout: {err}");
+    };
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "qemu (pid {pid}) still exists after the timeout"
+    );
 }

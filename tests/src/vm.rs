@@ -115,10 +115,14 @@ pub enum VmError {
         source: io::Error,
     },
     /// The guest did not power off in time; qemu was killed.
-    #[error("the VM did not finish within {timeout:?} (qemu killed); console:\n{console}")]
+    #[error(
+        "the VM did not finish within {timeout:?} (qemu, pid {pid}, killed); console:\n{console}"
+    )]
     Timeout {
         /// The timeout.
         timeout: Duration,
+        /// The pid qemu had (killed and reaped).
+        pid: u32,
         /// The end of the console output.
         console: String,
     },
@@ -1232,6 +1236,7 @@ impl<'a> Vm<'a> {
         let mut guard = QemuGuard(Some(
             cmd.spawn().map_err(io_err(format!("starting {QEMU}")))?,
         ));
+        let pid = guard.0.as_ref().map_or(0, Child::id);
         let console = Arc::new(Mutex::new(Vec::<u8>::new()));
         let child = guard
             .0
@@ -1297,6 +1302,7 @@ impl<'a> Vm<'a> {
                 let text = clean_console(&console.lock().unwrap_or_else(|e| e.into_inner()));
                 return Err(VmError::Timeout {
                     timeout: self.timeout,
+                    pid,
                     console: tail(&text, 60),
                 });
             }
