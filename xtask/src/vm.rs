@@ -40,20 +40,23 @@ pub fn prepare() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `cargo xtask vm [--shell] [--no-rudder] [--timeout SECS] [SCRIPT...]`: boots the VM with
-/// every module of `vm::default_modules()`, ipvsadm, ip, nft and conntrack, the static rudder
-/// (`/usr/bin/rudder`, unless `--no-rudder`) and `examples/nginx` (`/m`), runs SCRIPT (or a
-/// shell on the console with `--shell`) and exits with its status.
+/// `cargo xtask vm [--shell] [--no-rudder] [--bin PATH]... [--timeout SECS] [SCRIPT...]`:
+/// boots the VM with every module of `vm::default_modules()`, ipvsadm, ip, nft and conntrack,
+/// the static rudder (`/usr/bin/rudder`, unless `--no-rudder`), `examples/nginx` (`/m`) and
+/// each `--bin` program (same path, with its shared libraries: a test binary, say), runs
+/// SCRIPT (or a shell on the console with `--shell`) and exits with its status.
 pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
     let mut shell = false;
     let mut with_rudder = true;
     let mut timeout = Duration::from_secs(600);
     let mut script = Vec::new();
+    let mut bins = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--shell" => shell = true,
             "--no-rudder" => with_rudder = false,
+            "--bin" => bins.push(it.next().context("--bin needs a path")?.clone()),
             "--timeout" => {
                 let secs: u64 = it
                     .next()
@@ -68,7 +71,9 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         }
     }
     if script.is_empty() && !shell {
-        bail!("usage: cargo xtask vm [--shell] [--no-rudder] [--timeout SECS] [SCRIPT...]");
+        bail!(
+            "usage: cargo xtask vm [--shell] [--no-rudder] [--bin PATH]... [--timeout SECS] [SCRIPT...]"
+        );
     }
     let p = vm::prepare().context("preparing the VM")?;
     let mut machine = Vm::new(&p)
@@ -84,6 +89,10 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         if Path::new(program).is_file() {
             machine = machine.host_binary(program);
         }
+    }
+    for bin in &bins {
+        let path = std::fs::canonicalize(bin).with_context(|| format!("--bin {bin}"))?;
+        machine = machine.host_binary(path);
     }
     if with_rudder {
         machine = machine.file(crate::dist::dist()?, "/usr/bin/rudder");
