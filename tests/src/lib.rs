@@ -21,7 +21,9 @@
 //! * [`fuzz`]: a mutation fuzzer for the stable toolchain, run by `cargo test` and
 //!   `cargo xtask fuzz`;
 //! * [`soak`]: the chaos soak (random churn and faults, a steady probe that must never fail),
-//!   run by `cargo test` for a minute and by `cargo xtask soak` for as long as wanted.
+//!   run by `cargo test` for a minute and by `cargo xtask soak` for as long as wanted;
+//! * [`vm`]: a throwaway qemu VM booting Debian's kernel (IPVS, dummy links and the nf_tables
+//!   modules), for kernel features the test machine's own kernel lacks.
 //!
 //! # Safety rules
 //!
@@ -43,6 +45,7 @@ pub mod root;
 pub mod serve;
 pub mod soak;
 pub mod topo;
+pub mod vm;
 
 pub use client::{Proto, RequestError, histogram, tcp_request, udp_request};
 pub use cluster::TwoNodes;

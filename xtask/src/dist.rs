@@ -7,30 +7,15 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
-use crate::{cargo, run};
+use crate::run;
 
-/// The toolchain's only target; naming it keeps build scripts and proc macros dynamic
-/// while the binary is linked statically.
-const TARGET: &str = "x86_64-unknown-linux-gnu";
-
-/// Builds `target/dist/rudder`: release, glibc linked statically, symbols stripped.
+/// Builds `target/dist/rudder`: release, glibc linked statically, symbols stripped (the same
+/// build the VM tests use, `rudder_e2e::vm::static_build_command`).
 pub fn dist() -> anyhow::Result<PathBuf> {
     let root = crate::demo::workspace_root();
-    let mut cmd = cargo();
-    cmd.current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "rudder",
-            "--target",
-            TARGET,
-        ])
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .env("CARGO_PROFILE_RELEASE_STRIP", "symbols");
+    let mut cmd = rudder_e2e::vm::static_build_command();
     run(&mut cmd)?;
-    let built = root.join("target").join(TARGET).join("release/rudder");
+    let built = rudder_e2e::vm::static_rudder_path();
     let dir = root.join("target/dist");
     std::fs::create_dir_all(&dir).context("creating target/dist")?;
     let out = dir.join("rudder");

@@ -13,7 +13,10 @@
 //! - `fuzz [--secs N] [--seed N] [TARGET]`: the fuzz targets (manifests, the config file), optimized, N seconds each (default 60), with executions and findings;
 //! - `bench-refusals`: what a service the kernel refuses costs the sync loop (bisection by
 //!   dry runs), and what the table monitor costs a full sync;
-//! - `soak`: the chaos soak for as long as wanted (`--duration 10m --seed N`).
+//! - `soak`: the chaos soak for as long as wanted (`--duration 10m --seed N`);
+//! - `vm-prepare`: installs qemu, downloads and unpacks the VM's kernel (once) and boots it
+//!   once, with timings; `vm [--shell] [SCRIPT...]`: boots the IPVS test VM by hand and runs
+//!   SCRIPT (or a shell) inside (docs/testing.md, "IPVS VM").
 
 mod bench;
 mod bench_api;
@@ -22,6 +25,7 @@ mod demo;
 mod dist;
 mod layering;
 mod soak;
+mod vm;
 
 use std::process::{Command, ExitCode};
 
@@ -41,9 +45,19 @@ fn main() -> ExitCode {
         Some("dist") if args.get(1).map(String::as_str) == Some("--check") => dist::check(),
         Some("dist") => dist::dist().map(|_| ()),
         Some("kind") => kind(),
+        Some("vm-prepare") => vm::prepare(),
+        Some("vm") => {
+            return match vm::run(&args[1..]) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("xtask: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench|bench-api|bench-refusals|fuzz|dist|soak|kind|deps> [args]"
+                "usage: cargo xtask <test|demo|bench|bench-api|bench-refusals|fuzz|dist|soak|kind|deps|vm-prepare|vm> [args]"
             );
             return ExitCode::from(2);
         }
@@ -130,9 +144,25 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The VM tests (e2e_vm) boot the static binary in qemu: build it and prepare the VM
+    // (qemu, the kernel) first, so that both are timed apart and the tests only boot.
+    let rudder = dist::dist()?;
+    let started = std::time::Instant::now();
+    match rudder_e2e::vm::prepare() {
+        Ok(p) => eprintln!(
+            "xtask: VM kernel {} ready ({:.1?})",
+            p.release,
+            started.elapsed()
+        ),
+        Err(rudder_e2e::vm::VmError::Unavailable(why)) => {
+            eprintln!("xtask: WARNING: the VM tests will skip themselves: {why}")
+        }
+        Err(e) => bail!("preparing the VM: {e}"),
+    }
     run(cargo()
         .args(["test", "--workspace", "--all-targets"])
-        .args(extra))?;
+        .args(extra)
+        .env("RUDDER_VM_RUDDER", &rudder))?;
     run(cargo().args(["test", "--workspace", "--doc"]))?;
     dist::check()?;
     Ok(())

@@ -1,0 +1,292 @@
+//! The VM harness's smoke test (`rudder_e2e::vm`): Debian's kernel under qemu, with what this
+//! machine's kernel lacks.
+//!
+//! - `ipvs_in_the_guest`: ip_vs and dummy load (`IPVS: ipvs loaded` in dmesg,
+//!   `IP Virtual Server version` in `/proc/net/ip_vs`), a dummy link holds a VIP, a veth pair leads into a namespace, and
+//!   `ipvsadm` programs a virtual server with a real server that answers real TCP connections
+//!   through the VIP;
+//! - `rudder_in_the_guest`: the static `rudder` runs in the guest (`--version`, `compile`), then
+//!   `rudder run` on `examples/nginx` in a node namespace with three pods and a client, and real
+//!   TCP connections go through the ClusterIP (IPv4 and IPv6), the NodePort, and a service
+//!   without endpoints is rejected: nftables mode on the guest's 6.1 kernel;
+//! - `harness_reports_status_failures_panics_and_timeouts`: the harness's own promises.
+//!
+//! Both skip themselves (with a message) only when qemu cannot be installed.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rudder_e2e::vm::{self, Prepared, Vm, VmError};
+
+/// The prepared kernel, or `None` (with a message) when the VM cannot run here.
+fn prepared() -> Option<Prepared> {
+    if std::env::var(rudder_e2e::root::SKIP_ENV).is_ok_and(|v| v == "1") {
+        return None;
+    }
+    match vm::prepare() {
+        Ok(p) => {
+            eprintln!(
+                "vm: {} ({}) prepared in {:.1?}",
+                p.package, p.release, p.took
+            );
+            Some(p)
+        }
+        Err(VmError::Unavailable(why)) => {
+            eprintln!("SKIPPED: the IPVS VM tests need qemu: {why}");
+            None
+        }
+        Err(e) => panic!("preparing the VM: {e}"),
+    }
+}
+
+fn example_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/nginx")
+}
+
+fn report(name: &str, out: &vm::VmOutput, started: Instant) {
+    eprintln!(
+        "vm {name}: kernel booted to init in {:.2?} (guest uptime), {} modules loaded by {:.2?}, \
+         initramfs {:.1} MiB, qemu {:.1?}, test {:.1?}",
+        out.boot,
+        out.loaded_modules.len(),
+        out.ready,
+        out.initramfs_bytes as f64 / (1024.0 * 1024.0),
+        out.wall,
+        started.elapsed()
+    );
+}
+
+const IPVS_SCRIPT: &str = r#"
+set -e
+step() { echo "== $*"; }
+step kernel; uname -r
+step "ip_vs loaded"
+dmesg | grep 'IPVS: ipvs loaded'
+head -1 /proc/net/ip_vs | grep 'IP Virtual Server version'
+for m in ip_vs ip_vs_rr ip_vs_wrr ip_vs_sh ip_vs_mh dummy veth nf_tables nft_ct; do
+    grep -q "^$m " /proc/modules || { echo "module $m not loaded"; exit 1; }
+done
+step "dummy link"
+ip link add kube-ipvs0 type dummy
+ip addr add 10.96.0.1/32 dev kube-ipvs0
+ip -d link show kube-ipvs0 | grep -q dummy
+step "veth pair into a namespace"
+ip netns add pod
+ip link add vpod type veth peer name eth0 netns pod
+ip addr add 10.244.1.1/24 dev vpod
+ip link set vpod up
+ip -n pod addr add 10.244.1.2/24 dev eth0
+ip -n pod link set eth0 up
+ip -n pod link set lo up
+ip -n pod route add default via 10.244.1.1
+mkdir -p /srv/pod
+echo 111 >/srv/pod/index.html
+ip netns exec pod httpd -p 80 -h /srv/pod
+step "ipvsadm"
+sysctl -w net.ipv4.vs.conntrack=1
+ipvsadm -A -t 10.96.0.1:80 -s rr
+ipvsadm -a -t 10.96.0.1:80 -r 10.244.1.2:80 -m -w 1
+ipvsadm -A -u 10.96.0.1:53 -s sh
+ipvsadm -a -u 10.96.0.1:53 -r 10.244.1.2:5353 -m
+ipvsadm -Ln
+step "a TCP connection through the virtual server"
+answer=$(printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 10.96.0.1 80 | tail -n 1)
+echo "answer: $answer"
+test "$answer" = 111
+ipvsadm -Ln --stats
+ipvsadm -Lnc
+step "ipvsadm -D"
+ipvsadm -D -t 10.96.0.1:80
+ipvsadm -C
+test -z "$(ipvsadm -Sn)"
+echo IPVS-SMOKE-OK
+"#;
+
+#[test]
+fn ipvs_in_the_guest() {
+    let started = Instant::now();
+    let Some(prepared) = prepared() else { return };
+    let out = Vm::new(&prepared)
+        .modules(&vm::default_modules())
+        .host_binary("/usr/sbin/ipvsadm")
+        .host_binary("/usr/sbin/ip")
+        .timeout(Duration::from_secs(240))
+        .run(IPVS_SCRIPT)
+        .expect("booting the VM");
+    report("ipvs", &out, started);
+    out.assert_success();
+    assert!(
+        out.output.contains("IP Virtual Server version"),
+        "{}",
+        out.output
+    );
+    assert!(
+        out.output.contains("TCP  10.96.0.1:80 rr")
+            && out.output.contains("-> 10.244.1.2:80")
+            && out.output.contains("Masq")
+            && out.output.contains("UDP  10.96.0.1:53 sh"),
+        "ipvsadm -Ln did not show the services:\n{}",
+        out.output
+    );
+    assert!(out.output.contains("IPVS-SMOKE-OK"), "{}", out.output);
+}
+
+/// The example's topology (`rudder_e2e::topo`, by hand with `ip`): node `172.18.0.2`, pods
+/// `10.244.{1,2,3}.2` answering `111`, `222`, `333` over HTTP (busybox httpd), client
+/// `172.18.0.10`.
+const RUDDER_SCRIPT: &str = r#"
+set -e
+step() { echo "== $*"; }
+step "static rudder"
+rudder --version
+rudder compile --manifests /m --hostname-override node-1 --cluster-cidr 10.244.0.0/16 >/tmp/rules.nft
+grep -c . /tmp/rules.nft
+grep -q 10.96.100.100 /tmp/rules.nft
+nft -c -f /tmp/rules.nft
+step topology
+for ns in node pod0 pod1 pod2 client; do
+    ip netns add $ns
+    ip -n $ns link set lo up
+    ip netns exec $ns sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+done
+ip netns exec node sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 \
+    net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+for i in 0 1 2; do
+    n=$((i + 1))
+    ip -n node link add vpod$i type veth peer name eth0 netns pod$i
+    ip -n node addr add 10.244.$n.1/24 dev vpod$i
+    ip -n node addr add fd00:10:244:$n::1/64 dev vpod$i nodad
+    ip -n node link set vpod$i up
+    ip -n pod$i addr add 10.244.$n.2/24 dev eth0
+    ip -n pod$i addr add fd00:10:244:$n::2/64 dev eth0 nodad
+    ip -n pod$i link set eth0 up
+    ip -n pod$i route add default via 10.244.$n.1
+    ip -n pod$i -6 route add default via fd00:10:244:$n::1
+    mkdir -p /srv/pod$i
+    echo "$n$n$n" >/srv/pod$i/index.html
+    ip netns exec pod$i httpd -p 80 -h /srv/pod$i
+done
+ip -n node link add eth0 type veth peer name eth0 netns client
+ip -n node addr add 172.18.0.2/24 dev eth0
+ip -n node link set eth0 up
+ip -n client addr add 172.18.0.10/24 dev eth0
+ip -n client link set eth0 up
+ip -n client route add default via 172.18.0.2
+ip -n node route add default via 172.18.0.10
+step "rudder run"
+ip netns exec node rudder run --manifests /m --hostname-override node-1 \
+    --cluster-cidr 10.244.0.0/16,fd00:10:244::/56 >/tmp/rudder.log 2>&1 &
+rudder=$!
+i=0
+until grep -q 'sync done' /tmp/rudder.log; do
+    i=$((i + 1))
+    if [ $i -gt 600 ]; then cat /tmp/rudder.log; echo "no sync within 60 s"; exit 1; fi
+    sleep 0.1
+done
+grep 'sync done' /tmp/rudder.log | head -1
+ip netns exec node nft list tables
+# busybox-static's wget crashes (Debian's build); nc speaks HTTP/1.0 to busybox httpd.
+get() { printf 'GET / HTTP/1.0\r\n\r\n' | ip netns exec $1 nc -w 5 $2 $3 | tail -n 1; }
+step "ClusterIP from a pod"
+for i in 1 2 3 4 5 6 7 8 9; do echo "clusterip-v4 $(get pod0 10.96.100.100 80)"; done
+step "ClusterIP over IPv6 from a pod"
+for i in 1 2 3; do echo "clusterip-v6 $(get pod1 fd00:10:96::100 80)"; done
+step "ClusterIP from the node"
+for i in 1 2 3; do echo "node-clusterip $(get node 10.96.100.100 80)"; done
+step "NodePort from the client"
+for i in 1 2 3; do echo "nodeport $(get client 172.18.0.2 30001)"; done
+step "no endpoints: rejected"
+if ip netns exec pod0 nc -w 5 10.96.100.120 80 </dev/null 2>/tmp/reject.err; then echo "10.96.100.120 answered"; exit 1; fi
+cat /tmp/reject.err
+grep -qi refused /tmp/reject.err
+step "rudder cleanup"
+kill $rudder
+wait $rudder || true
+ip netns exec node rudder cleanup
+test -z "$(ip netns exec node nft list tables)"
+echo RUDDER-SMOKE-OK
+"#;
+
+#[test]
+fn rudder_in_the_guest() {
+    let started = Instant::now();
+    let Some(prepared) = prepared() else { return };
+    let rudder = vm::static_rudder().expect("the static rudder binary");
+    let out = Vm::new(&prepared)
+        .modules(&vm::default_modules())
+        .file(&rudder, "/usr/bin/rudder")
+        .file(example_dir().join("nginx.yaml"), "/m/nginx.yaml")
+        .file(example_dir().join("node.yaml"), "/m/node.yaml")
+        .file(example_dir().join("others.yaml"), "/m/others.yaml")
+        .host_binary("/usr/sbin/ip")
+        .host_binary("/usr/sbin/nft")
+        .timeout(Duration::from_secs(300))
+        .run(RUDDER_SCRIPT)
+        .expect("booting the VM");
+    report("rudder", &out, started);
+    out.assert_success();
+    let answers = |tag: &str| -> Vec<String> {
+        out.output
+            .lines()
+            .filter_map(|l| l.strip_prefix(tag))
+            .map(|a| a.trim().to_owned())
+            .collect()
+    };
+    for (tag, n) in [
+        ("clusterip-v4 ", 9),
+        ("clusterip-v6 ", 3),
+        ("node-clusterip ", 3),
+        ("nodeport ", 3),
+    ] {
+        let got = answers(tag);
+        assert_eq!(got.len(), n, "{tag}: {got:?}\n{}", out.output);
+        assert!(
+            got.iter()
+                .all(|a| ["111", "222", "333"].contains(&a.as_str())),
+            "{tag}answers {got:?}\n{}",
+            out.output
+        );
+    }
+    assert!(out.output.contains("RUDDER-SMOKE-OK"), "{}", out.output);
+}
+
+/// The harness itself: the script's exit status and output come back, a module that cannot
+/// load is reported (KVM's: no VMX under emulation), a kernel panic is an error rather than a
+/// status, and a guest that outlives its timeout is killed (its pid is gone afterwards).
+#[test]
+fn harness_reports_status_failures_panics_and_timeouts() {
+    let Some(prepared) = prepared() else { return };
+    let out = Vm::new(&prepared)
+        .modules(&["dummy", "kvm_intel"])
+        .timeout(Duration::from_secs(120))
+        .run("echo hello from the guest; exit 3")
+        .expect("booting the VM");
+    assert_eq!(out.status, 3, "{}", out.console);
+    assert_eq!(out.output.trim(), "hello from the guest", "{}", out.console);
+    assert_eq!(out.failed_modules, ["kvm_intel"], "{}", out.console);
+    assert!(out.loaded_modules.iter().any(|m| m == "dummy"));
+    assert!(out.boot > Duration::ZERO && out.ready >= out.boot);
+
+    let err = Vm::new(&prepared)
+        .timeout(Duration::from_secs(120))
+        .run("echo c >/proc/sysrq-trigger; sleep 100")
+        .expect_err("a kernel panic reports no status");
+    assert!(
+        matches!(&err, VmError::NoExitStatus { console, .. } if console.contains("Kernel panic")),
+        "{err}"
+    );
+
+    let started = Instant::now();
+    let err = Vm::new(&prepared)
+        .timeout(Duration::from_secs(15))
+        .run("sleep 600")
+        .expect_err("the timeout");
+    let VmError::Timeout { pid, .. } = err else {
+        panic!("expected a timeout: {err}");
+    };
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "qemu (pid {pid}) still exists after the timeout"
+    );
+}
