@@ -17,6 +17,7 @@
 pub mod change;
 pub mod conntrack;
 pub mod health;
+pub mod ipvs;
 pub mod isolate;
 pub mod localhost;
 pub mod mode;

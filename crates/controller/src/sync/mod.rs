@@ -299,6 +299,11 @@ impl<M: ProxyMode> SyncLoop<M> {
         &self.mode
     }
 
+    /// The proxy mode, to change it (tests tamper with its dataplane).
+    pub fn mode_mut(&mut self) -> &mut M {
+        &mut self.mode
+    }
+
     /// Number of sync attempts and of failed ones.
     pub fn counts(&self) -> (u64, u64) {
         (self.syncs, self.failures)

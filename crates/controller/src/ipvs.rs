@@ -1,0 +1,358 @@
+//! The IPVS proxy mode: the IPVS compiler and an IPVS writer behind [`ProxyMode`].
+//!
+//! [`IpvsMode`] compiles the state with [`rudder_ipvs_compiler::IpvsCompiler`] into the
+//! virtual servers, real servers and VIP addresses IPVS must hold, and hands the operations
+//! to an [`IpvsDataplane`]: the kernel in the binary (generic netlink and the dummy
+//! interface), an in-memory [`MemoryIpvs`] in tests. IPVS has no transactions, so a sync can
+//! fail half-way; the loop then asks for a full sync, which reads what the kernel holds and
+//! applies the difference ([`rudder_ipvs_compiler::diff`]) — the same path that repairs
+//! changes made behind Rudder's back. A full sync with nothing to repair writes nothing.
+
+use std::time::Instant;
+
+use rudder_compiler::NodeContext;
+use rudder_compiler::explain::{Explanation, Query};
+use rudder_ipvs_compiler::{IpvsCompiler, Op, Target, diff};
+use rudder_model::{IpFamily, Problem, ProxyState, Service};
+
+use crate::mode::{DataplaneError, Failure, Outcome, ProxyMode, Scope, SyncRequest, Written};
+
+/// Where IPVS operations go.
+pub trait IpvsDataplane: Send {
+    /// What the kernel holds: virtual servers with their real servers and weights, and the
+    /// addresses on the dummy interface.
+    fn read(&mut self) -> Result<Target, DataplaneError>;
+
+    /// Applies `ops` in order; stops at the first failure.
+    fn apply(&mut self, ops: &[Op]) -> Result<(), DataplaneError>;
+}
+
+/// IPVS in memory, with the kernel's rules for what it refuses (adding what exists, changing
+/// what does not), for tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemoryIpvs {
+    /// What it holds. Retired real servers are deleted at once (no connections here).
+    pub target: Target,
+}
+
+impl IpvsDataplane for MemoryIpvs {
+    fn read(&mut self) -> Result<Target, DataplaneError> {
+        Ok(self.target.clone())
+    }
+
+    fn apply(&mut self, ops: &[Op]) -> Result<(), DataplaneError> {
+        let t = &mut self.target;
+        for op in ops {
+            let ok = match op {
+                Op::Bind(a) => t.addresses.insert(*a),
+                Op::Unbind(a) => t.addresses.remove(a),
+                Op::AddService(vs) => t
+                    .servers
+                    .insert(
+                        vs.key,
+                        rudder_ipvs_compiler::Server {
+                            service: vs.clone(),
+                            real: Default::default(),
+                            bind: false,
+                            owner: None,
+                        },
+                    )
+                    .is_none(),
+                Op::EditService(vs) => match t.servers.get_mut(&vs.key) {
+                    Some(s) => {
+                        s.service = vs.clone();
+                        true
+                    }
+                    None => false,
+                },
+                Op::DelService(k) => t.servers.remove(k).is_some(),
+                Op::AddReal(k, a) => t
+                    .servers
+                    .get_mut(k)
+                    .is_some_and(|s| s.real.insert(*a, 1).is_none()),
+                Op::SetWeight(k, a, w) => t
+                    .servers
+                    .get_mut(k)
+                    .and_then(|s| s.real.get_mut(a))
+                    .map(|x| *x = *w)
+                    .is_some(),
+                Op::Retire(k, a) => t
+                    .servers
+                    .get_mut(k)
+                    .is_some_and(|s| s.real.remove(a).is_some()),
+            };
+            if !ok {
+                return Err(format!("refused: {op:?}").into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The IPVS mode over an [`IpvsDataplane`].
+pub struct IpvsMode<D> {
+    compiler: IpvsCompiler,
+    dataplane: D,
+}
+
+impl<D: IpvsDataplane> IpvsMode<D> {
+    /// The mode compiling with `compiler` and writing to `dataplane`.
+    pub fn new(compiler: IpvsCompiler, dataplane: D) -> IpvsMode<D> {
+        IpvsMode {
+            compiler,
+            dataplane,
+        }
+    }
+
+    /// The dataplane.
+    pub fn dataplane(&self) -> &D {
+        &self.dataplane
+    }
+
+    /// The dataplane, to change it.
+    pub fn dataplane_mut(&mut self) -> &mut D {
+        &mut self.dataplane
+    }
+
+    /// The compiler.
+    pub fn compiler(&self) -> &IpvsCompiler {
+        &self.compiler
+    }
+}
+
+/// What `ops` change, in the loop's units.
+fn written(ops: &[Op]) -> Written {
+    let mut w = Written::default();
+    for op in ops {
+        match op {
+            Op::AddReal(..) | Op::Bind(_) => w.elements_added += 1,
+            Op::Retire(..) | Op::Unbind(_) => w.elements_deleted += 1,
+            _ => w.objects += 1,
+        }
+    }
+    w
+}
+
+impl<D: IpvsDataplane> ProxyMode for IpvsMode<D> {
+    fn name(&self) -> &'static str {
+        "ipvs"
+    }
+
+    fn families(&self) -> Vec<IpFamily> {
+        self.compiler.families().to_vec()
+    }
+
+    fn node(&self) -> &NodeContext {
+        self.compiler.node()
+    }
+
+    fn set_node(&mut self, node: NodeContext) {
+        self.compiler.set_node(node);
+    }
+
+    fn sync(&mut self, state: &ProxyState, request: SyncRequest<'_>) -> Outcome {
+        let t0 = Instant::now();
+        self.compiler.set_excluded(request.held_back.clone());
+        let ops = match request.scope {
+            Scope::Full => {
+                let want = self.compiler.full(state).clone();
+                let compile = t0.elapsed();
+                // A full sync repairs by difference: only what the kernel lacks or has too
+                // much is written.
+                let t1 = Instant::now();
+                match self.dataplane.read() {
+                    Ok(have) => Ok((diff(&have, &want), compile, t1)),
+                    Err(e) => Err((e, compile, t1)),
+                }
+            }
+            Scope::Partial(changed) => {
+                let ops = self.compiler.update(state, changed);
+                Ok((ops, t0.elapsed(), Instant::now()))
+            }
+        };
+        let (ops, compile, t1) = match ops {
+            Ok(x) => x,
+            Err((e, compile, t1)) => {
+                return Outcome {
+                    result: Err((e, Failure::Other)),
+                    written: Written::default(),
+                    compile,
+                    apply: t1.elapsed(),
+                    dry_runs: 0,
+                    refused: Vec::new(),
+                    undecided: Vec::new(),
+                };
+            }
+        };
+        let result = if ops.is_empty() {
+            Ok(0)
+        } else {
+            self.dataplane
+                .apply(&ops)
+                .map(|()| 0)
+                .map_err(|e| (e, Failure::Other))
+        };
+        Outcome {
+            result,
+            written: written(&ops),
+            compile,
+            apply: t1.elapsed(),
+            dry_runs: 0,
+            refused: Vec::new(),
+            undecided: Vec::new(),
+        }
+    }
+
+    fn verify(&mut self) -> Option<Result<Vec<String>, DataplaneError>> {
+        let have = match self.dataplane.read() {
+            Ok(h) => h,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(Ok(diff(&have, self.compiler.target())
+            .iter()
+            .map(|op| format!("{op:?}"))
+            .collect()))
+    }
+
+    fn refuses(&self, service: &Service) -> bool {
+        self.compiler.refuses(service)
+    }
+
+    fn take_problems(&mut self) -> Vec<Problem> {
+        self.compiler.take_problems()
+    }
+
+    fn no_local_endpoints(&self) -> Vec<(IpFamily, u64, u64)> {
+        // Not counted in IPVS mode yet (the compiler does not keep the counts).
+        Vec::new()
+    }
+
+    fn explain(&self, state: &ProxyState, query: &Query) -> Explanation {
+        // The same semantics as the nftables mode decide a packet's fate.
+        rudder_compiler::explain::explain(
+            state,
+            &rudder_compiler::Config::default(),
+            self.compiler.node(),
+            query,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rudder_compiler::NodePortIps;
+    use rudder_ipvs_compiler::Options;
+    use rudder_model::{
+        Endpoint, EndpointPort, EndpointSlice, Node, Protocol, ServiceKey, ServicePort,
+    };
+
+    use super::*;
+    use crate::{Change, LoopConfig, NodeContextFn, SyncKind, SyncLoop};
+
+    fn node() -> NodeContext {
+        NodeContext::new(
+            "node-a".into(),
+            NodePortIps::Only(vec!["172.18.0.2".parse().unwrap()]),
+        )
+    }
+
+    fn ipvs_loop() -> SyncLoop<IpvsMode<MemoryIpvs>> {
+        let compiler = IpvsCompiler::new(&[IpFamily::V4], Options::default(), node());
+        let ctx: NodeContextFn = Box::new(|_: Option<&Node>| node());
+        let config = LoopConfig {
+            min_sync_period: Duration::ZERO,
+            node_wait: Duration::ZERO,
+            ..LoopConfig::default()
+        };
+        SyncLoop::with_mode(IpvsMode::new(compiler, MemoryIpvs::default()), ctx, config)
+    }
+
+    fn svc(name: &str, ip: &str) -> Service {
+        let mut s = Service::new(ServiceKey::new("ns", name), vec![ip.parse().unwrap()]);
+        s.ports = vec![ServicePort {
+            node_port: Some(30080),
+            ..ServicePort::new("http", Protocol::Tcp, 80)
+        }];
+        s
+    }
+
+    fn slice(name: &str, ips: &[&str]) -> EndpointSlice {
+        EndpointSlice::new(
+            "ns",
+            &format!("{name}-1"),
+            name,
+            IpFamily::V4,
+            vec![EndpointPort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 8080,
+            }],
+            ips.iter()
+                .map(|ip| Endpoint::new(ip.parse().unwrap()).on_node("node-b"))
+                .collect(),
+        )
+    }
+
+    fn reals(l: &SyncLoop<IpvsMode<MemoryIpvs>>) -> Vec<String> {
+        l.mode()
+            .dataplane()
+            .target
+            .servers
+            .values()
+            .flat_map(|s| s.real.keys().map(|a| a.to_string()))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_loop_programs_ipvs_and_repairs_it_by_difference() {
+        let mut l = ipvs_loop();
+        l.apply_change(Change::Snapshot {
+            services: vec![svc("web", "10.96.0.10")],
+            slices: vec![slice("web", &["10.244.1.5"])],
+            node: None,
+            service_cidrs: Vec::new(),
+        });
+        let r = l.sync().expect("a sync").expect("applied");
+        assert_eq!(r.kind, SyncKind::Full);
+        // ClusterIP and node port, one real server each; the ClusterIP is bound.
+        assert_eq!(reals(&l), ["10.244.1.5:8080", "10.244.1.5:8080"]);
+        let bound: Vec<String> = l
+            .mode()
+            .dataplane()
+            .target
+            .addresses
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(bound, ["10.96.0.10"]);
+        // A change is a partial sync of just that.
+        l.apply_change(Change::SliceApplied(Box::new(slice(
+            "web",
+            &["10.244.1.5", "10.244.2.5"],
+        ))));
+        let r = l.sync().expect("a sync").expect("applied");
+        assert_eq!(r.kind, SyncKind::Partial);
+        assert_eq!((r.elements_added, r.elements_deleted, r.objects), (2, 0, 0));
+        // Someone deletes a virtual server behind Rudder's back: the periodic full sync
+        // writes back exactly that one, and nothing when nothing is missing.
+        let key = *l
+            .mode()
+            .dataplane()
+            .target
+            .servers
+            .keys()
+            .next()
+            .expect("a server");
+        l.mode_mut().dataplane_mut().target.servers.remove(&key);
+        tokio::time::advance(Duration::from_secs(3601)).await;
+        let r = l.sync().expect("the hourly full sync").expect("applied");
+        assert_eq!(r.kind, SyncKind::Full);
+        assert_eq!((r.objects, r.elements_added), (1, 2), "{r:?}");
+        assert_eq!(reals(&l).len(), 4);
+        tokio::time::advance(Duration::from_secs(3601)).await;
+        let r = l.sync().expect("the next full sync").expect("applied");
+        assert_eq!((r.objects, r.elements_added, r.elements_deleted), (0, 0, 0));
+    }
+}
