@@ -25,7 +25,7 @@ fn at<R: Send>(ns: &Netns, f: impl FnOnce() -> R + Send) -> R {
 }
 
 fn tables() -> [TableRef; 2] {
-    let n = Name::new("rudder").unwrap();
+    let n = Name::new("rudder").expect("test value");
     [
         TableRef::new(Family::Ip, n.clone()),
         TableRef::new(Family::Ip6, n),
@@ -141,7 +141,7 @@ fn changes_behind_rudders_back_read_back_as_differences() {
     assert_eq!(clean, expected);
 
     // An element whose value changed: same number of elements.
-    let (key, value) = expected.sets[&Name::new("service-ips").unwrap()]
+    let (key, value) = expected.sets[&Name::new("service-ips").expect("test value")]
         .elements
         .iter()
         .next()
@@ -155,7 +155,7 @@ fn changes_behind_rudders_back_read_back_as_differences() {
     )
     .expect("tamper");
     let (got, _) = read(&ns, &b, &c, v4);
-    let set = &got.sets[&Name::new("service-ips").unwrap()];
+    let set = &got.sets[&Name::new("service-ips").expect("test value")];
     assert_eq!(
         set.elements.len(),
         expected.sets[&set.decl.name].elements.len()
@@ -190,7 +190,7 @@ fn changes_behind_rudders_back_read_back_as_differences() {
     )
     .expect("replace");
     let (got, _) = read(&ns, &b, &c, v4);
-    let services = Name::new("services").unwrap();
+    let services = Name::new("services").expect("test value");
     assert_eq!(
         got.chains[&services].rules.len(),
         expected.chains[&services].rules.len()
@@ -207,8 +207,14 @@ fn changes_behind_rudders_back_read_back_as_differences() {
     )
     .expect("add");
     let (got, _) = read(&ns, &b, &c, v4);
-    assert!(got.chains.contains_key(&Name::new("extra").unwrap()));
-    assert!(got.sets.contains_key(&Name::new("extra-set").unwrap()));
+    assert!(
+        got.chains
+            .contains_key(&Name::new("extra").expect("test value"))
+    );
+    assert!(
+        got.sets
+            .contains_key(&Name::new("extra-set").expect("test value"))
+    );
 
     // Elements added to a dynamic (affinity) set are read back.
     let sticky = expected

@@ -8,12 +8,9 @@ use std::collections::BTreeSet;
 
 use proptest::prelude::*;
 
-use rudder_compiler::{Compiler, Config, LocalDetector, NodeContext, NodePortIps};
+use rudder_compiler::{Compiler, Config, LocalDetector};
 use rudder_e2e::{Netns, e2e_enabled};
-use rudder_model::{
-    Endpoint, EndpointPort, EndpointSlice, IpFamily, Protocol, ProxyState, Service, ServiceKey,
-    ServicePort, ServiceType, TrafficPolicy,
-};
+use rudder_model::{IpFamily, Protocol, ServiceKey, ServiceType};
 use rudder_nft::{Transaction, Verdict};
 use rudder_nft_backend::{NftBackend, WriteMode};
 

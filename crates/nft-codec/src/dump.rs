@@ -527,10 +527,10 @@ fn element(
             decl.name
         ))
     };
-    fn value<'b>(
-        nest: Option<&'b [u8]>,
+    fn value(
+        nest: Option<&[u8]>,
         bad: impl Fn() -> DumpError,
-    ) -> Result<&'b [u8], DumpError> {
+    ) -> Result<&[u8], DumpError> {
         match data(nest.unwrap_or_default())? {
             Data::Value(v) => Ok(v),
             Data::Verdict(_) => Err(bad()),
