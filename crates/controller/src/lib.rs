@@ -29,7 +29,7 @@ pub mod withdrawn;
 pub use change::Change;
 pub use isolate::{Isolation, isolate};
 pub use mode::{DataplaneError, Failure, Outcome, ProxyMode, Scope, SyncRequest, Written};
-pub use nftables::{Dataplane, MAX_DRY_RUNS, NftMode, Shape, expected_shape, shape_diff};
+pub use nftables::{Dataplane, MAX_DRY_RUNS, NftMode, repair, table_diff, updated_by_packets};
 pub use observer::{
     LoopEvent, Observer, SyncKind, SyncObserver, SyncReport, Synced, SyncedObserver,
 };

@@ -5,12 +5,14 @@
 //! written natively ([`WriteMode::Netlink`], the default): encoded as one nf_tables netlink
 //! batch and sent in a single `sendmsg`, which the kernel applies atomically (all or nothing).
 //! The fallback ([`WriteMode::Program`]) renders `nft -f` text and pipes it to one `nft`
-//! process. Reading back uses `nft --json list table`, parsed into a [`TableListing`] that can
-//! be compared with the compiler's desired [`Ruleset`](rudder_nft::Ruleset).
+//! process. Reading back ([`NftBackend::read_table`]) uses nf_tables netlink dumps, decoded
+//! into the IR by the codec, so nothing but `--nft-writer nft` needs the `nft` program;
+//! [`NftBackend::list_table`] (`nft --json list table`, parsed into a [`TableListing`]) stays
+//! for tests that compare with what `nft` itself reports.
 //!
 //! What it must not do: decide *what* to program (that is the compiler's job), touch tables it
-//! does not own, or read the kernel on a hot path: listing a large table costs seconds, so it is
-//! meant for status, tests and drift checks only.
+//! does not own, or read the kernel on a hot path: reading a large table back costs tens of
+//! milliseconds to seconds, so it is meant for drift checks, repairs and tests.
 
 mod listing;
 pub mod monitor;
@@ -51,7 +53,7 @@ pub enum Error {
         /// What nft printed on stderr (it names the failing line of the input).
         stderr: String,
     },
-    /// The installed `nft` is older than [`MIN_NFT_VERSION`].
+    /// The installed `nft` is older than [`MIN_NFT_VERSION`] (checked only when it writes).
     #[error("nft {found} is too old: Rudder needs nft 1.0.1 or later")]
     TooOld {
         /// The version found.
@@ -355,16 +357,21 @@ impl NftBackend {
         }
     }
 
-    /// Whether a table exists.
+    /// `table` as the kernel holds it, read over netlink dumps (no `nft` program), or `None`
+    /// if it does not exist. Chains, sets and elements are decoded into the IR; rules that
+    /// match one of `expected`'s come back as that rule, any other as a placeholder naming
+    /// it (see [`rudder_nft_codec::dump`]).
+    pub fn read_table(
+        &self,
+        table: &TableRef,
+        expected: Option<&rudder_nft::Table>,
+    ) -> Result<Option<rudder_nft::Table>, Error> {
+        Ok(self.netlink.read_table(table, expected)?)
+    }
+
+    /// Whether a table exists (asked over netlink).
     pub fn table_exists(&self, table: &TableRef) -> Result<bool, Error> {
-        match self.run(
-            &["list", "table", table.family.as_str(), table.name.as_str()],
-            None,
-        ) {
-            Ok(_) => Ok(true),
-            Err(e) if e.is_not_found() => Ok(false),
-            Err(e) => Err(e),
-        }
+        Ok(self.netlink.table_exists(table)?)
     }
 
     /// Deletes the given tables if they exist, in one transaction, and nothing else. Returns

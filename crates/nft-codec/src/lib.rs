@@ -15,6 +15,10 @@
 //!   the failing message, the errno and the extended acknowledgement's message), its reply to
 //!   `GETGEN`, and its change notifications, parsed with rust-netlink's
 //!   `netlink-packet-core` buffers.
+//! - **Reading back** ([`dump`]): the dump requests for one table (chains, rules, sets,
+//!   elements), the gathering of their answers, and their decoding into the IR: chains, sets
+//!   and elements decoded exactly, rules compared in canonical form ([`canon`]) with the
+//!   encoding of the rules Rudder means.
 //!
 //! What it must not do: any I/O (no sockets, no `nix`, no `netlink-sys`), hold locks, or
 //! carry state from one transaction to the next. What a batch depends on beyond the
@@ -27,7 +31,9 @@
 
 mod anon;
 mod batch;
+pub mod canon;
 pub mod decode;
+pub mod dump;
 mod element;
 mod expr;
 mod set;

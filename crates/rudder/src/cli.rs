@@ -318,7 +318,8 @@ pub struct RunArgs {
     #[arg(long = "manifests-poll-interval", value_name = "DURATION", default_value = "200ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
 
-    /// Path of the nft program (used to read tables back, and to write with `--nft-writer nft`).
+    /// Path of the nft program, used only to write with `--nft-writer nft` (tables are read
+    /// back over netlink).
     #[arg(long = "nft-path", value_name = "PATH", default_value = "nft")]
     pub nft_path: PathBuf,
 
@@ -335,7 +336,7 @@ pub struct CleanupArgs {
     #[arg(long = "nftables-table", value_name = "NAME", default_value = rudder_compiler::DEFAULT_TABLE)]
     pub table: String,
 
-    /// Path of the nft program.
+    /// Path of the nft program (accepted for compatibility: cleanup uses netlink only).
     #[arg(long = "nft-path", value_name = "PATH", default_value = "nft")]
     pub nft_path: PathBuf,
 

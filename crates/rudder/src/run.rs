@@ -60,25 +60,17 @@ impl Dataplane for Kernel {
         }
     }
 
-    fn shape(
+    fn read(
         &mut self,
         table: &rudder_nft::TableRef,
-    ) -> Option<Result<rudder_controller::Shape, DataplaneError>> {
-        Some(match self.0.list_table(table) {
-            // A deleted table: every chain and set is missing.
-            Ok(None) => Ok(rudder_controller::Shape::new()),
-            Ok(Some(listing)) => {
-                let mut s = rudder_controller::Shape::new();
-                for (name, chain) in listing.chains {
-                    s.insert(format!("chain {name}"), chain.rules);
-                }
-                for (name, set) in listing.sets {
-                    s.insert(format!("set {name}"), set.elements.len());
-                }
-                Ok(s)
-            }
-            Err(e) => Err(Box::new(e)),
-        })
+        expected: Option<&rudder_nft::Table>,
+    ) -> Option<Result<Option<rudder_nft::Table>, DataplaneError>> {
+        // Over netlink dumps, whichever writer is used: no `nft` program.
+        Some(
+            self.0
+                .read_table(table, expected)
+                .map_err(|e| Box::new(e) as DataplaneError),
+        )
     }
 }
 
@@ -135,9 +127,14 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     let backend = NftBackend::with_program(&args.nft_path).write_mode(mode);
     // The monitor shares the writer's identity, to tell Rudder's own commits from others'.
     let monitor_backend = backend.clone();
-    let version = backend
-        .check_version()
-        .context("checking the nft program")?;
+    // The `nft` program is needed only to write with it.
+    let version = if mode == WriteMode::Program {
+        backend
+            .check_version()
+            .context("checking the nft program (--nft-writer nft)")?
+    } else {
+        "not used".to_owned()
+    };
     let families = proxier::families(proxier::ipv6_available());
     let source = if args.proxy.manifests.is_empty() {
         "api-server"

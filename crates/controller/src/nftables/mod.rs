@@ -5,19 +5,26 @@
 //! netlink, or the `nft` program), an in-memory [`Ruleset`] in tests. When the kernel refuses
 //! a transaction, it finds the services at fault with dry runs ([`crate::isolate`]) and
 //! applies everything else. It knows no kernel API itself: that is the dataplane's.
+//!
+//! What the kernel holds is read back through [`Dataplane::read`] as tables of the IR: drift
+//! checks compare content ([`table_diff`]), and a full sync after the first one, when the
+//! tables can be read, writes only the difference between them and the compiled ruleset
+//! ([`repair`]), keeping the elements the packet path learned (session affinity). The first
+//! full sync of a run, and any full sync whose tables cannot be read, replace the tables
+//! atomically.
 
+mod content;
 mod isolate;
-
-use std::collections::BTreeMap;
 
 use rudder_compiler::explain::{Explanation, Query};
 use rudder_compiler::{Compiler, NodeContext};
 use rudder_model::{IpFamily, Problem, ProxyState, Service};
-use rudder_nft::{Ruleset, TableRef, Transaction};
+use rudder_nft::{Ruleset, Table, TableRef, Transaction};
 use tokio::time::Instant;
 
 use crate::mode::{DataplaneError, Failure, Outcome, ProxyMode, Scope, SyncRequest, Written};
 
+pub use content::{repair, table_diff, updated_by_packets};
 pub use isolate::MAX_DRY_RUNS;
 
 /// Where nftables transactions go: the kernel in the binary, an in-memory ruleset in tests.
@@ -42,55 +49,17 @@ pub trait Dataplane: Send {
         Failure::Refused
     }
 
-    /// The shape of `table` as the dataplane holds it (see [`Shape`]), for drift detection
-    /// before periodic full resyncs; `None` when the dataplane cannot tell.
-    fn shape(&mut self, _table: &TableRef) -> Option<Result<Shape, DataplaneError>> {
+    /// `table` as the dataplane holds it (`None`: it does not exist), for drift checks and
+    /// repairs by difference; `expected` is the table Rudder programmed, which a reader that
+    /// compares rules as bytecode matches them with. `None` when the dataplane cannot read
+    /// its tables back.
+    fn read(
+        &mut self,
+        _table: &TableRef,
+        _expected: Option<&Table>,
+    ) -> Option<Result<Option<Table>, DataplaneError>> {
         None
     }
-}
-
-/// A table's shape: rules per chain (`chain NAME`) and elements per static set or map
-/// (`set NAME`; sets the packet path updates are left out). Differences between the shape
-/// Rudder programmed and the kernel's are drift: changes made behind Rudder's back.
-pub type Shape = BTreeMap<String, usize>;
-
-/// The shape of a table as Rudder programmed it.
-pub fn expected_shape(table: &rudder_nft::Table) -> Shape {
-    let mut s = Shape::new();
-    for (name, chain) in &table.chains {
-        s.insert(format!("chain {name}"), chain.rules.len());
-    }
-    for (name, set) in &table.sets {
-        let dynamic = set.decl.flags.iter().any(|f| {
-            matches!(
-                f,
-                rudder_nft::SetFlag::Dynamic | rudder_nft::SetFlag::Timeout
-            )
-        }) || set.decl.timeout_secs.is_some();
-        if !dynamic {
-            s.insert(format!("set {name}"), set.elements.len());
-        }
-    }
-    s
-}
-
-/// What differs between two shapes, for the log (at most a few entries).
-pub fn shape_diff(expected: &Shape, actual: &Shape) -> Vec<String> {
-    let mut out = Vec::new();
-    for (k, v) in expected {
-        match actual.get(k) {
-            None => out.push(format!("{k} missing")),
-            Some(a) if a != v => out.push(format!("{k}: {a} instead of {v}")),
-            Some(_) => {}
-        }
-    }
-    // Extra chains are drift; extra sets may be the dynamic ones the expectation leaves out.
-    for k in actual.keys() {
-        if k.starts_with("chain ") && !expected.contains_key(k) {
-            out.push(format!("{k} unexpected"));
-        }
-    }
-    out
 }
 
 impl Dataplane for Ruleset {
@@ -119,12 +88,12 @@ impl Dataplane for Ruleset {
         }
     }
 
-    fn shape(&mut self, table: &TableRef) -> Option<Result<Shape, DataplaneError>> {
-        Some(Ok(self
-            .tables
-            .get(table)
-            .map(expected_shape)
-            .unwrap_or_default()))
+    fn read(
+        &mut self,
+        table: &TableRef,
+        _expected: Option<&Table>,
+    ) -> Option<Result<Option<Table>, DataplaneError>> {
+        Some(Ok(self.tables.get(table).cloned()))
     }
 }
 
@@ -132,6 +101,8 @@ impl Dataplane for Ruleset {
 pub struct NftMode<D> {
     compiler: Compiler,
     dataplane: D,
+    /// Whether a sync of this run went through: later full syncs repair by difference.
+    programmed: bool,
 }
 
 impl<D: Dataplane> NftMode<D> {
@@ -140,6 +111,7 @@ impl<D: Dataplane> NftMode<D> {
         NftMode {
             compiler,
             dataplane,
+            programmed: false,
         }
     }
 
@@ -161,6 +133,40 @@ impl<D: Dataplane> NftMode<D> {
     /// The tables the mode owns.
     pub fn tables(&self) -> Vec<TableRef> {
         self.compiler.tables()
+    }
+
+    /// The tables as the dataplane holds them, with the compiler's view of them: `None` when
+    /// the dataplane cannot read them back, the error when reading failed.
+    fn read_all(&mut self) -> Option<Result<(Ruleset, Ruleset), DataplaneError>> {
+        let expected = match self.compiler.ruleset() {
+            Ok(r) => r,
+            Err(e) => return Some(Err(format!("the compiler's own ruleset: {e}").into())),
+        };
+        let mut read = Vec::new();
+        for t in self.compiler.tables() {
+            match self.dataplane.read(&t, expected.tables.get(&t))? {
+                Ok(table) => read.push((t, table)),
+                Err(e) => return Some(Err(format!("cannot read {t}: {e}").into())),
+            }
+        }
+        Some(Ok((content::ruleset_of(read), expected)))
+    }
+
+    /// The repair of a full sync, by difference with what the kernel holds; `None` when the
+    /// tables must be replaced instead (first sync of the run, tables that cannot be read).
+    fn repair_by_difference(&mut self) -> Option<Transaction> {
+        if !self.programmed {
+            return None;
+        }
+        match self.read_all()? {
+            Ok((kernel, desired)) => Some(repair(&kernel, &desired)),
+            Err(e) => {
+                tracing::warn!(
+                    "full sync: {e}; replacing the tables instead of repairing the difference"
+                );
+                None
+            }
+        }
     }
 }
 
@@ -200,10 +206,29 @@ impl<D: Dataplane> ProxyMode for NftMode<D> {
         // Services held back are tried in dry runs first: applying them with everything
         // else would most likely be refused again.
         let probe_first = !request.suspects.is_empty() && self.dataplane.supports_dry_runs();
+        // A full sync after the first: only the difference with what the kernel holds.
+        let repair = if full && !probe_first {
+            self.repair_by_difference()
+        } else {
+            None
+        };
         let mut result = if probe_first {
             Err(DataplaneError::from(
                 "services held back are tried in dry runs first",
             ))
+        } else if let Some(repair) = &repair {
+            match self.dataplane.apply(repair) {
+                Ok(bytes) => {
+                    stats = repair.stats();
+                    Ok(bytes)
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "the repair by difference was refused ({e}): replacing the tables"
+                    );
+                    self.dataplane.apply(&tx)
+                }
+            }
         } else {
             self.dataplane.apply(&tx)
         };
@@ -237,6 +262,9 @@ impl<D: Dataplane> ProxyMode for NftMode<D> {
             }
         }
         let apply = t1.elapsed().saturating_sub(isolation_compile);
+        if result.is_ok() {
+            self.programmed = true;
+        }
         let result = result.map_err(|e| {
             let failure = self.dataplane.classify(&e);
             (e, failure)
@@ -257,21 +285,14 @@ impl<D: Dataplane> ProxyMode for NftMode<D> {
     }
 
     fn verify(&mut self) -> Option<Result<Vec<String>, DataplaneError>> {
-        let mut actual = Vec::new();
-        for table_ref in self.compiler.tables() {
-            match self.dataplane.shape(&table_ref)? {
-                Err(e) => return Some(Err(format!("cannot read {table_ref}: {e}").into())),
-                Ok(shape) => actual.push((table_ref, shape)),
-            }
-        }
-        let expected = self.compiler.ruleset().ok()?;
+        let (kernel, expected) = match self.read_all()? {
+            Ok(both) => both,
+            Err(e) => return Some(Err(e)),
+        };
         let mut differences = Vec::new();
-        for (table_ref, shape) in &actual {
-            let Some(table) = expected.tables.get(table_ref) else {
-                continue;
-            };
-            for d in shape_diff(&expected_shape(table), shape) {
-                differences.push(format!("{table_ref}: {d}"));
+        for (t, want) in &expected.tables {
+            for d in table_diff(want, kernel.tables.get(t)) {
+                differences.push(format!("{t}: {d}"));
             }
         }
         Some(Ok(differences))

@@ -3,8 +3,8 @@
 //! Drift is seen two ways. The dataplane's change monitor reports changes others make to
 //! Rudder's tables as they happen ([`DriftNotice`]); the loop repairs them with a full sync
 //! at once (within the minimum sync period). And before every periodic full resync the loop
-//! compares the kernel's tables with what it programmed, by shape ([`expected_shape`]), which
-//! catches what happened while nobody watched. Either way the repair is counted once, when
+//! compares the kernel's tables with what it programmed, by content (every chain, rule, set
+//! and element; [`crate::table_diff`]), which catches what happened while nobody watched. Either way the repair is counted once, when
 //! the full sync that repairs it succeeds ([`LoopEvent::Drift`]).
 
 use tokio::time::Instant;
@@ -89,8 +89,8 @@ impl<M: ProxyMode> SyncLoop<M> {
         self.check_drift();
     }
 
-    /// Compares the kernel's tables with what Rudder programmed (by shape: rules per chain,
-    /// elements per static set); differences are drift, which the next full sync repairs.
+    /// Compares the kernel's tables with what Rudder programmed, by content (sets the packet
+    /// path updates left out); differences are drift, which the next full sync repairs.
     pub(super) fn check_drift(&mut self) {
         let differences = match self.mode.verify() {
             None => return,
@@ -101,7 +101,7 @@ impl<M: ProxyMode> SyncLoop<M> {
             Some(Ok(d)) => d,
         };
         if differences.is_empty() {
-            debug!("no drift: the kernel's tables have the shape Rudder programmed");
+            debug!("no drift: the kernel's tables hold what Rudder programmed");
             return;
         }
         warn!(

@@ -13,7 +13,7 @@ use super::*;
 fn node_of(n: &k8s_openapi::api::core::v1::Node) -> Node {
     rudder_model::k8s::node(n).0
 }
-use crate::nftables::{MAX_DRY_RUNS, Shape};
+use crate::nftables::MAX_DRY_RUNS;
 use rudder_nft::Transaction;
 
 fn svc(name: &str, ip: &str) -> Box<rudder_model::Service> {
@@ -692,15 +692,28 @@ async fn a_partial_sync_that_misses_an_object_is_followed_at_once_by_a_full_sync
 
 /// An in-memory kernel the test can change behind the loop's back.
 #[derive(Clone, Default)]
-struct Shared(std::sync::Arc<std::sync::Mutex<Ruleset>>);
+struct Shared(
+    std::sync::Arc<std::sync::Mutex<Ruleset>>,
+    /// Every transaction applied: operations, elements added, elements deleted.
+    std::sync::Arc<std::sync::Mutex<Vec<(usize, usize, usize)>>>,
+);
 
 impl Dataplane for Shared {
     fn apply(&mut self, tx: &Transaction) -> Result<usize, DataplaneError> {
+        let s = tx.stats();
+        self.1
+            .lock()
+            .unwrap()
+            .push((s.objects, s.elements_added, s.elements_deleted));
         Dataplane::apply(&mut *self.0.lock().unwrap(), tx)
     }
 
-    fn shape(&mut self, table: &rudder_nft::TableRef) -> Option<Result<Shape, DataplaneError>> {
-        Dataplane::shape(&mut *self.0.lock().unwrap(), table)
+    fn read(
+        &mut self,
+        table: &rudder_nft::TableRef,
+        expected: Option<&rudder_nft::Table>,
+    ) -> Option<Result<Option<rudder_nft::Table>, DataplaneError>> {
+        Dataplane::read(&mut *self.0.lock().unwrap(), table, expected)
     }
 }
 
@@ -913,4 +926,135 @@ fn service_cidr_problems_are_named_after_every_object_that_holds_the_prefix() {
         out.iter()
             .all(|p| p.reason.label() == "service_cidr_covers_node")
     );
+}
+
+fn sticky(name: &str, ip: &str) -> rudder_model::Service {
+    let k: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+        "metadata": {"namespace": "ns", "name": name},
+        "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80}],
+                 "sessionAffinity": "ClientIP"}
+    }))
+    .unwrap();
+    rudder_model::k8s::service(&k).unwrap().0
+}
+
+/// Full resyncs after the first repair by difference: one with no drift writes nothing, one
+/// with drift writes only the repair, and elements the packet path learned in affinity sets
+/// survive both.
+#[tokio::test(start_paused = true)]
+async fn full_resyncs_write_only_the_difference_and_keep_learned_affinity() {
+    let kernel = Shared::default();
+    let (mut l, events) = shared_loop(&kernel, Duration::ZERO);
+    let mut list = services(3);
+    list.push(sticky("sticky", "10.96.9.9"));
+    l.apply_change(Change::ServicesListed(list));
+    l.apply_change(Change::SlicesListed(vec![
+        *slice("s0000-a", "s0000", &["10.0.0.1", "10.0.0.2"]),
+        *slice("sticky-a", "sticky", &["10.0.1.1", "10.0.1.2"]),
+    ]));
+    l.sync().unwrap().unwrap();
+    let first = kernel.1.lock().unwrap().clone();
+    assert_eq!(first.len(), 1);
+    assert!(
+        first[0].1 > 0,
+        "the first sync replaces the tables: {first:?}"
+    );
+    // The packet path learns a client in one of the affinity sets.
+    let learned = {
+        let mut rs = kernel.0.lock().unwrap();
+        let table = rs.tables.values_mut().next().unwrap();
+        let set = table
+            .sets
+            .values_mut()
+            .find(|s| crate::nftables::updated_by_packets(&s.decl))
+            .expect("an affinity set");
+        let key = rudder_nft::Key::new(vec![rudder_nft::Atom::Ipv4("192.0.2.7".parse().unwrap())]);
+        set.elements.insert(key, None);
+        set.decl.name.clone()
+    };
+    let learned_count = |k: &Shared| {
+        let rs = k.0.lock().unwrap();
+        rs.tables.values().next().unwrap().sets[&learned]
+            .elements
+            .len()
+    };
+
+    // No drift: the periodic full resync writes nothing.
+    tokio::time::advance(Duration::from_secs(3601)).await;
+    let report = l.sync().unwrap().unwrap();
+    assert_eq!(report.kind, SyncKind::Full);
+    let after = kernel.1.lock().unwrap().clone();
+    assert!(
+        after[1..].iter().all(|w| *w == (0, 0, 0)),
+        "a resync without drift writes nothing: {after:?}"
+    );
+    assert!(events.lock().unwrap().is_empty());
+    assert_eq!(learned_count(&kernel), 1, "the learned client survives");
+
+    // Drift: one element's value changed behind Rudder's back (same count).
+    {
+        let mut rs = kernel.0.lock().unwrap();
+        let table = rs.tables.values_mut().next().unwrap();
+        let set = table
+            .sets
+            .values_mut()
+            .find(|s| s.decl.name.as_str() == "service-ips")
+            .expect("service-ips");
+        let v = set.elements.values_mut().next().unwrap();
+        *v = Some(rudder_nft::Key::verdict(rudder_nft::Verdict::Drop));
+    }
+    let before = kernel.1.lock().unwrap().len();
+    tokio::time::advance(Duration::from_secs(3601)).await;
+    assert_eq!(l.sync().unwrap().unwrap().kind, SyncKind::Full);
+    let writes: Vec<_> = kernel.1.lock().unwrap()[before..].to_vec();
+    assert_eq!(
+        writes
+            .iter()
+            .filter(|w| **w != (0, 0, 0))
+            .collect::<Vec<_>>(),
+        vec![&(0, 1, 1)],
+        "only the changed element is rewritten"
+    );
+    let seen = events.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].contains("set service-ips: element"), "{seen:?}");
+    assert!(seen[0].contains("drop instead of goto"), "{seen:?}");
+    assert_eq!(
+        learned_count(&kernel),
+        1,
+        "the learned client survives a repair"
+    );
+
+    // A rule edited in place, a chain and a set added: found, and repaired.
+    {
+        let mut rs = kernel.0.lock().unwrap();
+        let table = rs.tables.values_mut().next().unwrap();
+        let chain = table
+            .chains
+            .values_mut()
+            .find(|c| !c.rules.is_empty())
+            .unwrap();
+        chain.rules[0] =
+            rudder_nft::Rule::new(vec![rudder_nft::Stmt::Verdict(rudder_nft::Verdict::Drop)]);
+        let extra = rudder_nft::Name::new("extra").unwrap();
+        table.chains.insert(
+            extra.clone(),
+            rudder_nft::Chain {
+                decl: rudder_nft::ChainDecl::regular(extra.clone()),
+                rules: vec![],
+            },
+        );
+    }
+    tokio::time::advance(Duration::from_secs(3601)).await;
+    l.sync().unwrap().unwrap();
+    let seen = events.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    assert!(seen[1].contains("rule 0 is `drop` instead of"), "{seen:?}");
+    assert!(seen[1].contains("chain extra unexpected"), "{seen:?}");
+    let expected = l.mode().compiler().ruleset().unwrap();
+    let mut held = kernel.0.lock().unwrap().clone();
+    for t in held.tables.values_mut() {
+        t.sets.get_mut(&learned).unwrap().elements.clear();
+    }
+    assert_eq!(held, expected, "repaired");
 }

@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use netlink_sys::Socket;
 use nix::sys::socket::{setsockopt, sockopt};
-use rudder_nft::Transaction;
+use rudder_nft::{Table, TableRef, Transaction};
+
+mod read;
 
 use rudder_nft_codec as codec;
 use rudder_nft_codec::IntervalSets;
@@ -51,6 +53,9 @@ pub enum NetlinkError {
     /// The kernel neither acknowledged nor refused the batch.
     #[error("the kernel did not acknowledge the transaction")]
     NoAck,
+    /// Reading a table back failed, or found what Rudder's IR cannot express.
+    #[error("reading the table back: {0}")]
+    Dump(#[from] rudder_nft_codec::dump::DumpError),
 }
 
 impl NetlinkError {
@@ -189,6 +194,23 @@ impl NetlinkWriter {
             codec::track_interval_sets(tx, &mut known);
         }
         Ok(len)
+    }
+
+    /// `table` as the kernel holds it, read over netlink dumps and decoded into the IR, or
+    /// `None` if it does not exist. Rules that match one of `expected`'s rules (compared as
+    /// canonical bytecode) come back as that rule, others as placeholders that name them
+    /// ([`rudder_nft_codec::dump::decode_table`]); chains, sets and elements are decoded.
+    pub fn read_table(
+        &self,
+        table: &TableRef,
+        expected: Option<&Table>,
+    ) -> Result<Option<Table>, NetlinkError> {
+        read::read_table(table, expected)
+    }
+
+    /// Whether `table` exists (`NFT_MSG_GETTABLE`).
+    pub fn table_exists(&self, table: &TableRef) -> Result<bool, NetlinkError> {
+        read::Reader::new()?.exists(table)
     }
 
     /// The kernel's nf_tables generation (`NFT_MSG_GETGEN`): a counter that every committed
