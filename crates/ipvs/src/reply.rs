@@ -6,12 +6,10 @@ use std::fmt;
 use std::io;
 
 use netlink_packet_core::{
-    DecodeError, ErrorContext, NLM_F_MULTIPART, NetlinkBuffer, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload, NlasIterator, parse_u16,
+    DecodeError, ErrorBuffer, ErrorContext, NLM_F_MULTIPART, NetlinkBuffer, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload, NlasIterator, parse_u16,
 };
 use netlink_packet_generic::GenlMessage;
-use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
-use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
 
 use crate::codec::{parse_config, parse_dest, parse_service};
 use crate::message::{Command, IpvsMessage};
@@ -177,7 +175,9 @@ pub fn decode_message(bytes: &[u8]) -> Result<Frame, DecodeError> {
         NetlinkPayload::InnerMessage(genl) => Reply::from_message(genl.payload)?,
         NetlinkPayload::Error(e) => match e.code {
             None => Reply::Ack,
-            Some(code) => Reply::Error(KernelError { errno: -code.get() }),
+            Some(code) => Reply::Error(KernelError {
+                errno: code.get().saturating_neg(),
+            }),
         },
         NetlinkPayload::Done(_) => Reply::Done,
         _ => Reply::Noop,
@@ -198,35 +198,32 @@ pub enum FamilyReply {
 
 /// Decodes one message of the controller's answer, with its sequence number.
 ///
-/// The controller's answer carries the family's operations, policies and multicast groups
-/// too; should `netlink-packet-generic` refuse one of those (a kernel newer than it), the id
-/// is read from the raw attributes instead.
+/// Only what Rudder needs is read, from the raw attributes: the family id of a
+/// `CTRL_CMD_NEWFAMILY`, or the controller's ack or error. The rest of the answer (the
+/// family's operations, policies and multicast groups) is not parsed: `netlink-packet-generic`
+/// panics on some malformed policy attributes (found by `cargo xtask fuzz netlink`), and a
+/// kernel newer than it may send attributes it refuses.
 pub fn decode_family_reply(bytes: &[u8]) -> Result<(u32, FamilyReply), DecodeError> {
-    let nl = match NetlinkMessage::<GenlMessage<GenlCtrl>>::deserialize(bytes) {
-        Ok(nl) => nl,
-        Err(e) => return raw_family_id(bytes).ok_or(e),
-    };
-    let seq = nl.header.sequence_number;
-    let reply = match nl.payload {
-        NetlinkPayload::InnerMessage(genl) if genl.payload.cmd == GenlCtrlCmd::NewFamily => {
-            let id = genl
-                .payload
-                .nlas
-                .iter()
-                .find_map(|a| match a {
-                    GenlCtrlAttrs::FamilyId(id) => Some(*id),
-                    _ => None,
-                })
-                .ok_or("CTRL_CMD_NEWFAMILY without CTRL_ATTR_FAMILY_ID")?;
-            FamilyReply::Id(id)
-        }
-        NetlinkPayload::Error(e) => match e.code {
+    let buf = NetlinkBuffer::new_checked(bytes)?;
+    let seq = buf.sequence_number();
+    if buf.message_type() == netlink_packet_core::NLMSG_ERROR {
+        let e = ErrorBuffer::new_checked(buf.payload())?;
+        let code = e.code();
+        let reply = match code {
             None => FamilyReply::Ack,
-            Some(code) => FamilyReply::Error(KernelError { errno: -code.get() }),
-        },
-        _ => return Err("unexpected answer to CTRL_CMD_GETFAMILY".into()),
-    };
-    Ok((seq, reply))
+            Some(c) => FamilyReply::Error(KernelError {
+                errno: c.get().saturating_neg(),
+            }),
+        };
+        return Ok((seq, reply));
+    }
+    // genlmsghdr: cmd, version, reserved.
+    const GENL_ID_CTRL: u16 = 0x10;
+    const CTRL_CMD_NEWFAMILY: u8 = 1;
+    if buf.message_type() != GENL_ID_CTRL || buf.payload().first() != Some(&CTRL_CMD_NEWFAMILY) {
+        return Err("unexpected answer to CTRL_CMD_GETFAMILY".into());
+    }
+    raw_family_id(bytes).ok_or_else(|| "CTRL_CMD_NEWFAMILY without CTRL_ATTR_FAMILY_ID".into())
 }
 
 fn raw_family_id(bytes: &[u8]) -> Option<(u32, FamilyReply)> {

@@ -412,6 +412,26 @@ impl Reader {
     }
 }
 
+/// What the monitor makes of `datagrams` (notifications as the kernel would send them) for
+/// Rudder's tables `tables`: the notices it would report once their bursts are due. For the
+/// fuzzer and tests: whatever the bytes, the reader must neither panic nor report a change of
+/// a table it does not watch.
+#[doc(hidden)]
+pub fn read_datagrams(tables: &[TableRef], datagrams: &[&[u8]]) -> Vec<Notice> {
+    let own = Own {
+        port_ids: Arc::new(crate::OwnIds::default()),
+        pids: Arc::new(crate::OwnIds::default()),
+    };
+    let mut reader = Reader::new(tables.to_vec(), own);
+    let mut out = Vec::new();
+    for d in datagrams {
+        reader.datagram(d);
+    }
+    let later = Instant::now() + MAX_DELAY + QUIET;
+    out.extend(reader.due(later));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

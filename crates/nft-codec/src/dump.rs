@@ -527,10 +527,7 @@ fn element(
             decl.name
         ))
     };
-    fn value(
-        nest: Option<&[u8]>,
-        bad: impl Fn() -> DumpError,
-    ) -> Result<&[u8], DumpError> {
+    fn value(nest: Option<&[u8]>, bad: impl Fn() -> DumpError) -> Result<&[u8], DumpError> {
         match data(nest.unwrap_or_default())? {
             Data::Value(v) => Ok(v),
             Data::Verdict(_) => Err(bad()),

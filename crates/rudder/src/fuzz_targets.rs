@@ -1,6 +1,6 @@
 //! Fuzz targets (see `rudder_e2e::fuzz` for the driver and `tests/fuzz/README.md`): the
-//! manifest reader with the model conversion and the compiler behind it, and the `--config`
-//! file. Each runs for `RUDDER_FUZZ_SECS` in `cargo test`; `cargo xtask fuzz` runs them
+//! manifest reader with the model conversion and the compiler behind it, the `--config`
+//! file, and the decoders of what the kernel sends over netlink. Each runs for `RUDDER_FUZZ_SECS` in `cargo test`; `cargo xtask fuzz` runs them
 //! longer and reports executions and findings.
 //!
 //! Beyond "no panic", the manifest target checks what must hold for any input: the compiled
@@ -70,6 +70,96 @@ fn check_text(text: &str) {
             .any(|c| c.is_control() && c != '\n' && c != '\t'),
         "control characters in the ruleset"
     );
+}
+
+/// Kernel datagrams as one input: split at each `\xff\xfe` pair, so that a burst of several
+/// datagrams (the monitor's case) is fuzzed too.
+fn datagrams(data: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut rest = data;
+    while let Some(i) = rest.windows(2).position(|w| w == [0xff, 0xfe]) {
+        out.push(&rest[..i]);
+        rest = &rest[i + 2..];
+    }
+    out.push(rest);
+    out
+}
+
+/// The tables the monitor watches in the netlink target: Rudder's, and the `probe` tables of
+/// the captured seeds.
+static WATCHED: LazyLock<Vec<rudder_nft::TableRef>> = LazyLock::new(|| {
+    let name = |n: &str| rudder_nft::Name::new(n).expect("table name");
+    vec![
+        rudder_nft::TableRef {
+            family: rudder_nft::Family::Ip,
+            name: name("rudder"),
+        },
+        rudder_nft::TableRef {
+            family: rudder_nft::Family::Ip6,
+            name: name("rudder"),
+        },
+        rudder_nft::TableRef {
+            family: rudder_nft::Family::Ip,
+            name: name("probe"),
+        },
+    ]
+});
+
+/// A small batch, to read replies against.
+static BATCH: LazyLock<rudder_nft_codec::Batch> = LazyLock::new(|| {
+    let mut compiler = Compiler::new(&[IpFamily::V4], SETTINGS.config.clone(), BASE.1.clone());
+    let tx = compiler.full(&ProxyState::new());
+    rudder_nft_codec::encode(&tx, &Default::default(), 1).expect("encode")
+});
+
+/// Everything that decodes what the kernel sends: the nf_tables monitor's reader, the
+/// codec's batch replies, `NEWGEN` and message iterator, and the IPVS replies. Beyond "no
+/// panic": the monitor reports changes of watched tables only, and decoding is a function of
+/// the bytes (the same input decodes the same way twice).
+pub(crate) fn netlink(data: &[u8]) {
+    let grams = datagrams(data);
+    let notices = rudder_nft_backend::monitor::read_datagrams(&WATCHED, &grams);
+    for n in &notices {
+        if let rudder_nft_backend::Notice::Changed { deleted, .. } = n {
+            assert!(
+                deleted.iter().all(|t| WATCHED.contains(t)),
+                "a deletion of a table the monitor does not watch: {deleted:?}"
+            );
+        }
+    }
+    assert_eq!(
+        format!("{notices:?}"),
+        format!(
+            "{:?}",
+            rudder_nft_backend::monitor::read_datagrams(&WATCHED, &grams)
+        )
+    );
+    for g in &grams {
+        for m in rudder_nft_codec::decode::messages(g) {
+            if let Ok(rudder_nft_codec::decode::Message::Nft(n)) = m {
+                let attrs = n.attrs;
+                let _ = attrs.count();
+                for (ty, value) in attrs.iter() {
+                    let _ = (attrs.get(ty), attrs.string(ty), attrs.be32(ty), value.len());
+                    let nested = rudder_nft_codec::decode::Attrs(value);
+                    let _ = nested.iter().count();
+                }
+            }
+        }
+        let _ = rudder_nft_codec::decode::generation(g, 1);
+        let _ = rudder_ipvs::reply::decode(g);
+        let _ = rudder_ipvs::reply::decode_message(g);
+        let _ = rudder_ipvs::reply::decode_family_reply(g);
+        assert_eq!(
+            format!("{:?}", rudder_ipvs::reply::decode(g)),
+            format!("{:?}", rudder_ipvs::reply::decode(g))
+        );
+    }
+    let mut replies = rudder_nft_codec::decode::BatchReplies::new(&BATCH);
+    for g in &grams {
+        replies.read(g);
+    }
+    let _ = replies.outcome();
 }
 
 /// One manifest file's bytes, named `name` (its extension picks JSON or YAML).
@@ -286,6 +376,25 @@ mod tests {
     }
 
     #[test]
+    fn fuzz_netlink() {
+        fuzz::run(
+            "netlink",
+            &fuzz::seeds_from(&[&repo().join("tests/fuzz/netlink")]),
+            &[
+                b"\xff\xfe",
+                b"\x14\x00\x00\x00",
+                b"\x02\x00",
+                b"\x03\x00",
+                b"\x0a\x00",
+                b"\x00\x80",
+                b"rudder\x00\x00",
+            ],
+            64 << 10,
+            netlink,
+        );
+    }
+
+    #[test]
     fn fuzz_config_file() {
         fuzz::run(
             "config",
@@ -306,6 +415,7 @@ mod tests {
             left.extend(fuzz::replay(target, |d| manifest(d, name)));
         }
         left.extend(fuzz::replay("config", config_file));
+        left.extend(fuzz::replay("netlink", netlink));
         assert!(left.is_empty(), "{left:#?}");
     }
 
@@ -317,5 +427,19 @@ mod tests {
         manifest(&example, "nginx.yaml");
         manifest(b"kind: [", "bad.yaml");
         config_file(b"apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: nftables\n");
+        for seed in fuzz::seeds_from(&[&repo().join("tests/fuzz/netlink")]) {
+            netlink(&seed);
+        }
+        netlink(b"");
+        // Found by this target: an error code of i32::MIN (negated, it overflowed), and a
+        // family reply whose policy attribute is shorter than its header (netlink-packet-generic
+        // panics on it; the reply is read from its raw attributes instead).
+        let errno_min =
+            std::fs::read(repo().join("tests/fuzz/netlink/regression-errno-i32-min.bin"))
+                .expect("seed");
+        assert!(matches!(
+            rudder_ipvs::reply::decode(&errno_min).as_deref(),
+            Ok([f]) if matches!(f.reply, rudder_ipvs::reply::Reply::Error(e) if e.errno == i32::MAX)
+        ));
     }
 }
