@@ -1200,7 +1200,9 @@ spec:
   clusterIP: "fd00:10:96::130"
   clusterIPs: ["fd00:10:96::130"]
   ipFamilies: [IPv6]
-  loadBalancerSourceRanges: ["fd00:10:244::/48"]
+  # Overlapping on purpose (a range inside another, one holding the LB IP itself): the
+  # kernel refuses overlapping interval elements, so Rudder merges them first.
+  loadBalancerSourceRanges: ["fd00:10:244::/48", "fd00:10:244:1::/64", "fd00:10:244:1::2/128", "fd00:ff::130/128"]
   ports: [{name: http, port: 80, nodePort: 30005}]
 status: {loadBalancer: {ingress: [{ip: "fd00:ff::130"}]}}
 ---
