@@ -85,15 +85,13 @@ impl Live {
             Ok(q) => q,
             Err(e) => return Response::new(400, "text/plain", format!("{e}\n")),
         };
-        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        let (reply, answer) = tokio::sync::oneshot::channel();
         if self.tx.send(ExplainRequest { query: q, reply }).is_err() {
             return Response::new(503, "text/plain", "the sync loop has stopped\n".into());
         }
-        // The loop answers between syncs, on a std channel (the controller's type): wait for
-        // it on the blocking pool, so no runtime thread waits.
-        let wait =
-            tokio::task::spawn_blocking(move || answer.recv_timeout(Duration::from_secs(10)));
-        match wait.await {
+        // The loop answers between syncs; a long sync delays the answer, never a runtime
+        // thread (the handler awaits).
+        match tokio::time::timeout(Duration::from_secs(10), answer).await {
             Ok(Ok(e)) => Response::new(200, "text/plain; charset=utf-8", e.to_string()),
             _ => Response::new(503, "text/plain", "no answer from the sync loop\n".into()),
         }

@@ -121,7 +121,7 @@ pub struct ExplainRequest {
     /// The packet.
     pub query: rudder_compiler::explain::Query,
     /// Where the answer goes.
-    pub reply: std::sync::mpsc::SyncSender<rudder_compiler::explain::Explanation>,
+    pub reply: tokio::sync::oneshot::Sender<rudder_compiler::explain::Explanation>,
 }
 
 /// The next drift notice, or never when there is no (more) channel.
@@ -717,7 +717,7 @@ impl<M: ProxyMode> SyncLoop<M> {
                 q = next_request(&mut explain_rx) => match q {
                     Some(req) => {
                         let e = self.mode.explain(&self.state, &req.query);
-                        let _ = req.reply.try_send(e);
+                        let _ = req.reply.send(e);
                     }
                     None => explain_rx = None,
                 },
