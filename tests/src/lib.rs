@@ -32,6 +32,8 @@
 //! pairs are created with both ends placed directly into their target namespaces, so no
 //! interface ever appears in the root namespace.
 
+#![deny(missing_docs)]
+
 pub mod client;
 pub mod cluster;
 pub mod conntrack;

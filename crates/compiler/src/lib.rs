@@ -23,6 +23,8 @@
 //! assert!(tx.render().contains("add chain ip rudder services"));
 //! ```
 
+#![deny(missing_docs)]
+
 mod affinity;
 mod conflict;
 pub mod explain;

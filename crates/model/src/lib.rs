@@ -25,6 +25,8 @@
 //! assert_eq!(state.take_dirty().len(), 1);
 //! ```
 
+#![deny(missing_docs)]
+
 mod cidr;
 pub mod k8s;
 mod special;

@@ -12,6 +12,8 @@
 //! does not own, or read the kernel on a hot path: listing a large table costs seconds, so it is
 //! meant for status, tests and drift checks only.
 
+#![deny(missing_docs)]
+
 mod listing;
 pub mod monitor;
 pub mod netlink;
