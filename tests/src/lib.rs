@@ -21,7 +21,8 @@
 //! * [`fuzz`]: a mutation fuzzer for the stable toolchain, run by `cargo test` and
 //!   `cargo xtask fuzz`;
 //! * [`soak`]: the chaos soak (random churn and faults, a steady probe that must never fail),
-//!   run by `cargo test` for a minute and by `cargo xtask soak` for as long as wanted.
+//!   run by `cargo test` for a minute and by `cargo xtask soak` for as long as wanted;
+//! * [`bench_state`]: the synthetic N services × M endpoints state every benchmark programs.
 //!
 //! # Safety rules
 //!
@@ -34,6 +35,7 @@
 
 #![deny(missing_docs)]
 
+pub mod bench_state;
 pub mod client;
 pub mod cluster;
 pub mod conntrack;
