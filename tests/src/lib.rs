@@ -24,6 +24,7 @@
 //!   run by `cargo test` for a minute and by `cargo xtask soak` for as long as wanted;
 //! * [`vm`]: a throwaway qemu VM booting Debian's kernel (IPVS, dummy links and the nf_tables
 //!   modules), for kernel features the test machine's own kernel lacks.
+//! * [`bench_state`]: the synthetic N services × M endpoints state every benchmark programs.
 //!
 //! # Safety rules
 //!
@@ -34,6 +35,9 @@
 //! pairs are created with both ends placed directly into their target namespaces, so no
 //! interface ever appears in the root namespace.
 
+#![deny(missing_docs)]
+
+pub mod bench_state;
 pub mod client;
 pub mod cluster;
 pub mod conntrack;

@@ -12,51 +12,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use rudder_compiler::{Compiler, Config, NodeContext, NodePortIps};
 use rudder_e2e::Netns;
-use rudder_model::{
-    Endpoint, EndpointPort, EndpointSlice, IpFamily, Protocol, ProxyState, Service, ServiceKey,
-    ServicePort,
-};
+use rudder_e2e::bench_state::{self, Shape, endpoint_ip};
+use rudder_model::{IpFamily, ServiceKey};
 use rudder_nft_backend::{NftBackend, WriteMode};
 
 use crate::install_deps;
-
-fn svc(i: usize) -> Service {
-    let mut svc = Service::new(
-        ServiceKey::new("bench", &format!("svc-{i}")),
-        vec![std::net::IpAddr::V4(std::net::Ipv4Addr::from(
-            0x0a60_0000u32 + i as u32,
-        ))],
-    );
-    svc.ports = vec![ServicePort::new("http", Protocol::Tcp, 80)];
-    svc
-}
-
-fn ep_ip(i: usize, e: usize) -> std::net::IpAddr {
-    std::net::IpAddr::V4(std::net::Ipv4Addr::from(
-        0x0a00_0000u32 + (i as u32) * 64 + e as u32 + 1,
-    ))
-}
-
-fn slice(i: usize, eps: usize, bump: usize) -> EndpointSlice {
-    let endpoints = (0..eps)
-        .map(|e| {
-            Endpoint::new(ep_ip(i, e + bump)).on_node(&format!("node-{}", (i * eps + e) % 100))
-        })
-        .collect();
-    let ports = vec![EndpointPort {
-        name: "http".into(),
-        protocol: Protocol::Tcp,
-        port: 8080,
-    }];
-    EndpointSlice::new(
-        "bench",
-        &format!("svc-{i}-abc"),
-        &format!("svc-{i}"),
-        IpFamily::V4,
-        ports,
-        endpoints,
-    )
-}
 
 /// kube-proxy 1.36's per-service layout for the same state (chains, anonymous numgen maps,
 /// `service-ips` verdict map), enough to measure what the kernel and `nft` pay for it.
@@ -75,7 +35,7 @@ fn kube_proxy_script(services: usize, eps: usize) -> String {
 fn kube_proxy_service(i: usize, eps: usize, bump: usize) -> String {
     let chain = format!("service-{i:08}-bench/svc-{i}/tcp/http");
     let map: Vec<String> = (0..eps)
-        .map(|e| format!("{e} : {} . 8080", ep_ip(i, e + bump)))
+        .map(|e| format!("{e} : {} . 8080", endpoint_ip(i, e + bump)))
         .collect();
     let vip = std::net::Ipv4Addr::from(0x0a60_0000u32 + i as u32);
     format!(
@@ -112,12 +72,8 @@ pub fn bench(args: &[String]) -> anyhow::Result<()> {
         "node-0".into(),
         NodePortIps::Only(vec!["172.18.0.2".parse()?]),
     );
-    let mut state = ProxyState::new();
-    state.replace_all(
-        (0..services).map(svc).collect(),
-        (0..services).map(|i| slice(i, eps, 0)).collect(),
-    );
-    state.take_dirty();
+    let shape = Shape::cluster_ips(services, eps);
+    let state = bench_state::state(&shape);
     let netlink = NftBackend::new();
     let program = NftBackend::new().write_mode(WriteMode::Program);
     let mut rows: Vec<(String, Vec<Duration>)> = Vec::new();
@@ -142,7 +98,7 @@ pub fn bench(args: &[String]) -> anyhow::Result<()> {
             }
             push(&format!("Rudder ({label}): apply full ruleset"), d);
             let mut st = state.clone();
-            st.upsert_slice(slice(services / 2, eps, 1 + round));
+            st.upsert_slice(bench_state::slice(&shape, services / 2, 1 + round));
             let dirty: BTreeSet<ServiceKey> = st.take_dirty();
             let tx1 = compiler.update(&st, &dirty);
             let (_, d) = time(|| ns.enter(|| backend.apply(&tx1))?.context("apply change"))?;

@@ -8,6 +8,8 @@
 //! What it must not do: decide which flows to delete (that is the controller's
 //! `stale_udp_flows`), or touch anything but conntrack entries and conntrack sysctls.
 
+#![deny(missing_docs)]
+
 pub mod sysctl;
 
 use std::io;

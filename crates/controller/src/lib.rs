@@ -14,6 +14,8 @@
 //!
 //! What it must not do: touch the kernel or spawn processes.
 
+#![deny(missing_docs)]
+
 pub mod change;
 pub mod conntrack;
 pub mod health;

@@ -14,6 +14,8 @@
 //! does not own, or read the kernel on a hot path: reading a large table back costs tens of
 //! milliseconds to seconds, so it is meant for drift checks, repairs and tests.
 
+#![deny(missing_docs)]
+
 mod listing;
 pub mod monitor;
 pub mod netlink;

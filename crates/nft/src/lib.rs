@@ -30,6 +30,8 @@
 //! assert!(tx.render().starts_with("add table ip rudder\n"));
 //! ```
 
+#![deny(missing_docs)]
+
 mod diff;
 mod expr;
 mod name;

@@ -14,6 +14,8 @@
 //! programmed; problems in the input are reported
 //! ([`rudder_controller::change::report_problems`]) and the object skipped, never fatal.
 
+#![deny(missing_docs)]
+
 pub mod client;
 pub mod convert;
 pub mod events;

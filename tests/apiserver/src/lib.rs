@@ -93,6 +93,8 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+#![deny(missing_docs)]
+
 mod selector;
 mod server;
 mod store;
