@@ -10,7 +10,10 @@ use common::arb::arb_state;
 use common::{endpoint, ip, node, port, service, slice, state};
 use proptest::prelude::*;
 use rudder_compiler::NodeContext;
-use rudder_model::{IpFamily, Protocol, ProxyState, ServiceKey, TrafficPolicy};
+use rudder_compiler::NodePortIps;
+use rudder_model::{
+    FrontendKind, IpFamily, Protocol, ProxyState, Reason, ServiceKey, TrafficPolicy,
+};
 
 use super::*;
 
@@ -262,6 +265,84 @@ fn diff_repairs_what_the_kernel_lost_and_leaves_draining_servers_alone() {
             Op::AddReal(k, sa("10.244.1.5:8080")),
             Op::Retire(k, sa("10.244.7.7:80")),
         ]
+    );
+}
+
+#[test]
+fn conflicts_name_the_frontend_both_kinds_and_every_loser() {
+    // `web` has 10.96.0.10:80; two others repeat it as an external IP (each with a ClusterIP
+    // and a node port of its own, so the reports must pick the contested claim).
+    let mut st = web();
+    for (name, cip, np) in [
+        ("thief-a", "10.96.0.98", 30098),
+        ("thief-b", "10.96.0.99", 30099),
+    ] {
+        let mut s = service("ns", name, &[cip]);
+        s.ports = vec![port("http", Protocol::Tcp, 80, Some(np))];
+        s.external_ips = vec![ip("10.96.0.10")];
+        st.upsert_service(s);
+    }
+    st.take_dirty();
+    let mut c = compiler(node("node-a", &["172.18.0.2"]));
+    c.full(&st);
+    let mut problems = c.take_problems();
+    problems.sort_by(|a, b| a.name.cmp(&b.name));
+    let names: Vec<&str> = problems.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["thief-a", "thief-b"]);
+    for p in &problems {
+        let Reason::FrontendConflict {
+            kind,
+            frontend,
+            winner,
+            winner_kind,
+            ..
+        } = &p.reason
+        else {
+            panic!("{p}");
+        };
+        assert_eq!(*kind, FrontendKind::ExternalIp, "{p}");
+        assert_eq!(*winner_kind, FrontendKind::ClusterIp, "{p}");
+        assert_eq!(frontend.address, Some(ip("10.96.0.10")), "{p}");
+        assert_eq!(frontend.port, 80, "{p}");
+        assert_eq!(winner.service.name, "web", "{p}");
+    }
+}
+
+#[test]
+fn excluded_services_and_a_new_node_context_are_compiled_as_given() {
+    let st = web();
+    let mut c = compiler(node("node-a", &["172.18.0.2"]));
+    assert_eq!(c.families(), [IpFamily::V4, IpFamily::V6]);
+    assert!(!c.refuses(st.service(&ServiceKey::new("ns", "web")).unwrap()));
+    c.set_excluded([ServiceKey::new("ns", "web")].into());
+    assert!(
+        c.full(&st).servers.is_empty(),
+        "an excluded service is absent"
+    );
+    c.set_excluded(Default::default());
+    c.set_node(node("node-a", &["172.18.0.9"]));
+    assert_eq!(
+        c.node().node_port_ips,
+        NodePortIps::Only(vec![ip("172.18.0.9")])
+    );
+    let t = c.full(&st).clone();
+    assert!(t.servers.contains_key(&tcp("172.18.0.9:30080")));
+    assert!(!t.servers.contains_key(&tcp("172.18.0.2:30080")));
+}
+
+#[test]
+fn a_draining_real_server_that_is_wanted_again_gets_its_weight_back() {
+    let st = web();
+    let mut c = compiler(node("node-a", &["172.18.0.2"]));
+    let want = c.full(&st).clone();
+    let mut have = want.clone();
+    let k = tcp("10.96.0.10:80");
+    if let Some(s) = have.servers.get_mut(&k) {
+        s.real.insert(sa("10.244.1.5:8080"), 0);
+    }
+    assert_eq!(
+        diff(&have, &want),
+        [Op::SetWeight(k, sa("10.244.1.5:8080"), 1)]
     );
 }
 
