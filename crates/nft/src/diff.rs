@@ -161,3 +161,11 @@ fn diff_table(
         }
     }
 }
+
+// Kept here, not in `ruleset`, so that `diff` depends on `ruleset` and never the other way.
+impl Ruleset {
+    /// The transaction that creates this ruleset from nothing.
+    pub fn to_transaction(&self) -> Transaction {
+        diff(&Ruleset::new(), self)
+    }
+}

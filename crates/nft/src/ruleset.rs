@@ -103,11 +103,6 @@ impl Ruleset {
         Ok(())
     }
 
-    /// The transaction that creates this ruleset from nothing.
-    pub fn to_transaction(&self) -> Transaction {
-        crate::diff::diff(&Ruleset::new(), self)
-    }
-
     /// Renders the ruleset as `nft -f` input that creates it from nothing.
     pub fn render(&self) -> String {
         self.to_transaction().render()
