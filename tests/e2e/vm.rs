@@ -290,3 +290,138 @@ fn harness_reports_status_failures_panics_and_timeouts() {
         "qemu (pid {pid}) still exists after the timeout"
     );
 }
+
+/// The same topology as [`RUDDER_SCRIPT`], with `rudder run --proxy-mode ipvs`: the VIPs on
+/// `kube-ipvs0`, a virtual server per frontend (`ipvsadm -Ln`), real TCP through the ClusterIP
+/// (from the node and from off the cluster) and the NodePort, an endpoint change applied
+/// incrementally, and a virtual server deleted behind Rudder's back restored by the periodic
+/// full sync, which repairs by difference.
+const RUDDER_IPVS_SCRIPT: &str = r#"
+set -e
+step() { echo "== $*"; }
+step topology
+for ns in node pod0 pod1 pod2 client; do
+    ip netns add $ns
+    ip -n $ns link set lo up
+    ip netns exec $ns sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+done
+ip netns exec node sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 \
+    net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+for i in 0 1 2; do
+    n=$((i + 1))
+    ip -n node link add vpod$i type veth peer name eth0 netns pod$i
+    ip -n node addr add 10.244.$n.1/24 dev vpod$i
+    ip -n node link set vpod$i up
+    ip -n pod$i addr add 10.244.$n.2/24 dev eth0
+    ip -n pod$i link set eth0 up
+    ip -n pod$i route add default via 10.244.$n.1
+    mkdir -p /srv/pod$i
+    echo "$n$n$n" >/srv/pod$i/index.html
+    ip netns exec pod$i httpd -p 80 -h /srv/pod$i
+done
+ip -n node link add eth0 type veth peer name eth0 netns client
+ip -n node addr add 172.18.0.2/24 dev eth0
+ip -n node link set eth0 up
+ip -n client addr add 172.18.0.10/24 dev eth0
+ip -n client link set eth0 up
+ip -n client route add default via 172.18.0.2
+ip -n node route add default via 172.18.0.10
+step "rudder run --proxy-mode ipvs"
+ip netns exec node rudder run --proxy-mode ipvs --manifests /m --hostname-override node-1 \
+    --cluster-cidr 10.244.0.0/16 --full-sync-period 3s --iptables-min-sync-period 100ms \
+    >/tmp/rudder.log 2>&1 &
+rudder=$!
+i=0
+until grep -q 'sync done' /tmp/rudder.log; do
+    i=$((i + 1))
+    if [ $i -gt 600 ]; then cat /tmp/rudder.log; echo "no sync within 60 s"; exit 1; fi
+    sleep 0.1
+done
+grep 'sync done' /tmp/rudder.log | head -1
+ip netns exec node ipvsadm -Ln
+ip -n node addr show kube-ipvs0
+ip netns exec node ipvsadm -Ln | grep -q 'TCP  10.96.100.100:80 rr'
+ip netns exec node ipvsadm -Ln | grep -q 'TCP  172.18.0.2:30001 rr'
+ip -n node addr show kube-ipvs0 | grep -q 'inet 10.96.100.100/32'
+get() { printf 'GET / HTTP/1.0\r\n\r\n' | ip netns exec $1 nc -w 5 $2 $3 | tail -n 1; }
+step "ClusterIP from the node"
+for i in 1 2 3 4 5 6; do echo "ipvs-node-clusterip $(get node 10.96.100.100 80)"; done
+step "ClusterIP from off the cluster"
+for i in 1 2 3; do echo "ipvs-client-clusterip $(get client 10.96.100.100 80)"; done
+step "NodePort from the client"
+for i in 1 2 3; do echo "ipvs-nodeport $(get client 172.18.0.2 30001)"; done
+step "an endpoint change"
+awk 'f == 0 && /- addresses: \[10.244.3.2\]/ { f = 1; print; next }
+     f == 1 && /ready: true/ { sub(/ready: true/, "ready: false"); f = 2 }
+     { print }' /m/nginx.yaml >/tmp/nginx.yaml
+mv /tmp/nginx.yaml /m/nginx.yaml
+i=0
+until [ "$(ip netns exec node ipvsadm -Ln -t 10.96.100.100:80 | grep -c '\-> 10.244')" = 2 ] || \
+      ip netns exec node ipvsadm -Ln -t 10.96.100.100:80 | grep -q '10.244.3.2:80 *Masq *0'; do
+    i=$((i + 1))
+    if [ $i -gt 100 ]; then ip netns exec node ipvsadm -Ln; cat /tmp/rudder.log; echo "endpoint change not applied"; exit 1; fi
+    sleep 0.1
+done
+ip netns exec node ipvsadm -Ln -t 10.96.100.100:80
+step "a virtual server deleted behind Rudder's back"
+ip netns exec node ipvsadm -D -t 172.18.0.2:30001
+i=0
+until ip netns exec node ipvsadm -Ln | grep -q 'TCP  172.18.0.2:30001 rr'; do
+    i=$((i + 1))
+    if [ $i -gt 150 ]; then cat /tmp/rudder.log; echo "not repaired"; exit 1; fi
+    sleep 0.1
+done
+echo "ipvs-repaired"
+for i in 1 2 3; do echo "ipvs-nodeport-after $(get client 172.18.0.2 30001)"; done
+kill $rudder
+wait $rudder || true
+grep -c 'sync done' /tmp/rudder.log
+echo RUDDER-IPVS-OK
+"#;
+
+#[test]
+fn rudder_ipvs_mode_in_the_guest() {
+    let started = Instant::now();
+    let Some(prepared) = prepared() else { return };
+    let rudder = vm::static_rudder().expect("the static rudder binary");
+    let out = Vm::new(&prepared)
+        .modules(&vm::default_modules())
+        .file(&rudder, "/usr/bin/rudder")
+        .file(example_dir().join("nginx.yaml"), "/m/nginx.yaml")
+        .file(example_dir().join("node.yaml"), "/m/node.yaml")
+        .file(example_dir().join("others.yaml"), "/m/others.yaml")
+        .host_binary("/usr/sbin/ip")
+        .host_binary("/usr/sbin/ipvsadm")
+        .timeout(Duration::from_secs(300))
+        .run(RUDDER_IPVS_SCRIPT)
+        .expect("booting the VM");
+    report("rudder-ipvs", &out, started);
+    out.assert_success();
+    let answers = |tag: &str| -> Vec<String> {
+        out.output
+            .lines()
+            .filter_map(|l| l.strip_prefix(tag))
+            .map(|a| a.trim().to_owned())
+            .collect()
+    };
+    for (tag, n) in [
+        ("ipvs-node-clusterip ", 6),
+        ("ipvs-client-clusterip ", 3),
+        ("ipvs-nodeport ", 3),
+        ("ipvs-nodeport-after ", 3),
+    ] {
+        let got = answers(tag);
+        assert_eq!(got.len(), n, "{tag}: {got:?}\n{}", out.output);
+        assert!(
+            got.iter()
+                .all(|a| ["111", "222", "333"].contains(&a.as_str())),
+            "{tag}answers {got:?}\n{}",
+            out.output
+        );
+    }
+    // rr over three real servers: six connections reach more than one.
+    let spread: std::collections::BTreeSet<String> =
+        answers("ipvs-node-clusterip ").into_iter().collect();
+    assert!(spread.len() > 1, "rr spreads: {spread:?}\n{}", out.output);
+    assert!(out.output.contains("RUDDER-IPVS-OK"), "{}", out.output);
+}

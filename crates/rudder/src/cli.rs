@@ -156,9 +156,24 @@ pub struct ProxyArgs {
     )]
     pub feature_gates: Vec<String>,
 
-    /// Proxy mode. Only `nftables` is implemented.
+    /// Proxy mode: `nftables` (the default) or `ipvs` (virtual servers over generic netlink,
+    /// VIPs on the dummy interface `kube-ipvs0`).
     #[arg(long = "proxy-mode", value_name = "MODE", default_value = "nftables")]
     pub proxy_mode: String,
+
+    /// The IPVS scheduler (`--proxy-mode ipvs`): rr, wrr, lc, wlc, lblc, lblcr, dh, sh, sed,
+    /// nq, mh.
+    #[arg(long = "ipvs-scheduler", value_name = "NAME", default_value = "rr")]
+    pub ipvs_scheduler: String,
+
+    /// Virtual servers on addresses in these CIDRs are not Rudder's: it never changes or
+    /// deletes them (`--proxy-mode ipvs`).
+    #[arg(
+        long = "ipvs-exclude-cidrs",
+        value_name = "CIDRS",
+        value_delimiter = ','
+    )]
+    pub ipvs_exclude_cidrs: Vec<String>,
 
     /// Name of Rudder's nftables tables (one `ip` and one `ip6` table).
     #[arg(long = "nftables-table", value_name = "NAME", default_value = rudder_compiler::DEFAULT_TABLE)]

@@ -38,7 +38,10 @@ const IGNORED: &[(&str, &str)] = &[
     ),
     ("enableProfiling", "not implemented"),
     ("iptables", "iptables mode is not implemented"),
-    ("ipvs", "IPVS mode is not implemented"),
+    (
+        "ipvs",
+        "the ipvs section is not read yet: use the --ipvs-* flags",
+    ),
     ("logging", "use -v and --logging-format"),
     ("oomScoreAdj", "set it in the DaemonSet"),
     ("portRange", "userspace mode does not exist any more"),
@@ -258,7 +261,7 @@ pub fn parse(text: &str, path: &Path) -> anyhow::Result<(KubeProxyConfiguration,
         .filter(|m| !m.is_empty() && *m != "nftables")
     {
         warnings.push(format!(
-            "mode {mode:?}: Rudder implements the nftables mode, which it uses"
+            "mode {mode:?} in the config file is not read yet: Rudder uses the nftables mode unless --proxy-mode says otherwise (--proxy-mode ipvs)"
         ));
     }
     Ok((config, warnings))
@@ -663,11 +666,11 @@ whatIsThis: {nested: [1, 2]}
                 "unknown field clientConnection.typo",
                 "unknown field conntrack.tcpTimeout",
                 "unknown field detectLocal.other",
-                "config field ipvs is ignored: IPVS mode is not implemented",
+                "config field ipvs is ignored: the ipvs section is not read yet: use the --ipvs-* flags",
                 "unknown field nftables.extra",
                 "config field oomScoreAdj is ignored: set it in the DaemonSet",
                 "unknown config field \"whatIsThis\"",
-                "mode \"ipvs\": Rudder implements the nftables mode, which it uses",
+                "mode \"ipvs\" in the config file is not read yet: Rudder uses the nftables mode unless --proxy-mode says otherwise (--proxy-mode ipvs)",
             ]
         );
         assert_eq!(args.sync_period, Duration::from_secs(60));

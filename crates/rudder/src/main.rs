@@ -12,6 +12,7 @@ mod fuzz_targets;
 mod gates;
 mod health;
 mod http;
+mod ipvs;
 mod localhost;
 mod lock;
 mod logfmt;

@@ -59,6 +59,9 @@ pub struct Status {
     /// Its tables' name (what its lock is named after).
     #[serde(default)]
     pub table: String,
+    /// The proxy mode (`nftables`, `ipvs`), as `/proxyMode` reports it.
+    #[serde(default)]
+    pub mode: String,
     /// Services known at the last successful sync.
     pub services: usize,
     /// Successful full syncs.
@@ -520,12 +523,23 @@ impl Metrics {
         self.rudder_invalid.with_label_values(&[reason]).inc();
     }
 
-    /// Who this daemon is: its PID and its tables' name.
-    pub fn set_identity(&self, pid: u32, table: &str) {
+    /// Who this daemon is: its PID, its tables' name and its proxy mode.
+    pub fn set_identity(&self, pid: u32, table: &str, mode: &str) {
         if let Ok(mut st) = self.status.lock() {
             st.pid = pid;
             st.table = table.to_owned();
+            st.mode = mode.to_owned();
         }
+    }
+
+    /// The proxy mode (`nftables` until [`Metrics::set_identity`] says otherwise).
+    pub fn mode(&self) -> String {
+        self.status
+            .lock()
+            .ok()
+            .map(|s| s.mode.clone())
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| "nftables".to_owned())
     }
 
     /// Replaces the list of input files being skipped (see [`rudder_sources::follow::Report`]).
@@ -649,7 +663,7 @@ pub fn metrics_handler(metrics: Arc<Metrics>, explain: Option<crate::explain::Li
                     metrics.render(),
                 ),
                 "/healthz" => Response::new(200, "text/plain; charset=utf-8", "ok".into()),
-                "/proxyMode" => Response::new(200, "text/plain; charset=utf-8", "nftables".into()),
+                "/proxyMode" => Response::new(200, "text/plain; charset=utf-8", metrics.mode()),
                 "/status" => Response::new(
                     200,
                     "application/json",

@@ -169,12 +169,32 @@ pub enum DetectLocal {
 /// Validated settings shared by `compile` and `run`.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    pub mode: Mode,
+    pub ipvs: IpvsSettings,
     pub hostname: String,
     pub node_ip_override: Vec<IpAddr>,
     pub nodeport: NodePortSpec,
     pub detect_local: DetectLocal,
     pub gates: FeatureGates,
     pub config: Config,
+}
+
+/// The proxy mode (`--proxy-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// nftables tables (the default).
+    Nftables,
+    /// IPVS virtual servers.
+    Ipvs,
+}
+
+/// The IPVS mode's settings (`--ipvs-*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpvsSettings {
+    /// `--ipvs-scheduler`.
+    pub scheduler: rudder_ipvs::types::Scheduler,
+    /// `--ipvs-exclude-cidrs`.
+    pub exclude: Vec<Cidr>,
 }
 
 /// The host name, lower-cased, as kube-proxy defaults `--hostname-override`.
@@ -186,10 +206,25 @@ fn default_hostname() -> anyhow::Result<String> {
 
 impl Settings {
     pub fn from_args(args: &ProxyArgs) -> anyhow::Result<Settings> {
-        if args.proxy_mode != "nftables" {
-            bail!(
-                "--proxy-mode {:?} is not supported: Rudder implements \"nftables\"",
-                args.proxy_mode
+        let mode = match args.proxy_mode.as_str() {
+            "nftables" | "" => Mode::Nftables,
+            "ipvs" => Mode::Ipvs,
+            other => bail!(
+                "--proxy-mode {other:?} is not supported: Rudder implements \"nftables\" and \"ipvs\""
+            ),
+        };
+        let scheduler = rudder_ipvs::types::Scheduler::from_name(args.ipvs_scheduler.trim())
+            .map_err(|e| anyhow::anyhow!("--ipvs-scheduler {:?}: {e}", args.ipvs_scheduler))?;
+        let mut exclude = Vec::new();
+        for raw in args
+            .ipvs_exclude_cidrs
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+        {
+            exclude.push(
+                raw.parse::<Cidr>()
+                    .map_err(|e| anyhow::anyhow!("--ipvs-exclude-cidrs {raw:?}: {e}"))?,
             );
         }
         let hostname = match &args.hostname_override {
@@ -261,6 +296,8 @@ impl Settings {
         }
         let localhost_node_ports = nodeport.localhost_families();
         Ok(Settings {
+            mode,
+            ipvs: IpvsSettings { scheduler, exclude },
             hostname,
             node_ip_override,
             nodeport,
@@ -382,6 +419,11 @@ mod tests {
         };
         let local = ips(&["127.0.0.1", "::1", "172.18.0.2", "fc00::2", "10.0.0.5"]);
         let settings = |s: &str| Settings {
+            mode: Mode::Nftables,
+            ipvs: IpvsSettings {
+                scheduler: rudder_ipvs::types::Scheduler::RoundRobin,
+                exclude: Vec::new(),
+            },
             hostname: "n1".into(),
             node_ip_override: Vec::new(),
             nodeport: spec(s).unwrap(),

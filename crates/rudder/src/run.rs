@@ -168,15 +168,54 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     let ctx_settings = settings.clone();
     let node_context: NodeContextFn =
         Box::new(move |node| ctx_settings.node_context(node, Some(&proxier::local_addresses())));
-    let compiler = Compiler::new(&families, settings.config.clone(), node_context(None));
-    let tables = compiler.tables();
     let loop_config = LoopConfig {
         min_sync_period: args.min_sync_period,
         sync_period: args.sync_period,
         full_sync_period: args.full_sync_period,
         node_wait: args.node_wait,
     };
-    let mut sync_loop = SyncLoop::new(compiler, Kernel(backend), node_context, loop_config);
+    match settings.mode {
+        proxier::Mode::Nftables => {
+            let compiler = Compiler::new(&families, settings.config.clone(), node_context(None));
+            let tables = compiler.tables();
+            let sync_loop = SyncLoop::new(compiler, Kernel(backend), node_context, loop_config);
+            serve(
+                &args,
+                &settings,
+                families,
+                sync_loop,
+                Some((monitor_backend, tables)),
+            )
+            .await
+        }
+        proxier::Mode::Ipvs => {
+            crate::ipvs::set_sysctls();
+            let kernel = crate::ipvs::IpvsKernel::new(settings.ipvs.exclude.clone())?;
+            info!(scheduler = %settings.ipvs.scheduler, interface = crate::ipvs::DUMMY, "IPVS mode");
+            let compiler = rudder_ipvs_compiler::IpvsCompiler::new(
+                &families,
+                rudder_ipvs_compiler::Options {
+                    scheduler: settings.ipvs.scheduler.clone(),
+                },
+                node_context(None),
+            );
+            let mode = rudder_controller::ipvs::IpvsMode::new(compiler, kernel);
+            let sync_loop = SyncLoop::with_mode(mode, node_context, loop_config);
+            serve(&args, &settings, families, sync_loop, None).await
+        }
+    }
+}
+
+/// Runs the daemon around `sync_loop`, whatever its proxy mode: sources, Events, metrics and
+/// health servers, the localhost proxy, signals. `monitor` (nftables mode) follows the
+/// kernel's change notifications for Rudder's tables.
+async fn serve<M: rudder_controller::ProxyMode>(
+    args: &RunArgs,
+    settings: &Settings,
+    families: Vec<rudder_model::IpFamily>,
+    mut sync_loop: SyncLoop<M>,
+    monitor: Option<(NftBackend, Vec<rudder_nft::TableRef>)>,
+) -> anyhow::Result<ExitCode> {
     match rudder_conntrack::ConntrackSocket::new() {
         Ok(ct) => sync_loop = sync_loop.with_conntrack(Box::new(KernelConntrack(ct))),
         Err(e) => warn!("no conntrack netlink, stale UDP flows will not be cleaned: {e}"),
@@ -206,7 +245,11 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     let metrics =
         std::sync::Arc::new(crate::metrics::Metrics::new().context("registering metrics")?);
     metrics.init_families(&families);
-    metrics.set_identity(std::process::id(), settings.config.table.as_str());
+    metrics.set_identity(
+        std::process::id(),
+        settings.config.table.as_str(),
+        sync_loop.mode().name(),
+    );
     let problem_metrics = metrics.clone();
     // Every skipped piece of input: counted, and (with an API server) a warning Event on the
     // object, at most one per problem and ten minutes.
@@ -231,7 +274,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
         .with_explain(explain_rx);
     // Changes others make to Rudder's tables, as the kernel reports them.
     let mut _monitor = None;
-    if args.watch_tables {
+    if let (true, Some((monitor_backend, tables))) = (args.watch_tables, monitor) {
         let (drift_tx, drift_rx) = tokio::sync::mpsc::unbounded_channel();
         let lost_metrics = metrics.clone();
         let notify = move |n: Notice| {
@@ -258,7 +301,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
             ),
         }
     }
-    let (sync_loop, localhost_proxy) = localhost_proxy(sync_loop, &settings, &families, &metrics)?;
+    let (sync_loop, localhost_proxy) = localhost_proxy(sync_loop, settings, &families, &metrics)?;
     let mut servers = Vec::new();
     for (flag, addr, handler) in [
         (
