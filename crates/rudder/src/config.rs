@@ -39,9 +39,17 @@ const IGNORED: &[(&str, &str)] = &[
     ("enableProfiling", "not implemented"),
     ("iptables", "iptables mode is not implemented"),
     (
-        "ipvs",
-        "the ipvs section is not read yet: use the --ipvs-* flags",
+        "ipvs.syncPeriod",
+        "both modes use the nftables section's periods (and the flags)",
     ),
+    (
+        "ipvs.minSyncPeriod",
+        "both modes use the nftables section's periods (and the flags)",
+    ),
+    ("ipvs.strictARP", "not implemented yet"),
+    ("ipvs.tcpTimeout", "not implemented yet"),
+    ("ipvs.tcpFinTimeout", "not implemented yet"),
+    ("ipvs.udpTimeout", "not implemented yet"),
     ("logging", "use -v and --logging-format"),
     ("oomScoreAdj", "set it in the DaemonSet"),
     ("portRange", "userspace mode does not exist any more"),
@@ -61,9 +69,12 @@ pub struct KubeProxyConfiguration {
     /// `KubeProxyConfiguration`.
     #[serde(default)]
     pub kind: String,
-    /// Only `nftables` (or empty) is implemented; anything else is a warning.
+    /// `--proxy-mode`: `nftables` (or empty) or `ipvs`; anything else is a warning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+    /// The IPVS mode's settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipvs: Option<Ipvs>,
     /// A specific address is the node IP (`--node-ip`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bind_address: Option<String>,
@@ -114,6 +125,22 @@ pub struct DetectLocal {
     pub bridge_interface: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface_name_prefix: Option<String>,
+}
+
+/// `ipvs` (the fields Rudder reads; the others are named in warnings).
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ipvs {
+    /// `--ipvs-scheduler`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<String>,
+    /// `--ipvs-exclude-cidrs`.
+    #[serde(
+        rename = "excludeCIDRs",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub exclude_cidrs: Option<Vec<String>>,
 }
 
 /// `nftables`.
@@ -258,10 +285,10 @@ pub fn parse(text: &str, path: &Path) -> anyhow::Result<(KubeProxyConfiguration,
     if let Some(mode) = config
         .mode
         .as_deref()
-        .filter(|m| !m.is_empty() && *m != "nftables")
+        .filter(|m| !m.is_empty() && *m != "nftables" && *m != "ipvs")
     {
         warnings.push(format!(
-            "mode {mode:?} in the config file is not read yet: Rudder uses the nftables mode unless --proxy-mode says otherwise (--proxy-mode ipvs)"
+            "mode {mode:?}: Rudder implements the nftables and ipvs modes; it uses nftables"
         ));
     }
     Ok((config, warnings))
@@ -309,6 +336,20 @@ pub fn apply_text(
         .filter(|_| set("metrics_bind_address"))
     {
         args.metrics_bind_address = a;
+    }
+    if let Some(m) = nonempty(&c.mode)
+        .filter(|m| m == "nftables" || m == "ipvs")
+        .filter(|_| set("proxy_mode"))
+    {
+        p.proxy_mode = m;
+    }
+    if let Some(ipvs) = c.ipvs {
+        if let Some(s) = nonempty(&ipvs.scheduler).filter(|_| set("ipvs_scheduler")) {
+            p.ipvs_scheduler = s;
+        }
+        if let Some(list) = ipvs.exclude_cidrs.filter(|_| set("ipvs_exclude_cidrs")) {
+            p.ipvs_exclude_cidrs = list;
+        }
     }
     if let Some(list) = c.node_port_addresses.filter(|_| set("nodeport_addresses")) {
         p.nodeport_addresses = list;
@@ -442,7 +483,11 @@ pub fn effective(args: &RunArgs) -> String {
     let config = KubeProxyConfiguration {
         api_version: API_VERSION.into(),
         kind: KIND.into(),
-        mode: Some("nftables".into()),
+        mode: Some(p.proxy_mode.clone()),
+        ipvs: Some(Ipvs {
+            scheduler: Some(p.ipvs_scheduler.clone()),
+            exclude_cidrs: Some(p.ipvs_exclude_cidrs.clone()),
+        }),
         // kube-proxy's bindAddress holds one node IP; a dual-stack --node-ip has no equivalent.
         bind_address: Some(match p.node_ip.as_slice() {
             [one] => one.clone(),
@@ -646,7 +691,7 @@ someNewField: 1
             "apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 mode: ipvs
-ipvs: {scheduler: rr}
+ipvs: {scheduler: rr, tcpTimeout: 0s}
 oomScoreAdj: -999
 clientConnection: {burst: 10, contentType: application/json, typo: 1}
 detectLocal: {bridgeInterface: cbr0, other: x}
@@ -666,15 +711,17 @@ whatIsThis: {nested: [1, 2]}
                 "unknown field clientConnection.typo",
                 "unknown field conntrack.tcpTimeout",
                 "unknown field detectLocal.other",
-                "config field ipvs is ignored: the ipvs section is not read yet: use the --ipvs-* flags",
+                "config field ipvs.tcpTimeout is ignored: not implemented yet",
                 "unknown field nftables.extra",
                 "config field oomScoreAdj is ignored: set it in the DaemonSet",
                 "unknown config field \"whatIsThis\"",
-                "mode \"ipvs\" in the config file is not read yet: Rudder uses the nftables mode unless --proxy-mode says otherwise (--proxy-mode ipvs)",
             ]
         );
         assert_eq!(args.sync_period, Duration::from_secs(60));
         assert_eq!(args.conntrack_min, 1);
+        // `mode: ipvs` and the ipvs section are read like their flags.
+        assert_eq!(args.proxy.proxy_mode, "ipvs");
+        assert_eq!(args.proxy.ipvs_scheduler, "rr");
         assert_eq!(args.proxy.pod_bridge_interface.as_deref(), Some("cbr0"));
     }
 
