@@ -155,13 +155,13 @@ impl<D: IpvsDataplane> ProxyMode for IpvsMode<D> {
         self.compiler.set_excluded(request.held_back.clone());
         let ops = match request.scope {
             Scope::Full => {
-                let want = self.compiler.full(state).clone();
+                self.compiler.full(state);
                 let compile = t0.elapsed();
                 // A full sync repairs by difference: only what the kernel lacks or has too
                 // much is written.
                 let t1 = Instant::now();
                 match self.dataplane.read() {
-                    Ok(have) => Ok((diff(&have, &want), compile, t1)),
+                    Ok(have) => Ok((diff(&have, self.compiler.target()), compile, t1)),
                     Err(e) => Err((e, compile, t1)),
                 }
             }
