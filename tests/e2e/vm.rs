@@ -43,6 +43,29 @@ fn example_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/nginx")
 }
 
+/// The answers the guest printed after `tag` (one line each).
+fn answers(out: &vm::VmOutput, tag: &str) -> Vec<String> {
+    out.output
+        .lines()
+        .filter_map(|l| l.strip_prefix(tag))
+        .map(|a| a.trim().to_owned())
+        .collect()
+}
+
+/// Each `(tag, n)`: exactly `n` answers, every one from a backend (`111`, `222`, `333`).
+fn assert_answers(out: &vm::VmOutput, expected: &[(&str, usize)]) {
+    for &(tag, n) in expected {
+        let got = answers(out, tag);
+        assert_eq!(got.len(), n, "{tag}: {got:?}\n{}", out.output);
+        assert!(
+            got.iter()
+                .all(|a| ["111", "222", "333"].contains(&a.as_str())),
+            "{tag}answers {got:?}\n{}",
+            out.output
+        );
+    }
+}
+
 fn report(name: &str, out: &vm::VmOutput, started: Instant) {
     eprintln!(
         "vm {name}: kernel booted to init in {:.2?} (guest uptime), {} modules loaded by {:.2?}, \
@@ -134,7 +157,7 @@ fn ipvs_in_the_guest() {
 /// The example's topology (`rudder_e2e::topo`, by hand with `ip`): node `172.18.0.2`, pods
 /// `10.244.{1,2,3}.2` answering `111`, `222`, `333` over HTTP (busybox httpd), client
 /// `172.18.0.10`.
-const RUDDER_SCRIPT: &str = r#"
+const RUDDER_HEAD: &str = r#"
 set -e
 step() { echo "== $*"; }
 step "static rudder"
@@ -143,6 +166,11 @@ rudder compile --manifests /m --hostname-override node-1 --cluster-cidr 10.244.0
 grep -c . /tmp/rules.nft
 grep -q 10.96.100.100 /tmp/rules.nft
 nft -c -f /tmp/rules.nft
+"#;
+
+/// Five namespaces: a node routing for three pods (each serving its index, `111`, `222`,
+/// `333`, on port 80) and a client off the cluster.
+const TOPOLOGY: &str = r#"
 step topology
 for ns in node pod0 pod1 pod2 client; do
     ip netns add $ns
@@ -173,6 +201,9 @@ ip -n client addr add 172.18.0.10/24 dev eth0
 ip -n client link set eth0 up
 ip -n client route add default via 172.18.0.2
 ip -n node route add default via 172.18.0.10
+"#;
+
+const RUDDER_TAIL: &str = r#"
 step "rudder run"
 ip netns exec node rudder run --manifests /m --hostname-override node-1 \
     --cluster-cidr 10.244.0.0/16,fd00:10:244::/56 >/tmp/rudder.log 2>&1 &
@@ -221,32 +252,19 @@ fn rudder_in_the_guest() {
         .host_binary("/usr/sbin/ip")
         .host_binary("/usr/sbin/nft")
         .timeout(Duration::from_secs(300))
-        .run(RUDDER_SCRIPT)
+        .run(&[RUDDER_HEAD, TOPOLOGY, RUDDER_TAIL].concat())
         .expect("booting the VM");
     report("rudder", &out, started);
     out.assert_success();
-    let answers = |tag: &str| -> Vec<String> {
-        out.output
-            .lines()
-            .filter_map(|l| l.strip_prefix(tag))
-            .map(|a| a.trim().to_owned())
-            .collect()
-    };
-    for (tag, n) in [
-        ("clusterip-v4 ", 9),
-        ("clusterip-v6 ", 3),
-        ("node-clusterip ", 3),
-        ("nodeport ", 3),
-    ] {
-        let got = answers(tag);
-        assert_eq!(got.len(), n, "{tag}: {got:?}\n{}", out.output);
-        assert!(
-            got.iter()
-                .all(|a| ["111", "222", "333"].contains(&a.as_str())),
-            "{tag}answers {got:?}\n{}",
-            out.output
-        );
-    }
+    assert_answers(
+        &out,
+        &[
+            ("clusterip-v4 ", 9),
+            ("clusterip-v6 ", 3),
+            ("node-clusterip ", 3),
+            ("nodeport ", 3),
+        ],
+    );
     assert!(out.output.contains("RUDDER-SMOKE-OK"), "{}", out.output);
 }
 
@@ -291,41 +309,17 @@ fn harness_reports_status_failures_panics_and_timeouts() {
     );
 }
 
-/// The same topology as [`RUDDER_SCRIPT`], with `rudder run --proxy-mode ipvs`: the VIPs on
+/// The same topology as the nftables test ([`TOPOLOGY`]), with `rudder run --proxy-mode ipvs`: the VIPs on
 /// `kube-ipvs0`, a virtual server per frontend (`ipvsadm -Ln`), real TCP through the ClusterIP
 /// (from the node and from off the cluster) and the NodePort, an endpoint change applied
 /// incrementally, and a virtual server deleted behind Rudder's back restored by the periodic
 /// full sync, which repairs by difference.
-const RUDDER_IPVS_SCRIPT: &str = r#"
+const RUDDER_IPVS_HEAD: &str = r#"
 set -e
 step() { echo "== $*"; }
-step topology
-for ns in node pod0 pod1 pod2 client; do
-    ip netns add $ns
-    ip -n $ns link set lo up
-    ip netns exec $ns sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
-done
-ip netns exec node sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 \
-    net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
-for i in 0 1 2; do
-    n=$((i + 1))
-    ip -n node link add vpod$i type veth peer name eth0 netns pod$i
-    ip -n node addr add 10.244.$n.1/24 dev vpod$i
-    ip -n node link set vpod$i up
-    ip -n pod$i addr add 10.244.$n.2/24 dev eth0
-    ip -n pod$i link set eth0 up
-    ip -n pod$i route add default via 10.244.$n.1
-    mkdir -p /srv/pod$i
-    echo "$n$n$n" >/srv/pod$i/index.html
-    ip netns exec pod$i httpd -p 80 -h /srv/pod$i
-done
-ip -n node link add eth0 type veth peer name eth0 netns client
-ip -n node addr add 172.18.0.2/24 dev eth0
-ip -n node link set eth0 up
-ip -n client addr add 172.18.0.10/24 dev eth0
-ip -n client link set eth0 up
-ip -n client route add default via 172.18.0.2
-ip -n node route add default via 172.18.0.10
+"#;
+
+const RUDDER_IPVS_TAIL: &str = r#"
 step "rudder run --proxy-mode ipvs"
 ip netns exec node rudder run --proxy-mode ipvs --manifests /m --hostname-override node-1 \
     --cluster-cidr 10.244.0.0/16 --full-sync-period 3s --iptables-min-sync-period 100ms \
@@ -393,35 +387,22 @@ fn rudder_ipvs_mode_in_the_guest() {
         .host_binary("/usr/sbin/ip")
         .host_binary("/usr/sbin/ipvsadm")
         .timeout(Duration::from_secs(300))
-        .run(RUDDER_IPVS_SCRIPT)
+        .run(&[RUDDER_IPVS_HEAD, TOPOLOGY, RUDDER_IPVS_TAIL].concat())
         .expect("booting the VM");
     report("rudder-ipvs", &out, started);
     out.assert_success();
-    let answers = |tag: &str| -> Vec<String> {
-        out.output
-            .lines()
-            .filter_map(|l| l.strip_prefix(tag))
-            .map(|a| a.trim().to_owned())
-            .collect()
-    };
-    for (tag, n) in [
-        ("ipvs-node-clusterip ", 6),
-        ("ipvs-client-clusterip ", 3),
-        ("ipvs-nodeport ", 3),
-        ("ipvs-nodeport-after ", 3),
-    ] {
-        let got = answers(tag);
-        assert_eq!(got.len(), n, "{tag}: {got:?}\n{}", out.output);
-        assert!(
-            got.iter()
-                .all(|a| ["111", "222", "333"].contains(&a.as_str())),
-            "{tag}answers {got:?}\n{}",
-            out.output
-        );
-    }
+    assert_answers(
+        &out,
+        &[
+            ("ipvs-node-clusterip ", 6),
+            ("ipvs-client-clusterip ", 3),
+            ("ipvs-nodeport ", 3),
+            ("ipvs-nodeport-after ", 3),
+        ],
+    );
     // rr over three real servers: six connections reach more than one.
     let spread: std::collections::BTreeSet<String> =
-        answers("ipvs-node-clusterip ").into_iter().collect();
+        answers(&out, "ipvs-node-clusterip ").into_iter().collect();
     assert!(spread.len() > 1, "rr spreads: {spread:?}\n{}", out.output);
     assert!(out.output.contains("RUDDER-IPVS-OK"), "{}", out.output);
 }
