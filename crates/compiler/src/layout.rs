@@ -556,7 +556,7 @@ pub fn skeleton(
 /// The match for local (`Eq`) or non-local (`Ne`) traffic by the detector, if it has one
 /// for this family: `ip saddr [!=] CIDR` (or a set of CIDRs), `iifname [!=] "cbr0"`,
 /// `iifname [!=] "veth*"`.
-pub(crate) fn local_match(f: Family, detector: &LocalDetector, op: CmpOp) -> Option<Stmt> {
+pub fn local_match(f: Family, detector: &LocalDetector, op: CmpOp) -> Option<Stmt> {
     match detector {
         LocalDetector::None => None,
         LocalDetector::Cidrs(cidrs) => {
@@ -581,7 +581,7 @@ pub(crate) fn local_match(f: Family, detector: &LocalDetector, op: CmpOp) -> Opt
 }
 
 /// The loopback addresses of a family: `127.0.0.0/8`, `::1`.
-fn loopback(f: Family) -> Expr {
+pub fn loopback(f: Family) -> Expr {
     match f {
         Family::Ip => Expr::Prefix(
             std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0)),
@@ -591,8 +591,9 @@ fn loopback(f: Family) -> Expr {
     }
 }
 
-/// The statements selecting node-port traffic, followed by `then`.
-fn nodeport_match(f: Family, specific: bool, then: Stmt) -> Vec<Stmt> {
+/// The statements selecting node-port traffic, followed by `then`: to an address of the
+/// `nodeport-ips` set when `specific`, else to any local address except loopback.
+pub fn nodeport_match(f: Family, specific: bool, then: Stmt) -> Vec<Stmt> {
     if specific {
         vec![
             Stmt::Lookup(Expr::Daddr(f), CmpOp::Eq, n(names::NODEPORT_IPS)),

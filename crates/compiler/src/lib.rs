@@ -49,8 +49,9 @@ use conflict::{Conflict, Contenders, FrontendKey, FrontendRank, Rank};
 use family::*;
 
 pub use conflict::{ClaimRank, ClaimedFrontend, claimed_frontends};
-pub use layout::{Class, SetId, names};
+pub use layout::{Class, SetId, local_match, loopback, names, nodeport_match};
 pub use policy::{Categorized, Topology, categorize, uses_cluster_endpoints, uses_local_endpoints};
+pub use service::allowed_sources;
 
 /// The default table name. Rudder uses its own name so it can run beside kube-proxy's
 /// `kube-proxy` tables during a migration.

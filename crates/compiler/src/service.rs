@@ -359,35 +359,17 @@ pub(crate) fn compile(
         // external IPs), before DNAT. A range covering everything means no filtering; when the
         // node's own IP is in a range, the load balancer IPs themselves are allowed too (for
         // load balancers that deliver with the VIP as source).
-        let ranges: Vec<&Cidr> = svc
-            .load_balancer_source_ranges
+        let lb_ips: Vec<IpAddr> = svc
+            .load_balancer_ips
             .iter()
-            .filter(|c| IpFamily::of(&c.addr()) == family)
+            .copied()
+            .filter(|ip| IpFamily::of(ip) == family && !refused.contains(ip))
             .collect();
-        if !ranges.is_empty() && !ranges.iter().any(|c| c.is_all()) {
-            let node_in_range = ctx
-                .node
-                .ips
-                .iter()
-                .any(|ip| ranges.iter().any(|c| c.contains(ip)));
-            let lb_ips: Vec<IpAddr> = svc
-                .load_balancer_ips
-                .iter()
-                .copied()
-                .filter(|ip| IpFamily::of(ip) == family && !refused.contains(ip))
-                .collect();
+        if let Some(sources) = allowed_sources(svc, family, &ctx.node.ips, &lb_ips) {
             for lb in &lb_ips {
                 let fe = frontend(*lb);
                 claim(SetId::FirewallIps, Key::new(fe.clone()), None);
-                // Elements of one interval set must not overlap (the kernel refuses the
-                // whole batch with `File exists`): overlapping ranges, and load balancer
-                // IPs inside a range, become the minimal list of disjoint prefixes.
-                let hosts = lb_ips
-                    .iter()
-                    .filter(|_| node_in_range)
-                    .map(|ip| Cidr::host(*ip));
-                let sources = Cidr::minimal(ranges.iter().map(|c| **c).chain(hosts));
-                for src in sources {
+                for src in &sources {
                     let mut key = fe.to_vec();
                     key.push(Atom::Prefix(src.addr(), src.prefix_len()));
                     claim(SetId::FirewallAllow, Key::new(key), None);
@@ -415,4 +397,34 @@ pub(crate) fn compile(
             .extend(claims.into_iter().map(|(s, k, v)| (s, k, owner.clone(), v)));
     }
     frag
+}
+
+/// The sources `loadBalancerSourceRanges` lets reach the load balancer IPs `lb_ips` of `svc`
+/// in `family`, as disjoint prefixes (elements of one interval set must not overlap: the
+/// kernel refuses the whole batch with `File exists`); `None` when the service is not
+/// filtered in this family (no range, or one covering everything). When one of the node's own
+/// addresses is in a range, the load balancer IPs themselves are allowed too, for load
+/// balancers that deliver with the VIP as source (kube-proxy does the same).
+pub fn allowed_sources(
+    svc: &Service,
+    family: IpFamily,
+    node_ips: &[IpAddr],
+    lb_ips: &[IpAddr],
+) -> Option<Vec<Cidr>> {
+    let ranges: Vec<&Cidr> = svc
+        .load_balancer_source_ranges
+        .iter()
+        .filter(|c| IpFamily::of(&c.addr()) == family)
+        .collect();
+    if ranges.is_empty() || ranges.iter().any(|c| c.is_all()) {
+        return None;
+    }
+    let node_in_range = node_ips
+        .iter()
+        .any(|ip| ranges.iter().any(|c| c.contains(ip)));
+    let hosts = lb_ips
+        .iter()
+        .filter(|_| node_in_range)
+        .map(|ip| Cidr::host(*ip));
+    Some(Cidr::minimal(ranges.iter().map(|c| **c).chain(hosts)))
 }

@@ -7,6 +7,13 @@
 //! fail half-way; the loop then asks for a full sync, which reads what the kernel holds and
 //! applies the difference ([`rudder_ipvs_compiler::diff`]) — the same path that repairs
 //! changes made behind Rudder's back. A full sync with nothing to repair writes nothing.
+//!
+//! The mode's nftables part (masquerade marking, source ranges, frontends without
+//! endpoints, the VIP filter: [`rudder_ipvs_compiler::table`]) goes to a second dataplane,
+//! an nftables [`Dataplane`], the same writer the nftables mode uses. Its tables are
+//! replaced atomically by the first sync of a run, repaired by difference by later full
+//! syncs, and a partial sync writes only the elements that changed, before the IPVS
+//! operations (so a new virtual server is never reachable before its filter lets it be).
 
 use std::time::Instant;
 
@@ -14,8 +21,10 @@ use rudder_compiler::NodeContext;
 use rudder_compiler::explain::{Explanation, Query};
 use rudder_ipvs_compiler::{IpvsCompiler, Op, Target, diff};
 use rudder_model::{IpFamily, Problem, ProxyState, Service};
+use rudder_nft::{Ruleset, Transaction, TxStats};
 
 use crate::mode::{DataplaneError, Failure, Outcome, ProxyMode, Scope, SyncRequest, Written};
+use crate::nftables::{Dataplane, repair, table_diff};
 
 /// Where IPVS operations go.
 pub trait IpvsDataplane: Send {
@@ -89,19 +98,78 @@ impl IpvsDataplane for MemoryIpvs {
     }
 }
 
-/// The IPVS mode over an [`IpvsDataplane`].
-pub struct IpvsMode<D> {
+/// The IPVS mode over an [`IpvsDataplane`] and, for its nftables part, a [`Dataplane`].
+pub struct IpvsMode<D, N = Ruleset> {
     compiler: IpvsCompiler,
     dataplane: D,
+    tables: N,
+    /// Whether the nftables part was written in this run: later full syncs repair it by
+    /// difference instead of replacing it.
+    programmed: bool,
 }
 
-impl<D: IpvsDataplane> IpvsMode<D> {
-    /// The mode compiling with `compiler` and writing to `dataplane`.
-    pub fn new(compiler: IpvsCompiler, dataplane: D) -> IpvsMode<D> {
+impl<D: IpvsDataplane, N: Dataplane> IpvsMode<D, N> {
+    /// The mode compiling with `compiler`, writing IPVS to `dataplane` and its nftables part
+    /// to `tables`.
+    pub fn new(compiler: IpvsCompiler, dataplane: D, tables: N) -> IpvsMode<D, N> {
         IpvsMode {
             compiler,
             dataplane,
+            tables,
+            programmed: false,
         }
+    }
+
+    /// The nftables dataplane.
+    pub fn tables(&self) -> &N {
+        &self.tables
+    }
+
+    /// The nftables dataplane, to change it.
+    pub fn tables_mut(&mut self) -> &mut N {
+        &mut self.tables
+    }
+
+    /// The tables as the dataplane holds them; `None` when it cannot read them.
+    fn read_tables(&mut self, expected: &Ruleset) -> Option<Result<Ruleset, DataplaneError>> {
+        let mut read = Vec::new();
+        for t in self.compiler.tables() {
+            match self.tables.read(&t, expected.tables.get(&t))? {
+                Ok(table) => read.push((t, table)),
+                Err(e) => return Some(Err(format!("cannot read {t}: {e}").into())),
+            }
+        }
+        Some(Ok(Ruleset {
+            tables: read
+                .into_iter()
+                .filter_map(|(t, table)| table.map(|x| (t, x)))
+                .collect(),
+        }))
+    }
+
+    /// The nftables transaction of a full sync: the repair by difference once the tables
+    /// were written in this run and can be read, else their atomic replacement.
+    fn full_tables(&mut self) -> Result<Transaction, DataplaneError> {
+        let desired = self
+            .compiler
+            .ruleset()
+            .map_err(|e| format!("the compiler's own tables: {e}"))?;
+        if self.programmed {
+            match self.read_tables(&desired) {
+                Some(Ok(kernel)) => return Ok(repair(&kernel, &desired)),
+                Some(Err(e)) => tracing::warn!(
+                    "full sync: {e}; replacing the tables instead of repairing the difference"
+                ),
+                None => {}
+            }
+        }
+        let mut tx = Transaction::new();
+        for t in self.compiler.tables() {
+            tx.push(rudder_nft::Op::AddTable(t.clone()));
+            tx.push(rudder_nft::Op::DeleteTable(t));
+        }
+        tx.extend(self.compiler.create_transaction());
+        Ok(tx)
     }
 
     /// The dataplane.
@@ -120,9 +188,13 @@ impl<D: IpvsDataplane> IpvsMode<D> {
     }
 }
 
-/// What `ops` change, in the loop's units.
-fn written(ops: &[Op]) -> Written {
-    let mut w = Written::default();
+/// What `ops` and the nftables transaction of `stats` change, in the loop's units.
+fn written(ops: &[Op], stats: TxStats) -> Written {
+    let mut w = Written {
+        objects: stats.objects,
+        elements_added: stats.elements_added,
+        elements_deleted: stats.elements_deleted,
+    };
     for op in ops {
         match op {
             Op::AddReal(..) | Op::Bind(_) => w.elements_added += 1,
@@ -133,7 +205,7 @@ fn written(ops: &[Op]) -> Written {
     w
 }
 
-impl<D: IpvsDataplane> ProxyMode for IpvsMode<D> {
+impl<D: IpvsDataplane, N: Dataplane> ProxyMode for IpvsMode<D, N> {
     fn name(&self) -> &'static str {
         "ipvs"
     }
@@ -160,17 +232,21 @@ impl<D: IpvsDataplane> ProxyMode for IpvsMode<D> {
                 // A full sync repairs by difference: only what the kernel lacks or has too
                 // much is written.
                 let t1 = Instant::now();
-                match self.dataplane.read() {
-                    Ok(have) => Ok((diff(&have, self.compiler.target()), compile, t1)),
+                match self
+                    .full_tables()
+                    .and_then(|tx| Ok((tx, self.dataplane.read()?)))
+                {
+                    Ok((tx, have)) => Ok((tx, diff(&have, self.compiler.target()), compile, t1)),
                     Err(e) => Err((e, compile, t1)),
                 }
             }
             Scope::Partial(changed) => {
                 let ops = self.compiler.update(state, changed);
-                Ok((ops, t0.elapsed(), Instant::now()))
+                let tx = self.compiler.take_table_changes();
+                Ok((tx, ops, t0.elapsed(), Instant::now()))
             }
         };
-        let (ops, compile, t1) = match ops {
+        let (tx, ops, compile, t1) = match ops {
             Ok(x) => x,
             Err((e, compile, t1)) => {
                 return Outcome {
@@ -184,17 +260,35 @@ impl<D: IpvsDataplane> ProxyMode for IpvsMode<D> {
                 };
             }
         };
-        let result = if ops.is_empty() {
+        // The nftables part first: a new frontend passes the VIP filter before its virtual
+        // server exists.
+        let tables = if tx.is_empty() {
             Ok(0)
         } else {
-            self.dataplane
-                .apply(&ops)
-                .map(|()| 0)
-                .map_err(|e| (e, Failure::Other))
+            self.tables.apply(&tx).map_err(|e| {
+                let failure = match self.tables.classify(&e) {
+                    Failure::NotFound => Failure::NotFound,
+                    _ => Failure::Other,
+                };
+                (format!("the nftables part: {e}").into(), failure)
+            })
         };
+        if tables.is_ok() && request.scope.is_full() {
+            self.programmed = true;
+        }
+        let result = tables.and_then(|bytes| {
+            if ops.is_empty() {
+                Ok(bytes)
+            } else {
+                self.dataplane
+                    .apply(&ops)
+                    .map(|()| bytes)
+                    .map_err(|e| (e, Failure::Other))
+            }
+        });
         Outcome {
             result,
-            written: written(&ops),
+            written: written(&ops, tx.stats()),
             compile,
             apply: t1.elapsed(),
             dry_runs: 0,
@@ -208,10 +302,26 @@ impl<D: IpvsDataplane> ProxyMode for IpvsMode<D> {
             Ok(h) => h,
             Err(e) => return Some(Err(e)),
         };
-        Some(Ok(diff(&have, self.compiler.target())
+        let mut out: Vec<String> = diff(&have, self.compiler.target())
             .iter()
             .map(|op| format!("{op:?}"))
-            .collect()))
+            .collect();
+        let expected = match self.compiler.ruleset() {
+            Ok(r) => r,
+            Err(e) => return Some(Err(format!("the compiler's own tables: {e}").into())),
+        };
+        match self.read_tables(&expected) {
+            Some(Ok(kernel)) => {
+                for (t, want) in &expected.tables {
+                    for d in table_diff(want, kernel.tables.get(t)) {
+                        out.push(format!("{t}: {d}"));
+                    }
+                }
+            }
+            Some(Err(e)) => return Some(Err(e)),
+            None => {}
+        }
+        Some(Ok(out))
     }
 
     fn refuses(&self, service: &Service) -> bool {
@@ -266,7 +376,11 @@ mod tests {
             node_wait: Duration::ZERO,
             ..LoopConfig::default()
         };
-        SyncLoop::with_mode(IpvsMode::new(compiler, MemoryIpvs::default()), ctx, config)
+        SyncLoop::with_mode(
+            IpvsMode::new(compiler, MemoryIpvs::default(), Ruleset::new()),
+            ctx,
+            config,
+        )
     }
 
     fn svc(name: &str, ip: &str) -> Service {
@@ -327,6 +441,13 @@ mod tests {
             .map(|a| a.to_string())
             .collect();
         assert_eq!(bound, ["10.96.0.10"]);
+        // The nftables part holds the frontends.
+        let tables = l.mode().tables().render();
+        assert!(
+            tables.contains("add element ip rudder cluster-ips { 10.96.0.10 . tcp . 80 }"),
+            "{tables}"
+        );
+        assert!(tables.contains("vip-addresses { 10.96.0.10 }"), "{tables}");
         // A change is a partial sync of just that.
         l.apply_change(Change::SliceApplied(Box::new(slice(
             "web",
@@ -351,6 +472,40 @@ mod tests {
         assert_eq!(r.kind, SyncKind::Full);
         assert_eq!((r.objects, r.elements_added), (1, 2), "{r:?}");
         assert_eq!(reals(&l).len(), 4);
+        // The same for an element of the nftables part: one element written back.
+        let t = rudder_nft::TableRef::new(
+            rudder_nft::Family::Ip,
+            rudder_nft::Name::new("rudder").unwrap(),
+        );
+        let mut tx = Transaction::new();
+        tx.delete_elements(
+            &t,
+            &rudder_nft::Name::new("cluster-ips").unwrap(),
+            vec![rudder_ipvs_compiler::table::frontend_key(
+                "10.96.0.10".parse().unwrap(),
+                rudder_nft::L4Proto::Tcp,
+                80,
+            )],
+        );
+        l.mode_mut()
+            .tables_mut()
+            .apply(&tx)
+            .expect("deleted behind Rudder's back");
+        let drift = l.mode_mut().verify().expect("verifies").expect("reads");
+        assert!(
+            !drift.is_empty() && drift.iter().all(|d| d.contains("cluster-ips")),
+            "{drift:?}"
+        );
+        tokio::time::advance(Duration::from_secs(3601)).await;
+        let r = l.sync().expect("a full sync").expect("applied");
+        assert_eq!((r.objects, r.elements_added, r.elements_deleted), (0, 1, 0));
+        assert!(
+            l.mode_mut()
+                .verify()
+                .expect("verifies")
+                .expect("reads")
+                .is_empty()
+        );
         tokio::time::advance(Duration::from_secs(3601)).await;
         let r = l.sync().expect("the next full sync").expect("applied");
         assert_eq!((r.objects, r.elements_added, r.elements_deleted), (0, 0, 0));

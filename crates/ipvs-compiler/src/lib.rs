@@ -20,18 +20,31 @@
 //! [`Target`]s (for example what the kernel holds, dumped, with what should be), which is how
 //! a full sync repairs changes made behind Rudder's back without touching the rest.
 //!
+//! Everything IPVS cannot do (masquerade marking, source ranges, rejecting frontends without
+//! endpoints, the VIP filter) is the mode's nftables part ([`table`]): a fixed skeleton whose
+//! sets the same compile fills, element by element, so that a sync writes only elements;
+//! [`IpvsCompiler::take_table_changes`] hands over what changed since the last call.
+//!
 //! What it must not do: I/O, clocks, or anything nondeterministic; it never sees a socket
-//! (the `rudder-ipvs` handle applies [`Op`]s) and knows nothing of nftables.
+//! (the `rudder-ipvs` handle applies [`Op`]s, the nftables writer the transactions).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
-use rudder_compiler::{ClaimRank, NodeContext, NodePortIps, categorize, claimed_frontends, guard};
+use rudder_compiler::{
+    ClaimRank, NodeContext, NodePortIps, allowed_sources, categorize, claimed_frontends, guard,
+};
 use rudder_ipvs::{Scheduler, ServiceFlags, VirtualServer};
 use rudder_model::{
     FrontendKind, IpFamily, ObjectKind, Problem, Protocol, ProxyState, Reason, Service, ServiceKey,
     ServicePortName, TrafficPolicy,
 };
+use rudder_nft::{Atom, Family, Key, L4Proto, Ruleset, Transaction};
+
+pub mod table;
+
+use table::{Element, Refusal, SetKind, TableConfig, frontend_key, port_key};
 
 /// What identifies a virtual server in the kernel.
 pub type VsKey = rudder_ipvs::ServiceKey;
@@ -41,12 +54,15 @@ pub type VsKey = rudder_ipvs::ServiceKey;
 pub struct Options {
     /// `--ipvs-scheduler` (kube-proxy's default: `rr`).
     pub scheduler: Scheduler,
+    /// The nftables part: table name, masquerade settings.
+    pub table: TableConfig,
 }
 
 impl Default for Options {
     fn default() -> Options {
         Options {
             scheduler: Scheduler::RoundRobin,
+            table: TableConfig::default(),
         }
     }
 }
@@ -173,6 +189,15 @@ struct Claim {
     /// The frontend, for conflict reports.
     frontend: rudder_model::Frontend,
     kind: FrontendKind,
+    /// What the claim puts in the nftables part when it wins.
+    elements: Arc<[Element]>,
+}
+
+/// A claim as it competes for its virtual server.
+#[derive(Debug, Clone)]
+struct Contender {
+    server: Server,
+    elements: Arc<[Element]>,
 }
 
 /// The incremental compiler.
@@ -184,7 +209,14 @@ pub struct IpvsCompiler {
     /// Each service's claims, as last compiled.
     by_service: BTreeMap<ServiceKey, Vec<Claim>>,
     /// Per virtual server, every claim on it by rank: the first one is programmed.
-    contenders: BTreeMap<VsKey, BTreeMap<ClaimRank, Server>>,
+    contenders: BTreeMap<VsKey, BTreeMap<ClaimRank, Contender>>,
+    /// The nftables elements of each virtual server's winner.
+    winner_elements: BTreeMap<VsKey, Arc<[Element]>>,
+    /// Every element of the nftables part, with the number of winners that hold it.
+    elements: BTreeMap<Element, u32>,
+    /// Elements added (`true`) or deleted (`false`) since the last
+    /// [`IpvsCompiler::take_table_changes`].
+    pending: BTreeMap<Element, bool>,
     /// What the winners make.
     target: Target,
     /// How many bound servers use each address.
@@ -203,6 +235,9 @@ impl IpvsCompiler {
             node,
             by_service: BTreeMap::new(),
             contenders: BTreeMap::new(),
+            winner_elements: BTreeMap::new(),
+            elements: BTreeMap::new(),
+            pending: BTreeMap::new(),
             target: Target::default(),
             bound: BTreeMap::new(),
             excluded: BTreeSet::new(),
@@ -235,6 +270,59 @@ impl IpvsCompiler {
         &self.target
     }
 
+    /// The nftables settings.
+    pub fn table_config(&self) -> &TableConfig {
+        &self.options.table
+    }
+
+    /// The nftables tables the mode owns, one per family.
+    pub fn tables(&self) -> Vec<rudder_nft::TableRef> {
+        self.families
+            .iter()
+            .map(|f| self.options.table.table(nft_family(*f)))
+            .collect()
+    }
+
+    /// Every element of the nftables part after the last compile.
+    pub fn elements(&self) -> impl Iterator<Item = &Element> {
+        self.elements.keys()
+    }
+
+    /// The transaction that creates the nftables part as compiled: every table's skeleton and
+    /// elements (for tables that do not exist).
+    pub fn create_transaction(&self) -> Transaction {
+        let mut tx = Transaction::new();
+        for f in &self.families {
+            tx.extend(table::skeleton(
+                nft_family(*f),
+                &self.options.table,
+                &self.node,
+            ));
+        }
+        tx.extend(table::elements_tx(
+            &self.options.table,
+            self.elements.keys(),
+            [],
+        ));
+        tx
+    }
+
+    /// The nftables part as compiled, as the kernel should hold it.
+    pub fn ruleset(&self) -> Result<Ruleset, rudder_nft::ApplyError> {
+        let mut rs = Ruleset::new();
+        rs.apply(&self.create_transaction())?;
+        Ok(rs)
+    }
+
+    /// The elements added to and deleted from the nftables part since the last call (or
+    /// the last [`IpvsCompiler::full`]), as one transaction. Cost: what changed.
+    pub fn take_table_changes(&mut self) -> Transaction {
+        let pending = std::mem::take(&mut self.pending);
+        let added = pending.iter().filter(|(_, a)| **a).map(|(e, _)| e);
+        let deleted = pending.iter().filter(|(_, a)| !**a).map(|(e, _)| e);
+        table::elements_tx(&self.options.table, added, deleted)
+    }
+
     /// What was refused since the last call: service addresses that are the node's own,
     /// frontends lost to another service.
     pub fn take_problems(&mut self) -> Vec<Problem> {
@@ -252,10 +340,13 @@ impl IpvsCompiler {
     pub fn full(&mut self, state: &ProxyState) -> &Target {
         self.by_service.clear();
         self.contenders.clear();
+        self.winner_elements.clear();
+        self.elements.clear();
         self.target = Target::default();
         self.bound.clear();
         let keys: Vec<ServiceKey> = state.services().map(|s| s.key.clone()).collect();
         self.recompile(state, keys);
+        self.pending.clear();
         &self.target
     }
 
@@ -315,10 +406,13 @@ impl IpvsCompiler {
             let claims = self.compile_service(state, svc);
             for c in &claims {
                 touched.insert(c.key);
-                self.contenders
-                    .entry(c.key)
-                    .or_default()
-                    .insert(c.rank.clone(), c.server.clone());
+                self.contenders.entry(c.key).or_default().insert(
+                    c.rank.clone(),
+                    Contender {
+                        server: c.server.clone(),
+                        elements: c.elements.clone(),
+                    },
+                );
             }
             self.by_service.insert(key, claims);
         }
@@ -340,15 +434,26 @@ impl IpvsCompiler {
         before
     }
 
-    /// Sets the target of `key` from its best claim, keeping the address counts.
+    /// Sets the target of `key` from its best claim, keeping the address and element counts.
     fn settle(&mut self, key: &VsKey) {
         let winner = self
             .contenders
             .get(key)
             .and_then(|m| m.values().next())
             .cloned();
+        if let Some(old) = self.winner_elements.remove(key) {
+            for e in old.iter() {
+                self.release_element(e);
+            }
+        }
         let old = match winner {
-            Some(s) => self.target.servers.insert(*key, s),
+            Some(c) => {
+                for e in c.elements.iter() {
+                    self.hold_element(e);
+                }
+                self.winner_elements.insert(*key, c.elements);
+                self.target.servers.insert(*key, c.server)
+            }
             None => self.target.servers.remove(key),
         };
         if old.as_ref().is_some_and(|s| s.bind) {
@@ -358,6 +463,36 @@ impl IpvsCompiler {
         if let Some(a) = bind.map(Server::service_addr) {
             *self.bound.entry(a).or_insert(0) += 1;
             self.target.addresses.insert(a);
+        }
+    }
+
+    fn hold_element(&mut self, e: &Element) {
+        let n = self.elements.entry(e.clone()).or_insert(0);
+        *n += 1;
+        if *n == 1 {
+            self.note(e, true);
+        }
+    }
+
+    fn release_element(&mut self, e: &Element) {
+        if let Some(n) = self.elements.get_mut(e) {
+            *n -= 1;
+            if *n == 0 {
+                self.elements.remove(e);
+                self.note(e, false);
+            }
+        }
+    }
+
+    /// Records that `e` was added or deleted; the two cancel out.
+    fn note(&mut self, e: &Element, added: bool) {
+        match self.pending.get(e) {
+            Some(was) if *was != added => {
+                self.pending.remove(e);
+            }
+            _ => {
+                self.pending.insert(e.clone(), added);
+            }
         }
     }
 
@@ -381,7 +516,7 @@ impl IpvsCompiler {
             if m.len() < 2 {
                 continue;
             }
-            let mut it = m.iter();
+            let mut it = m.iter().map(|(r, c)| (r, &c.server));
             let Some((win_rank, winner)) = it.next() else {
                 continue;
             };
@@ -452,9 +587,13 @@ impl IpvsCompiler {
                 };
                 let endpoints = state.endpoints_for(svc, port, family);
                 let cat = categorize(svc, &endpoints, &self.node.name, self.node.zone.as_deref());
-                // kube-proxy: a Local policy without local endpoints keeps the cluster ones
-                // (kubernetes#97081), so pods on this node still reach the service.
-                let picked = if local && !cat.local.is_empty() {
+                let external = fe.kind != FrontendKind::ClusterIp;
+                // kube-proxy: an external Local policy without local endpoints keeps the
+                // cluster ones (kubernetes#97081), so pods on this node still reach the
+                // service; the nftables part drops traffic from elsewhere. An internal Local
+                // policy without local endpoints has none (its traffic is dropped).
+                let fallback = local && external && cat.local.is_empty();
+                let picked = if local && !fallback {
                     &cat.local
                 } else {
                     &cat.cluster
@@ -463,6 +602,28 @@ impl IpvsCompiler {
                     .iter()
                     .map(|e| (SocketAddr::new(e.endpoint.address, e.port), 1))
                     .collect();
+                let refusal = picked.is_empty().then_some(if local && cat.has_any {
+                    Refusal::Drop
+                } else {
+                    Refusal::Reject
+                });
+                let elements = self.elements_of(
+                    svc,
+                    family,
+                    &fe,
+                    Marks {
+                        local,
+                        refusal,
+                        no_local: fallback && !picked.is_empty(),
+                        hairpin: picked
+                            .iter()
+                            .filter(|e| {
+                                e.endpoint.node_name.as_deref() == Some(self.node.name.as_str())
+                            })
+                            .map(|e| (e.endpoint.address, e.port))
+                            .collect(),
+                    },
+                );
                 let addresses: Vec<(IpAddr, bool)> = match fe.frontend.address {
                     Some(a) => vec![(a, true)],
                     None => node_port_addresses(&self.node, family)
@@ -487,11 +648,96 @@ impl IpvsCompiler {
                         },
                         frontend: fe.frontend,
                         kind: fe.kind,
+                        elements: elements.clone(),
                     });
                 }
             }
         }
         out
+    }
+
+    /// What one frontend of `svc` puts in the nftables part (see [`table`]).
+    fn elements_of(
+        &self,
+        svc: &Service,
+        family: IpFamily,
+        fe: &rudder_compiler::ClaimedFrontend,
+        marks: Marks,
+    ) -> Arc<[Element]> {
+        let f = nft_family(family);
+        let proto = l4(fe.frontend.protocol);
+        let port = fe.frontend.port;
+        let mut out = Vec::new();
+        let el = |set, key| Element::new(f, set, key);
+        match fe.frontend.address {
+            Some(addr) => {
+                let key = frontend_key(addr, proto, port);
+                out.push(el(SetKind::VipAddresses, Key::new([Atom::ip(addr)])));
+                out.push(el(
+                    match (fe.kind, marks.local) {
+                        (FrontendKind::ClusterIp, _) => SetKind::ClusterIps,
+                        (_, true) => SetKind::LocalIps,
+                        (_, false) => SetKind::ExternalIps,
+                    },
+                    key.clone(),
+                ));
+                if let Some(r) = marks.refusal {
+                    out.push(Element::refused(
+                        f,
+                        SetKind::NoEndpointServices,
+                        key.clone(),
+                        r,
+                    ));
+                }
+                if marks.no_local {
+                    out.push(el(SetKind::NoLocalEndpointServices, key.clone()));
+                }
+                if fe.kind == FrontendKind::IngressIp {
+                    let lb_ips: Vec<IpAddr> = svc
+                        .load_balancer_ips
+                        .iter()
+                        .copied()
+                        .filter(|ip| IpFamily::of(ip) == family)
+                        .collect();
+                    if let Some(sources) = allowed_sources(svc, family, &self.node.ips, &lb_ips) {
+                        out.push(el(SetKind::FirewallIps, key.clone()));
+                        for src in sources {
+                            let mut k = key.atoms().to_vec();
+                            k.push(Atom::Prefix(src.addr(), src.prefix_len()));
+                            out.push(el(SetKind::FirewallAllow, Key::new(k)));
+                        }
+                    }
+                }
+            }
+            None => {
+                let key = port_key(proto, port);
+                if !marks.local {
+                    out.push(el(SetKind::Nodeports, key.clone()));
+                }
+                if let Some(r) = marks.refusal {
+                    out.push(Element::refused(
+                        f,
+                        SetKind::NoEndpointNodeports,
+                        key.clone(),
+                        r,
+                    ));
+                }
+                if marks.no_local {
+                    out.push(el(SetKind::NoLocalEndpointNodeports, key));
+                }
+            }
+        }
+        for (ip, p) in marks.hairpin {
+            let a = Atom::ip(ip);
+            out.push(el(
+                SetKind::Hairpin,
+                Key::new([a.clone(), a, Atom::Proto(proto), Atom::Port(p)]),
+            ));
+        }
+        if let Some(hc) = svc.health_check_node_port {
+            out.push(el(SetKind::HealthCheckPorts, Key::new([Atom::Port(hc)])));
+        }
+        out.into()
     }
 
     /// The virtual server of `key` for `svc`: the scheduler, `mh-port` for `mh`, and
@@ -518,6 +764,34 @@ impl Server {
             VsKey::Addr { addr, .. } => addr.ip(),
             VsKey::Fwmark { .. } => IpAddr::from([0, 0, 0, 0]),
         }
+    }
+}
+
+/// What decides a frontend's nftables elements besides its address.
+struct Marks {
+    /// Its traffic policy is `Local`.
+    local: bool,
+    /// Without usable endpoints: what happens to its new connections.
+    refusal: Option<Refusal>,
+    /// An external `Local` policy that fell back to the cluster's endpoints.
+    no_local: bool,
+    /// The endpoints on this node it may pick (for hairpin masquerade).
+    hairpin: Vec<(IpAddr, u16)>,
+}
+
+/// The nftables family of an IP family.
+fn nft_family(f: IpFamily) -> Family {
+    match f {
+        IpFamily::V4 => Family::Ip,
+        IpFamily::V6 => Family::Ip6,
+    }
+}
+
+fn l4(p: Protocol) -> L4Proto {
+    match p {
+        Protocol::Tcp => L4Proto::Tcp,
+        Protocol::Udp => L4Proto::Udp,
+        Protocol::Sctp => L4Proto::Sctp,
     }
 }
 

@@ -14,6 +14,7 @@ use rudder_compiler::NodePortIps;
 use rudder_model::{
     FrontendKind, IpFamily, Protocol, ProxyState, Reason, ServiceKey, TrafficPolicy,
 };
+use table::{SetKind, TableConfig};
 
 use super::*;
 
@@ -133,6 +134,7 @@ fn client_ip_affinity_is_persistence_and_mh_gets_its_port_flag() {
         &[IpFamily::V4],
         Options {
             scheduler: Scheduler::MaglevHashing,
+            ..Options::default()
         },
         node("node-a", &["172.18.0.2"]),
     );
@@ -437,5 +439,253 @@ proptest! {
             prop_assert!(diff(&kernel, &expected).is_empty());
         }
         prop_assert!(kernel.servers.is_empty() && kernel.addresses.is_empty());
+    }
+}
+
+/// The elements of `set` in the family of `f`, rendered (`key` or `key : verdict`).
+fn elems(c: &IpvsCompiler, f: Family, set: SetKind) -> Vec<String> {
+    c.elements()
+        .filter(|e| e.family == f && e.set == set)
+        .map(|e| match e.entry() {
+            (k, Some(v)) => format!("{k} : {v}"),
+            (k, None) => k.to_string(),
+        })
+        .collect()
+}
+
+#[test]
+fn the_table_marks_cluster_ips_external_ips_and_node_ports_and_lists_the_vips() {
+    let mut st = web();
+    let mut c = compiler(node("node-a", &["172.18.0.2"]));
+    c.full(&st);
+    let v4 = Family::Ip;
+    assert_eq!(
+        elems(&c, v4, SetKind::ClusterIps),
+        ["10.96.0.10 . tcp . 80"]
+    );
+    assert_eq!(
+        elems(&c, v4, SetKind::ExternalIps),
+        ["192.0.2.50 . tcp . 80", "203.0.113.7 . tcp . 80"]
+    );
+    assert!(elems(&c, v4, SetKind::LocalIps).is_empty());
+    assert_eq!(elems(&c, v4, SetKind::Nodeports), ["tcp . 30080"]);
+    assert_eq!(
+        elems(&c, v4, SetKind::VipAddresses),
+        ["10.96.0.10", "192.0.2.50", "203.0.113.7"]
+    );
+    // The endpoint on this node may be picked: its hairpin connection is masqueraded.
+    assert_eq!(
+        elems(&c, v4, SetKind::Hairpin),
+        ["10.244.1.5 . 10.244.1.5 . tcp . 8080"]
+    );
+    assert!(elems(&c, v4, SetKind::NoEndpointServices).is_empty());
+    assert!(elems(&c, Family::Ip6, SetKind::ClusterIps).is_empty());
+    // Under a Local policy the external frontends are not masqueraded, and the
+    // health-check node port passes the VIP filter.
+    let mut s = st.service(&ServiceKey::new("ns", "web")).unwrap().clone();
+    s.external_traffic_policy = TrafficPolicy::Local;
+    s.health_check_node_port = Some(31000);
+    st.upsert_service(s);
+    c.full(&st);
+    assert!(elems(&c, v4, SetKind::ExternalIps).is_empty());
+    assert_eq!(
+        elems(&c, v4, SetKind::LocalIps),
+        ["192.0.2.50 . tcp . 80", "203.0.113.7 . tcp . 80"]
+    );
+    assert!(elems(&c, v4, SetKind::Nodeports).is_empty());
+    assert_eq!(elems(&c, v4, SetKind::HealthCheckPorts), ["31000"]);
+    assert!(elems(&c, v4, SetKind::NoLocalEndpointServices).is_empty());
+}
+
+#[test]
+fn frontends_without_endpoints_are_rejected_and_local_policies_without_local_ones_dropped() {
+    let mut st = web();
+    let key = ServiceKey::new("ns", "web");
+    let v4 = Family::Ip;
+    // eTP=Local on a node without local endpoints: IPVS keeps the cluster's endpoints for
+    // this node's pods; traffic from elsewhere is dropped.
+    let mut s = st.service(&key).unwrap().clone();
+    s.external_traffic_policy = TrafficPolicy::Local;
+    st.upsert_service(s.clone());
+    let mut c = compiler(node("node-c", &["172.18.0.3"]));
+    c.full(&st);
+    assert_eq!(reals(c.target(), &tcp("172.18.0.3:30080")).len(), 2);
+    assert_eq!(
+        elems(&c, v4, SetKind::NoLocalEndpointServices),
+        ["192.0.2.50 . tcp . 80", "203.0.113.7 . tcp . 80"]
+    );
+    assert_eq!(
+        elems(&c, v4, SetKind::NoLocalEndpointNodeports),
+        ["tcp . 30080"]
+    );
+    assert!(elems(&c, v4, SetKind::Hairpin).is_empty());
+    // iTP=Local without local endpoints: no real servers, and the ClusterIP drops.
+    s.internal_traffic_policy = TrafficPolicy::Local;
+    st.upsert_service(s.clone());
+    c.full(&st);
+    assert!(reals(c.target(), &tcp("10.96.0.10:80")).is_empty());
+    assert_eq!(
+        elems(&c, v4, SetKind::NoEndpointServices),
+        ["10.96.0.10 . tcp . 80 : drop"]
+    );
+    // No endpoints at all: every frontend rejects at once, and nothing else drops.
+    st.replace_all(vec![s], Vec::new());
+    c.full(&st);
+    assert_eq!(
+        elems(&c, v4, SetKind::NoEndpointServices),
+        [
+            "10.96.0.10 . tcp . 80 : goto reject-chain",
+            "192.0.2.50 . tcp . 80 : goto reject-chain",
+            "203.0.113.7 . tcp . 80 : goto reject-chain"
+        ]
+    );
+    assert_eq!(
+        elems(&c, v4, SetKind::NoEndpointNodeports),
+        ["tcp . 30080 : goto reject-chain"]
+    );
+    assert!(elems(&c, v4, SetKind::NoLocalEndpointServices).is_empty());
+}
+
+#[test]
+fn source_ranges_filter_load_balancer_ips_only() {
+    let mut st = web();
+    let mut s = st.service(&ServiceKey::new("ns", "web")).unwrap().clone();
+    s.load_balancer_source_ranges = vec![
+        "198.51.100.0/24".parse().unwrap(),
+        "198.51.100.128/25".parse().unwrap(),
+        "fd00::/64".parse().unwrap(),
+    ];
+    st.upsert_service(s.clone());
+    let mut ctx = node("node-a", &["172.18.0.2"]);
+    ctx.ips = vec![ip("172.18.0.2")];
+    let mut c = compiler(ctx);
+    c.full(&st);
+    let v4 = Family::Ip;
+    assert_eq!(
+        elems(&c, v4, SetKind::FirewallIps),
+        ["192.0.2.50 . tcp . 80"]
+    );
+    assert_eq!(
+        elems(&c, v4, SetKind::FirewallAllow),
+        ["192.0.2.50 . tcp . 80 . 198.51.100.0/24"]
+    );
+    // The node inside a range: the load balancer IP itself may be the source too.
+    s.load_balancer_source_ranges
+        .push("172.18.0.0/16".parse().unwrap());
+    st.upsert_service(s.clone());
+    c.full(&st);
+    assert_eq!(
+        elems(&c, v4, SetKind::FirewallAllow),
+        [
+            "192.0.2.50 . tcp . 80 . 172.18.0.0/16",
+            "192.0.2.50 . tcp . 80 . 192.0.2.50",
+            "192.0.2.50 . tcp . 80 . 198.51.100.0/24"
+        ]
+    );
+    // A range covering everything filters nothing.
+    s.load_balancer_source_ranges = vec!["0.0.0.0/0".parse().unwrap()];
+    st.upsert_service(s);
+    c.full(&st);
+    assert!(elems(&c, v4, SetKind::FirewallIps).is_empty());
+    assert!(elems(&c, v4, SetKind::FirewallAllow).is_empty());
+}
+
+#[test]
+fn the_table_applies_and_its_rules_follow_the_configuration() {
+    let st = web();
+    let mut ctx = node("node-a", &["172.18.0.2"]);
+    let mut c = compiler(ctx.clone());
+    c.full(&st);
+    let rs = c.ruleset().expect("the table applies in memory");
+    let text = rs.render();
+    assert!(
+        text.contains("ip saddr . meta l4proto . th dport @cluster-ips meta mark set"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ip daddr @nodeport-ips meta l4proto . th dport @nodeports"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ct state new ip daddr @vip-addresses jump vip-filter"),
+        "{text}"
+    );
+    // With a pod CIDR, off-cluster traffic to ClusterIPs is marked, and pods pass the
+    // local-endpoints check.
+    ctx.local_detector =
+        rudder_compiler::LocalDetector::Cidrs(vec!["10.244.0.0/16".parse().unwrap()]);
+    ctx.node_port_ips = NodePortIps::All;
+    let mut c = IpvsCompiler::new(&[IpFamily::V4], Options::default(), ctx.clone());
+    c.full(&st);
+    let text = c.ruleset().expect("applies").render();
+    assert!(
+        text.contains("ip daddr . meta l4proto . th dport @cluster-ips ip saddr != 10.244.0.0/16"),
+        "{text}"
+    );
+    assert!(text.contains("ip saddr 10.244.0.0/16 return"), "{text}");
+    assert!(
+        text.contains(
+            "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport @nodeports"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("nodeport-ips"), "{text}");
+    let options = Options {
+        table: TableConfig {
+            masquerade_all: true,
+            masquerade_bit: 3,
+            ..TableConfig::default()
+        },
+        ..Options::default()
+    };
+    let mut c = IpvsCompiler::new(&[IpFamily::V4], options, ctx);
+    c.full(&st);
+    let text = c.ruleset().expect("applies").render();
+    assert!(
+        text.contains(
+            "ip daddr . meta l4proto . th dport @cluster-ips meta mark set meta mark or 0x8"
+        ),
+        "{text}"
+    );
+}
+
+/// Applies the nftables part of a compile to a ruleset that holds what the compiler made.
+fn apply_table(rs: &mut Ruleset, tx: &Transaction) {
+    if let Err(e) = rs.apply(tx) {
+        panic!("the element changes do not apply: {e}\n{}", tx.render());
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, .. ProptestConfig::default() })]
+
+    #[test]
+    fn the_tables_element_changes_equal_a_full_compile(
+        steps in proptest::collection::vec(arb_state(), 1..4),
+    ) {
+        let ctx = node("node-a", &["172.18.0.2", "fd00:18::2"]);
+        let mut st = ProxyState::new();
+        let mut c = compiler(ctx.clone());
+        c.full(&st);
+        let mut kernel = c.ruleset().expect("the empty table applies");
+        for (s, l) in steps.into_iter().chain([(Vec::new(), Vec::new())]) {
+            st.replace_all(s, l);
+            let changed = st.take_dirty();
+            c.update(&st, &changed);
+            apply_table(&mut kernel, &c.take_table_changes());
+            let mut fresh = compiler(ctx.clone());
+            fresh.full(&st);
+            prop_assert_eq!(
+                c.elements().collect::<Vec<_>>(),
+                fresh.elements().collect::<Vec<_>>()
+            );
+            let expected = fresh.ruleset().expect("a full compile applies");
+            prop_assert_eq!(kernel.render(), expected.render());
+            // Nothing is pending after a take.
+            prop_assert!(c.take_table_changes().is_empty());
+        }
+        // An update to nothing leaves the skeleton only.
+        let empty = compiler(ctx).ruleset().expect("skeleton");
+        prop_assert_eq!(kernel.render(), empty.render());
     }
 }

@@ -109,6 +109,84 @@ fn what_rudder_writes_reads_back_exactly() {
     }
 }
 
+/// The IPVS mode's nftables part: every shape, both writers, every local-detection mode;
+/// the first sync's replacement and the element changes of a partial one read back as the
+/// table the compiler meant.
+#[test]
+fn the_ipvs_modes_table_reads_back_exactly() {
+    if !e2e_enabled() {
+        return;
+    }
+    use rudder_ipvs_compiler::{IpvsCompiler, Options, table::TableConfig};
+    let detectors = [
+        LocalDetector::Cidrs(vec![
+            "10.244.0.0/16".parse().expect("cidr"),
+            "fd00:244::/56".parse().expect("cidr"),
+        ]),
+        LocalDetector::InterfacePrefix(rudder_nft::IfaceName::new("veth*").expect("iface")),
+        LocalDetector::None,
+    ];
+    for mode in [WriteMode::Netlink, WriteMode::Program] {
+        for (i, detector) in detectors.iter().enumerate() {
+            let ns = Netns::new("ipvs-dump").expect("netns");
+            let b = NftBackend::new().write_mode(mode);
+            let options = Options {
+                table: TableConfig {
+                    masquerade_all: i == 1,
+                    ..TableConfig::default()
+                },
+                ..Options::default()
+            };
+            let mut ctx = node(detector.clone());
+            if i == 2 {
+                ctx.node_port_ips = rudder_compiler::NodePortIps::All;
+            }
+            let mut c = IpvsCompiler::new(&[IpFamily::V4, IpFamily::V6], options, ctx);
+            let mut st = everything();
+            c.full(&st);
+            let mut tx = rudder_nft::Transaction::new();
+            for t in c.tables() {
+                tx.push(rudder_nft::Op::AddTable(t.clone()));
+                tx.push(rudder_nft::Op::DeleteTable(t));
+            }
+            tx.extend(c.create_transaction());
+            at(&ns, || b.apply(&tx)).expect("the IPVS mode's table applies");
+            let check = |c: &IpvsCompiler, what: &str| {
+                let expected = c.ruleset().expect("ruleset");
+                for t in c.tables() {
+                    let want = &expected.tables[&t];
+                    let got = at(&ns, || b.read_table(&t, Some(want)))
+                        .expect("read")
+                        .expect("table exists");
+                    for (name, set) in &want.sets {
+                        assert_eq!(got.sets.get(name), Some(set), "{what}: {t} set {name}");
+                    }
+                    assert_eq!(&got, want, "{what}: {t}");
+                }
+            };
+            check(&c, &format!("{mode:?} full {i}"));
+            assert!(
+                c.elements().count() > 20,
+                "the shapes fill the sets: {}",
+                c.elements().count()
+            );
+            st.remove_service(&ServiceKey::new("ns", "open"));
+            st.upsert_slice(eps(
+                "lb",
+                IpFamily::V4,
+                Protocol::Tcp,
+                &[("10.244.1.2", "n1"), ("10.244.3.9", "n3")],
+            ));
+            let dirty: BTreeSet<ServiceKey> = st.take_dirty();
+            c.update(&st, &dirty);
+            let tx = c.take_table_changes();
+            assert!(!tx.is_empty(), "the update changes elements");
+            at(&ns, || b.apply(&tx)).expect("the element changes apply");
+            check(&c, &format!("{mode:?} update {i}"));
+        }
+    }
+}
+
 /// The handle of the first rule of `chain` (`nft -a list chain`).
 fn first_handle(ns: &Netns, chain: &str) -> String {
     let out = ns

@@ -196,12 +196,25 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
                 &families,
                 rudder_ipvs_compiler::Options {
                     scheduler: settings.ipvs.scheduler.clone(),
+                    table: rudder_ipvs_compiler::table::TableConfig {
+                        table: settings.config.table.clone(),
+                        masquerade_all: settings.config.masquerade_all,
+                        masquerade_bit: settings.config.masquerade_bit,
+                    },
                 },
                 node_context(None),
             );
-            let mode = rudder_controller::ipvs::IpvsMode::new(compiler, kernel);
+            let tables = compiler.tables();
+            let mode = rudder_controller::ipvs::IpvsMode::new(compiler, kernel, Kernel(backend));
             let sync_loop = SyncLoop::with_mode(mode, node_context, loop_config);
-            serve(&args, &settings, families, sync_loop, None).await
+            serve(
+                &args,
+                &settings,
+                families,
+                sync_loop,
+                Some((monitor_backend, tables)),
+            )
+            .await
         }
     }
 }
