@@ -320,6 +320,66 @@ step() { echo "== $*"; }
 "#;
 
 const RUDDER_IPVS_TAIL: &str = r#"
+step "shapes only the IPVS mode's nftables part serves"
+cat >/m/shapes.yaml <<'YAML'
+apiVersion: v1
+kind: Service
+metadata: {name: fw-deny, namespace: default}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.100.130
+  loadBalancerSourceRanges: [198.51.100.0/24]
+  ports: [{name: http, port: 80, protocol: TCP, targetPort: 80, nodePort: 30003}]
+status: {loadBalancer: {ingress: [{ip: 192.168.122.130}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: fw-allow, namespace: default}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.100.131
+  loadBalancerSourceRanges: [172.18.0.0/24]
+  ports: [{name: http, port: 80, protocol: TCP, targetPort: 80, nodePort: 30004}]
+status: {loadBalancer: {ingress: [{ip: 192.168.122.131}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: local, namespace: default}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.100.140
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32140
+  ports: [{name: http, port: 80, protocol: TCP, targetPort: 80, nodePort: 30005}]
+status: {loadBalancer: {ingress: [{ip: 192.168.122.140}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: local-none, namespace: default}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.100.141
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32141
+  ports: [{name: http, port: 80, protocol: TCP, targetPort: 80, nodePort: 30006}]
+status: {loadBalancer: {ingress: [{ip: 192.168.122.141}]}}
+YAML
+for s in fw-deny:10.244.1.2:node-1 fw-allow:10.244.1.2:node-1 local:10.244.1.2:node-1 \
+         local:10.244.2.2:node-2 local-none:10.244.2.2:node-2; do
+    name=${s%%:*}; rest=${s#*:}; addr=${rest%%:*}; node=${rest#*:}
+    cat >>/m/shapes.yaml <<YAML
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: $name-$node
+  namespace: default
+  labels: {kubernetes.io/service-name: $name}
+addressType: IPv4
+ports: [{name: http, port: 80, protocol: TCP}]
+endpoints: [{addresses: [$addr], nodeName: $node}]
+YAML
+done
 step "rudder run --proxy-mode ipvs"
 ip netns exec node rudder run --proxy-mode ipvs --manifests /m --hostname-override node-1 \
     --cluster-cidr 10.244.0.0/16 --full-sync-period 3s --iptables-min-sync-period 100ms \
@@ -344,6 +404,39 @@ step "ClusterIP from off the cluster"
 for i in 1 2 3; do echo "ipvs-client-clusterip $(get client 10.96.100.100 80)"; done
 step "NodePort from the client"
 for i in 1 2 3; do echo "ipvs-nodeport $(get client 172.18.0.2 30001)"; done
+ip netns exec node nft list table ip rudder
+step "ClusterIP from a pod, which may be its own endpoint (hairpin)"
+for i in 1 2 3 4 5 6; do echo "ipvs-pod-clusterip $(get pod0 10.96.100.100 80)"; done
+step "off-cluster traffic to a ClusterIP is masqueraded"
+ip netns exec node conntrack -L -s 172.18.0.10 -d 10.96.100.100 2>/dev/null | tee /tmp/ct
+grep -q 'src=10.244.[0-9].2 dst=10.244.[0-9].1 ' /tmp/ct
+step "no endpoints: refused at once"
+ms() { awk '{ printf "%d", $1 * 1000 }' /proc/uptime; }
+t0=$(ms)
+if ip netns exec client nc -w 5 10.96.100.120 80 </dev/null 2>/tmp/reject.err; then echo "10.96.100.120 answered"; exit 1; fi
+t1=$(ms)
+cat /tmp/reject.err
+grep -qi refused /tmp/reject.err
+echo "ipvs-refused-ms $((t1 - t0))"
+step "a VIP port that is no service: refused, while the node's own address answers"
+mkdir -p /srv/host; echo host >/srv/host/index.html
+ip netns exec node httpd -p 0.0.0.0:2222 -h /srv/host
+echo "ipvs-host-port $(get client 172.18.0.2 2222)"
+if ip netns exec client nc -w 5 10.96.100.100 2222 </dev/null 2>/tmp/vip.err; then echo "a VIP port answered"; exit 1; fi
+grep -qi refused /tmp/vip.err
+echo "ipvs-vip-filtered"
+step "loadBalancerSourceRanges"
+echo "ipvs-fw-allow $(get client 192.168.122.131 80)"
+if [ -n "$(get client 192.168.122.130 80)" ]; then echo "a source outside the ranges got in"; exit 1; fi
+echo "ipvs-fw-denied"
+step "externalTrafficPolicy Local: the local endpoint, the client's source kept"
+for i in 1 2 3; do echo "ipvs-local $(get client 192.168.122.140 80)"; done
+ip netns exec node conntrack -L -s 172.18.0.10 -d 192.168.122.140 2>/dev/null | tee /tmp/ct
+grep -q 'src=10.244.1.2 dst=172.18.0.10 ' /tmp/ct
+step "externalTrafficPolicy Local without local endpoints: dropped from outside, served to pods"
+if [ -n "$(get client 192.168.122.141 80)" ]; then echo "an outside client got a remote endpoint"; exit 1; fi
+echo "ipvs-local-none-dropped"
+echo "ipvs-local-none-pod $(get pod0 192.168.122.141 80)"
 step "an endpoint change"
 awk 'f == 0 && /- addresses: \[10.244.3.2\]/ { f = 1; print; next }
      f == 1 && /ready: true/ { sub(/ready: true/, "ready: false"); f = 2 }
@@ -386,6 +479,8 @@ fn rudder_ipvs_mode_in_the_guest() {
         .file(example_dir().join("others.yaml"), "/m/others.yaml")
         .host_binary("/usr/sbin/ip")
         .host_binary("/usr/sbin/ipvsadm")
+        .host_binary("/usr/sbin/nft")
+        .host_binary("/usr/sbin/conntrack")
         .timeout(Duration::from_secs(300))
         .run(&[RUDDER_IPVS_HEAD, TOPOLOGY, RUDDER_IPVS_TAIL].concat())
         .expect("booting the VM");
@@ -398,7 +493,42 @@ fn rudder_ipvs_mode_in_the_guest() {
             ("ipvs-client-clusterip ", 3),
             ("ipvs-nodeport ", 3),
             ("ipvs-nodeport-after ", 3),
+            ("ipvs-pod-clusterip ", 6),
+            ("ipvs-fw-allow ", 1),
         ],
+    );
+    // The local endpoint is pod0 (111); pods reach a Local service without local endpoints
+    // through the cluster's (pod1, 222); the host's own port answers on the node's address.
+    assert_eq!(
+        answers(&out, "ipvs-local "),
+        ["111", "111", "111"],
+        "{}",
+        out.output
+    );
+    assert_eq!(
+        answers(&out, "ipvs-local-none-pod "),
+        ["222"],
+        "{}",
+        out.output
+    );
+    assert_eq!(answers(&out, "ipvs-host-port "), ["host"], "{}", out.output);
+    for tag in [
+        "ipvs-vip-filtered",
+        "ipvs-fw-denied",
+        "ipvs-local-none-dropped",
+    ] {
+        assert!(out.output.contains(tag), "{tag}\n{}", out.output);
+    }
+    // Rejected by the nftables part, not by IPVS's rate-limited ICMP (1.3–2.3 s under
+    // kube-proxy): well under a second even under emulation.
+    let refused: Vec<u64> = answers(&out, "ipvs-refused-ms ")
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    assert!(
+        refused.len() == 1 && refused[0] < 1000,
+        "refused after {refused:?} ms\n{}",
+        out.output
     );
     // rr over three real servers: six connections reach more than one.
     let spread: std::collections::BTreeSet<String> =
