@@ -147,6 +147,9 @@ pub struct Explanation {
     pub policy: Vec<String>,
     /// The endpoints the packet may go to.
     pub candidates: Vec<Candidate>,
+    /// How one candidate is picked, when not uniformly at random (the IPVS mode: its
+    /// scheduler, for example `rr`).
+    pub picked_by: Option<String>,
     /// Session affinity, if any.
     pub affinity: Option<String>,
     /// Whether the packet is masqueraded (source replaced by the node's address), and why.
@@ -269,6 +272,7 @@ pub fn explain(state: &ProxyState, config: &Config, node: &NodeContext, q: &Quer
         contested: Vec::new(),
         policy: Vec::new(),
         candidates: Vec::new(),
+        picked_by: None,
         affinity: None,
         masquerade: None,
         hairpin: None,
@@ -493,11 +497,14 @@ impl fmt::Display for Explanation {
         }
         if !self.candidates.is_empty() {
             let n = self.candidates.len();
-            writeln!(
-                f,
-                "endpoints:   {n}, each chosen with probability 1/{n} ({:.1}%)",
-                100.0 / n as f64
-            )?;
+            match &self.picked_by {
+                Some(how) => writeln!(f, "endpoints:   {n}, picked by {}", e(how))?,
+                None => writeln!(
+                    f,
+                    "endpoints:   {n}, each chosen with probability 1/{n} ({:.1}%)",
+                    100.0 / n as f64
+                )?,
+            }
             for c in &self.candidates {
                 let addr = match c.address {
                     IpAddr::V6(a) => format!("[{a}]:{}", c.port),

@@ -333,18 +333,11 @@ impl<D: IpvsDataplane, N: Dataplane> ProxyMode for IpvsMode<D, N> {
     }
 
     fn no_local_endpoints(&self) -> Vec<(IpFamily, u64, u64)> {
-        // Not counted in IPVS mode yet (the compiler does not keep the counts).
-        Vec::new()
+        self.compiler.no_local_endpoints()
     }
 
     fn explain(&self, state: &ProxyState, query: &Query) -> Explanation {
-        // The same semantics as the nftables mode decide a packet's fate.
-        rudder_compiler::explain::explain(
-            state,
-            &rudder_compiler::Config::default(),
-            self.compiler.node(),
-            query,
-        )
+        self.compiler.explain(state, query)
     }
 }
 

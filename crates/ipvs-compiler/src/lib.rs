@@ -42,6 +42,7 @@ use rudder_model::{
 };
 use rudder_nft::{Atom, Family, Key, L4Proto, Ruleset, Transaction};
 
+mod explain;
 pub mod table;
 
 use table::{Element, Refusal, SetKind, TableConfig, frontend_key, port_key};
@@ -221,6 +222,11 @@ pub struct IpvsCompiler {
     target: Target,
     /// How many bound servers use each address.
     bound: BTreeMap<IpAddr, usize>,
+    /// Per service with any, its `no_local_endpoints` counts (see
+    /// [`IpvsCompiler::no_local_endpoints`]).
+    no_local: BTreeMap<ServiceKey, [u32; 4]>,
+    /// Their sums.
+    no_local_total: [u64; 4],
     /// Services compiled as absent (held back by the sync loop).
     excluded: BTreeSet<ServiceKey>,
     problems: Vec<Problem>,
@@ -240,6 +246,8 @@ impl IpvsCompiler {
             pending: BTreeMap::new(),
             target: Target::default(),
             bound: BTreeMap::new(),
+            no_local: BTreeMap::new(),
+            no_local_total: [0; 4],
             excluded: BTreeSet::new(),
             problems: Vec::new(),
         }
@@ -280,6 +288,19 @@ impl IpvsCompiler {
         self.families
             .iter()
             .map(|f| self.options.table.table(nft_family(*f)))
+            .collect()
+    }
+
+    /// Per family, the service ports that have endpoints but none on this node under a
+    /// `Local` policy, as `(family, internal, external)`: kube-proxy's
+    /// `sync_proxy_rules_no_local_endpoints_total` gauge, kept up to date incrementally.
+    pub fn no_local_endpoints(&self) -> Vec<(IpFamily, u64, u64)> {
+        self.families
+            .iter()
+            .map(|f| {
+                let i = if *f == IpFamily::V4 { 0 } else { 2 };
+                (*f, self.no_local_total[i], self.no_local_total[i + 1])
+            })
             .collect()
     }
 
@@ -344,6 +365,8 @@ impl IpvsCompiler {
         self.elements.clear();
         self.target = Target::default();
         self.bound.clear();
+        self.no_local.clear();
+        self.no_local_total = [0; 4];
         let keys: Vec<ServiceKey> = state.services().map(|s| s.key.clone()).collect();
         self.recompile(state, keys);
         self.pending.clear();
@@ -386,6 +409,11 @@ impl IpvsCompiler {
     ) -> Before {
         let mut touched = BTreeSet::new();
         for key in keys {
+            if let Some(old) = self.no_local.remove(&key) {
+                for (t, n) in self.no_local_total.iter_mut().zip(old) {
+                    *t -= u64::from(n);
+                }
+            }
             if let Some(old) = self.by_service.remove(&key) {
                 for c in old {
                     touched.insert(c.key);
@@ -403,7 +431,13 @@ impl IpvsCompiler {
             if self.excluded.contains(&key) {
                 continue;
             }
-            let claims = self.compile_service(state, svc);
+            let (claims, no_local) = self.compile_service(state, svc);
+            if no_local != [0; 4] {
+                for (t, n) in self.no_local_total.iter_mut().zip(no_local) {
+                    *t += u64::from(n);
+                }
+                self.no_local.insert(key.clone(), no_local);
+            }
             for c in &claims {
                 touched.insert(c.key);
                 self.contenders.entry(c.key).or_default().insert(
@@ -556,7 +590,21 @@ impl IpvsCompiler {
     }
 
     /// The virtual servers one service claims, in every family.
-    fn compile_service(&mut self, state: &ProxyState, svc: &Service) -> Vec<Claim> {
+    /// The virtual servers one service claims, in every family, and its service ports with
+    /// endpoints but none on this node under a `Local` policy (`[v4 internal, v4 external,
+    /// v6 internal, v6 external]`).
+    fn compile_service(&mut self, state: &ProxyState, svc: &Service) -> (Vec<Claim>, [u32; 4]) {
+        let mut no_local = [0u32; 4];
+        let claims = self.compile_claims(state, svc, &mut no_local);
+        (claims, no_local)
+    }
+
+    fn compile_claims(
+        &mut self,
+        state: &ProxyState,
+        svc: &Service,
+        no_local: &mut [u32; 4],
+    ) -> Vec<Claim> {
         let node_addrs = guard::node_addresses(&self.node);
         let mut out = Vec::new();
         for &family in &self.families {
@@ -577,6 +625,7 @@ impl IpvsCompiler {
                 }
                 return Vec::new();
             }
+            let mut counted = BTreeSet::new();
             for fe in claimed_frontends(svc, family, &node_addrs) {
                 let Some(port) = svc.ports.get(fe.port) else {
                     continue;
@@ -587,6 +636,17 @@ impl IpvsCompiler {
                 };
                 let endpoints = state.endpoints_for(svc, port, family);
                 let cat = categorize(svc, &endpoints, &self.node.name, self.node.zone.as_deref());
+                if counted.insert(fe.port) && cat.has_any && cat.local.is_empty() {
+                    let i = if family == IpFamily::V4 { 0 } else { 2 };
+                    if svc.internal_traffic_policy == TrafficPolicy::Local {
+                        no_local[i] += 1;
+                    }
+                    if svc.external_traffic_policy == TrafficPolicy::Local
+                        && svc.externally_accessible()
+                    {
+                        no_local[i + 1] += 1;
+                    }
+                }
                 let external = fe.kind != FrontendKind::ClusterIp;
                 // kube-proxy: an external Local policy without local endpoints keeps the
                 // cluster ones (kubernetes#97081), so pods on this node still reach the
@@ -809,7 +869,7 @@ fn addr_of(key: &VsKey) -> Option<IpAddr> {
     }
 }
 
-fn vs_key(protocol: Protocol, addr: SocketAddr) -> VsKey {
+pub(crate) fn vs_key(protocol: Protocol, addr: SocketAddr) -> VsKey {
     match protocol {
         Protocol::Tcp => VsKey::tcp(addr),
         Protocol::Udp => VsKey::udp(addr),

@@ -435,6 +435,16 @@ proptest! {
             let expected = fresh.full(&st).clone();
             prop_assert_eq!(shape(&kernel), shape(&expected));
             prop_assert_eq!(shape(c.target()), shape(&expected));
+            // The no_local_endpoints gauge: kept incrementally, and counted as the nftables
+            // mode counts it.
+            prop_assert_eq!(c.no_local_endpoints(), fresh.no_local_endpoints());
+            let mut nft = rudder_compiler::Compiler::new(
+                &[IpFamily::V4, IpFamily::V6],
+                rudder_compiler::Config::default(),
+                ctx.clone(),
+            );
+            nft.full(&st);
+            prop_assert_eq!(c.no_local_endpoints(), nft.no_local_endpoints());
             // And diff from what the kernel holds to a fresh compile is empty.
             prop_assert!(diff(&kernel, &expected).is_empty());
         }
@@ -687,5 +697,110 @@ proptest! {
         // An update to nothing leaves the skeleton only.
         let empty = compiler(ctx).ruleset().expect("skeleton");
         prop_assert_eq!(kernel.render(), empty.render());
+    }
+}
+
+#[test]
+fn no_local_endpoints_counts_local_policies_without_endpoints_here() {
+    let mut st = web();
+    let key = ServiceKey::new("ns", "web");
+    let mut s = st.service(&key).unwrap().clone();
+    s.external_traffic_policy = TrafficPolicy::Local;
+    s.internal_traffic_policy = TrafficPolicy::Local;
+    st.upsert_service(s);
+    let mut c = compiler(node("node-c", &["172.18.0.3"]));
+    c.full(&st);
+    assert_eq!(
+        c.no_local_endpoints(),
+        [(IpFamily::V4, 1, 1), (IpFamily::V6, 0, 0)]
+    );
+    // The same node gets a local endpoint: the counts go to zero incrementally.
+    let sl = slice(
+        "ns",
+        "web-2",
+        "web",
+        IpFamily::V4,
+        &[("http", Protocol::Tcp, 8080)],
+        vec![endpoint("10.244.3.5", true, "node-c")],
+    );
+    st.upsert_slice(sl);
+    let changed = st.take_dirty();
+    c.update(&st, &changed);
+    assert_eq!(
+        c.no_local_endpoints(),
+        [(IpFamily::V4, 0, 0), (IpFamily::V6, 0, 0)]
+    );
+}
+
+mod explain {
+    use rudder_compiler::explain::{Query, Verdict, Via};
+
+    use super::*;
+
+    fn ask(c: &IpvsCompiler, st: &ProxyState, to: &str, port: u16, via: Via) -> Explanation {
+        c.explain(
+            st,
+            &Query {
+                to: ip(to),
+                port,
+                protocol: Protocol::Tcp,
+                from: None,
+                via: Some(via),
+            },
+        )
+    }
+
+    use rudder_compiler::explain::Explanation;
+
+    #[test]
+    fn candidates_are_the_virtual_servers_real_servers_picked_by_its_scheduler() {
+        let st = web();
+        let mut c = compiler(node("node-a", &["172.18.0.2"]));
+        c.full(&st);
+        let e = ask(&c, &st, "10.96.0.10", 80, Via::Pod);
+        let got: Vec<String> = e
+            .candidates
+            .iter()
+            .map(|c| format!("{}:{} {}", c.address, c.port, c.local))
+            .collect();
+        assert_eq!(got, ["10.244.1.5:8080 true", "10.244.2.5:8080 false"]);
+        assert_eq!(e.verdict, Verdict::Dnat);
+        let text = e.to_string();
+        assert!(text.contains("picked by IPVS's rr scheduler"), "{text}");
+        assert!(
+            text.contains("IPVS virtual server tcp 10.96.0.10:80"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_vip_port_that_is_no_service_is_rejected_by_the_vip_filter() {
+        let st = web();
+        let mut c = compiler(node("node-a", &["172.18.0.2"]));
+        c.full(&st);
+        let e = ask(&c, &st, "203.0.113.7", 22, Via::External);
+        assert!(
+            matches!(&e.verdict, Verdict::Reject(why) if why.contains("VIP filter")),
+            "{e}"
+        );
+        // An address that is no VIP is not touched.
+        let e = ask(&c, &st, "198.51.100.1", 22, Via::External);
+        assert!(matches!(e.verdict, Verdict::NotAService(_)), "{e}");
+    }
+
+    #[test]
+    fn local_policies_do_not_short_circuit_and_the_node_is_not_masqueraded() {
+        let mut st = web();
+        let mut s = st.service(&ServiceKey::new("ns", "web")).unwrap().clone();
+        s.external_traffic_policy = TrafficPolicy::Local;
+        st.upsert_service(s);
+        let mut c = compiler(node("node-a", &["172.18.0.2"]));
+        c.full(&st);
+        let e = ask(&c, &st, "192.0.2.50", 80, Via::Node);
+        let got: Vec<String> = e.candidates.iter().map(|c| c.address.to_string()).collect();
+        // The nftables mode sends the node's traffic to every endpoint; IPVS has one real
+        // server list for every source.
+        assert_eq!(got, ["10.244.1.5"], "{e}");
+        assert_eq!(e.masquerade.as_ref().map(|m| m.0), Some(false), "{e}");
     }
 }
