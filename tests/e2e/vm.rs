@@ -380,11 +380,18 @@ ports: [{name: http, port: 80, protocol: TCP}]
 endpoints: [{addresses: [$addr], nodeName: $node}]
 YAML
 done
+step "what is not Rudder's: an address and a virtual server in an excluded CIDR"
+ip -n node link add kube-ipvs0 type dummy
+ip -n node addr add 10.200.0.1/32 dev kube-ipvs0
+ip netns exec node ipvsadm -A -t 10.200.0.1:80 -s wlc
+start_rudder() {
+    ip netns exec node rudder run --proxy-mode ipvs --manifests /m --hostname-override node-1 \
+        --cluster-cidr 10.244.0.0/16 --full-sync-period 3s --iptables-min-sync-period 100ms \
+        --ipvs-exclude-cidrs 10.200.0.0/16 >>/tmp/rudder.log 2>&1 &
+    rudder=$!
+}
 step "rudder run --proxy-mode ipvs"
-ip netns exec node rudder run --proxy-mode ipvs --manifests /m --hostname-override node-1 \
-    --cluster-cidr 10.244.0.0/16 --full-sync-period 3s --iptables-min-sync-period 100ms \
-    >/tmp/rudder.log 2>&1 &
-rudder=$!
+start_rudder
 i=0
 until grep -q 'sync done' /tmp/rudder.log; do
     i=$((i + 1))
@@ -460,8 +467,32 @@ until ip netns exec node ipvsadm -Ln | grep -q 'TCP  172.18.0.2:30001 rr'; do
 done
 echo "ipvs-repaired"
 for i in 1 2 3; do echo "ipvs-nodeport-after $(get client 172.18.0.2 30001)"; done
+ip netns exec node ipvsadm -Ln | grep -q 'TCP  10.200.0.1:80 wlc'
+ip -n node addr show kube-ipvs0 | grep -q 'inet 10.200.0.1/32'
+echo "ipvs-others-kept"
+step "restart: traffic flows while Rudder is down and after it is back"
 kill $rudder
 wait $rudder || true
+for i in 1 2 3; do echo "ipvs-while-down $(get client 172.18.0.2 30001)"; done
+syncs=$(grep -c 'sync done' /tmp/rudder.log)
+start_rudder
+i=0
+until [ "$(grep -c 'sync done' /tmp/rudder.log)" -gt "$syncs" ]; do
+    i=$((i + 1))
+    if [ $i -gt 600 ]; then cat /tmp/rudder.log; echo "no sync after the restart"; exit 1; fi
+    sleep 0.1
+done
+for i in 1 2 3; do echo "ipvs-after-restart $(get client 10.96.100.100 80)"; done
+kill $rudder
+wait $rudder || true
+step "rudder cleanup"
+ip netns exec node rudder cleanup --ipvs-exclude-cidrs 10.200.0.0/16
+ip netns exec node ipvsadm -Ln
+ip -n node addr show kube-ipvs0
+test "$(ip netns exec node ipvsadm -Sn)" = "-A -t 10.200.0.1:80 -s wlc"
+test "$(ip -n node -4 addr show kube-ipvs0 | grep -c inet)" = 1
+if ip netns exec node nft list tables | grep -q rudder; then echo "a table is left"; exit 1; fi
+echo "ipvs-cleaned"
 grep -c 'sync done' /tmp/rudder.log
 echo RUDDER-IPVS-OK
 "#;
@@ -494,6 +525,8 @@ fn rudder_ipvs_mode_in_the_guest() {
             ("ipvs-nodeport ", 3),
             ("ipvs-nodeport-after ", 3),
             ("ipvs-pod-clusterip ", 6),
+            ("ipvs-while-down ", 3),
+            ("ipvs-after-restart ", 3),
             ("ipvs-fw-allow ", 1),
         ],
     );
@@ -516,6 +549,8 @@ fn rudder_ipvs_mode_in_the_guest() {
         "ipvs-vip-filtered",
         "ipvs-fw-denied",
         "ipvs-local-none-dropped",
+        "ipvs-others-kept",
+        "ipvs-cleaned",
     ] {
         assert!(out.output.contains(tag), "{tag}\n{}", out.output);
     }

@@ -355,6 +355,15 @@ pub struct CleanupArgs {
     #[arg(long = "nft-path", value_name = "PATH", default_value = "nft")]
     pub nft_path: PathBuf,
 
+    /// Virtual servers on addresses in these CIDRs are not Rudder's: cleanup leaves them,
+    /// as the daemon does (give the daemon's `--ipvs-exclude-cidrs`).
+    #[arg(
+        long = "ipvs-exclude-cidrs",
+        value_name = "CIDRS",
+        value_delimiter = ','
+    )]
+    pub ipvs_exclude_cidrs: Vec<String>,
+
     #[command(flatten)]
     pub log: LogArgs,
 }

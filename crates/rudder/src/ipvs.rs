@@ -21,11 +21,57 @@ use tracing::{debug, info, warn};
 /// The dummy interface that holds the VIPs, as kube-proxy names it.
 pub const DUMMY: &str = "kube-ipvs0";
 
+/// The address protocol (`IFA_PROTO`, kernel 5.18) Rudder marks the addresses it adds with:
+/// only those are ever removed. The kernel reserves 0–3 (unspecified, loopback, router
+/// advertisement, link-local); `R`.
+pub const ADDRESS_PROTO: u8 = b'R';
+
+/// Which addresses on the dummy interface are Rudder's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    /// The kernel keeps address protocols (5.18 and later): those marked [`ADDRESS_PROTO`].
+    Marked,
+    /// It does not: every address but the link-local ones, as kube-proxy treats them.
+    All,
+}
+
+impl Ownership {
+    /// From the kernel release (`uname -r`): `Marked` from 5.18, `All` before or when the
+    /// release cannot be read.
+    pub fn of_release(release: &str) -> Ownership {
+        let mut parts = release
+            .split(|c: char| !c.is_ascii_digit())
+            .map(|p| p.parse::<u32>().ok());
+        match (parts.next().flatten(), parts.next().flatten()) {
+            (Some(major), Some(minor)) if (major, minor) >= (5, 18) => Ownership::Marked,
+            _ => Ownership::All,
+        }
+    }
+
+    /// Whether an address with protocol `proto` (`None`: not reported) is Rudder's.
+    pub fn owns(self, ip: &IpAddr, proto: Option<u8>) -> bool {
+        let link_local = matches!(ip, IpAddr::V6(a) if (a.segments()[0] & 0xffc0) == 0xfe80);
+        match self {
+            Ownership::Marked => proto == Some(ADDRESS_PROTO),
+            Ownership::All => !link_local,
+        }
+    }
+}
+
+/// The ownership rule of this kernel.
+fn ownership() -> Ownership {
+    Ownership::of_release(
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim(),
+    )
+}
+
 /// What the link thread is asked.
 enum LinkOp {
     /// Create the dummy interface if it is missing and set it up; answers its index.
     Ensure,
-    /// The addresses on it.
+    /// Rudder's addresses on it (see [`Ownership`]).
     List,
     /// Add an address (a host prefix).
     Add(IpAddr),
@@ -127,7 +173,21 @@ async fn ensure(handle: &rtnetlink::Handle) -> Result<u32, String> {
     Ok(index)
 }
 
-async fn addresses(handle: &rtnetlink::Handle, index: u32) -> Result<Vec<IpAddr>, String> {
+/// The protocol an address was added with, if the kernel reports one.
+fn proto_of(m: &rtnetlink::packet_route::address::AddressMessage) -> Option<u8> {
+    use rtnetlink::packet_route::address::AddressAttribute;
+    m.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Protocol(p) => Some(u8::from(*p)),
+        _ => None,
+    })
+}
+
+/// The addresses on the interface `index` that are Rudder's under `owned`.
+async fn addresses(
+    handle: &rtnetlink::Handle,
+    index: u32,
+    owned: Ownership,
+) -> Result<Vec<IpAddr>, String> {
     use rtnetlink::packet_route::address::AddressAttribute;
     let mut out = Vec::new();
     let mut msgs = handle
@@ -143,9 +203,12 @@ async fn addresses(handle: &rtnetlink::Handle, index: u32) -> Result<Vec<IpAddr>
         if m.header.index != index {
             continue;
         }
+        let proto = proto_of(&m);
         for a in &m.attributes {
             if let AddressAttribute::Address(ip) = a {
-                out.push(*ip);
+                if owned.owns(ip, proto) {
+                    out.push(*ip);
+                }
             }
         }
     }
@@ -169,10 +232,18 @@ async fn link_op(
     };
     match op {
         LinkOp::Ensure => Ok(Vec::new()),
-        LinkOp::List => addresses(handle, idx).await,
+        LinkOp::List => addresses(handle, idx, ownership()).await,
         LinkOp::Add(ip) => {
+            use rtnetlink::packet_route::address::{AddressAttribute, AddressProtocol};
             let prefix = if ip.is_ipv4() { 32 } else { 128 };
-            match handle.address().add(idx, ip, prefix).execute().await {
+            let mut add = handle.address().add(idx, ip, prefix);
+            add.message_mut()
+                .attributes
+                .push(AddressAttribute::Protocol(AddressProtocol::from(
+                    ADDRESS_PROTO,
+                )));
+            // An address that is there already stays whoever's it is: never taken over.
+            match add.execute().await {
                 Ok(()) => Ok(Vec::new()),
                 Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -17 => Ok(Vec::new()),
                 Err(e) => Err(format!("adding {ip} to {DUMMY}: {e}")),
@@ -185,12 +256,13 @@ async fn link_op(
                 .set_link_index_filter(idx)
                 .set_address_filter(ip)
                 .execute();
+            let owned = ownership();
             while let Some(m) = msgs
                 .try_next()
                 .await
                 .map_err(|e| format!("finding {ip} on {DUMMY}: {e}"))?
             {
-                if m.header.index != idx {
+                if m.header.index != idx || !owned.owns(&ip, proto_of(&m)) {
                     continue;
                 }
                 handle
@@ -394,5 +466,144 @@ pub fn set_sysctls() {
                 value, "cannot set IPVS sysctl (set it on the host): {e}"
             ),
         }
+    }
+}
+
+/// What `rudder cleanup` removed of the IPVS mode.
+#[derive(Debug, Default)]
+pub struct Cleaned {
+    /// Virtual servers deleted.
+    pub services: Vec<String>,
+    /// Addresses removed from the dummy interface.
+    pub addresses: Vec<IpAddr>,
+    /// Whether the dummy interface was deleted (nothing but Rudder's addresses was on it).
+    pub interface: bool,
+}
+
+/// `rudder cleanup` for the IPVS mode: the virtual servers outside `exclude` (those the
+/// daemon owns, as kube-proxy's IPVS mode owns them), Rudder's addresses on the dummy
+/// interface, and the interface itself once nothing else is on it. IPVS is left alone when
+/// it is not loaded (cleanup never loads the module).
+pub fn cleanup(exclude: &[Cidr]) -> anyhow::Result<Cleaned> {
+    let mut out = Cleaned::default();
+    if std::path::Path::new("/proc/net/ip_vs").exists() {
+        let mut handle = rudder_ipvs::Handle::new()
+            .map_err(|e| anyhow::anyhow!("opening IPVS for cleanup: {e}"))?;
+        for e in handle
+            .services()
+            .map_err(|e| anyhow::anyhow!("listing the virtual servers: {e}"))?
+        {
+            let key = e.server.key;
+            let mine = match key {
+                VsKey::Addr { addr, .. } => !exclude.iter().any(|c| c.contains(&addr.ip())),
+                VsKey::Fwmark { .. } => false,
+            };
+            if !mine {
+                continue;
+            }
+            handle
+                .apply(&Request::DelService(key))
+                .map_err(|e| anyhow::anyhow!("deleting the virtual server {key:?}: {e}"))?;
+            out.services.push(format!("{key:?}"));
+        }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (addresses, interface) = rt
+        .block_on(cleanup_link(ownership()))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    out.addresses = addresses;
+    out.interface = interface;
+    Ok(out)
+}
+
+/// Removes Rudder's addresses from the dummy interface, and the interface when nothing else
+/// is left on it.
+async fn cleanup_link(owned: Ownership) -> Result<(Vec<IpAddr>, bool), String> {
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| format!("no rtnetlink socket: {e}"))?;
+    tokio::spawn(conn);
+    let mut links = handle.link().get().match_name(DUMMY.to_owned()).execute();
+    let index = match links.try_next().await {
+        Ok(Some(l)) => l.header.index,
+        Ok(None) => return Ok((Vec::new(), false)),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -19 => {
+            return Ok((Vec::new(), false));
+        }
+        Err(e) => return Err(format!("listing {DUMMY}: {e}")),
+    };
+    let mut removed = Vec::new();
+    let mut others = 0usize;
+    let mut msgs = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    let mut mine = Vec::new();
+    while let Some(m) = msgs
+        .try_next()
+        .await
+        .map_err(|e| format!("listing the addresses of {DUMMY}: {e}"))?
+    {
+        if m.header.index != index {
+            continue;
+        }
+        let proto = proto_of(&m);
+        let ip = m.attributes.iter().find_map(|a| match a {
+            rtnetlink::packet_route::address::AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        });
+        match ip {
+            Some(ip) if owned.owns(&ip, proto) => mine.push((ip, m)),
+            Some(ip) if Ownership::All.owns(&ip, proto) => others += 1,
+            _ => {}
+        }
+    }
+    for (ip, m) in mine {
+        handle
+            .address()
+            .del(m)
+            .execute()
+            .await
+            .map_err(|e| format!("removing {ip} from {DUMMY}: {e}"))?;
+        removed.push(ip);
+    }
+    if others > 0 {
+        return Ok((removed, false));
+    }
+    handle
+        .link()
+        .del(index)
+        .execute()
+        .await
+        .map_err(|e| format!("deleting {DUMMY}: {e}"))?;
+    Ok((removed, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("test address")
+    }
+
+    #[test]
+    fn addresses_are_rudders_by_their_mark_from_5_18_and_all_but_link_local_before() {
+        assert_eq!(Ownership::of_release("6.1.0-48-amd64"), Ownership::Marked);
+        assert_eq!(Ownership::of_release("5.18.0"), Ownership::Marked);
+        assert_eq!(Ownership::of_release("5.17.15-arch1"), Ownership::All);
+        assert_eq!(Ownership::of_release("4.19"), Ownership::All);
+        assert_eq!(Ownership::of_release(""), Ownership::All);
+        assert_eq!(Ownership::of_release("garbage"), Ownership::All);
+        let vip = ip("10.96.0.10");
+        assert!(Ownership::Marked.owns(&vip, Some(ADDRESS_PROTO)));
+        assert!(!Ownership::Marked.owns(&vip, None));
+        assert!(!Ownership::Marked.owns(&vip, Some(3)));
+        assert!(Ownership::All.owns(&vip, None));
+        assert!(Ownership::All.owns(&ip("fd00::10"), None));
+        assert!(!Ownership::All.owns(&ip("fe80::1"), None));
+        assert!(!Ownership::All.owns(&ip("febf::1"), Some(3)));
     }
 }

@@ -130,6 +130,7 @@ fn main() -> ExitCode {
                 cleanup(cli::CleanupArgs {
                     table: args.proxy.table.clone(),
                     nft_path: args.nft_path.clone(),
+                    ipvs_exclude_cidrs: args.proxy.ipvs_exclude_cidrs.clone(),
                     log: args.proxy.log.clone(),
                 })
             } else {
@@ -326,8 +327,14 @@ fn status(args: cli::StatusArgs) -> anyhow::Result<ExitCode> {
         println!("{}", logfmt::multiline(&body));
     } else {
         let now = metrics::now();
+        let mode = if st.mode.is_empty() {
+            "nftables"
+        } else {
+            st.mode.as_str()
+        };
         println!(
-            "rudder at {addr}: nftables mode, started {}",
+            "rudder at {addr}: {} mode, started {}",
+            rudder_model::escape_controls(mode),
             ago(st.started, now)
         );
         println!("services:            {}", st.services);
@@ -410,7 +417,8 @@ fn status(args: cli::StatusArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// `rudder cleanup`: delete Rudder's tables.
+/// `rudder cleanup`: delete Rudder's tables, and what its IPVS mode made (virtual servers
+/// outside `--ipvs-exclude-cidrs`, its addresses on `kube-ipvs0`).
 fn cleanup(args: cli::CleanupArgs) -> anyhow::Result<ExitCode> {
     let name = Name::new(&args.table).map_err(|e| anyhow::anyhow!("--nftables-table: {e}"))?;
     // Never under a running daemon's feet: it would recreate the tables at its next sync.
@@ -426,11 +434,33 @@ fn cleanup(args: cli::CleanupArgs) -> anyhow::Result<ExitCode> {
         TableRef::new(Family::Ip6, name),
     ];
     let deleted = backend.delete_tables(&tables)?;
-    if deleted.is_empty() {
+    let exclude = args
+        .ipvs_exclude_cidrs
+        .iter()
+        .map(|c| {
+            c.parse::<rudder_model::Cidr>()
+                .map_err(|e| anyhow::anyhow!("--ipvs-exclude-cidrs {c:?}: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let ipvs = ipvs::cleanup(&exclude)?;
+    if deleted.is_empty()
+        && ipvs.services.is_empty()
+        && ipvs.addresses.is_empty()
+        && !ipvs.interface
+    {
         tracing::info!("nothing to clean up");
     }
     for t in deleted {
         tracing::info!(table = %t, "deleted table");
+    }
+    for s in &ipvs.services {
+        tracing::info!(virtual_server = %s, "deleted IPVS virtual server");
+    }
+    for a in &ipvs.addresses {
+        tracing::info!(address = %a, interface = ipvs::DUMMY, "removed address");
+    }
+    if ipvs.interface {
+        tracing::info!(interface = ipvs::DUMMY, "deleted the dummy interface");
     }
     Ok(ExitCode::SUCCESS)
 }
