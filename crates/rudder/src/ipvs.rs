@@ -504,7 +504,12 @@ pub fn cleanup(exclude: &[Cidr]) -> anyhow::Result<Cleaned> {
             handle
                 .apply(&Request::DelService(key))
                 .map_err(|e| anyhow::anyhow!("deleting the virtual server {key:?}: {e}"))?;
-            out.services.push(format!("{key:?}"));
+            out.services.push(match key {
+                VsKey::Addr { protocol, addr } => {
+                    format!("{} {addr}", format!("{protocol:?}").to_lowercase())
+                }
+                VsKey::Fwmark { .. } => format!("{key:?}"),
+            });
         }
     }
     let rt = tokio::runtime::Builder::new_current_thread()
