@@ -363,9 +363,55 @@ spec:
   healthCheckNodePort: 32141
   ports: [{name: http, port: 80, protocol: TCP, targetPort: 80, nodePort: 30006}]
 status: {loadBalancer: {ingress: [{ip: 192.168.122.141}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sticky, namespace: default}
+spec:
+  clusterIP: 10.96.100.160
+  sessionAffinity: ClientIP
+  ports: [{name: http, port: 80, protocol: TCP, targetPort: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: itp-local, namespace: default}
+spec:
+  clusterIP: 10.96.100.161
+  internalTrafficPolicy: Local
+  ports: [{name: http, port: 80, protocol: TCP, targetPort: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: long, namespace: default}
+spec:
+  clusterIP: 10.96.100.162
+  ports: [{name: echo, port: 7000, protocol: TCP, targetPort: 7000}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: dual, namespace: default}
+spec:
+  type: NodePort
+  ipFamilyPolicy: RequireDualStack
+  ipFamilies: [IPv4, IPv6]
+  clusterIPs: [10.96.100.170, "fd00:10:96::170"]
+  ports: [{name: http, port: 80, protocol: TCP, targetPort: 80, nodePort: 30007}]
+YAML
+cat >/m/long.yaml <<'YAML'
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: long-1
+  namespace: default
+  labels: {kubernetes.io/service-name: long}
+addressType: IPv4
+ports: [{name: echo, port: 7000, protocol: TCP}]
+endpoints: [{addresses: [10.244.3.2], nodeName: node-1}]
 YAML
 for s in fw-deny:10.244.1.2:node-1 fw-allow:10.244.1.2:node-1 local:10.244.1.2:node-1 \
-         local:10.244.2.2:node-2 local-none:10.244.2.2:node-2; do
+         local:10.244.2.2:node-2 local-none:10.244.2.2:node-2 sticky:10.244.1.2:node-1 \
+         sticky:10.244.2.2:node-1 sticky:10.244.3.2:node-1 itp-local:10.244.1.2:node-1 \
+         itp-local:10.244.2.2:node-2 dual:10.244.1.2:node-1; do
     name=${s%%:*}; rest=${s#*:}; addr=${rest%%:*}; node=${rest#*:}
     cat >>/m/shapes.yaml <<YAML
 ---
@@ -390,6 +436,27 @@ start_rudder() {
         --ipvs-exclude-cidrs 10.200.0.0/16 >>/tmp/rudder.log 2>&1 &
     rudder=$!
 }
+cat >>/m/shapes.yaml <<'YAML'
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: dual-v6
+  namespace: default
+  labels: {kubernetes.io/service-name: dual}
+addressType: IPv6
+ports: [{name: http, port: 80, protocol: TCP}]
+endpoints: [{addresses: ["fd00:10:244:1::2"], nodeName: node-1}]
+YAML
+step "UDP and long-lived TCP servers in the pods, IPv6 between the client and the node"
+for i in 0 1 2; do
+    n=$((i + 1))
+    ip netns exec pod$i socat UDP-RECVFROM:5353,fork SYSTEM:"echo $n$n$n" &
+done
+ip netns exec pod2 socat TCP-LISTEN:7000,fork,reuseaddr EXEC:cat &
+ip -n node addr add fc00:f853:ccd:e793::2/64 dev eth0 nodad
+ip -n client addr add fc00:f853:ccd:e793::10/64 dev eth0 nodad
+ip -n client -6 route add default via fc00:f853:ccd:e793::2
 step "rudder run --proxy-mode ipvs"
 start_rudder
 i=0
@@ -444,6 +511,45 @@ step "externalTrafficPolicy Local without local endpoints: dropped from outside,
 if [ -n "$(get client 192.168.122.141 80)" ]; then echo "an outside client got a remote endpoint"; exit 1; fi
 echo "ipvs-local-none-dropped"
 echo "ipvs-local-none-pod $(get pod0 192.168.122.141 80)"
+step "UDP through the ClusterIP"
+for i in 1 2 3; do echo "ipvs-udp $(echo q | ip netns exec client socat -T2 - UDP:10.96.100.100:53)"; done
+step "sessionAffinity ClientIP: persistence"
+ip netns exec node ipvsadm -Ln -t 10.96.100.160:80 | grep -q 'persistent 10800'
+for i in 1 2 3 4 5 6; do echo "ipvs-sticky $(get client 10.96.100.160 80)"; done
+step "internalTrafficPolicy Local: only the endpoint on this node"
+for i in 1 2 3 4; do echo "ipvs-itp-local $(get pod2 10.96.100.161 80)"; done
+step "a dual-stack NodePort over IPv6"
+for i in 1 2 3; do echo "ipvs-nodeport-v6 $(get client fc00:f853:ccd:e793::2 30007)"; done
+ip netns exec node ipvsadm -Ln | grep -q 'TCP  \[fc00:f853:ccd:e793::2\]:30007 rr'
+step "graceful termination: an established connection outlives its endpoint"
+(echo one; sleep 8; echo two) | ip netns exec client socat -T15 - TCP:10.96.100.162:7000 >/tmp/long.out &
+talker=$!
+i=0
+until grep -q one /tmp/long.out; do
+    i=$((i + 1)); if [ $i -gt 100 ]; then echo "no first line"; exit 1; fi; sleep 0.1
+done
+sed 's/endpoints: .*/endpoints: []/' /m/long.yaml >/tmp/long.yaml
+mv /tmp/long.yaml /m/long.yaml
+i=0
+until ip netns exec node ipvsadm -Ln -t 10.96.100.162:7000 | grep -q '10.244.3.2:7000 *Masq *0 *1'; do
+    i=$((i + 1))
+    if [ $i -gt 100 ]; then ip netns exec node ipvsadm -Ln; cat /tmp/rudder.log; echo "not drained"; exit 1; fi
+    sleep 0.1
+done
+ip netns exec node ipvsadm -Ln -t 10.96.100.162:7000
+if ip netns exec client nc -w 5 10.96.100.162 7000 </dev/null 2>/tmp/long.err; then echo "a new connection reached a drained server"; exit 1; fi
+grep -qi refused /tmp/long.err
+wait $talker || true
+cat /tmp/long.out
+grep -q two /tmp/long.out
+echo "ipvs-drained-connection-kept"
+i=0
+while ip netns exec node ipvsadm -Ln -t 10.96.100.162:7000 | grep -q '10.244.3.2:7000'; do
+    i=$((i + 1))
+    if [ $i -gt 300 ]; then ip netns exec node ipvsadm -Ln; echo "the drained server was never deleted"; exit 1; fi
+    sleep 0.1
+done
+echo "ipvs-drained-deleted"
 step "an endpoint change"
 awk 'f == 0 && /- addresses: \[10.244.3.2\]/ { f = 1; print; next }
      f == 1 && /ready: true/ { sub(/ready: true/, "ready: false"); f = 2 }
@@ -512,6 +618,7 @@ fn rudder_ipvs_mode_in_the_guest() {
         .host_binary("/usr/sbin/ipvsadm")
         .host_binary("/usr/sbin/nft")
         .host_binary("/usr/sbin/conntrack")
+        .host_binary("/usr/bin/socat")
         .timeout(Duration::from_secs(300))
         .run(&[RUDDER_IPVS_HEAD, TOPOLOGY, RUDDER_IPVS_TAIL].concat())
         .expect("booting the VM");
@@ -527,6 +634,8 @@ fn rudder_ipvs_mode_in_the_guest() {
             ("ipvs-pod-clusterip ", 6),
             ("ipvs-while-down ", 3),
             ("ipvs-after-restart ", 3),
+            ("ipvs-udp ", 3),
+            ("ipvs-nodeport-v6 ", 3),
             ("ipvs-fw-allow ", 1),
         ],
     );
@@ -545,11 +654,25 @@ fn rudder_ipvs_mode_in_the_guest() {
         out.output
     );
     assert_eq!(answers(&out, "ipvs-host-port "), ["host"], "{}", out.output);
+    // Persistence: one client, one real server.
+    let sticky: std::collections::BTreeSet<String> =
+        answers(&out, "ipvs-sticky ").into_iter().collect();
+    assert_eq!(sticky.len(), 1, "{sticky:?}\n{}", out.output);
+    assert_eq!(answers(&out, "ipvs-sticky ").len(), 6, "{}", out.output);
+    // internalTrafficPolicy Local: pod0 (111) is the endpoint on node-1.
+    assert_eq!(
+        answers(&out, "ipvs-itp-local "),
+        ["111", "111", "111", "111"],
+        "{}",
+        out.output
+    );
     for tag in [
         "ipvs-vip-filtered",
         "ipvs-fw-denied",
         "ipvs-local-none-dropped",
         "ipvs-others-kept",
+        "ipvs-drained-connection-kept",
+        "ipvs-drained-deleted",
         "ipvs-cleaned",
     ] {
         assert!(out.output.contains(tag), "{tag}\n{}", out.output);

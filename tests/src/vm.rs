@@ -193,7 +193,7 @@ fn is_static(binary: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Installs qemu, busybox-static and ipvsadm with apt-get when missing. Only a missing qemu
+/// Installs qemu, busybox-static, ipvsadm and socat with apt-get when missing. Only a missing qemu
 /// is [`VmError::Unavailable`]; the rest is needed too, but is an ordinary error.
 fn install_tools() -> Result<(), VmError> {
     let busybox_ok = Path::new("/bin/busybox").is_file() && is_static(Path::new("/bin/busybox"));
@@ -206,6 +206,9 @@ fn install_tools() -> Result<(), VmError> {
     }
     if !have("ipvsadm") {
         missing.push("ipvsadm");
+    }
+    if !have("socat") {
+        missing.push("socat");
     }
     for (program, package) in [
         ("dpkg-deb", "dpkg"),
