@@ -83,6 +83,7 @@ pub mod message;
 pub mod nla;
 pub mod reply;
 pub mod request;
+pub mod save;
 pub mod types;
 
 pub use handle::{Error, Handle};

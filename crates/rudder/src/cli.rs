@@ -218,6 +218,12 @@ pub struct CompileArgs {
     /// Fail (exit code 1) if any document is invalid, instead of skipping it.
     #[arg(long)]
     pub strict: bool,
+
+    /// With `--proxy-mode ipvs`: what to print. `ipvsadm`: the virtual and real servers as
+    /// `ipvsadm -S -n` lists them (`ipvsadm -R` reads it); `nft`: the mode's nftables part
+    /// (`nft -f` reads it); `addresses`: the VIPs bound to `kube-ipvs0`, one per line.
+    #[arg(long = "ipvs-output", value_name = "WHAT", default_value = "ipvsadm", value_parser = ["ipvsadm", "nft", "addresses"])]
+    pub ipvs_output: String,
 }
 
 #[derive(Debug, Args)]

@@ -220,6 +220,9 @@ fn load_offline(
 fn compile(args: cli::CompileArgs) -> anyhow::Result<ExitCode> {
     let settings = proxier::Settings::from_args(&args.proxy)?;
     let (state, node, invalid) = load_offline(&args.proxy)?;
+    if settings.mode == proxier::Mode::Ipvs {
+        return compile_ipvs(&args, &settings, &state, node, invalid);
+    }
     // Offline output is the same whatever the host: both families, always.
     let mut compiler = Compiler::new(&[IpFamily::V4, IpFamily::V6], settings.config.clone(), node);
     compiler.full(&state);
@@ -250,6 +253,64 @@ fn compile(args: cli::CompileArgs) -> anyhow::Result<ExitCode> {
         prologue.render(),
         compiler.create_transaction().render()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rudder compile --proxy-mode ipvs`: what the IPVS mode programs (see `--ipvs-output`).
+fn compile_ipvs(
+    args: &cli::CompileArgs,
+    settings: &proxier::Settings,
+    state: &rudder_model::ProxyState,
+    node: rudder_compiler::NodeContext,
+    invalid: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut compiler = rudder_ipvs_compiler::IpvsCompiler::new(
+        &[IpFamily::V4, IpFamily::V6],
+        settings.ipvs_options(),
+        node,
+    );
+    compiler.full(state);
+    let refused = compiler.take_problems();
+    for p in &refused {
+        logfmt::say(format_args!("skipping invalid input: {p}"));
+    }
+    if args.strict && (invalid || !refused.is_empty()) {
+        anyhow::bail!("invalid input (see above) and --strict is set");
+    }
+    let mut out = String::new();
+    match args.ipvs_output.as_str() {
+        "nft" => {
+            compiler
+                .ruleset()
+                .map_err(|e| anyhow::anyhow!("internal error: inconsistent ruleset: {e}"))?;
+            let mut tx = Transaction::new();
+            for t in compiler.tables() {
+                tx.push(Op::AddTable(t.clone()));
+                tx.push(Op::DeleteTable(t));
+            }
+            tx.extend(compiler.create_transaction());
+            out = tx.render();
+        }
+        "addresses" => {
+            for a in &compiler.target().addresses {
+                out.push_str(&format!("{a}\n"));
+            }
+        }
+        _ => {
+            use rudder_ipvs::types::{RealServer, Weight};
+            for (key, server) in &compiler.target().servers {
+                out.push_str(&rudder_ipvs::save::service_line(&server.service));
+                out.push('\n');
+                for (addr, w) in &server.real {
+                    let weight = Weight::new(*w).unwrap_or(Weight::ONE);
+                    let rs = RealServer::masquerade(*addr, weight);
+                    out.push_str(&rudder_ipvs::save::dest_line(key, &rs));
+                    out.push('\n');
+                }
+            }
+        }
+    }
+    print!("{out}");
     Ok(ExitCode::SUCCESS)
 }
 

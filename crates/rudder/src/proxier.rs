@@ -197,6 +197,21 @@ pub struct IpvsSettings {
     pub exclude: Vec<Cidr>,
 }
 
+impl Settings {
+    /// The IPVS compiler's options: the scheduler, and the nftables part's table and
+    /// masquerade settings.
+    pub fn ipvs_options(&self) -> rudder_ipvs_compiler::Options {
+        rudder_ipvs_compiler::Options {
+            scheduler: self.ipvs.scheduler.clone(),
+            table: rudder_ipvs_compiler::table::TableConfig {
+                table: self.config.table.clone(),
+                masquerade_all: self.config.masquerade_all,
+                masquerade_bit: self.config.masquerade_bit,
+            },
+        }
+    }
+}
+
 /// The host name, lower-cased, as kube-proxy defaults `--hostname-override`.
 fn default_hostname() -> anyhow::Result<String> {
     let h = nix::unistd::gethostname()

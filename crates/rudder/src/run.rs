@@ -194,14 +194,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
             info!(scheduler = %settings.ipvs.scheduler, interface = crate::ipvs::DUMMY, "IPVS mode");
             let compiler = rudder_ipvs_compiler::IpvsCompiler::new(
                 &families,
-                rudder_ipvs_compiler::Options {
-                    scheduler: settings.ipvs.scheduler.clone(),
-                    table: rudder_ipvs_compiler::table::TableConfig {
-                        table: settings.config.table.clone(),
-                        masquerade_all: settings.config.masquerade_all,
-                        masquerade_bit: settings.config.masquerade_bit,
-                    },
-                },
+                settings.ipvs_options(),
                 node_context(None),
             );
             let tables = compiler.tables();
