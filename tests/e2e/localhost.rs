@@ -338,17 +338,22 @@ fn hist(node: &Netns, to: &str, n: usize) -> BTreeMap<String, usize> {
     histogram_with_timeout(node, addr(to), n, Proto::Tcp, Duration::from_secs(2))
 }
 
-fn metrics(node: &Netns) -> String {
+/// The whole HTTP/1.0 response to `GET path` from `to`, made from the node.
+fn http_get(node: &Netns, to: &str, path: &str) -> String {
     node.enter(|| -> std::io::Result<String> {
-        let mut s = TcpStream::connect("127.0.0.1:10249")?;
+        let mut s = TcpStream::connect(to)?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;
         Ok(out)
     })
     .expect("enter node")
-    .expect("GET /metrics")
+    .unwrap_or_else(|e| panic!("GET {to}{path}: {e}"))
+}
+
+fn metrics(node: &Netns) -> String {
+    http_get(node, "127.0.0.1:10249", "/metrics")
 }
 
 fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
@@ -565,6 +570,128 @@ fn localhost_listeners_start_only_for_explicit_loopback_and_come_back_after_rest
         "0.0.0.0/0,127.0.0.1/32",
     );
     assert_refused_at_once(node, "[::1]:30080", "IPv6 not listed");
+    n.stop();
+}
+
+#[test]
+fn a_loopback_port_taken_by_another_process_is_logged_counted_and_retried() {
+    if !e2e_enabled() {
+        return;
+    }
+    let topo = Topology::new().expect("topology");
+    let node = &topo.node;
+    let mut n = Node::new(&topo);
+    // Another process holds 127.0.0.1:30081 (the node port of `local`) before Rudder starts.
+    let taken = node
+        .enter(|| TcpListener::bind("127.0.0.1:30081"))
+        .expect("enter")
+        .expect("bind 127.0.0.1:30081");
+    n.start(&topo, "primary,localhost");
+    let d = n.daemon();
+    d.wait_for(
+        "cannot listen for localhost node port connections",
+        1,
+        Duration::from_secs(5),
+    )
+    .expect("the failed listener is logged");
+    let log = d.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("cannot listen for localhost node port connections"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("127.0.0.1:30081") && line.contains("default/local"),
+        "the log names the address and the service: {line}"
+    );
+    let m = metrics(node);
+    assert_eq!(
+        metric(
+            &m,
+            "kubeproxy_nftables_localhost_nodeport_listener_creation_failures_total{ip_family=\"IPv4\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    // The other listeners run: 3 IPv4 node ports with endpoints, one of them not bound.
+    assert_eq!(
+        metric(
+            &m,
+            "kubeproxy_nftables_localhost_nodeport_listeners{ip_family=\"IPv4\"}"
+        ),
+        Some(2.0),
+        "{m}"
+    );
+    assert_backends(
+        &hist(node, "127.0.0.1:30080", 30),
+        &NAMES,
+        "another listener",
+    );
+    assert_backends(&hist(node, "[::1]:30080", 30), &NAMES, "IPv6");
+    // The node's own address still serves that node port through the kernel, the daemon
+    // is healthy, and connections to the taken port reach the process that holds it.
+    assert_backends(
+        &histogram_with_timeout(
+            &topo.client,
+            addr("172.18.0.2:30081"),
+            10,
+            Proto::Tcp,
+            Duration::from_secs(2),
+        ),
+        &["111"],
+        "primary IP of the taken port, from the client",
+    );
+    let health = http_get(node, "127.0.0.1:10256", "/healthz");
+    assert!(
+        health.starts_with("HTTP/1.0 200") || health.starts_with("HTTP/1.1 200"),
+        "{health}"
+    );
+    node.enter(|| TcpStream::connect_timeout(&addr("127.0.0.1:30081"), Duration::from_secs(2)))
+        .expect("enter")
+        .expect("the holder of the port accepts");
+    taken.set_nonblocking(true).expect("nonblocking");
+    assert!(taken.accept().is_ok(), "the connection went to the holder");
+    assert!(
+        n.daemon().exited().expect("status").is_none(),
+        "still running"
+    );
+    // The other process goes: within a retry (5 s) the listener comes up and serves.
+    let serving = n.daemon().count("serving localhost node port");
+    drop(taken);
+    n.daemon()
+        .wait_for(
+            "serving localhost node port",
+            serving + 1,
+            Duration::from_secs(8),
+        )
+        .expect("the listener is retried");
+    assert_backends(
+        &hist(node, "127.0.0.1:30081", 20),
+        &["111"],
+        "after the retry",
+    );
+    let m = metrics(node);
+    assert_eq!(
+        metric(
+            &m,
+            "kubeproxy_nftables_localhost_nodeport_listeners{ip_family=\"IPv4\"}"
+        ),
+        Some(3.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "kubeproxy_nftables_localhost_nodeport_listener_creation_failures_total{ip_family=\"IPv4\"}"
+        ),
+        Some(1.0),
+        "counted once, not at every retry: {m}"
+    );
+    assert_eq!(
+        n.daemon()
+            .count("cannot listen for localhost node port connections"),
+        1,
+        "logged once, not at every retry"
+    );
     n.stop();
 }
 
