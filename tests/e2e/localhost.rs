@@ -284,8 +284,20 @@ impl Node {
     }
 
     fn start(&mut self, topo: &Topology, nodeport_addresses: &str) {
+        let listeners =
+            nodeport_addresses.contains("localhost") || nodeport_addresses.contains("127.0.0.1/");
+        self.start_with(
+            topo,
+            &["--nodeport-addresses", nodeport_addresses],
+            listeners,
+        );
+    }
+
+    /// Starts the daemon with `extra` arguments; `listeners`: wait for the first localhost
+    /// listener too.
+    fn start_with(&mut self, topo: &Topology, extra: &[&str], listeners: bool) {
         let dir = self.manifests.path().display().to_string();
-        let args = [
+        let mut args = vec![
             "run",
             "--manifests",
             &dir,
@@ -297,15 +309,14 @@ impl Node {
             "100ms",
             "--manifests-poll-interval",
             "50ms",
-            "--nodeport-addresses",
-            nodeport_addresses,
         ];
+        args.extend_from_slice(extra);
         let mut daemon = Daemon::start(&rudder_bin(), &topo.node, &args).expect("start");
         daemon
             .wait_for(SYNC_DONE, 1, Duration::from_secs(20))
             .expect("first sync");
         // The listeners start right after the sync, on a task of their own.
-        if nodeport_addresses.contains("localhost") || nodeport_addresses.contains("127.0.0.1/") {
+        if listeners {
             daemon
                 .wait_for("serving localhost node port", 1, Duration::from_secs(5))
                 .expect("localhost listeners");
@@ -533,9 +544,38 @@ fn localhost_listeners_start_only_for_explicit_loopback_and_come_back_after_rest
     let topo = Topology::new().expect("topology");
     let node = &topo.node;
     let mut n = Node::new(&topo);
-    // Without a loopback address: no listener (and no localhost metrics).
+    // A host process listens on the loopback addresses on a node port.
+    let host = [addr("127.0.0.1:30080"), addr("[::1]:30080")].map(|a| {
+        let l = node
+            .enter(|| TcpListener::bind(a))
+            .expect("enter")
+            .expect("bind host listener");
+        l.set_nonblocking(true).expect("nonblocking");
+        l
+    });
+    let host_accepts = |host: &[TcpListener; 2]| {
+        host.iter()
+            .map(|l| {
+                let mut n = 0;
+                while l.accept().is_ok() {
+                    n += 1;
+                }
+                n
+            })
+            .collect::<Vec<usize>>()
+    };
+    // Without a loopback address: no listener (and no localhost metrics), and with the gate
+    // on (the default) loopback node ports are rejected for every protocol, so the host
+    // process never sees the connections (kube-proxy 1.37: TCP is rejected when the
+    // localhost proxy is not running).
     n.start(&topo, "primary");
     assert_refused_at_once(node, "127.0.0.1:30080", "primary only");
+    assert_refused_at_once(node, "[::1]:30080", "primary only, IPv6");
+    assert_eq!(
+        host_accepts(&host),
+        [0, 0],
+        "rejected before reaching the host"
+    );
     assert_eq!(
         metric(
             &metrics(node),
@@ -544,14 +584,51 @@ fn localhost_listeners_start_only_for_explicit_loopback_and_come_back_after_rest
         None
     );
     n.stop();
+    // The gate off: loopback traffic is left alone, and reaches the host process.
+    n.start_with(
+        &topo,
+        &[
+            "--nodeport-addresses",
+            "primary",
+            "--feature-gates",
+            "KubeProxyNFTablesLocalhostNodePorts=false",
+        ],
+        false,
+    );
+    for to in ["127.0.0.1:30080", "[::1]:30080"] {
+        node.enter(|| TcpStream::connect_timeout(&addr(to), Duration::from_secs(2)))
+            .expect("enter")
+            .unwrap_or_else(|e| panic!("{to} with the gate off: {e}"));
+    }
+    assert_eq!(host_accepts(&host), [1, 1], "the host process is reached");
+    n.stop();
+    drop(host);
     // Restarted with localhost: the listeners come up (kubernetes#142183), and again after
-    // another restart (the ports are bound anew while old connections linger).
+    // another restart (the ports are bound anew while old connections linger); the second
+    // time from `nodePortAddresses` in a `--config` file.
+    let config_dir = TempDir::new("localhost-config").expect("temp dir");
+    let config = config_dir
+        .write(
+            "config.yaml",
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nnodePortAddresses: [primary, localhost]\n",
+        )
+        .expect("write config");
+    let config = config.display().to_string();
     for round in 0..2 {
-        n.start(&topo, "primary,localhost");
+        if round == 0 {
+            n.start(&topo, "primary,localhost");
+        } else {
+            n.start_with(&topo, &["--config", &config], true);
+        }
         assert_backends(
             &hist(node, "127.0.0.1:30080", 30),
             &NAMES,
             &format!("after restart {round}"),
+        );
+        assert_backends(
+            &hist(node, "[::1]:30080", 30),
+            &NAMES,
+            &format!("IPv6 after restart {round}"),
         );
         n.stop();
     }

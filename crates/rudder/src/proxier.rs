@@ -295,6 +295,7 @@ impl Settings {
             nodeport.localhost_disabled = true;
         }
         let localhost_node_ports = nodeport.localhost_families();
+        let localhost_gate = gates.localhost_node_ports;
         Ok(Settings {
             mode,
             ipvs: IpvsSettings { scheduler, exclude },
@@ -308,6 +309,7 @@ impl Settings {
                 masquerade_all: args.masquerade_all,
                 masquerade_bit: args.masquerade_bit,
                 localhost_node_ports,
+                localhost_gate,
             },
         })
     }
@@ -485,6 +487,49 @@ mod tests {
         }
         let e = spec("Primary").unwrap_err().to_string();
         assert!(e.contains("primary, localhost, all"), "{e}");
+    }
+
+    /// Settings as `rudder compile` reads them from `args` (after the subcommand).
+    fn compile_settings(args: &[&str]) -> anyhow::Result<Settings> {
+        use clap::{CommandFactory, FromArgMatches};
+        let mut argv = vec!["rudder", "compile", "--hostname-override", "n1"];
+        argv.extend_from_slice(args);
+        let m = crate::cli::Cli::command().try_get_matches_from(argv)?;
+        let crate::cli::Command::Compile(c) = crate::cli::Cli::from_arg_matches(&m)?.command else {
+            anyhow::bail!("not compile")
+        };
+        Settings::from_args(&c.proxy)
+    }
+
+    #[test]
+    fn the_localhost_gate_and_proxy_families_reach_the_compiler() {
+        use IpFamily::{V4, V6};
+        let c = |args: &[&str]| {
+            let s = compile_settings(args).unwrap();
+            (s.config.localhost_gate, s.config.localhost_node_ports)
+        };
+        // The default (`primary`): the gate is on (Rudder behaves as 1.38), no proxy, so
+        // loopback node ports are rejected in both families.
+        assert_eq!(c(&[]), (true, vec![]));
+        assert_eq!(c(&["--nodeport-addresses", "all"]), (true, vec![]));
+        assert_eq!(
+            c(&["--nodeport-addresses", "primary,localhost"]),
+            (true, vec![V4, V6])
+        );
+        assert_eq!(
+            c(&["--nodeport-addresses", "primary,127.0.0.1/32"]),
+            (true, vec![V4])
+        );
+        // The gate off: neither the proxy nor the rejects.
+        assert_eq!(
+            c(&[
+                "--nodeport-addresses",
+                "primary,localhost",
+                "--feature-gates",
+                "KubeProxyNFTablesLocalhostNodePorts=false"
+            ]),
+            (false, vec![])
+        );
     }
 
     #[test]
