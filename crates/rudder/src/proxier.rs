@@ -533,6 +533,32 @@ mod tests {
     }
 
     #[test]
+    fn flags_read_addresses_leniently_like_kube_proxys() {
+        // KEP-4858 leaves flags and component configs alone: kube-proxy parses them with
+        // ParseIPSloppy/ParseCIDRSloppy (leading zeros as decimal, host bits cleared), and so
+        // does Rudder, unlike the API objects' fields.
+        let s = compile_settings(&[
+            "--cluster-cidr",
+            "010.244.1.7/16",
+            "--node-ip",
+            "010.000.000.001",
+            "--nodeport-addresses",
+            "primary,10.0.0.1/8",
+            "--ipvs-exclude-cidrs",
+            "192.168.001.5/24",
+        ])
+        .unwrap();
+        let cidr = |c: &str| c.parse::<Cidr>().unwrap();
+        assert_eq!(
+            s.detect_local,
+            DetectLocal::ClusterCidr(vec![cidr("10.244.0.0/16")])
+        );
+        assert_eq!(s.node_ip_override, ips(&["10.0.0.1"]));
+        assert_eq!(s.nodeport.cidrs, vec![cidr("10.0.0.0/8")]);
+        assert_eq!(s.ipvs.exclude, vec![cidr("192.168.1.0/24")]);
+    }
+
+    #[test]
     fn feature_gates_take_kube_proxys_syntax() {
         let parse = |s: &str| FeatureGates::parse(s.split(','));
         let (g, w) = parse("").unwrap();
