@@ -451,7 +451,7 @@ fn helm_values_change_the_objects_and_they_still_parse_strictly() {
     let mut values = chart_values();
     values["image"]["tag"] = json!("9.9.9");
     values["clusterCIDR"] = json!("10.0.0.0/8,fd00::/56");
-    values["nodePortAddresses"] = json!("192.168.0.0/16, 10.0.0.0/8");
+    values["nodePortAddresses"] = json!(["192.168.0.0/16", "10.0.0.0/8"]);
     values["syncPeriod"] = json!("45s");
     values["resources"]["requests"]["cpu"] = json!("250m");
     values["tolerations"] = json!([{"operator": "Exists", "key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]);
@@ -532,4 +532,62 @@ fn helm_values_change_the_objects_and_they_still_parse_strictly() {
         "the rendered arguments parse: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn helm_node_port_address_keywords_render_into_the_config_rudder_reads() {
+    // The chart's `nodePortAddresses` list becomes the config file's `nodePortAddresses`
+    // list, keywords and IPv6 CIDRs included (an entry such as `::1/128` must be quoted in
+    // YAML), and Rudder reads that list back as it is (`--write-config-to` writes what
+    // Rudder will run with).
+    for value in [
+        vec!["primary"],
+        vec!["primary", "localhost"],
+        vec!["localhost"],
+        vec!["all"],
+        vec!["all", "localhost"],
+        vec!["primary", "127.0.0.1/32", "::1/128"],
+        vec!["::/0", "fd00::/8"],
+    ] {
+        let expected = value.clone();
+        let mut values = chart_values();
+        values["nodePortAddresses"] = json!(value);
+        let objs = chart_objects(&values);
+        let cm: ConfigMap = strict(
+            objs.iter()
+                .find(|o| o["kind"] == "ConfigMap")
+                .expect("ConfigMap"),
+        );
+        let config = cm.data.expect("data")["config.yaml"].clone();
+        let parsed: Value = serde_norway::from_str(&config).expect("config YAML");
+        assert_eq!(
+            parsed["nodePortAddresses"],
+            json!(expected),
+            "{value:?}: {config}"
+        );
+        let dir = TempDir::new("helmnpa").expect("temp dir");
+        let path = dir.write("config.yaml", &config).expect("write");
+        let written = dir.path().join("effective.yaml");
+        let out = std::process::Command::new(rudder_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .arg("--write-config-to")
+            .arg(&written)
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{value:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let effective: Value =
+            serde_norway::from_str(&std::fs::read_to_string(&written).expect("written config"))
+                .expect("effective YAML");
+        assert_eq!(
+            effective["nodePortAddresses"],
+            json!(expected),
+            "{value:?}: what Rudder runs with"
+        );
+    }
 }

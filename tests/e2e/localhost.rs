@@ -284,8 +284,20 @@ impl Node {
     }
 
     fn start(&mut self, topo: &Topology, nodeport_addresses: &str) {
+        let listeners =
+            nodeport_addresses.contains("localhost") || nodeport_addresses.contains("127.0.0.1/");
+        self.start_with(
+            topo,
+            &["--nodeport-addresses", nodeport_addresses],
+            listeners,
+        );
+    }
+
+    /// Starts the daemon with `extra` arguments; `listeners`: wait for the first localhost
+    /// listener too.
+    fn start_with(&mut self, topo: &Topology, extra: &[&str], listeners: bool) {
         let dir = self.manifests.path().display().to_string();
-        let args = [
+        let mut args = vec![
             "run",
             "--manifests",
             &dir,
@@ -297,15 +309,14 @@ impl Node {
             "100ms",
             "--manifests-poll-interval",
             "50ms",
-            "--nodeport-addresses",
-            nodeport_addresses,
         ];
+        args.extend_from_slice(extra);
         let mut daemon = Daemon::start(&rudder_bin(), &topo.node, &args).expect("start");
         daemon
             .wait_for(SYNC_DONE, 1, Duration::from_secs(20))
             .expect("first sync");
         // The listeners start right after the sync, on a task of their own.
-        if nodeport_addresses.contains("localhost") || nodeport_addresses.contains("127.0.0.1/") {
+        if listeners {
             daemon
                 .wait_for("serving localhost node port", 1, Duration::from_secs(5))
                 .expect("localhost listeners");
@@ -338,17 +349,22 @@ fn hist(node: &Netns, to: &str, n: usize) -> BTreeMap<String, usize> {
     histogram_with_timeout(node, addr(to), n, Proto::Tcp, Duration::from_secs(2))
 }
 
-fn metrics(node: &Netns) -> String {
+/// The whole HTTP/1.0 response to `GET path` from `to`, made from the node.
+fn http_get(node: &Netns, to: &str, path: &str) -> String {
     node.enter(|| -> std::io::Result<String> {
-        let mut s = TcpStream::connect("127.0.0.1:10249")?;
+        let mut s = TcpStream::connect(to)?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;
         Ok(out)
     })
     .expect("enter node")
-    .expect("GET /metrics")
+    .unwrap_or_else(|e| panic!("GET {to}{path}: {e}"))
+}
+
+fn metrics(node: &Netns) -> String {
+    http_get(node, "127.0.0.1:10249", "/metrics")
 }
 
 fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
@@ -528,9 +544,38 @@ fn localhost_listeners_start_only_for_explicit_loopback_and_come_back_after_rest
     let topo = Topology::new().expect("topology");
     let node = &topo.node;
     let mut n = Node::new(&topo);
-    // Without a loopback address: no listener (and no localhost metrics).
+    // A host process listens on the loopback addresses on a node port.
+    let host = [addr("127.0.0.1:30080"), addr("[::1]:30080")].map(|a| {
+        let l = node
+            .enter(|| TcpListener::bind(a))
+            .expect("enter")
+            .expect("bind host listener");
+        l.set_nonblocking(true).expect("nonblocking");
+        l
+    });
+    let host_accepts = |host: &[TcpListener; 2]| {
+        host.iter()
+            .map(|l| {
+                let mut n = 0;
+                while l.accept().is_ok() {
+                    n += 1;
+                }
+                n
+            })
+            .collect::<Vec<usize>>()
+    };
+    // Without a loopback address: no listener (and no localhost metrics), and with the gate
+    // on (the default) loopback node ports are rejected for every protocol, so the host
+    // process never sees the connections (kube-proxy 1.37: TCP is rejected when the
+    // localhost proxy is not running).
     n.start(&topo, "primary");
     assert_refused_at_once(node, "127.0.0.1:30080", "primary only");
+    assert_refused_at_once(node, "[::1]:30080", "primary only, IPv6");
+    assert_eq!(
+        host_accepts(&host),
+        [0, 0],
+        "rejected before reaching the host"
+    );
     assert_eq!(
         metric(
             &metrics(node),
@@ -539,14 +584,51 @@ fn localhost_listeners_start_only_for_explicit_loopback_and_come_back_after_rest
         None
     );
     n.stop();
+    // The gate off: loopback traffic is left alone, and reaches the host process.
+    n.start_with(
+        &topo,
+        &[
+            "--nodeport-addresses",
+            "primary",
+            "--feature-gates",
+            "KubeProxyNFTablesLocalhostNodePorts=false",
+        ],
+        false,
+    );
+    for to in ["127.0.0.1:30080", "[::1]:30080"] {
+        node.enter(|| TcpStream::connect_timeout(&addr(to), Duration::from_secs(2)))
+            .expect("enter")
+            .unwrap_or_else(|e| panic!("{to} with the gate off: {e}"));
+    }
+    assert_eq!(host_accepts(&host), [1, 1], "the host process is reached");
+    n.stop();
+    drop(host);
     // Restarted with localhost: the listeners come up (kubernetes#142183), and again after
-    // another restart (the ports are bound anew while old connections linger).
+    // another restart (the ports are bound anew while old connections linger); the second
+    // time from `nodePortAddresses` in a `--config` file.
+    let config_dir = TempDir::new("localhost-config").expect("temp dir");
+    let config = config_dir
+        .write(
+            "config.yaml",
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nnodePortAddresses: [primary, localhost]\n",
+        )
+        .expect("write config");
+    let config = config.display().to_string();
     for round in 0..2 {
-        n.start(&topo, "primary,localhost");
+        if round == 0 {
+            n.start(&topo, "primary,localhost");
+        } else {
+            n.start_with(&topo, &["--config", &config], true);
+        }
         assert_backends(
             &hist(node, "127.0.0.1:30080", 30),
             &NAMES,
             &format!("after restart {round}"),
+        );
+        assert_backends(
+            &hist(node, "[::1]:30080", 30),
+            &NAMES,
+            &format!("IPv6 after restart {round}"),
         );
         n.stop();
     }
@@ -565,6 +647,128 @@ fn localhost_listeners_start_only_for_explicit_loopback_and_come_back_after_rest
         "0.0.0.0/0,127.0.0.1/32",
     );
     assert_refused_at_once(node, "[::1]:30080", "IPv6 not listed");
+    n.stop();
+}
+
+#[test]
+fn a_loopback_port_taken_by_another_process_is_logged_counted_and_retried() {
+    if !e2e_enabled() {
+        return;
+    }
+    let topo = Topology::new().expect("topology");
+    let node = &topo.node;
+    let mut n = Node::new(&topo);
+    // Another process holds 127.0.0.1:30081 (the node port of `local`) before Rudder starts.
+    let taken = node
+        .enter(|| TcpListener::bind("127.0.0.1:30081"))
+        .expect("enter")
+        .expect("bind 127.0.0.1:30081");
+    n.start(&topo, "primary,localhost");
+    let d = n.daemon();
+    d.wait_for(
+        "cannot listen for localhost node port connections",
+        1,
+        Duration::from_secs(5),
+    )
+    .expect("the failed listener is logged");
+    let log = d.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("cannot listen for localhost node port connections"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("127.0.0.1:30081") && line.contains("default/local"),
+        "the log names the address and the service: {line}"
+    );
+    let m = metrics(node);
+    assert_eq!(
+        metric(
+            &m,
+            "kubeproxy_nftables_localhost_nodeport_listener_creation_failures_total{ip_family=\"IPv4\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    // The other listeners run: 3 IPv4 node ports with endpoints, one of them not bound.
+    assert_eq!(
+        metric(
+            &m,
+            "kubeproxy_nftables_localhost_nodeport_listeners{ip_family=\"IPv4\"}"
+        ),
+        Some(2.0),
+        "{m}"
+    );
+    assert_backends(
+        &hist(node, "127.0.0.1:30080", 30),
+        &NAMES,
+        "another listener",
+    );
+    assert_backends(&hist(node, "[::1]:30080", 30), &NAMES, "IPv6");
+    // The node's own address still serves that node port through the kernel, the daemon
+    // is healthy, and connections to the taken port reach the process that holds it.
+    assert_backends(
+        &histogram_with_timeout(
+            &topo.client,
+            addr("172.18.0.2:30081"),
+            10,
+            Proto::Tcp,
+            Duration::from_secs(2),
+        ),
+        &["111"],
+        "primary IP of the taken port, from the client",
+    );
+    let health = http_get(node, "127.0.0.1:10256", "/healthz");
+    assert!(
+        health.starts_with("HTTP/1.0 200") || health.starts_with("HTTP/1.1 200"),
+        "{health}"
+    );
+    node.enter(|| TcpStream::connect_timeout(&addr("127.0.0.1:30081"), Duration::from_secs(2)))
+        .expect("enter")
+        .expect("the holder of the port accepts");
+    taken.set_nonblocking(true).expect("nonblocking");
+    assert!(taken.accept().is_ok(), "the connection went to the holder");
+    assert!(
+        n.daemon().exited().expect("status").is_none(),
+        "still running"
+    );
+    // The other process goes: within a retry (5 s) the listener comes up and serves.
+    let serving = n.daemon().count("serving localhost node port");
+    drop(taken);
+    n.daemon()
+        .wait_for(
+            "serving localhost node port",
+            serving + 1,
+            Duration::from_secs(8),
+        )
+        .expect("the listener is retried");
+    assert_backends(
+        &hist(node, "127.0.0.1:30081", 20),
+        &["111"],
+        "after the retry",
+    );
+    let m = metrics(node);
+    assert_eq!(
+        metric(
+            &m,
+            "kubeproxy_nftables_localhost_nodeport_listeners{ip_family=\"IPv4\"}"
+        ),
+        Some(3.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "kubeproxy_nftables_localhost_nodeport_listener_creation_failures_total{ip_family=\"IPv4\"}"
+        ),
+        Some(1.0),
+        "counted once, not at every retry: {m}"
+    );
+    assert_eq!(
+        n.daemon()
+            .count("cannot listen for localhost node port connections"),
+        1,
+        "logged once, not at every retry"
+    );
     n.stop();
 }
 

@@ -371,31 +371,37 @@ pub fn skeleton(
         Family::Ip => rudder_model::IpFamily::V4,
         Family::Ip6 => rudder_model::IpFamily::V6,
     };
-    if config.localhost_node_ports.contains(&localhost) {
-        // The localhost proxy serves TCP only: other protocols on a loopback node port are
-        // rejected (kube-proxy 1.37), whether the port has endpoints or not. In nat-output,
-        // which sees only new flows: a filter chain may not look these maps up, since the
-        // kernel checks every chain a verdict map's elements lead to against the chain
-        // that looks it up, and `service-nodeports` leads to DNAT.
+    let proxied = config.localhost_node_ports.contains(&localhost);
+    if proxied || config.localhost_gate {
+        // Loopback node ports never reach a host process (kube-proxy 1.37): where the
+        // localhost proxy runs it serves TCP, so other protocols are rejected; where the gate
+        // is on but the proxy is not, every protocol is. Whether the port has endpoints or
+        // not. In nat-output, which sees only new flows: a filter chain may not look these
+        // maps up, since the kernel checks every chain a verdict map's elements lead to
+        // against the chain that looks it up, and `service-nodeports` leads to DNAT.
         for map in [SERVICE_NODEPORTS, NO_ENDPOINT_NODEPORTS] {
+            let mut stmts = vec![Stmt::Cmp(Expr::Daddr(f), CmpOp::Eq, loopback(f))];
+            if proxied {
+                stmts.push(Stmt::Cmp(
+                    Expr::L4Proto,
+                    CmpOp::Ne,
+                    Expr::Const(Atom::Proto(rudder_nft::L4Proto::Tcp)),
+                ));
+            }
+            stmts.push(Stmt::Lookup(
+                Expr::Concat(vec![Expr::L4Proto, Expr::ThDport]),
+                CmpOp::Eq,
+                n(map),
+            ));
+            stmts.push(Stmt::Verdict(Verdict::Goto(n(REJECT_CHAIN))));
             tx.add_rule(
                 table,
                 &n("nat-output"),
-                Rule::new(vec![
-                    Stmt::Cmp(Expr::Daddr(f), CmpOp::Eq, loopback(f)),
-                    Stmt::Cmp(
-                        Expr::L4Proto,
-                        CmpOp::Ne,
-                        Expr::Const(Atom::Proto(rudder_nft::L4Proto::Tcp)),
-                    ),
-                    Stmt::Lookup(
-                        Expr::Concat(vec![Expr::L4Proto, Expr::ThDport]),
-                        CmpOp::Eq,
-                        n(map),
-                    ),
-                    Stmt::Verdict(Verdict::Goto(n(REJECT_CHAIN))),
-                ])
-                .with_comment("localhost node ports are TCP only"),
+                Rule::new(stmts).with_comment(if proxied {
+                    "localhost node ports are TCP only"
+                } else {
+                    "no localhost node port proxy"
+                }),
             );
         }
     }

@@ -71,6 +71,12 @@ pub struct Config {
     /// kube-proxy 1.37 rejects them (the proxy is TCP only), rather than reaching whatever
     /// host process may listen on that port.
     pub localhost_node_ports: Vec<IpFamily>,
+    /// The `KubeProxyNFTablesLocalhostNodePorts` gate is on. In the families where it is on
+    /// but the localhost proxy is not (`--nodeport-addresses` lists no loopback address of
+    /// that family), new connections of every protocol, TCP included, to a loopback address
+    /// on a node port are rejected, as kube-proxy 1.37 rejects them; with the gate off,
+    /// loopback traffic is left alone (kube-proxy 1.36).
+    pub localhost_gate: bool,
 }
 
 impl Default for Config {
@@ -80,6 +86,7 @@ impl Default for Config {
             masquerade_all: false,
             masquerade_bit: 14,
             localhost_node_ports: Vec::new(),
+            localhost_gate: false,
         }
     }
 }

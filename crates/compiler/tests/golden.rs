@@ -411,8 +411,10 @@ fn overlapping_source_ranges_become_disjoint_prefixes() {
 #[test]
 fn localhost_node_ports_reject_what_the_proxy_does_not_serve() {
     // A TCP and a UDP node port (both with endpoints) and a UDP node port without endpoints,
-    // with localhost node ports on for IPv4 only: new UDP/SCTP flows to 127.0.0.0/8 on those
-    // ports are rejected in nat-output; IPv6 and TCP are left alone.
+    // with the gate on and the localhost proxy on for IPv4 only: new UDP/SCTP flows to
+    // 127.0.0.0/8 on those ports are rejected in nat-output, TCP goes to the proxy; IPv6,
+    // where the gate is on without the proxy, rejects every protocol on ::1 (kube-proxy
+    // 1.37).
     let mut svc = service("ns", "mixed", &["10.96.0.7", "fd00:10:96::7"]);
     svc.service_type = ServiceType::NodePort;
     svc.ports = vec![
@@ -431,20 +433,65 @@ fn localhost_node_ports_reject_what_the_proxy_does_not_serve() {
         vec![endpoint("10.244.1.7", true, "node-a")],
     );
     let st = state(vec![svc, quiet], vec![v4]);
-    let config = Config {
-        localhost_node_ports: vec![IpFamily::V4],
-        ..Config::default()
+    let render_with = |localhost_node_ports: Vec<IpFamily>, localhost_gate: bool| {
+        render(
+            &st,
+            node("node-a", &["172.18.0.2", "fc00::2"]),
+            Config {
+                localhost_node_ports,
+                localhost_gate,
+                ..Config::default()
+            },
+            &[IpFamily::V4, IpFamily::V6],
+        )
     };
-    let out = render(
-        &st,
-        node("node-a", &["172.18.0.2", "fc00::2"]),
-        config,
-        &[IpFamily::V4, IpFamily::V6],
-    );
+    let loopback_rules = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| l.contains("nat-output") && l.contains("daddr"))
+            .map(|l| {
+                let family = if l.starts_with("add rule ip6 ") {
+                    "ip6"
+                } else {
+                    "ip"
+                };
+                let what = if l.contains("meta l4proto != tcp") {
+                    "not tcp"
+                } else {
+                    "every protocol"
+                };
+                let map = if l.contains("@no-endpoint-nodeports") {
+                    "no-endpoint-nodeports"
+                } else {
+                    "service-nodeports"
+                };
+                format!("{family} {what} {map}")
+            })
+            .collect()
+    };
+    let out = render_with(vec![IpFamily::V4], true);
     assert_eq!(
-        out.matches("localhost node ports are TCP only").count(),
-        2,
-        "two rules, IPv4 only"
+        loopback_rules(&out),
+        [
+            "ip not tcp service-nodeports",
+            "ip not tcp no-endpoint-nodeports",
+            "ip6 every protocol service-nodeports",
+            "ip6 every protocol no-endpoint-nodeports",
+        ]
     );
+    assert_eq!(out.matches("localhost node ports are TCP only").count(), 2);
+    assert_eq!(out.matches("no localhost node port proxy").count(), 2);
     check("localhost-nodeports", &out);
+    // The gate on and the proxy nowhere (`--nodeport-addresses primary`, the default): every
+    // protocol is rejected on loopback node ports in both families.
+    assert_eq!(
+        loopback_rules(&render_with(vec![], true)),
+        [
+            "ip every protocol service-nodeports",
+            "ip every protocol no-endpoint-nodeports",
+            "ip6 every protocol service-nodeports",
+            "ip6 every protocol no-endpoint-nodeports",
+        ]
+    );
+    // The gate off: loopback traffic is left alone.
+    assert!(loopback_rules(&render_with(vec![], false)).is_empty());
 }

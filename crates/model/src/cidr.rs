@@ -35,6 +35,12 @@ pub enum NonStandardIp {
     /// An IPv4-mapped IPv6 address (`::ffff:1.2.3.4`): an IPv4 address that would slip past
     /// checks made on IPv4 addresses.
     Ipv4Mapped,
+    /// A CIDR with bits set beyond its prefix length (`10.0.0.1/8`): a subnet (`10.0.0.0/8`)
+    /// to some programs, one address (`10.0.0.1/32`) to others.
+    HostBits,
+    /// A CIDR not written in canonical form (`fd00:0::/64`, `FD00::/64` for `fd00::/64`),
+    /// which fields introduced since strict validation (ServiceCIDR) require.
+    NotCanonical,
 }
 
 impl fmt::Display for NonStandardIp {
@@ -42,6 +48,10 @@ impl fmt::Display for NonStandardIp {
         f.write_str(match self {
             NonStandardIp::LeadingZeros => "an IPv4 address with leading zeros",
             NonStandardIp::Ipv4Mapped => "an IPv4-mapped IPv6 address",
+            NonStandardIp::HostBits => {
+                "a CIDR with bits set beyond its prefix length (a subnet, or one address?)"
+            }
+            NonStandardIp::NotCanonical => "a CIDR not in canonical form",
         })
     }
 }
@@ -229,9 +239,12 @@ impl FromStr for Cidr {
 }
 
 impl Cidr {
-    /// Parses a CIDR as the API server's strict validation accepts it (KEP-4858): its address
-    /// as [`parse_ip_strict`] does, and a prefix length without leading zeros. Host bits are
-    /// cleared, as in [`Cidr::from_str`]. Surrounding whitespace is not accepted.
+    /// Parses a CIDR as the API server's strict validation of subnet fields accepts it
+    /// (KEP-4858, `IsValidCIDRForLegacyField` with strict validation: `loadBalancerSourceRanges`,
+    /// `podCIDRs`): its address as [`parse_ip_strict`] does, a prefix length without leading
+    /// zeros, and no bits set beyond the prefix length ([`NonStandardIp::HostBits`]; checked
+    /// last, as the API server does). Non-canonical IPv6 text (`FD00:0::/64`) is accepted, as
+    /// it is in those fields. Surrounding whitespace is not accepted.
     pub fn parse_strict(s: &str) -> Result<Cidr, StrictError> {
         let (a, p) = s.split_once('/').ok_or(StrictError::Invalid)?;
         if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
@@ -241,26 +254,60 @@ impl Cidr {
         let zeros = p.len() > 1 && p.starts_with('0');
         let addr = match parse_ip_strict(a) {
             Ok(addr) if zeros => {
+                let cidr = Cidr::new(addr, prefix).ok_or(StrictError::Invalid)?;
                 return Err(StrictError::NonStandard {
                     form: NonStandardIp::LeadingZeros,
-                    canonical: format!("{addr}/{prefix}"),
+                    canonical: cidr.to_string(),
                 });
             }
             Ok(addr) => addr,
-            Err(StrictError::NonStandard { form, canonical }) => {
-                // A mapped address's prefix counts the IPv6 bits.
-                let prefix = match form {
-                    NonStandardIp::Ipv4Mapped => prefix.saturating_sub(96),
-                    NonStandardIp::LeadingZeros => prefix,
+            Err(StrictError::NonStandard { form, .. }) => {
+                let Some(addr) = parse_ip(a) else {
+                    return Err(StrictError::Invalid);
                 };
+                // A mapped address's prefix counts the IPv6 bits; one shorter than the
+                // mapped range is an IPv6 prefix.
+                let (addr, prefix) = match (form, addr) {
+                    (NonStandardIp::Ipv4Mapped, IpAddr::V6(v6)) if prefix >= 96 => {
+                        match v6.to_ipv4_mapped() {
+                            Some(v4) => (IpAddr::V4(v4), prefix - 96),
+                            None => (IpAddr::V6(v6), prefix),
+                        }
+                    }
+                    _ => (addr, prefix),
+                };
+                let cidr = Cidr::new(addr, prefix).ok_or(StrictError::Invalid)?;
                 return Err(StrictError::NonStandard {
                     form,
-                    canonical: format!("{canonical}/{prefix}"),
+                    canonical: cidr.to_string(),
                 });
             }
             Err(e) => return Err(e),
         };
-        Cidr::new(addr, prefix).ok_or(StrictError::Invalid)
+        let cidr = Cidr::new(addr, prefix).ok_or(StrictError::Invalid)?;
+        if cidr.addr != addr {
+            return Err(StrictError::NonStandard {
+                form: NonStandardIp::HostBits,
+                canonical: cidr.to_string(),
+            });
+        }
+        Ok(cidr)
+    }
+
+    /// Parses a CIDR as the API server validates fields introduced since strict validation
+    /// (`IsValidCIDR`: ServiceCIDR `spec.cidrs`): [`Cidr::parse_strict`], and then the text
+    /// must be the canonical form (`fd00::/64`, not `FD00:0::/64`,
+    /// [`NonStandardIp::NotCanonical`]).
+    pub fn parse_canonical(s: &str) -> Result<Cidr, StrictError> {
+        let cidr = Cidr::parse_strict(s)?;
+        let canonical = cidr.to_string();
+        if canonical != s {
+            return Err(StrictError::NonStandard {
+                form: NonStandardIp::NotCanonical,
+                canonical,
+            });
+        }
+        Ok(cidr)
     }
 }
 
@@ -322,14 +369,74 @@ mod tests {
             assert_eq!(parse_ip_strict(bad), Err(StrictError::Invalid), "{bad:?}");
         }
         assert_eq!(Cidr::parse_strict("10.0.0.0/8"), Ok(c("10.0.0.0/8")));
-        assert_eq!(Cidr::parse_strict("10.1.2.3/8"), Ok(c("10.0.0.0/8")));
-        for (raw, canonical) in [
-            ("010.0.0.0/8", "10.0.0.0/8"),
-            ("10.0.0.0/08", "10.0.0.0/8"),
-            ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
+        assert_eq!(Cidr::parse_strict("10.0.0.1/32"), Ok(c("10.0.0.1/32")));
+        assert_eq!(Cidr::parse_strict("0.0.0.0/0"), Ok(c("0.0.0.0/0")));
+        assert_eq!(Cidr::parse_strict("fd00::/64"), Ok(c("fd00::/64")));
+        // Legacy fields take IPv6 in any case and with zeros written out.
+        assert_eq!(Cidr::parse_strict("FD00:0::/64"), Ok(c("fd00::/64")));
+        // The form, and what to write instead (the API server's order: leading zeros, then
+        // IPv4-mapped, then host bits).
+        for (raw, form, canonical) in [
+            ("010.0.0.0/8", NonStandardIp::LeadingZeros, "10.0.0.0/8"),
+            ("10.0.0.0/08", NonStandardIp::LeadingZeros, "10.0.0.0/8"),
+            ("010.0.0.1/8", NonStandardIp::LeadingZeros, "10.0.0.0/8"),
+            (
+                "::ffff:10.0.0.0/104",
+                NonStandardIp::Ipv4Mapped,
+                "10.0.0.0/8",
+            ),
+            (
+                "::ffff:10.0.0.1/104",
+                NonStandardIp::Ipv4Mapped,
+                "10.0.0.0/8",
+            ),
+            ("10.1.2.3/8", NonStandardIp::HostBits, "10.0.0.0/8"),
+            ("10.0.0.1/31", NonStandardIp::HostBits, "10.0.0.0/31"),
+            ("192.168.1.5/24", NonStandardIp::HostBits, "192.168.1.0/24"),
+            ("0.0.0.1/0", NonStandardIp::HostBits, "0.0.0.0/0"),
+            ("fd00::1/64", NonStandardIp::HostBits, "fd00::/64"),
+            ("::1/0", NonStandardIp::HostBits, "::/0"),
         ] {
-            assert!(
-                matches!(Cidr::parse_strict(raw), Err(StrictError::NonStandard { canonical: c, .. }) if c == canonical),
+            assert_eq!(
+                Cidr::parse_strict(raw),
+                Err(StrictError::NonStandard {
+                    form,
+                    canonical: canonical.into()
+                }),
+                "{raw}"
+            );
+        }
+        // ServiceCIDR (new fields): canonical text only.
+        assert_eq!(Cidr::parse_canonical("10.96.0.0/16"), Ok(c("10.96.0.0/16")));
+        assert_eq!(
+            Cidr::parse_canonical("fd00:10:96::/112"),
+            Ok(c("fd00:10:96::/112"))
+        );
+        for (raw, form, canonical) in [
+            (
+                "FD00:10:96::/112",
+                NonStandardIp::NotCanonical,
+                "fd00:10:96::/112",
+            ),
+            (
+                "fd00:10:96:0::/112",
+                NonStandardIp::NotCanonical,
+                "fd00:10:96::/112",
+            ),
+            (
+                "fd00:0010:96::/112",
+                NonStandardIp::NotCanonical,
+                "fd00:10:96::/112",
+            ),
+            ("10.96.0.1/16", NonStandardIp::HostBits, "10.96.0.0/16"),
+            ("010.96.0.0/16", NonStandardIp::LeadingZeros, "10.96.0.0/16"),
+        ] {
+            assert_eq!(
+                Cidr::parse_canonical(raw),
+                Err(StrictError::NonStandard {
+                    form,
+                    canonical: canonical.into()
+                }),
                 "{raw}"
             );
         }

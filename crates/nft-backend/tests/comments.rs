@@ -125,6 +125,7 @@ fn rulesets_compiled_from_the_longest_names_keep_every_comment_within_the_limit(
     let config = Config {
         masquerade_all: true,
         localhost_node_ports: vec![IpFamily::V4],
+        localhost_gate: true,
         ..Config::default()
     };
     let mut c = Compiler::new(&[IpFamily::V4, IpFamily::V6], config, node);

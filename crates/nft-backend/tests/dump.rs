@@ -80,11 +80,12 @@ fn what_rudder_writes_reads_back_exactly() {
             let b = NftBackend::new().write_mode(mode);
             let config = Config {
                 masquerade_all: i == 3,
-                localhost_node_ports: if i == 1 {
-                    vec![IpFamily::V4, IpFamily::V6]
-                } else {
-                    Vec::new()
+                localhost_node_ports: match i {
+                    1 => vec![IpFamily::V4, IpFamily::V6],
+                    2 => vec![IpFamily::V4],
+                    _ => Vec::new(),
                 },
+                localhost_gate: i == 1 || i == 2,
                 ..Config::default()
             };
             let mut c = Compiler::new(

@@ -167,12 +167,15 @@ fn netlink_writes_what_nft_writes() {
         let b = Netns::new("nlb").expect("netns");
         let config = Config {
             masquerade_all: i == 4,
-            // Localhost node ports: lookups of the node port maps in nat-output.
-            localhost_node_ports: if i == 2 {
-                vec![IpFamily::V4, IpFamily::V6]
-            } else {
-                Vec::new()
+            // Localhost node ports: lookups of the node port maps in nat-output, TCP only
+            // where the proxy runs (2: both families; 3: IPv4), every protocol where the gate
+            // is on without the proxy (3: IPv6).
+            localhost_node_ports: match i {
+                2 => vec![IpFamily::V4, IpFamily::V6],
+                3 => vec![IpFamily::V4],
+                _ => Vec::new(),
             },
+            localhost_gate: i == 2 || i == 3,
             ..Config::default()
         };
         let mut c = Compiler::new(&[IpFamily::V4, IpFamily::V6], config, node(detector));

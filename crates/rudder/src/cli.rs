@@ -135,7 +135,8 @@ pub struct ProxyArgs {
 
     /// Addresses that accept NodePort traffic, comma-separated: CIDRs and the keywords
     /// `primary` (the node IPs, the default), `localhost` (`127.0.0.1` and `::1`, served by
-    /// Rudder's userspace TCP proxy) and `all` (every local address).
+    /// Rudder's userspace TCP proxy) and `all` (every local address except the loopback ones:
+    /// `all,localhost` serves those too).
     #[arg(
         long = "nodeport-addresses",
         value_name = "primary|localhost|all|CIDR,...",
@@ -146,9 +147,11 @@ pub struct ProxyArgs {
     /// kube-proxy's feature gates that Rudder reads, as `NAME=true|false` (comma-separated):
     /// `AllowServiceExternalIPs` (default true; false: `spec.externalIPs` are not programmed,
     /// and each Service that has some gets a warning Event, KEP-5707) and
-    /// `KubeProxyNFTablesLocalhostNodePorts` (default true; false: no localhost node ports
-    /// even when `--nodeport-addresses` lists a loopback address). Other gates are ignored
-    /// with a warning.
+    /// `KubeProxyNFTablesLocalhostNodePorts` (default true: new connections to a loopback
+    /// address on a node port are served by the localhost proxy where `--nodeport-addresses`
+    /// lists that family's loopback address, and rejected elsewhere; false: loopback traffic
+    /// is left alone and there are no localhost node ports). Other gates are ignored with a
+    /// warning.
     #[arg(
         long = "feature-gates",
         value_name = "NAME=BOOL,...",

@@ -625,6 +625,75 @@ someNewField: 1
     }
 
     #[test]
+    fn node_port_address_keywords_from_the_file_reach_the_settings() {
+        use crate::proxier::Settings;
+        use rudder_model::IpFamily::{V4, V6};
+        let settings = |list: &str, argv: &[&str]| {
+            let (_g, path) = file(&format!(
+                "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nnodePortAddresses: {list}\n"
+            ));
+            let mut full = vec![
+                "rudder",
+                "run",
+                "--config",
+                "x",
+                "--hostname-override",
+                "n1",
+            ];
+            full.extend_from_slice(argv);
+            let (m, mut args) = run_args(&full);
+            let warnings = apply(&path, &m, &mut args).expect("valid config");
+            assert!(warnings.is_empty(), "{warnings:?}");
+            let nodeport = args.proxy.nodeport_addresses.clone();
+            (nodeport, Settings::from_args(&args.proxy))
+        };
+        // (the entries as read, primary, whether every address is listed, localhost families)
+        let read = |list: &str| {
+            let (entries, s) = settings(list, &[]);
+            let s = s.unwrap_or_else(|e| panic!("{list}: {e:#}"));
+            (
+                entries,
+                s.nodeport.primary,
+                s.nodeport.cidrs.iter().any(|c| c.is_all()),
+                s.config.localhost_node_ports,
+            )
+        };
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            read("[primary, localhost]"),
+            (
+                strings(&["primary", "localhost"]),
+                true,
+                false,
+                vec![V4, V6]
+            )
+        );
+        assert_eq!(
+            read("[localhost]"),
+            (strings(&["localhost"]), false, false, vec![V4, V6])
+        );
+        // `all` alone is every address but serves no loopback one (kube-proxy 1.37).
+        assert_eq!(read("[all]"), (strings(&["all"]), false, true, vec![]));
+        assert_eq!(
+            read("[all, localhost]"),
+            (strings(&["all", "localhost"]), false, true, vec![V4, V6])
+        );
+        assert_eq!(
+            read("[primary]"),
+            (strings(&["primary"]), true, false, vec![])
+        );
+        // Keywords are checked as on the command line.
+        for bad in ["[Localhost]", "[primary, primary]", "[loopback]"] {
+            let (_, s) = settings(bad, &[]);
+            assert!(s.is_err(), "{bad} must be refused");
+        }
+        // An explicit flag wins over the file.
+        let (entries, s) = settings("[primary, localhost]", &["--nodeport-addresses", "all"]);
+        assert_eq!(entries, strings(&["all"]));
+        assert!(s.unwrap().config.localhost_node_ports.is_empty());
+    }
+
+    #[test]
     fn durations_format_like_go_and_parse_back() {
         for (d, text) in [
             (Duration::ZERO, "0s"),

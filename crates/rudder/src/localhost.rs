@@ -538,6 +538,141 @@ mod tests {
         assert_eq!(max_connections(0), 1);
     }
 
+    /// A backend on an ephemeral loopback port: each connection gets `"hi\n"`, then its
+    /// bytes are echoed until it ends its side, and then the backend closes.
+    async fn backend() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let _ = s.write_all(b"hi\n").await;
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// The greeting read through a connection to `to`, or the error that ended it.
+    async fn greeting(s: &mut TcpStream) -> io::Result<String> {
+        let mut buf = [0u8; 3];
+        tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut buf))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+
+    fn connections(m: &LocalhostMetrics, outcome: &str) -> u64 {
+        m.connections.with_label_values(&["IPv4", outcome]).get()
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_are_reset_at_once_across_all_listeners() {
+        let metrics = LocalhostMetrics::register(&Registry::new(), &[IpFamily::V4]).unwrap();
+        let shared = Shared {
+            metrics: metrics.clone(),
+            limit: Arc::new(Semaphore::new(2)),
+        };
+        let be = backend().await.to_string();
+        // Two listeners (two node ports) share the one limit.
+        let mut ports = Vec::new();
+        for _ in 0..2 {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            ports.push(l.local_addr().unwrap());
+            let picker = Arc::new(Mutex::new(Picker::new(target(&[&be], None))));
+            tokio::spawn(accept_loop(l, IpFamily::V4, picker, shared.clone()));
+        }
+        let mut a1 = TcpStream::connect(ports[0]).await.unwrap();
+        assert_eq!(greeting(&mut a1).await.unwrap(), "hi\n");
+        let mut b1 = TcpStream::connect(ports[1]).await.unwrap();
+        assert_eq!(greeting(&mut b1).await.unwrap(), "hi\n");
+        assert_eq!(connections(&metrics, "proxied"), 2);
+        // At the limit (two connections, one per listener): the next connection on either
+        // listener is accepted by the kernel and reset at once, not queued until a slot
+        // frees up.
+        for port in &ports {
+            let t0 = std::time::Instant::now();
+            let mut c = TcpStream::connect(*port)
+                .await
+                .expect("the handshake completes");
+            let e = greeting(&mut c).await.expect_err("reset");
+            assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}");
+            assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+        }
+        assert_eq!(connections(&metrics, "over_limit"), 2);
+        assert_eq!(connections(&metrics, "proxied"), 2);
+        // The proxied connections are untouched.
+        b1.write_all(b"ok\n").await.unwrap();
+        assert_eq!(greeting(&mut b1).await.unwrap(), "ok\n");
+        // One ends: its slot is free again and the next connection is proxied.
+        drop(a1);
+        let t0 = std::time::Instant::now();
+        while shared.limit.available_permits() == 0 {
+            assert!(t0.elapsed() < Duration::from_secs(2), "the slot is freed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut a2 = TcpStream::connect(ports[0]).await.unwrap();
+        assert_eq!(greeting(&mut a2).await.unwrap(), "hi\n");
+        assert_eq!(connections(&metrics, "proxied"), 3);
+        assert_eq!(connections(&metrics, "over_limit"), 2);
+    }
+
+    #[tokio::test]
+    async fn a_port_taken_by_another_process_is_counted_once_and_retried_while_the_others_serve() {
+        let metrics = LocalhostMetrics::register(&Registry::new(), &[IpFamily::V4]).unwrap();
+        let shared = Shared {
+            metrics: metrics.clone(),
+            limit: Arc::new(Semaphore::new(16)),
+        };
+        let be = backend().await.to_string();
+        // Another process holds one port; the other is free.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let busy = taken.local_addr().unwrap().port();
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let open = free.local_addr().unwrap().port();
+        drop(free);
+        let desired = LocalhostNodePorts {
+            listeners: [
+                ((IpFamily::V4, busy), target(&[&be], None)),
+                ((IpFamily::V4, open), target(&[&be], None)),
+            ]
+            .into_iter()
+            .collect(),
+            families: vec![IpFamily::V4],
+        };
+        let failures = || metrics.failures.with_label_values(&["IPv4"]).get();
+        let gauge = || metrics.listeners.with_label_values(&["IPv4"]).get();
+        let mut listeners = BTreeMap::new();
+        let mut failed = BTreeMap::new();
+        reconcile(&mut listeners, &mut failed, &desired, &shared);
+        assert_eq!(
+            listeners.keys().collect::<Vec<_>>(),
+            [&(IpFamily::V4, open)]
+        );
+        assert!(failed.contains_key(&(IpFamily::V4, busy)), "{failed:?}");
+        assert_eq!((failures(), gauge()), (1, 1));
+        let mut c = TcpStream::connect(("127.0.0.1", open)).await.unwrap();
+        assert_eq!(
+            greeting(&mut c).await.unwrap(),
+            "hi\n",
+            "the other listener serves"
+        );
+        // Retries (every RETRY while something failed) count and log the same failure once.
+        for _ in 0..3 {
+            reconcile(&mut listeners, &mut failed, &desired, &shared);
+        }
+        assert_eq!((failures(), gauge(), listeners.len()), (1, 1, 1));
+        // The other process lets go: the next retry binds it.
+        drop(taken);
+        reconcile(&mut listeners, &mut failed, &desired, &shared);
+        assert!(failed.is_empty(), "{failed:?}");
+        assert_eq!((failures(), gauge(), listeners.len()), (1, 2, 2));
+        let mut c = TcpStream::connect(("127.0.0.1", busy)).await.unwrap();
+        assert_eq!(greeting(&mut c).await.unwrap(), "hi\n");
+    }
+
     /// A connected pair of loopback TCP streams.
     async fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

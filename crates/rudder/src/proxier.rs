@@ -310,6 +310,7 @@ impl Settings {
             nodeport.localhost_disabled = true;
         }
         let localhost_node_ports = nodeport.localhost_families();
+        let localhost_gate = gates.localhost_node_ports;
         Ok(Settings {
             mode,
             ipvs: IpvsSettings { scheduler, exclude },
@@ -323,6 +324,7 @@ impl Settings {
                 masquerade_all: args.masquerade_all,
                 masquerade_bit: args.masquerade_bit,
                 localhost_node_ports,
+                localhost_gate,
             },
         })
     }
@@ -500,6 +502,75 @@ mod tests {
         }
         let e = spec("Primary").unwrap_err().to_string();
         assert!(e.contains("primary, localhost, all"), "{e}");
+    }
+
+    /// Settings as `rudder compile` reads them from `args` (after the subcommand).
+    fn compile_settings(args: &[&str]) -> anyhow::Result<Settings> {
+        use clap::{CommandFactory, FromArgMatches};
+        let mut argv = vec!["rudder", "compile", "--hostname-override", "n1"];
+        argv.extend_from_slice(args);
+        let m = crate::cli::Cli::command().try_get_matches_from(argv)?;
+        let crate::cli::Command::Compile(c) = crate::cli::Cli::from_arg_matches(&m)?.command else {
+            anyhow::bail!("not compile")
+        };
+        Settings::from_args(&c.proxy)
+    }
+
+    #[test]
+    fn the_localhost_gate_and_proxy_families_reach_the_compiler() {
+        use IpFamily::{V4, V6};
+        let c = |args: &[&str]| {
+            let s = compile_settings(args).unwrap();
+            (s.config.localhost_gate, s.config.localhost_node_ports)
+        };
+        // The default (`primary`): the gate is on (Rudder behaves as 1.38), no proxy, so
+        // loopback node ports are rejected in both families.
+        assert_eq!(c(&[]), (true, vec![]));
+        assert_eq!(c(&["--nodeport-addresses", "all"]), (true, vec![]));
+        assert_eq!(
+            c(&["--nodeport-addresses", "primary,localhost"]),
+            (true, vec![V4, V6])
+        );
+        assert_eq!(
+            c(&["--nodeport-addresses", "primary,127.0.0.1/32"]),
+            (true, vec![V4])
+        );
+        // The gate off: neither the proxy nor the rejects.
+        assert_eq!(
+            c(&[
+                "--nodeport-addresses",
+                "primary,localhost",
+                "--feature-gates",
+                "KubeProxyNFTablesLocalhostNodePorts=false"
+            ]),
+            (false, vec![])
+        );
+    }
+
+    #[test]
+    fn flags_read_addresses_leniently_like_kube_proxys() {
+        // KEP-4858 leaves flags and component configs alone: kube-proxy parses them with
+        // ParseIPSloppy/ParseCIDRSloppy (leading zeros as decimal, host bits cleared), and so
+        // does Rudder, unlike the API objects' fields.
+        let s = compile_settings(&[
+            "--cluster-cidr",
+            "010.244.1.7/16",
+            "--node-ip",
+            "010.000.000.001",
+            "--nodeport-addresses",
+            "primary,10.0.0.1/8",
+            "--ipvs-exclude-cidrs",
+            "192.168.001.5/24",
+        ])
+        .unwrap();
+        let cidr = |c: &str| c.parse::<Cidr>().unwrap();
+        assert_eq!(
+            s.detect_local,
+            DetectLocal::ClusterCidr(vec![cidr("10.244.0.0/16")])
+        );
+        assert_eq!(s.node_ip_override, ips(&["10.0.0.1"]));
+        assert_eq!(s.nodeport.cidrs, vec![cidr("10.0.0.0/8")]);
+        assert_eq!(s.ipvs.exclude, vec![cidr("192.168.1.0/24")]);
     }
 
     #[test]

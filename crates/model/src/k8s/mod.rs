@@ -50,13 +50,25 @@ fn strict_ip(
     parse_ip_strict(raw).map_err(|e| not_strict(e, raw, field, invalid))
 }
 
-/// A CIDR of an API field, parsed as the API server's strict validation does.
+/// A CIDR of a legacy subnet field (`loadBalancerSourceRanges`, `podCIDRs`), parsed as the
+/// API server's strict validation does (`IsValidCIDRForLegacyField`): no leading zeros, no
+/// IPv4-mapped address, no bits set beyond the prefix length.
 fn strict_cidr(
     raw: &str,
     field: &'static str,
     invalid: fn(String) -> Reason,
 ) -> Result<Cidr, Reason> {
     Cidr::parse_strict(raw).map_err(|e| not_strict(e, raw, field, invalid))
+}
+
+/// A CIDR of a field introduced with strict validation (ServiceCIDR `spec.cidrs`), parsed as
+/// the API server does (`IsValidCIDR`): [`strict_cidr`], and in canonical form.
+fn canonical_cidr(
+    raw: &str,
+    field: &'static str,
+    invalid: fn(String) -> Reason,
+) -> Result<Cidr, Reason> {
+    Cidr::parse_canonical(raw).map_err(|e| not_strict(e, raw, field, invalid))
 }
 
 fn port_u16(v: i64) -> Option<u16> {
@@ -558,7 +570,7 @@ pub fn service_cidr(s: &networking::ServiceCIDR) -> (Vec<Cidr>, Vec<Problem>) {
         .into_iter()
         .flatten()
     {
-        let cidr = match strict_cidr(raw, "ServiceCIDR entry", Reason::InvalidServiceCidr) {
+        let cidr = match canonical_cidr(raw, "ServiceCIDR entry", Reason::InvalidServiceCidr) {
             Ok(c) => c,
             Err(r) => {
                 problems.push(problem(r));

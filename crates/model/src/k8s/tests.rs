@@ -557,6 +557,85 @@ fn non_standard_ips_are_refused_like_the_api_servers_strict_validation() {
 }
 
 #[test]
+fn cidr_fields_refuse_host_bits_and_service_cidrs_need_canonical_text_like_the_api_server() {
+    // KEP-4858's strict validation of subnet fields (`IsValidCIDRForLegacyField`, strict):
+    // no bits beyond the prefix length, so "10.0.0.1/8" (a subnet, or one address?) is not
+    // used; non-canonical IPv6 text is still accepted there. ServiceCIDR (`IsValidCIDR`) also
+    // needs the canonical text.
+    let (s, problems) = service(&svc(json!({
+        "metadata": {"namespace": "ns", "name": "fw"},
+        "spec": {
+            "type": "LoadBalancer", "clusterIP": "10.96.0.3", "ports": [{"port": 80}],
+            "loadBalancerSourceRanges": ["192.168.0.0/16", " 10.0.0.1/8 "]
+        },
+        "status": {"loadBalancer": {"ingress": [{"ip": "5.6.7.8"}]}}
+    })))
+    .unwrap();
+    // Refused: the load balancer is closed, not opened to 192.168.0.0/16 alone.
+    assert!(s.load_balancer_ips.is_empty() && s.load_balancer_source_ranges.is_empty());
+    assert_eq!(labels(&problems), ["non_standard_ip"]);
+    assert!(
+        problems[0].to_string().contains(
+            "\"10.0.0.1/8\" is a CIDR with bits set beyond its prefix length (a subnet, or one address?), which the API server's strict IP validation refuses: use \"10.0.0.0/8\""
+        ),
+        "{}",
+        problems[0]
+    );
+    // Padded with spaces and IPv6 in upper case: accepted, as the API server accepts them.
+    let (s, problems) = service(&svc(json!({
+        "metadata": {"namespace": "ns", "name": "fw6"},
+        "spec": {
+            "type": "LoadBalancer", "clusterIP": "10.96.0.4", "ports": [{"port": 80}],
+            "loadBalancerSourceRanges": [" 192.168.0.0/16", "FD00:0::/64"]
+        },
+        "status": {"loadBalancer": {"ingress": [{"ip": "5.6.7.8"}]}}
+    })))
+    .unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(
+        s.load_balancer_source_ranges,
+        vec![
+            "192.168.0.0/16".parse::<Cidr>().unwrap(),
+            "fd00::/64".parse::<Cidr>().unwrap()
+        ]
+    );
+    // podCIDRs: the entry with host bits is not used.
+    let n: core::Node = serde_json::from_value(json!({
+        "metadata": {"name": "n1"},
+        "spec": {"podCIDRs": ["10.244.1.1/24", "fd00:244:1::/64"]},
+    }))
+    .unwrap();
+    let (node, problems) = super::node(&n);
+    assert_eq!(
+        node.pod_cidrs,
+        vec!["fd00:244:1::/64".parse::<Cidr>().unwrap()]
+    );
+    assert_eq!(labels(&problems), ["non_standard_ip"]);
+    // ServiceCIDR: host bits and non-canonical text are refused, canonical text is used.
+    let o: networking::ServiceCIDR = serde_json::from_value(json!({
+        "metadata": {"name": "extra"},
+        "spec": {"cidrs": ["10.97.0.1/16", "FD00:10:97::/112", "fd00:10:98:0::/112", "10.98.0.0/16"]}
+    }))
+    .unwrap();
+    let (ok, problems) = service_cidr(&o);
+    assert_eq!(
+        ok.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        ["10.98.0.0/16"]
+    );
+    assert_eq!(
+        labels(&problems),
+        ["non_standard_ip", "non_standard_ip", "non_standard_ip"]
+    );
+    assert!(
+        problems[1].to_string().contains(
+            "\"FD00:10:97::/112\" is a CIDR not in canonical form, which the API server's strict IP validation refuses: use \"fd00:10:97::/112\""
+        ),
+        "{}",
+        problems[1]
+    );
+}
+
+#[test]
 fn objects_of_newer_api_servers_convert_and_unknown_fields_are_ignored() {
     // Kubernetes 1.37's types (k8s-openapi `v1_37`): trafficDistribution's newer values are
     // the EndpointSlice controller's business (it writes the hints kube-proxy and Rudder
