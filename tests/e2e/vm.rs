@@ -576,6 +576,31 @@ for i in 1 2 3; do echo "ipvs-nodeport-after $(get client 172.18.0.2 30001)"; do
 ip netns exec node ipvsadm -Ln | grep -q 'TCP  10.200.0.1:80 wlc'
 ip -n node addr show kube-ipvs0 | grep -q 'inet 10.200.0.1/32'
 echo "ipvs-others-kept"
+step "endpoint churn converges to what rudder compile says"
+for i in 1 2 3 4 5 6 7 8 9 10; do
+    case $((i % 3)) in
+        0) eps='[]' ;;
+        1) eps='[{addresses: [10.244.1.2], nodeName: node-1}]' ;;
+        2) eps='[{addresses: [10.244.2.2], nodeName: node-1}, {addresses: [10.244.3.2], nodeName: node-1}]' ;;
+    esac
+    sed "s/endpoints: .*/endpoints: $eps/" /m/long.yaml >/tmp/long.yaml
+    mv /tmp/long.yaml /m/long.yaml
+    sleep 0.05
+done
+want() { rudder compile --proxy-mode ipvs --manifests /m --hostname-override node-1 2>/dev/null | sort; }
+got() { ip netns exec node ipvsadm -Sn | grep -v 10.200.0.1 | sort; }
+i=0
+until [ "$(want)" = "$(got)" ]; do
+    i=$((i + 1))
+    if [ $i -gt 150 ]; then want >/tmp/want; got >/tmp/got; diff /tmp/want /tmp/got; echo "IPVS is not what the IR says"; exit 1; fi
+    sleep 0.1
+done
+echo "ipvs-matches-ir $(want | wc -l) lines"
+ip netns exec node ipvsadm -Ln -t 10.96.100.162:7000
+rudder compile --proxy-mode ipvs --manifests /m --hostname-override node-1 --ipvs-output addresses 2>/dev/null >/tmp/want-addr
+ip -n node addr show kube-ipvs0 | awk '/inet/ { sub(/\/.*/, "", $2); print $2 }' | grep -v '^10.200.0.1$' | grep -v '^fe80' | sort >/tmp/got-addr
+sort /tmp/want-addr | diff - /tmp/got-addr
+echo "ipvs-addresses-match-ir"
 step "restart: traffic flows while Rudder is down and after it is back"
 kill $rudder
 wait $rudder || true
@@ -654,6 +679,16 @@ fn rudder_ipvs_mode_in_the_guest() {
         out.output
     );
     assert_eq!(answers(&out, "ipvs-host-port "), ["host"], "{}", out.output);
+    // IPVS holds what the compiler says, line for line, after the churn.
+    let lines: Vec<u32> = answers(&out, "ipvs-matches-ir ")
+        .iter()
+        .filter_map(|a| a.split(' ').next()?.parse().ok())
+        .collect();
+    assert!(
+        lines.len() == 1 && lines[0] > 40,
+        "{lines:?}\n{}",
+        out.output
+    );
     // Persistence: one client, one real server.
     let sticky: std::collections::BTreeSet<String> =
         answers(&out, "ipvs-sticky ").into_iter().collect();
@@ -673,6 +708,7 @@ fn rudder_ipvs_mode_in_the_guest() {
         "ipvs-others-kept",
         "ipvs-drained-connection-kept",
         "ipvs-drained-deleted",
+        "ipvs-addresses-match-ir",
         "ipvs-cleaned",
     ] {
         assert!(out.output.contains(tag), "{tag}\n{}", out.output);
