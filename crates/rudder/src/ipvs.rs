@@ -611,13 +611,13 @@ pub fn timeouts(
     })
 }
 
-/// One timeout for the log: `900s→3600s` when asked for and changed, `120s` otherwise.
+/// One timeout for the log: `900s->3600s` when asked for and changed, `120s` otherwise.
 pub fn timeout_change(old: Option<u32>, new: Option<u32>) -> String {
     let show = |t: Option<u32>| t.map_or_else(|| "?".to_owned(), |t| format!("{t}s"));
     if old == new {
         show(new)
     } else {
-        format!("{}→{}", show(old), show(new))
+        format!("{}->{}", show(old), show(new))
     }
 }
 
@@ -840,8 +840,8 @@ mod tests {
 
     #[test]
     fn timeout_changes_read_old_to_new() {
-        assert_eq!(timeout_change(Some(900), Some(3600)), "900s→3600s");
+        assert_eq!(timeout_change(Some(900), Some(3600)), "900s->3600s");
         assert_eq!(timeout_change(Some(120), Some(120)), "120s");
-        assert_eq!(timeout_change(None, Some(60)), "?→60s");
+        assert_eq!(timeout_change(None, Some(60)), "?->60s");
     }
 }
