@@ -145,11 +145,15 @@ fn set_ipvs_timeouts(kernel: &mut crate::ipvs::IpvsKernel, wanted: rudder_ipvs::
 async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::from_args(&args.proxy)?;
     let loop_config = loop_config(&args, settings.mode)?;
-    let ipvs_timeouts = crate::ipvs::timeouts(
-        args.ipvs_tcp_timeout,
-        args.ipvs_tcpfin_timeout,
-        args.ipvs_udp_timeout,
-    )?;
+    // The `--ipvs-*` values are checked in IPVS mode only, where they are used (kube-proxy).
+    let ipvs_timeouts = match settings.mode {
+        proxier::Mode::Nftables => rudder_ipvs::types::Config::default(),
+        proxier::Mode::Ipvs => crate::ipvs::timeouts(
+            args.ipvs_tcp_timeout,
+            args.ipvs_tcpfin_timeout,
+            args.ipvs_udp_timeout,
+        )?,
+    };
     // Before anything touches the kernel: one Rudder per table and network namespace.
     let lock = crate::lock::acquire(
         settings.config.table.as_str(),
