@@ -456,6 +456,9 @@ fn helm_values_change_the_objects_and_they_still_parse_strictly() {
     values["resources"]["requests"]["cpu"] = json!("250m");
     values["tolerations"] = json!([{"operator": "Exists", "key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]);
     values["extraArgs"] = json!(["--v=3", "--logging-format=json"]);
+    values["mode"] = json!("ipvs");
+    values["ipvs"]["strictARP"] = json!(true);
+    values["ipvs"]["tcpTimeout"] = json!("15m");
     let objs = chart_objects(&values);
     let ds: DaemonSet = strict(
         objs.iter()
@@ -491,6 +494,27 @@ fn helm_values_change_the_objects_and_they_still_parse_strictly() {
     // The rendered configuration and arguments are accepted by Rudder itself.
     let dir = TempDir::new("helmcfg").expect("temp dir");
     let path = dir.write("config.yaml", &config).expect("write");
+    // Every field of it is read (the ipvs block included), without a warning.
+    let effective = dir.path().join("effective.yaml");
+    let out = std::process::Command::new(rudder_bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .arg("--write-config-to")
+        .arg(&effective)
+        .output()
+        .expect("run --write-config-to");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("WARN"), "{stderr}");
+    let effective = std::fs::read_to_string(&effective).expect("effective config");
+    for line in [
+        "mode: ipvs",
+        "strictARP: true",
+        "tcpTimeout: 15m0s",
+        "syncPeriod: 45s",
+    ] {
+        assert!(effective.contains(line), "{line}:\n{effective}");
+    }
     let out = std::process::Command::new(rudder_bin())
         .args(["compile", "--manifests", "/nonexistent-dir"])
         .output()

@@ -313,7 +313,8 @@ fn harness_reports_status_failures_panics_and_timeouts() {
 /// `kube-ipvs0`, a virtual server per frontend (`ipvsadm -Ln`), real TCP through the ClusterIP
 /// (from the node and from off the cluster) and the NodePort, an endpoint change applied
 /// incrementally, and a virtual server deleted behind Rudder's back restored by the periodic
-/// full sync, which repairs by difference.
+/// full sync, which repairs by difference; at start, the IPVS timeouts (`ipvsadm -L --timeout`),
+/// strict ARP's sysctls, and `conn_reuse_mode` left at the kernel's value (6.1, from 5.9).
 const RUDDER_IPVS_HEAD: &str = r#"
 set -e
 step() { echo "== $*"; }
@@ -432,7 +433,8 @@ ip -n node addr add 10.200.0.1/32 dev kube-ipvs0
 ip netns exec node ipvsadm -A -t 10.200.0.1:80 -s wlc
 start_rudder() {
     ip netns exec node rudder run --proxy-mode ipvs --manifests /m --hostname-override node-1 \
-        --cluster-cidr 10.244.0.0/16 --full-sync-period 3s --iptables-min-sync-period 100ms \
+        --cluster-cidr 10.244.0.0/16 --full-sync-period 3s --ipvs-min-sync-period 100ms \
+        --ipvs-tcp-timeout 1h --ipvs-udp-timeout 1m --ipvs-strict-arp \
         --ipvs-exclude-cidrs 10.200.0.0/16 >>/tmp/rudder.log 2>&1 &
     rudder=$!
 }
@@ -471,6 +473,13 @@ ip -n node addr show kube-ipvs0
 ip netns exec node ipvsadm -Ln | grep -q 'TCP  10.96.100.100:80 rr'
 ip netns exec node ipvsadm -Ln | grep -q 'TCP  172.18.0.2:30001 rr'
 ip -n node addr show kube-ipvs0 | grep -q 'inet 10.96.100.100/32'
+step "IPVS timeouts, strict ARP, conn_reuse_mode (left as it is from kernel 5.9)"
+ip netns exec node ipvsadm -L --timeout | tee /tmp/timeouts
+echo "ipvs-timeouts $(sed -n 's/^Timeout (tcp tcpfin udp): //p' /tmp/timeouts)"
+grep 'IPVS timeouts\|IPVS sysctl\|conn_reuse_mode' /tmp/rudder.log || true
+echo "ipvs-timeouts-logged $(grep -c 'tcp=900s->3600s tcpfin=120s udp=300s->60s' /tmp/rudder.log)"
+echo "ipvs-strict-arp $(ip netns exec node cat /proc/sys/net/ipv4/conf/all/arp_ignore) $(ip netns exec node cat /proc/sys/net/ipv4/conf/all/arp_announce)"
+echo "ipvs-conn-reuse $(ip netns exec node cat /proc/sys/net/ipv4/vs/conn_reuse_mode)"
 get() { printf 'GET / HTTP/1.0\r\n\r\n' | ip netns exec $1 nc -w 5 $2 $3 | tail -n 1; }
 step "ClusterIP from the node"
 for i in 1 2 3 4 5 6; do echo "ipvs-node-clusterip $(get node 10.96.100.100 80)"; done
@@ -701,6 +710,16 @@ fn rudder_ipvs_mode_in_the_guest() {
         "{}",
         out.output
     );
+    // --ipvs-tcp-timeout 1h and --ipvs-udp-timeout 1m set (tcpfin kept at the kernel's 120 s),
+    // logged old->new; --ipvs-strict-arp's sysctls; conn_reuse_mode at the kernel's 1 (6.1).
+    for (tag, expected) in [
+        ("ipvs-timeouts ", "3600 120 60"),
+        ("ipvs-timeouts-logged ", "1"),
+        ("ipvs-strict-arp ", "1 2"),
+        ("ipvs-conn-reuse ", "1"),
+    ] {
+        assert_eq!(answers(&out, tag), [expected], "{tag}\n{}", out.output);
+    }
     for tag in [
         "ipvs-vip-filtered",
         "ipvs-fw-denied",

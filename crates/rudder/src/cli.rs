@@ -285,6 +285,42 @@ pub struct RunArgs {
     #[arg(long = "iptables-sync-period", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub sync_period: Duration,
 
+    /// Minimum time between two syncs in IPVS mode (`--proxy-mode ipvs` uses it instead of
+    /// --iptables-min-sync-period, as kube-proxy does).
+    #[arg(long = "ipvs-min-sync-period", value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    pub ipvs_min_sync_period: Duration,
+
+    /// Retry interval after a failed sync in IPVS mode (`--proxy-mode ipvs` uses it instead of
+    /// --iptables-sync-period, as kube-proxy does); must be more than 0.
+    #[arg(long = "ipvs-sync-period", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub ipvs_sync_period: Duration,
+
+    /// Idle timeout of IPVS TCP connections (`ipvsadm --set`, IPVS_CMD_SET_CONFIG), set at
+    /// start in IPVS mode; 0 leaves the kernel's value.
+    #[arg(long = "ipvs-tcp-timeout", value_name = "DURATION", default_value = "0", value_parser = parse_duration)]
+    pub ipvs_tcp_timeout: Duration,
+
+    /// Timeout of IPVS TCP connections after a FIN, set at start in IPVS mode; 0 leaves the
+    /// kernel's value.
+    #[arg(long = "ipvs-tcpfin-timeout", value_name = "DURATION", default_value = "0", value_parser = parse_duration)]
+    pub ipvs_tcpfin_timeout: Duration,
+
+    /// Timeout of IPVS UDP flows, set at start in IPVS mode; 0 leaves the kernel's value.
+    #[arg(long = "ipvs-udp-timeout", value_name = "DURATION", default_value = "0", value_parser = parse_duration)]
+    pub ipvs_udp_timeout: Duration,
+
+    /// Strict ARP in IPVS mode: set `net.ipv4.conf.all.arp_ignore=1` and `arp_announce=2`, so
+    /// the node does not answer ARP for the VIPs on `kube-ipvs0` (MetalLB's L2 mode needs it).
+    #[arg(
+        long = "ipvs-strict-arp",
+        value_name = "BOOL",
+        default_value_t = false,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub ipvs_strict_arp: bool,
+
     /// Maximum conntrack entries per CPU (`nf_conntrack_max` = max(this × CPUs,
     /// --conntrack-min), only ever raised); 0 leaves the kernel's value.
     #[arg(

@@ -38,18 +38,6 @@ const IGNORED: &[(&str, &str)] = &[
     ),
     ("enableProfiling", "not implemented"),
     ("iptables", "iptables mode is not implemented"),
-    (
-        "ipvs.syncPeriod",
-        "both modes use the nftables section's periods (and the flags)",
-    ),
-    (
-        "ipvs.minSyncPeriod",
-        "both modes use the nftables section's periods (and the flags)",
-    ),
-    ("ipvs.strictARP", "not implemented yet"),
-    ("ipvs.tcpTimeout", "not implemented yet"),
-    ("ipvs.tcpFinTimeout", "not implemented yet"),
-    ("ipvs.udpTimeout", "not implemented yet"),
     ("logging", "use -v and --logging-format"),
     ("oomScoreAdj", "set it in the DaemonSet"),
     ("portRange", "userspace mode does not exist any more"),
@@ -127,10 +115,16 @@ pub struct DetectLocal {
     pub interface_name_prefix: Option<String>,
 }
 
-/// `ipvs` (the fields Rudder reads; the others are named in warnings).
+/// `ipvs`: every field of kube-proxy's `KubeProxyIPVSConfiguration`.
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Ipvs {
+    /// `--ipvs-sync-period` (used in IPVS mode only, as kube-proxy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_period: Option<GoDuration>,
+    /// `--ipvs-min-sync-period` (used in IPVS mode only, as kube-proxy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_sync_period: Option<GoDuration>,
     /// `--ipvs-scheduler`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduler: Option<String>,
@@ -141,6 +135,18 @@ pub struct Ipvs {
         skip_serializing_if = "Option::is_none"
     )]
     pub exclude_cidrs: Option<Vec<String>>,
+    /// `--ipvs-strict-arp`.
+    #[serde(rename = "strictARP", default, skip_serializing_if = "Option::is_none")]
+    pub strict_arp: Option<bool>,
+    /// `--ipvs-tcp-timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_timeout: Option<GoDuration>,
+    /// `--ipvs-tcpfin-timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_fin_timeout: Option<GoDuration>,
+    /// `--ipvs-udp-timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_timeout: Option<GoDuration>,
 }
 
 /// `nftables`.
@@ -350,6 +356,40 @@ pub fn apply_text(
         if let Some(list) = ipvs.exclude_cidrs.filter(|_| set("ipvs_exclude_cidrs")) {
             p.ipvs_exclude_cidrs = list;
         }
+        if let Some(b) = ipvs.strict_arp.filter(|_| set("ipvs_strict_arp")) {
+            args.ipvs_strict_arp = b;
+        }
+        for (v, id, to) in [
+            (
+                ipvs.sync_period,
+                "ipvs_sync_period",
+                &mut args.ipvs_sync_period,
+            ),
+            (
+                ipvs.min_sync_period,
+                "ipvs_min_sync_period",
+                &mut args.ipvs_min_sync_period,
+            ),
+            (
+                ipvs.tcp_timeout,
+                "ipvs_tcp_timeout",
+                &mut args.ipvs_tcp_timeout,
+            ),
+            (
+                ipvs.tcp_fin_timeout,
+                "ipvs_tcpfin_timeout",
+                &mut args.ipvs_tcpfin_timeout,
+            ),
+            (
+                ipvs.udp_timeout,
+                "ipvs_udp_timeout",
+                &mut args.ipvs_udp_timeout,
+            ),
+        ] {
+            if let Some(d) = v.filter(|_| set(id)) {
+                *to = d.0;
+            }
+        }
     }
     if let Some(list) = c.node_port_addresses.filter(|_| set("nodeport_addresses")) {
         p.nodeport_addresses = list;
@@ -485,8 +525,14 @@ pub fn effective(args: &RunArgs) -> String {
         kind: KIND.into(),
         mode: Some(p.proxy_mode.clone()),
         ipvs: Some(Ipvs {
+            sync_period: Some(GoDuration(args.ipvs_sync_period)),
+            min_sync_period: Some(GoDuration(args.ipvs_min_sync_period)),
             scheduler: Some(p.ipvs_scheduler.clone()),
             exclude_cidrs: Some(p.ipvs_exclude_cidrs.clone()),
+            strict_arp: Some(args.ipvs_strict_arp),
+            tcp_timeout: Some(GoDuration(args.ipvs_tcp_timeout)),
+            tcp_fin_timeout: Some(GoDuration(args.ipvs_tcpfin_timeout)),
+            udp_timeout: Some(GoDuration(args.ipvs_udp_timeout)),
         }),
         // kube-proxy's bindAddress holds one node IP; a dual-stack --node-ip has no equivalent.
         bind_address: Some(match p.node_ip.as_slice() {
@@ -574,6 +620,7 @@ nftables: {syncPeriod: 45s, minSyncPeriod: 2s, masqueradeAll: true, masqueradeBi
 clientConnection: {kubeconfig: /etc/kubeconfig, qps: 50}
 conntrack: {maxPerCore: 0}
 featureGates: {AllowServiceExternalIPs: false}
+ipvs: {syncPeriod: 1m, minSyncPeriod: 2s, strictARP: true, tcpTimeout: 15m, tcpFinTimeout: 30s, udpTimeout: 1m}
 someNewField: 1
 ";
 
@@ -728,6 +775,8 @@ someNewField: 1
         let written = effective(&args);
         assert!(written.contains("minSyncPeriod: 5s"), "{written}");
         assert!(written.contains("masqueradeBit: 15"), "{written}");
+        assert!(written.contains("strictARP: true"), "{written}");
+        assert!(written.contains("tcpFinTimeout: 30s"), "{written}");
         // Read it back into default arguments: every honoured setting comes back.
         let (_g2, path2) = file(&written);
         let (m2, mut back) = run_args(&["rudder", "run"]);
@@ -750,6 +799,12 @@ someNewField: 1
         assert_eq!(back.conntrack_max_per_core, 0);
         assert_eq!(back.conntrack_tcp_established, Duration::from_secs(86400));
         assert_eq!(back.conntrack_udp, Duration::ZERO);
+        assert_eq!(back.ipvs_sync_period, Duration::from_secs(60));
+        assert_eq!(back.ipvs_min_sync_period, Duration::from_secs(2));
+        assert!(back.ipvs_strict_arp);
+        assert_eq!(back.ipvs_tcp_timeout, Duration::from_secs(900));
+        assert_eq!(back.ipvs_tcpfin_timeout, Duration::from_secs(30));
+        assert_eq!(back.ipvs_udp_timeout, Duration::from_secs(60));
         // And writing it again gives the same text.
         assert_eq!(effective(&back), written);
     }
@@ -760,7 +815,7 @@ someNewField: 1
             "apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 mode: ipvs
-ipvs: {scheduler: rr, tcpTimeout: 0s}
+ipvs: {scheduler: rr, tcpTimeout: 5m, typo: 1}
 oomScoreAdj: -999
 clientConnection: {burst: 10, contentType: application/json, typo: 1}
 detectLocal: {bridgeInterface: cbr0, other: x}
@@ -780,7 +835,7 @@ whatIsThis: {nested: [1, 2]}
                 "unknown field clientConnection.typo",
                 "unknown field conntrack.tcpTimeout",
                 "unknown field detectLocal.other",
-                "config field ipvs.tcpTimeout is ignored: not implemented yet",
+                "unknown field ipvs.typo",
                 "unknown field nftables.extra",
                 "config field oomScoreAdj is ignored: set it in the DaemonSet",
                 "unknown config field \"whatIsThis\"",
@@ -791,7 +846,79 @@ whatIsThis: {nested: [1, 2]}
         // `mode: ipvs` and the ipvs section are read like their flags.
         assert_eq!(args.proxy.proxy_mode, "ipvs");
         assert_eq!(args.proxy.ipvs_scheduler, "rr");
+        assert_eq!(args.ipvs_tcp_timeout, Duration::from_secs(300));
         assert_eq!(args.proxy.pod_bridge_interface.as_deref(), Some("cbr0"));
+    }
+
+    #[test]
+    fn the_ipvs_section_applies_and_explicit_flags_win() {
+        let (_g, path) = file(
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: ipvs
+nftables: {syncPeriod: 45s, minSyncPeriod: 3s}
+ipvs:
+  syncPeriod: 1m
+  minSyncPeriod: 2s
+  scheduler: lc
+  excludeCIDRs: [10.0.0.0/8]
+  strictARP: true
+  tcpTimeout: 15m
+  tcpFinTimeout: 30s
+  udpTimeout: 1m
+",
+        );
+        let (m, mut args) = run_args(&[
+            "rudder",
+            "run",
+            "--ipvs-udp-timeout",
+            "10s",
+            "--ipvs-strict-arp=false",
+            "--ipvs-min-sync-period",
+            "500ms",
+        ]);
+        let warnings = apply(&path, &m, &mut args).expect("valid config");
+        assert!(
+            warnings.is_empty(),
+            "every ipvs field is honoured: {warnings:?}"
+        );
+        assert_eq!(args.proxy.proxy_mode, "ipvs");
+        assert_eq!(args.proxy.ipvs_scheduler, "lc");
+        assert_eq!(args.proxy.ipvs_exclude_cidrs, vec!["10.0.0.0/8"]);
+        assert_eq!(args.ipvs_sync_period, Duration::from_secs(60));
+        assert_eq!(
+            args.ipvs_min_sync_period,
+            Duration::from_millis(500),
+            "the explicit flag wins"
+        );
+        assert!(!args.ipvs_strict_arp, "the explicit flag wins");
+        assert_eq!(args.ipvs_tcp_timeout, Duration::from_secs(900));
+        assert_eq!(args.ipvs_tcpfin_timeout, Duration::from_secs(30));
+        assert_eq!(
+            args.ipvs_udp_timeout,
+            Duration::from_secs(10),
+            "the explicit flag wins"
+        );
+        // The nftables section's periods stay theirs.
+        assert_eq!(args.sync_period, Duration::from_secs(45));
+        assert_eq!(args.min_sync_period, Duration::from_secs(3));
+
+        // Without flags, the defaults are kube-proxy's: 30s, 0s, no strict ARP, timeouts 0.
+        let (m, mut args) = run_args(&["rudder", "run"]);
+        assert_eq!(args.ipvs_sync_period, Duration::from_secs(30));
+        assert_eq!(args.ipvs_min_sync_period, Duration::ZERO);
+        assert!(!args.ipvs_strict_arp);
+        assert_eq!(args.ipvs_tcp_timeout, Duration::ZERO);
+        let (_g, path) = file(
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nipvs: {strictARP: true}\n",
+        );
+        apply(&path, &m, &mut args).expect("valid config");
+        assert!(args.ipvs_strict_arp, "from the file when no flag is given");
+        assert_eq!(
+            args.ipvs_sync_period,
+            Duration::from_secs(30),
+            "absent: kept"
+        );
     }
 
     #[test]
@@ -824,6 +951,14 @@ whatIsThis: {nested: [1, 2]}
             (
                 "nftables: 3",
                 "config field nftables: invalid type: integer `3`",
+            ),
+            (
+                "ipvs: {tcpTimeout: 5}",
+                "config field ipvs.tcpTimeout: invalid type: integer `5`, expected a string",
+            ),
+            (
+                "ipvs: {strictARP: yes please}",
+                "config field ipvs.strictARP: invalid type: string \"yes please\", expected a boolean",
             ),
         ] {
             let text = format!(

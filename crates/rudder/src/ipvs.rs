@@ -295,10 +295,14 @@ impl IpvsKernel {
     /// IPVS of this network namespace, with the dummy interface created if it is missing.
     /// Fails with the module to load when the kernel has no IPVS.
     pub fn new(exclude: Vec<Cidr>) -> anyhow::Result<IpvsKernel> {
-        let handle = rudder_ipvs::Handle::new().map_err(|e| {
-            anyhow::anyhow!(
-                "--proxy-mode ipvs: the kernel has no IPVS (load the ip_vs module: `modprobe ip_vs`): {e}"
-            )
+        let handle = rudder_ipvs::Handle::new().map_err(|e| match e {
+            rudder_ipvs::Error::NoIpvs => anyhow::anyhow!(
+                "--proxy-mode ipvs: this kernel has no IPVS (no \"IPVS\" generic netlink family): \
+                 load the ip_vs kernel module (`modprobe ip_vs`, or list ip_vs in \
+                 /etc/modules-load.d/), use a kernel built with CONFIG_IP_VS, or run with \
+                 --proxy-mode nftables"
+            ),
+            e => anyhow::Error::new(e).context("--proxy-mode ipvs: cannot talk to IPVS"),
         })?;
         let links = Links::start()?;
         links
@@ -445,25 +449,209 @@ impl IpvsDataplane for IpvsKernel {
     }
 }
 
-/// kube-proxy's IPVS sysctls (`pkg/proxy/ipvs/proxier.go`), each with a log line when it
-/// cannot be set.
-pub fn set_sysctls() {
-    for (path, value) in [
-        ("/proc/sys/net/ipv4/vs/conntrack", "1"),
-        ("/proc/sys/net/ipv4/vs/conn_reuse_mode", "0"),
-        ("/proc/sys/net/ipv4/vs/expire_nodest_conn", "1"),
-        ("/proc/sys/net/ipv4/vs/expire_quiescent_template", "1"),
-        ("/proc/sys/net/ipv4/ip_forward", "1"),
-    ] {
-        let current = std::fs::read_to_string(path).unwrap_or_default();
-        if current.trim() == value {
-            continue;
+/// A kernel release's version (`/proc/sys/kernel/osrelease`), compared as kube-proxy compares
+/// it: major, minor and patch, a missing patch being 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KernelVersion {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+impl KernelVersion {
+    /// The first kernel with `net.ipv4.vs.conn_reuse_mode` (kube-proxy's
+    /// `connReuseMinSupportedKernelVersion`).
+    pub const CONN_REUSE_MIN: KernelVersion = KernelVersion::new(4, 1, 0);
+    /// The first kernel whose `conn_reuse_mode=1` no longer delays reused connections by a
+    /// second when conntrack is on (torvalds/linux 35dfb013149f, kubernetes#93297; kube-proxy's
+    /// `connReuseFixedKernelVersion`).
+    pub const CONN_REUSE_FIXED: KernelVersion = KernelVersion::new(5, 9, 0);
+
+    pub const fn new(major: u32, minor: u32, patch: u32) -> KernelVersion {
+        KernelVersion {
+            major,
+            minor,
+            patch,
         }
-        match std::fs::write(path, value) {
-            Ok(()) => info!(sysctl = path, value, "set IPVS sysctl"),
+    }
+
+    /// Parses a kernel release the way kube-proxy does (`version.ParseGeneric`): optional
+    /// leading blanks and `v`, then at least `MAJOR.MINOR` (`.PATCH` and more components are
+    /// optional), then anything (`-48-amd64`, `+`, `-rc1`). Components past the patch are
+    /// ignored.
+    pub fn parse(release: &str) -> Result<KernelVersion, String> {
+        let text = release.trim_start();
+        let text = text.strip_prefix('v').unwrap_or(text);
+        let mut numbers = Vec::new();
+        let mut rest = text;
+        loop {
+            let len = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            if len == 0 {
+                break;
+            }
+            let n: u32 = rest[..len]
+                .parse()
+                .map_err(|_| format!("kernel release {release:?}: component out of range"))?;
+            numbers.push(n);
+            rest = &rest[len..];
+            // Another component only if a digit follows the dot.
+            match rest.strip_prefix('.') {
+                Some(after) if after.starts_with(|c: char| c.is_ascii_digit()) => rest = after,
+                _ => break,
+            }
+        }
+        match numbers.as_slice() {
+            [major, minor, more @ ..] => Ok(KernelVersion::new(
+                *major,
+                *minor,
+                more.first().copied().unwrap_or(0),
+            )),
+            _ => Err(format!(
+                "kernel release {release:?}: expected MAJOR.MINOR[.PATCH]"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for KernelVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+/// One sysctl to set, by its dotted name (`net.ipv4.vs.conntrack`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sysctl {
+    pub name: &'static str,
+    pub value: &'static str,
+}
+
+impl Sysctl {
+    const fn new(name: &'static str, value: &'static str) -> Sysctl {
+        Sysctl { name, value }
+    }
+
+    /// Its path under `/proc/sys`.
+    pub fn path(&self) -> std::path::PathBuf {
+        self.name.split('.').collect()
+    }
+}
+
+/// What is done with `net.ipv4.vs.conn_reuse_mode`, by kube-proxy's rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnReuse {
+    /// From 4.1 and before 5.9: set to 0 (among the sysctls to write).
+    Set(KernelVersion),
+    /// From 5.9: left as it is (the kernel's 1 no longer delays reused connections).
+    Fixed(KernelVersion),
+    /// Before 4.1: the sysctl does not exist (kube-proxy logs an error and goes on).
+    TooOld(KernelVersion),
+    /// The kernel release could not be read or parsed: left as it is (kube-proxy refuses to
+    /// start instead).
+    Unknown(String),
+}
+
+/// The IPVS mode's sysctls to write, and why `conn_reuse_mode` is or is not among them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SysctlPlan {
+    pub writes: Vec<Sysctl>,
+    pub conn_reuse: ConnReuse,
+}
+
+/// The sysctls kube-proxy's IPVS mode sets (`NewProxier` in `pkg/proxy/ipvs/proxier.go`), in
+/// its order: `net.ipv4.vs.conntrack=1`; `net.ipv4.vs.conn_reuse_mode=0` on kernels from 4.1
+/// and before 5.9 only; `expire_nodest_conn=1`, `expire_quiescent_template=1`,
+/// `net.ipv4.ip_forward=1`; and with `--ipvs-strict-arp`, `net.ipv4.conf.all.arp_ignore=1` and
+/// `arp_announce=2`. Pure: `kernel` is the parsed kernel release, or why there is none.
+pub fn plan_sysctls(kernel: Result<KernelVersion, String>, strict_arp: bool) -> SysctlPlan {
+    let mut writes = vec![Sysctl::new("net.ipv4.vs.conntrack", "1")];
+    let conn_reuse = match kernel {
+        Err(why) => ConnReuse::Unknown(why),
+        Ok(v) if v < KernelVersion::CONN_REUSE_MIN => ConnReuse::TooOld(v),
+        Ok(v) if v >= KernelVersion::CONN_REUSE_FIXED => ConnReuse::Fixed(v),
+        Ok(v) => {
+            writes.push(Sysctl::new("net.ipv4.vs.conn_reuse_mode", "0"));
+            ConnReuse::Set(v)
+        }
+    };
+    writes.extend([
+        Sysctl::new("net.ipv4.vs.expire_nodest_conn", "1"),
+        Sysctl::new("net.ipv4.vs.expire_quiescent_template", "1"),
+        Sysctl::new("net.ipv4.ip_forward", "1"),
+    ]);
+    if strict_arp {
+        writes.extend([
+            Sysctl::new("net.ipv4.conf.all.arp_ignore", "1"),
+            Sysctl::new("net.ipv4.conf.all.arp_announce", "2"),
+        ]);
+    }
+    SysctlPlan { writes, conn_reuse }
+}
+
+/// What writing one sysctl did: `Ok(Some(old))` when it changed, `Ok(None)` when it already
+/// had the value.
+#[derive(Debug)]
+pub struct SysctlOutcome {
+    pub sysctl: Sysctl,
+    pub result: std::io::Result<Option<String>>,
+}
+
+/// Writes each sysctl under `proc_sys` (`/proc/sys`) that does not have its value yet.
+pub fn write_sysctls(proc_sys: &std::path::Path, writes: &[Sysctl]) -> Vec<SysctlOutcome> {
+    writes
+        .iter()
+        .map(|s| {
+            let path = proc_sys.join(s.path());
+            let result = std::fs::read_to_string(&path).and_then(|current| {
+                let current = current.trim();
+                if current == s.value {
+                    Ok(None)
+                } else {
+                    std::fs::write(&path, s.value).map(|()| Some(current.to_owned()))
+                }
+            });
+            SysctlOutcome { sysctl: *s, result }
+        })
+        .collect()
+}
+
+/// kube-proxy's IPVS sysctls ([`plan_sysctls`]) for this kernel, in this network namespace,
+/// each with a log line; one that cannot be set is a warning, not a failure.
+pub fn set_sysctls(strict_arp: bool) {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_err(|e| format!("reading /proc/sys/kernel/osrelease: {e}"))
+        .and_then(|r| KernelVersion::parse(r.trim()));
+    let plan = plan_sysctls(kernel, strict_arp);
+    match &plan.conn_reuse {
+        ConnReuse::Set(v) => {
+            debug!(kernel = %v, "kernel before 5.9: net.ipv4.vs.conn_reuse_mode is set to 0")
+        }
+        ConnReuse::Fixed(v) => info!(
+            kernel = %v,
+            "net.ipv4.vs.conn_reuse_mode left as it is: kernels from 5.9 no longer delay reused connections (kubernetes#93297)"
+        ),
+        ConnReuse::TooOld(v) => warn!(
+            kernel = %v,
+            "cannot set net.ipv4.vs.conn_reuse_mode: it exists from kernel 4.1"
+        ),
+        ConnReuse::Unknown(why) => warn!(
+            "net.ipv4.vs.conn_reuse_mode left as it is: the kernel's version is unknown ({why})"
+        ),
+    }
+    if strict_arp {
+        info!("--ipvs-strict-arp: arp_ignore=1 and arp_announce=2 on all interfaces");
+    }
+    for o in write_sysctls(std::path::Path::new("/proc/sys"), &plan.writes) {
+        let (sysctl, new) = (o.sysctl.name, o.sysctl.value);
+        match o.result {
+            Ok(Some(old)) => info!(sysctl, old, new, "set IPVS sysctl"),
+            Ok(None) => debug!(sysctl, value = new, "IPVS sysctl already set"),
             Err(e) => warn!(
-                sysctl = path,
-                value, "cannot set IPVS sysctl (set it on the host): {e}"
+                sysctl,
+                value = new,
+                "cannot set IPVS sysctl (set it on the host): {e}"
             ),
         }
     }
@@ -586,6 +774,60 @@ async fn cleanup_link(owned: Ownership) -> Result<(Vec<IpAddr>, bool), String> {
     Ok((removed, true))
 }
 
+/// One timeout flag as `IPVS_CMD_SET_CONFIG` takes it: whole seconds, `None` (not sent, the
+/// kernel's value kept) for 0 — and for less than a second, which kube-proxy's conversion
+/// truncates to 0 too.
+fn timeout_secs(flag: &str, d: std::time::Duration) -> anyhow::Result<Option<u32>> {
+    match d.as_secs() {
+        0 => Ok(None),
+        s => u32::try_from(s)
+            .map(Some)
+            .map_err(|_| anyhow::anyhow!("{flag}: {s}s is more than IPVS can hold")),
+    }
+}
+
+/// `--ipvs-tcp-timeout`, `--ipvs-tcpfin-timeout` and `--ipvs-udp-timeout` as the timeouts to
+/// set (`ipvsadm --set tcp tcpfin udp`).
+pub fn timeouts(
+    tcp: std::time::Duration,
+    tcp_fin: std::time::Duration,
+    udp: std::time::Duration,
+) -> anyhow::Result<rudder_ipvs::types::Config> {
+    Ok(rudder_ipvs::types::Config {
+        tcp: timeout_secs("--ipvs-tcp-timeout", tcp)?,
+        tcp_fin: timeout_secs("--ipvs-tcpfin-timeout", tcp_fin)?,
+        udp: timeout_secs("--ipvs-udp-timeout", udp)?,
+    })
+}
+
+/// One timeout for the log: `900s->3600s` when asked for and changed, `120s` otherwise.
+pub fn timeout_change(old: Option<u32>, new: Option<u32>) -> String {
+    let show = |t: Option<u32>| t.map_or_else(|| "?".to_owned(), |t| format!("{t}s"));
+    if old == new {
+        show(new)
+    } else {
+        format!("{}->{}", show(old), show(new))
+    }
+}
+
+impl IpvsKernel {
+    /// Sets the global timeouts that `wanted` holds (IPVS_CMD_SET_CONFIG; none: nothing is
+    /// sent) and answers the kernel's timeouts before and after.
+    pub fn set_timeouts(
+        &mut self,
+        wanted: rudder_ipvs::types::Config,
+    ) -> Result<Option<(rudder_ipvs::types::Config, rudder_ipvs::types::Config)>, rudder_ipvs::Error>
+    {
+        if wanted == rudder_ipvs::types::Config::default() {
+            return Ok(None);
+        }
+        let old = self.handle.config()?;
+        self.handle.apply(&Request::SetConfig(wanted))?;
+        let new = self.handle.config()?;
+        Ok(Some((old, new)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -610,5 +852,208 @@ mod tests {
         assert!(Ownership::All.owns(&ip("fd00::10"), None));
         assert!(!Ownership::All.owns(&ip("fe80::1"), None));
         assert!(!Ownership::All.owns(&ip("febf::1"), Some(3)));
+    }
+
+    use std::time::Duration;
+
+
+    fn names(plan: &SysctlPlan) -> Vec<(&'static str, &'static str)> {
+        plan.writes.iter().map(|s| (s.name, s.value)).collect()
+    }
+
+    #[test]
+    fn kernel_releases_parse_like_kube_proxy() {
+        for (release, expected) in [
+            ("6.1.0-48-amd64", KernelVersion::new(6, 1, 0)),
+            ("5.4.0", KernelVersion::new(5, 4, 0)),
+            ("5.8", KernelVersion::new(5, 8, 0)),
+            ("4.19.0.1-custom", KernelVersion::new(4, 19, 0)),
+            ("v4.19.0-rc1", KernelVersion::new(4, 19, 0)),
+            ("  5.10.0+\n", KernelVersion::new(5, 10, 0)),
+            ("6.18.44-fc-v1147", KernelVersion::new(6, 18, 44)),
+            ("3.10.0-1160.el7.x86_64", KernelVersion::new(3, 10, 0)),
+            ("5.15.0-1052-azure", KernelVersion::new(5, 15, 0)),
+            ("6.1abc", KernelVersion::new(6, 1, 0)),
+        ] {
+            assert_eq!(KernelVersion::parse(release), Ok(expected), "{release:?}");
+        }
+        for garbage in [
+            "",
+            "garbage",
+            "6",
+            "6.",
+            "6.x",
+            "-6.1",
+            ".5.4",
+            "99999999999.1",
+            "6.99999999999",
+        ] {
+            let e = KernelVersion::parse(garbage).expect_err(garbage);
+            assert!(e.contains("kernel release"), "{e}");
+        }
+        assert_eq!(KernelVersion::new(5, 8, 18).to_string(), "5.8.18");
+        assert!(KernelVersion::new(5, 8, 99) < KernelVersion::CONN_REUSE_FIXED);
+        assert!(KernelVersion::new(5, 10, 0) > KernelVersion::CONN_REUSE_FIXED);
+    }
+
+    #[test]
+    fn conn_reuse_mode_is_set_only_from_4_1_and_before_5_9() {
+        let v = |s: &str| KernelVersion::parse(s);
+        let plan = plan_sysctls(v("5.4.0-150-generic"), false);
+        assert_eq!(
+            names(&plan),
+            [
+                ("net.ipv4.vs.conntrack", "1"),
+                ("net.ipv4.vs.conn_reuse_mode", "0"),
+                ("net.ipv4.vs.expire_nodest_conn", "1"),
+                ("net.ipv4.vs.expire_quiescent_template", "1"),
+                ("net.ipv4.ip_forward", "1"),
+            ]
+        );
+        assert_eq!(plan.conn_reuse, ConnReuse::Set(KernelVersion::new(5, 4, 0)));
+        for (release, set) in [
+            ("3.10.0", false),
+            ("4.0.9", false),
+            ("4.1", true),
+            ("4.1.0", true),
+            ("5.8.18", true),
+            ("5.9", false),
+            ("5.9.0", false),
+            ("6.1.0-48-amd64", false),
+            ("6.18.44-fc-v1147", false),
+        ] {
+            let plan = plan_sysctls(v(release), false);
+            let has = plan
+                .writes
+                .iter()
+                .any(|s| s.name == "net.ipv4.vs.conn_reuse_mode");
+            assert_eq!(has, set, "{release}: {plan:?}");
+            assert_eq!(
+                matches!(plan.conn_reuse, ConnReuse::Set(_)),
+                set,
+                "{release}"
+            );
+        }
+        assert_eq!(
+            plan_sysctls(v("6.1.0"), false).conn_reuse,
+            ConnReuse::Fixed(KernelVersion::new(6, 1, 0))
+        );
+        assert_eq!(
+            plan_sysctls(v("3.10.0"), false).conn_reuse,
+            ConnReuse::TooOld(KernelVersion::new(3, 10, 0))
+        );
+        // An unknown kernel: left as it is, the other sysctls still set.
+        let plan = plan_sysctls(v("garbage"), false);
+        assert!(matches!(plan.conn_reuse, ConnReuse::Unknown(ref why) if why.contains("garbage")));
+        assert_eq!(plan.writes.len(), 4);
+        assert!(
+            !plan
+                .writes
+                .iter()
+                .any(|s| s.name == "net.ipv4.vs.conn_reuse_mode")
+        );
+    }
+
+    #[test]
+    fn strict_arp_adds_arp_ignore_and_arp_announce() {
+        let kernel = || KernelVersion::parse("6.1.0");
+        let off = plan_sysctls(kernel(), false);
+        assert!(
+            !off.writes.iter().any(|s| s.name.contains("arp")),
+            "{off:?}"
+        );
+        let on = plan_sysctls(kernel(), true);
+        assert_eq!(
+            names(&on)[names(&off).len()..],
+            [
+                ("net.ipv4.conf.all.arp_ignore", "1"),
+                ("net.ipv4.conf.all.arp_announce", "2"),
+            ]
+        );
+        assert_eq!(
+            Sysctl::new("net.ipv4.conf.all.arp_ignore", "1").path(),
+            std::path::Path::new("net/ipv4/conf/all/arp_ignore")
+        );
+    }
+
+    #[test]
+    fn sysctls_are_written_only_when_they_differ() {
+        // A directory standing for /proc/sys: the host's sysctls are never written by tests.
+        let root = tempfile::tempdir().expect("temp dir");
+        let plan = plan_sysctls(KernelVersion::parse("6.1.0"), true);
+        for (name, value) in [
+            ("net/ipv4/vs/conntrack", "0\n"),
+            ("net/ipv4/vs/expire_nodest_conn", "1\n"),
+            ("net/ipv4/vs/expire_quiescent_template", "0\n"),
+            ("net/ipv4/ip_forward", "0\n"),
+            ("net/ipv4/conf/all/arp_ignore", "0\n"),
+        ] {
+            let path = root.path().join(name);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("dirs");
+            std::fs::write(path, value).expect("write");
+        }
+        // arp_announce is missing: its write fails, the others go on.
+        let outcomes = write_sysctls(root.path(), &plan.writes);
+        let got: Vec<(&str, Result<Option<String>, ()>)> = outcomes
+            .into_iter()
+            .map(|o| (o.sysctl.name, o.result.map_err(|_| ())))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("net.ipv4.vs.conntrack", Ok(Some("0".to_owned()))),
+                ("net.ipv4.vs.expire_nodest_conn", Ok(None)),
+                (
+                    "net.ipv4.vs.expire_quiescent_template",
+                    Ok(Some("0".to_owned()))
+                ),
+                ("net.ipv4.ip_forward", Ok(Some("0".to_owned()))),
+                ("net.ipv4.conf.all.arp_ignore", Ok(Some("0".to_owned()))),
+                ("net.ipv4.conf.all.arp_announce", Err(())),
+            ]
+        );
+        let read = |name: &str| std::fs::read_to_string(root.path().join(name)).expect("read");
+        assert_eq!(read("net/ipv4/vs/conntrack"), "1");
+        assert_eq!(read("net/ipv4/conf/all/arp_ignore"), "1");
+        assert_eq!(
+            read("net/ipv4/vs/expire_nodest_conn"),
+            "1\n",
+            "not rewritten"
+        );
+    }
+
+    #[test]
+    fn timeouts_are_whole_seconds_and_zero_is_not_sent() {
+        let c = timeouts(
+            Duration::from_secs(3600),
+            Duration::ZERO,
+            Duration::from_millis(1900),
+        )
+        .expect("valid");
+        assert_eq!(
+            c,
+            rudder_ipvs::types::Config {
+                tcp: Some(3600),
+                tcp_fin: None,
+                udp: Some(1),
+            }
+        );
+        // Less than a second is 0 for kube-proxy too: the kernel's value stays.
+        let c = timeouts(Duration::from_millis(500), Duration::ZERO, Duration::ZERO).expect("ok");
+        assert_eq!(c, rudder_ipvs::types::Config::default());
+        let e = timeouts(
+            Duration::ZERO,
+            Duration::from_secs(u64::from(u32::MAX) + 1),
+            Duration::ZERO,
+        )
+        .expect_err("too long");
+        assert!(e.to_string().contains("--ipvs-tcpfin-timeout"), "{e}");
+    }
+
+    #[test]
+    fn timeout_changes_read_old_to_new() {
+        assert_eq!(timeout_change(Some(900), Some(3600)), "900s->3600s");
+        assert_eq!(timeout_change(Some(120), Some(120)), "120s");
+        assert_eq!(timeout_change(None, Some(60)), "?->60s");
     }
 }

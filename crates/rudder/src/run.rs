@@ -94,8 +94,66 @@ async fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = (
     })
 }
 
+/// The sync loop's timing. In IPVS mode the periods are `--ipvs-min-sync-period` and
+/// `--ipvs-sync-period` (`ipvs.minSyncPeriod`, `ipvs.syncPeriod`), as kube-proxy's IPVS proxier
+/// takes them, with kube-proxy's validation of them; otherwise `--iptables-*`.
+fn loop_config(args: &RunArgs, mode: proxier::Mode) -> anyhow::Result<LoopConfig> {
+    let (min_sync_period, sync_period) = match mode {
+        proxier::Mode::Nftables => (args.min_sync_period, args.sync_period),
+        proxier::Mode::Ipvs => {
+            let (min, sync) = (args.ipvs_min_sync_period, args.ipvs_sync_period);
+            if sync.is_zero() {
+                anyhow::bail!("--ipvs-sync-period (ipvs.syncPeriod) must be more than 0");
+            }
+            if min > sync {
+                anyhow::bail!(
+                    "--ipvs-min-sync-period (ipvs.minSyncPeriod) {} must not be more than --ipvs-sync-period (ipvs.syncPeriod) {}",
+                    crate::config::format_duration(min),
+                    crate::config::format_duration(sync)
+                );
+            }
+            (min, sync)
+        }
+    };
+    Ok(LoopConfig {
+        min_sync_period,
+        sync_period,
+        full_sync_period: args.full_sync_period,
+        node_wait: args.node_wait,
+    })
+}
+
+/// Sets `--ipvs-tcp-timeout`, `--ipvs-tcpfin-timeout` and `--ipvs-udp-timeout` (those not 0),
+/// logging the kernel's values before and after; a failure is a warning, as in kube-proxy.
+fn set_ipvs_timeouts(kernel: &mut crate::ipvs::IpvsKernel, wanted: rudder_ipvs::types::Config) {
+    use crate::ipvs::timeout_change;
+    match kernel.set_timeouts(wanted) {
+        Ok(None) => {}
+        Ok(Some((old, new))) => info!(
+            tcp = %timeout_change(old.tcp, new.tcp),
+            tcpfin = %timeout_change(old.tcp_fin, new.tcp_fin),
+            udp = %timeout_change(old.udp, new.udp),
+            "set the IPVS timeouts"
+        ),
+        Err(e) => warn!(
+            "cannot set the IPVS timeouts (--ipvs-tcp-timeout, --ipvs-tcpfin-timeout, --ipvs-udp-timeout): the kernel's stay: {:#}",
+            anyhow::Error::new(e)
+        ),
+    }
+}
+
 async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::from_args(&args.proxy)?;
+    let loop_config = loop_config(&args, settings.mode)?;
+    // The `--ipvs-*` values are checked in IPVS mode only, where they are used (kube-proxy).
+    let ipvs_timeouts = match settings.mode {
+        proxier::Mode::Nftables => rudder_ipvs::types::Config::default(),
+        proxier::Mode::Ipvs => crate::ipvs::timeouts(
+            args.ipvs_tcp_timeout,
+            args.ipvs_tcpfin_timeout,
+            args.ipvs_udp_timeout,
+        )?,
+    };
     // Before anything touches the kernel: one Rudder per table and network namespace.
     let lock = crate::lock::acquire(
         settings.config.table.as_str(),
@@ -143,6 +201,17 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     info!(node = %settings.hostname, nft = %version, writer = %args.nft_writer, families = ?families, table = %settings.config.table, source, "starting Rudder");
 
+    // IPVS mode: a kernel without IPVS stops the daemon here, before anything is changed.
+    let ipvs_kernel = match settings.mode {
+        proxier::Mode::Nftables => None,
+        proxier::Mode::Ipvs => {
+            let mut kernel = crate::ipvs::IpvsKernel::new(settings.ipvs.exclude.clone())?;
+            crate::ipvs::set_sysctls(args.ipvs_strict_arp);
+            set_ipvs_timeouts(&mut kernel, ipvs_timeouts);
+            Some(kernel)
+        }
+    };
+
     // kube-proxy's conntrack settings, before the first sync.
     let ct = rudder_conntrack::sysctl::ConntrackSettings {
         max_per_core: args.conntrack_max_per_core,
@@ -168,14 +237,8 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     let ctx_settings = settings.clone();
     let node_context: NodeContextFn =
         Box::new(move |node| ctx_settings.node_context(node, Some(&proxier::local_addresses())));
-    let loop_config = LoopConfig {
-        min_sync_period: args.min_sync_period,
-        sync_period: args.sync_period,
-        full_sync_period: args.full_sync_period,
-        node_wait: args.node_wait,
-    };
-    match settings.mode {
-        proxier::Mode::Nftables => {
+    match ipvs_kernel {
+        None => {
             let compiler = Compiler::new(&families, settings.config.clone(), node_context(None));
             let tables = compiler.tables();
             let sync_loop = SyncLoop::new(compiler, Kernel(backend), node_context, loop_config);
@@ -188,10 +251,14 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
             )
             .await
         }
-        proxier::Mode::Ipvs => {
-            crate::ipvs::set_sysctls();
-            let kernel = crate::ipvs::IpvsKernel::new(settings.ipvs.exclude.clone())?;
-            info!(scheduler = %settings.ipvs.scheduler, interface = crate::ipvs::DUMMY, "IPVS mode");
+        Some(kernel) => {
+            info!(
+                scheduler = %settings.ipvs.scheduler,
+                interface = crate::ipvs::DUMMY,
+                min_sync_period = ?loop_config.min_sync_period,
+                sync_period = ?loop_config.sync_period,
+                "IPVS mode"
+            );
             let compiler = rudder_ipvs_compiler::IpvsCompiler::new(
                 &families,
                 settings.ipvs_options(),
@@ -455,5 +522,122 @@ fn raise_nofile_limit() -> u64 {
             warn!("cannot read the open files limit: {e}");
             1024
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn args(extra: &[&str]) -> RunArgs {
+        let argv = ["rudder", "run", "--manifests", "/m"]
+            .into_iter()
+            .chain(extra.iter().copied());
+        match Cli::try_parse_from(argv).expect("flags parse").command {
+            Command::Run(a) => a,
+            _ => panic!("not run"),
+        }
+    }
+
+    #[test]
+    fn ipvs_mode_syncs_on_the_ipvs_periods() {
+        let a = args(&[
+            "--iptables-min-sync-period",
+            "2s",
+            "--iptables-sync-period",
+            "40s",
+            "--ipvs-sync-period",
+            "50s",
+        ]);
+        let nft = loop_config(&a, proxier::Mode::Nftables).expect("valid");
+        assert_eq!(
+            (nft.min_sync_period, nft.sync_period),
+            (Duration::from_secs(2), Duration::from_secs(40))
+        );
+        let ipvs = loop_config(&a, proxier::Mode::Ipvs).expect("valid");
+        assert_eq!(
+            (ipvs.min_sync_period, ipvs.sync_period),
+            (Duration::ZERO, Duration::from_secs(50)),
+            "--ipvs-min-sync-period's default is kube-proxy's 0"
+        );
+        assert_eq!(ipvs.full_sync_period, nft.full_sync_period);
+        // Defaults: 0s and 30s.
+        let d = loop_config(&args(&[]), proxier::Mode::Ipvs).expect("valid");
+        assert_eq!(
+            (d.min_sync_period, d.sync_period),
+            (Duration::ZERO, Duration::from_secs(30))
+        );
+    }
+
+    #[test]
+    fn ipvs_periods_are_validated_like_kube_proxy() {
+        let e = loop_config(&args(&["--ipvs-sync-period", "0s"]), proxier::Mode::Ipvs)
+            .expect_err("0 sync period");
+        assert!(e.to_string().contains("--ipvs-sync-period"), "{e}");
+        let e = loop_config(
+            &args(&["--ipvs-sync-period", "10s", "--ipvs-min-sync-period", "1m"]),
+            proxier::Mode::Ipvs,
+        )
+        .expect_err("min above sync");
+        assert!(
+            e.to_string()
+                .contains("--ipvs-min-sync-period (ipvs.minSyncPeriod) 1m0s"),
+            "{e}"
+        );
+        // Not checked in nftables mode, where they are not used.
+        assert!(
+            loop_config(
+                &args(&["--ipvs-sync-period", "0s"]),
+                proxier::Mode::Nftables
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn ipvs_flags_parse_like_kube_proxys() {
+        let a = args(&[
+            "--ipvs-tcp-timeout",
+            "15m",
+            "--ipvs-tcpfin-timeout",
+            "30s",
+            "--ipvs-udp-timeout",
+            "1m",
+            "--ipvs-strict-arp",
+        ]);
+        assert!(a.ipvs_strict_arp);
+        assert_eq!(
+            crate::ipvs::timeouts(
+                a.ipvs_tcp_timeout,
+                a.ipvs_tcpfin_timeout,
+                a.ipvs_udp_timeout
+            )
+            .expect("valid"),
+            rudder_ipvs::types::Config {
+                tcp: Some(900),
+                tcp_fin: Some(30),
+                udp: Some(60),
+            }
+        );
+        assert!(!args(&["--ipvs-strict-arp=false"]).ipvs_strict_arp);
+        assert!(args(&["--ipvs-strict-arp=true"]).ipvs_strict_arp);
+        let d = args(&[]);
+        assert!(!d.ipvs_strict_arp);
+        assert_eq!(
+            crate::ipvs::timeouts(
+                d.ipvs_tcp_timeout,
+                d.ipvs_tcpfin_timeout,
+                d.ipvs_udp_timeout
+            )
+            .expect("valid"),
+            rudder_ipvs::types::Config::default(),
+            "by default the kernel's timeouts stay"
+        );
+        assert!(Cli::try_parse_from(["rudder", "run", "--ipvs-tcp-timeout", "forever"]).is_err());
     }
 }

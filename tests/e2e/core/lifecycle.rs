@@ -1,4 +1,4 @@
-//! The binary's commands and lifecycle: SIGTERM and `cleanup`, `--write-config-to`, `compile` against `run`, invalid config files.
+//! The binary's commands and lifecycle: SIGTERM and `cleanup`, `--write-config-to`, `compile` against `run`, invalid config files, IPVS mode on a kernel without IPVS.
 
 use super::*;
 
@@ -209,5 +209,103 @@ fn an_invalid_config_file_exits_with_code_1_and_names_the_field() {
         String::from_utf8_lossy(&out.stderr).contains("masqueradeBit"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether this kernel has IPVS or could load it (the generic netlink lookup Rudder does would
+/// autoload an `ip_vs` module): the test below is for kernels that cannot.
+fn kernel_may_have_ipvs() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let modules = Path::new("/lib/modules").join(release.trim());
+    let lists = |name: &str| {
+        std::fs::read_to_string(modules.join(name)).is_ok_and(|t| t.contains("/ip_vs.ko"))
+    };
+    Path::new("/proc/net/ip_vs").exists()
+        || Path::new("/sys/module/ip_vs").exists()
+        || lists("modules.dep")
+        || lists("modules.builtin")
+}
+
+#[test]
+fn ipvs_mode_on_a_kernel_without_ipvs_exits_at_once_naming_ip_vs_and_changes_nothing() {
+    if !e2e_enabled() {
+        return;
+    }
+    if kernel_may_have_ipvs() {
+        eprintln!("SKIPPED: this kernel has IPVS (the VM tests cover the IPVS mode)");
+        return;
+    }
+    let ns = rudder_e2e::Netns::new("noipvs").expect("netns");
+    let manifests = TempDir::new("noipvs").expect("temp dir");
+    for f in ["node.yaml", "nginx.yaml"] {
+        let text = std::fs::read_to_string(example_dir().join(f)).expect("example manifest");
+        manifests.write(f, &text).expect("copy manifest");
+    }
+    // What the daemon would set first (conntrack, IPVS and strict-ARP sysctls), read back after.
+    let sysctls = [
+        "net.ipv4.ip_forward",
+        "net.ipv4.conf.all.arp_ignore",
+        "net.ipv4.conf.all.arp_announce",
+        "net.netfilter.nf_conntrack_tcp_timeout_established",
+        "net.netfilter.nf_conntrack_tcp_timeout_close_wait",
+    ];
+    let read = || -> Vec<String> {
+        sysctls
+            .iter()
+            .map(|k| match ns.exec(&["sysctl", "-n", k]) {
+                Ok(o) => String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+                Err(_) => "(absent)".to_owned(),
+            })
+            .collect()
+    };
+    let before = read();
+    let dir = manifests.path().display().to_string();
+    let started = Instant::now();
+    let mut daemon = Daemon::start(
+        &rudder_bin(),
+        &ns,
+        &[
+            "run",
+            "--proxy-mode",
+            "ipvs",
+            "--manifests",
+            &dir,
+            "--hostname-override",
+            "node-1",
+            "--ipvs-strict-arp",
+            "--ipvs-tcp-timeout",
+            "1h",
+        ],
+    )
+    .expect("start rudder");
+    let status = loop {
+        if let Some(status) = daemon.exited().expect("wait") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still running on a kernel without IPVS:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = daemon.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("this kernel has no IPVS") && log.contains("modprobe ip_vs"),
+        "the error names the missing module:\n{log}"
+    );
+    assert!(!log.contains("sync done"), "{log}");
+    // Nothing was half-programmed: no sysctl changed, no table, no dummy interface.
+    assert_eq!(read(), before, "sysctls {sysctls:?} changed:\n{log}");
+    let tables = ns.exec(&["nft", "list", "tables"]).expect("nft");
+    assert!(
+        String::from_utf8_lossy(&tables.stdout).trim().is_empty(),
+        "{tables:?}"
+    );
+    let links = ns.exec(&["ip", "-o", "link"]).expect("ip link");
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains("kube-ipvs0"),
+        "{links:?}"
     );
 }
