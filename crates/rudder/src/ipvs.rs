@@ -856,7 +856,6 @@ mod tests {
 
     use std::time::Duration;
 
-
     fn names(plan: &SysctlPlan) -> Vec<(&'static str, &'static str)> {
         plan.writes.iter().map(|s| (s.name, s.value)).collect()
     }
