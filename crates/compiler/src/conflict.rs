@@ -80,6 +80,7 @@ impl FrontendKey {
             },
             SetId::ServiceNodeports
             | SetId::NoEndpointNodeports
+            | SetId::NodePorts
             | SetId::NodeportEndpoints(_)
             | SetId::NodeportLocalEndpoints(_) => match atoms {
                 [Atom::Proto(p), Atom::Port(port), ..] => Some(FrontendKey::NodePort(*p, *port)),

@@ -23,6 +23,9 @@ pub mod names {
     pub const CLUSTER_IPS: &str = "cluster-ips";
     /// Set of node addresses that accept NodePort traffic.
     pub const NODEPORT_IPS: &str = "nodeport-ips";
+    /// Set of every node port `proto . port`, with endpoints or not, for the loopback
+    /// node-port rules (only with the localhost node ports gate or proxy).
+    pub const NODE_PORTS: &str = "node-ports";
     /// Set of `ep . ep . proto . port` for local endpoints, to masquerade hairpin traffic.
     pub const HAIRPIN: &str = "hairpin-connections";
     /// Verdict map `addr . proto . port` → endpoint-class chain.
@@ -74,6 +77,8 @@ pub enum SetId {
     NoEndpointServices,
     /// `no-endpoint-nodeports`
     NoEndpointNodeports,
+    /// `node-ports`
+    NodePorts,
     /// `cluster-endpoints-N`: all of a frontend's cluster endpoints, by slot.
     ClusterEndpoints(u32),
     /// `nodeport-endpoints-N`: a node port's cluster endpoints, by slot.
@@ -98,6 +103,7 @@ impl SetId {
             SetId::ServiceNodeports => n(names::SERVICE_NODEPORTS),
             SetId::NoEndpointServices => n(names::NO_ENDPOINT_SERVICES),
             SetId::NoEndpointNodeports => n(names::NO_ENDPOINT_NODEPORTS),
+            SetId::NodePorts => n(names::NODE_PORTS),
             SetId::ClusterEndpoints(c) => n(&format!("cluster-endpoints-{c}")),
             SetId::NodeportEndpoints(c) => n(&format!("nodeport-endpoints-{c}")),
             SetId::LocalEndpoints(c) => n(&format!("local-endpoints-{c}")),
@@ -376,34 +382,39 @@ pub fn skeleton(
         // Loopback node ports never reach a host process (kube-proxy 1.37): where the
         // localhost proxy runs it serves TCP, so other protocols are rejected; where the gate
         // is on but the proxy is not, every protocol is. Whether the port has endpoints or
-        // not. In nat-output, which sees only new flows: a filter chain may not look these
-        // maps up, since the kernel checks every chain a verdict map's elements lead to
-        // against the chain that looks it up, and `service-nodeports` leads to DNAT.
-        for map in [SERVICE_NODEPORTS, NO_ENDPOINT_NODEPORTS] {
-            let mut stmts = vec![Stmt::Cmp(Expr::Daddr(f), CmpOp::Eq, loopback(f))];
-            if proxied {
-                stmts.push(Stmt::Cmp(
-                    Expr::L4Proto,
-                    CmpOp::Ne,
-                    Expr::Const(Atom::Proto(rudder_nft::L4Proto::Tcp)),
-                ));
-            }
-            stmts.push(Stmt::Lookup(
-                Expr::Concat(vec![Expr::L4Proto, Expr::ThDport]),
-                CmpOp::Eq,
-                n(map),
+        // not: the node ports are a plain set of their own, since a lookup without a
+        // verdict in a verdict map is refused by kernels before 6.x (EINVAL on 6.1). In
+        // nat-output, which sees only new flows.
+        tx.add_set(
+            table,
+            SetDecl::set(
+                n(NODE_PORTS),
+                KeyType::types([DataType::InetProto, DataType::InetService]),
+            ),
+        );
+        let mut stmts = vec![Stmt::Cmp(Expr::Daddr(f), CmpOp::Eq, loopback(f))];
+        if proxied {
+            stmts.push(Stmt::Cmp(
+                Expr::L4Proto,
+                CmpOp::Ne,
+                Expr::Const(Atom::Proto(rudder_nft::L4Proto::Tcp)),
             ));
-            stmts.push(Stmt::Verdict(Verdict::Goto(n(REJECT_CHAIN))));
-            tx.add_rule(
-                table,
-                &n("nat-output"),
-                Rule::new(stmts).with_comment(if proxied {
-                    "localhost node ports are TCP only"
-                } else {
-                    "no localhost node port proxy"
-                }),
-            );
         }
+        stmts.push(Stmt::Lookup(
+            Expr::Concat(vec![Expr::L4Proto, Expr::ThDport]),
+            CmpOp::Eq,
+            n(NODE_PORTS),
+        ));
+        stmts.push(Stmt::Verdict(Verdict::Goto(n(REJECT_CHAIN))));
+        tx.add_rule(
+            table,
+            &n("nat-output"),
+            Rule::new(stmts).with_comment(if proxied {
+                "localhost node ports are TCP only"
+            } else {
+                "no localhost node port proxy"
+            }),
+        );
     }
 
     // services: masquerade marking for off-cluster traffic to ClusterIPs, then dispatch.

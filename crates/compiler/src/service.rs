@@ -151,6 +151,12 @@ pub(crate) fn compile(
         let mut claims: Vec<(SetId, Key, Option<Key>)> = Vec::new();
         let mut claim = |set: SetId, key: Key, value: Option<Key>| claims.push((set, key, value));
         claim(SetId::ClusterIps, Key::new([Atom::ip(cluster_ip)]), None);
+        // Every node port, for the loopback rules (see `layout::skeleton`).
+        let loopback_rules =
+            ctx.config.localhost_gate || ctx.config.localhost_node_ports.contains(&family);
+        if let (Some(np), true) = (port.node_port, loopback_rules) {
+            claim(SetId::NodePorts, Key::new(node_port_key(np)), None);
+        }
 
         let endpoints = state.endpoints_for(svc, port, family);
         let cat = categorize(svc, &endpoints, &ctx.node.name, ctx.node.zone.as_deref());
