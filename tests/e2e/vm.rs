@@ -749,3 +749,112 @@ fn rudder_ipvs_mode_in_the_guest() {
     assert!(spread.len() > 1, "rr spreads: {spread:?}\n{}", out.output);
     assert!(out.output.contains("RUDDER-IPVS-OK"), "{}", out.output);
 }
+
+/// The IPVS codec against a real kernel: `crates/ipvs/tests/kernel.rs` runs in the guest as
+/// root (every command round-tripped through IPVS, in a namespace of its own), and what the
+/// kernel answered to the vectors' requests (`recapture`) is compared with the committed
+/// captures (`crates/ipvs/tests/vectors/captured/`, which `tests/vectors.rs` decodes without
+/// root), except what the kernel picks: the family id, the port id, and the order of a dump.
+#[test]
+fn ipvs_codec_against_the_guest_kernel() {
+    let Some(prepared) = prepared() else { return };
+    let bin = vm::test_binary("rudder-ipvs", "kernel").expect("the IPVS kernel tests");
+    let script = format!(
+        "mkdir -p /tmp/cap\nRUDDER_IPVS_CAPTURE=/tmp/cap {} --ignored --test-threads 1; rc=$?\n\
+         for f in /tmp/cap/*.hex; do echo \"== capture $(basename $f .hex)\"; grep -v '^#' $f; done\n\
+         exit $rc\n",
+        bin.display()
+    );
+    let out = Vm::new(&prepared)
+        .modules(&vm::default_modules())
+        .host_binary(&bin)
+        .host_binary("/usr/sbin/ip")
+        .timeout(Duration::from_secs(180))
+        .run(&script)
+        .expect("booting the VM");
+    out.assert_success();
+    assert!(
+        out.output.contains("test result: ok. 2 passed"),
+        "{}",
+        out.output
+    );
+    let mut captures: Vec<(String, Vec<u8>)> = Vec::new();
+    for line in out.output.lines() {
+        if let Some(name) = line.strip_prefix("== capture ") {
+            captures.push((name.trim().to_owned(), Vec::new()));
+        } else if let Some((_, bytes)) = captures.last_mut() {
+            bytes.extend(
+                line.split_whitespace()
+                    .filter_map(|h| u8::from_str_radix(h, 16).ok()),
+            );
+        }
+    }
+    let names: Vec<&str> = captures.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(names.len() >= 8, "captures: {names:?}\n{}", out.output);
+    let vectors = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ipvs/tests/vectors/captured");
+    for (name, got) in &captures {
+        let path = vectors.join(format!("{name}.hex"));
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            panic!("{name}: no committed vector {}", path.display());
+        };
+        let digits: String = text
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or(""))
+            .flat_map(|l| l.chars().filter(|c| !c.is_whitespace()))
+            .collect();
+        let want: Vec<u8> = (0..digits.len() / 2)
+            .filter_map(|i| u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).ok())
+            .collect();
+        assert_eq!(
+            normalized(got),
+            normalized(&want),
+            "{name}: the kernel's answer differs from the capture\n got {got:02x?}\nwant {want:02x?}"
+        );
+    }
+}
+
+/// A datagram of netlink messages with what the kernel picks zeroed: in each message's
+/// header the port id, and the type when it is a generic-netlink family id (not `NLMSG_*`
+/// or the controller); in an error's copy of the request, the same.
+fn normalized(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut messages = Vec::new();
+    let mut at = 0;
+    while at + 16 <= bytes.len() {
+        let len = u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let len = (len as usize).max(16).min(bytes.len() - at);
+        messages.push(normalized_message(&bytes[at..at + len]));
+        at += (len + 3) & !3;
+    }
+    // A dump's entries come in the kernel's hash order.
+    messages.sort();
+    messages
+}
+
+fn normalized_message(bytes: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    let mut at = 0;
+    while at + 16 <= out.len() {
+        let len = u32::from_ne_bytes([out[at], out[at + 1], out[at + 2], out[at + 3]]) as usize;
+        let ty = u16::from_ne_bytes([out[at + 4], out[at + 5]]);
+        if ty > 0x10 {
+            out[at + 4] = 0;
+            out[at + 5] = 0;
+        }
+        out[at + 12..at + 16].fill(0);
+        if ty == 2 && at + 36 <= out.len() {
+            // nlmsgerr: the error, then the request's header.
+            let req = at + 20;
+            let rty = u16::from_ne_bytes([out[req + 4], out[req + 5]]);
+            if rty > 0x10 {
+                out[req + 4] = 0;
+                out[req + 5] = 0;
+            }
+            out[req + 12..req + 16].fill(0);
+        }
+        if len < 16 {
+            break;
+        }
+        at += (len + 3) & !3;
+    }
+    out
+}

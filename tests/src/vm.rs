@@ -1472,6 +1472,55 @@ pub const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
 /// `cargo build` of the static `rudder` (release, glibc linked statically, symbols stripped),
 /// shared by `cargo xtask dist` and [`static_rudder`] so that both use one artifact.
 pub fn static_build_command() -> Command {
+    let mut cmd = cargo_command();
+    cmd.args([
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "rudder",
+        "--target",
+        STATIC_TARGET,
+    ])
+    .env("RUSTFLAGS", "-C target-feature=+crt-static")
+    .env("CARGO_PROFILE_RELEASE_STRIP", "symbols");
+    cmd
+}
+
+/// The test binary of `package`'s integration test `test`, built (debug) if needed: to run
+/// in the guest (`Vm::host_binary` brings its shared libraries).
+pub fn test_binary(package: &str, test: &str) -> Result<PathBuf, VmError> {
+    let mut cmd = cargo_command();
+    cmd.args([
+        "test",
+        "--locked",
+        "-p",
+        package,
+        "--test",
+        test,
+        "--no-run",
+        "--message-format=json",
+    ])
+    .stderr(Stdio::inherit());
+    let out = cmd
+        .output()
+        .map_err(io_err(format!("building the {test} test of {package}")))?;
+    if !out.status.success() {
+        return Err(VmError::Prepare(format!(
+            "{cmd:?} failed with {}",
+            out.status
+        )));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"]["name"] == test && v["profile"]["test"] == true)
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .ok_or_else(|| VmError::Prepare(format!("no executable for the {test} test of {package}")))
+}
+
+/// `cargo` from a test, with the environment a shell has.
+fn cargo_command() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     // Run from a test, the environment holds what cargo sets for the test (CARGO_MANIFEST_DIR,
     // CARGO_PKG_*, OUT_DIR...); build scripts that watch those (ring's) would rebuild the
@@ -1498,18 +1547,7 @@ pub fn static_build_command() -> Command {
             cmd.env_remove(key.as_ref());
         }
     }
-    cmd.current_dir(workspace_root())
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "rudder",
-            "--target",
-            STATIC_TARGET,
-        ])
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .env("CARGO_PROFILE_RELEASE_STRIP", "symbols");
+    cmd.current_dir(workspace_root());
     cmd
 }
 

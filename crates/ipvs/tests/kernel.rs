@@ -25,6 +25,18 @@ fn sa(s: &str) -> SocketAddr {
 
 fn own_namespace() {
     unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET): run as root");
+    // IPVS refuses a real server it has no unicast route to (`EINVAL`, `ip_vs_new_dest`), and
+    // a new namespace has no routes: the tests' real servers get one through `lo`.
+    for args in [
+        &["link", "set", "lo", "up"][..],
+        &["route", "add", "10.244.0.0/16", "dev", "lo"][..],
+    ] {
+        let status = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .expect("ip (iproute2)");
+        assert!(status.success(), "ip {args:?}: {status}");
+    }
 }
 
 #[test]
