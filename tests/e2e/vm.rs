@@ -398,6 +398,24 @@ spec:
   clusterIPs: [10.96.100.170, "fd00:10:96::170"]
   ports: [{name: http, port: 80, protocol: TCP, targetPort: 80, nodePort: 30007}]
 YAML
+cat >/m/udp.yaml <<'YAML'
+apiVersion: v1
+kind: Service
+metadata: {name: udp1, namespace: default}
+spec:
+  clusterIP: 10.96.100.151
+  ports: [{name: dns, port: 53, protocol: UDP, targetPort: 5353}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: udp1-1
+  namespace: default
+  labels: {kubernetes.io/service-name: udp1}
+addressType: IPv4
+ports: [{name: dns, port: 5353, protocol: UDP}]
+endpoints: [{addresses: [10.244.1.2], nodeName: node-1}, {addresses: [10.244.2.2], nodeName: node-1}]
+YAML
 cat >/m/long.yaml <<'YAML'
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
@@ -522,6 +540,21 @@ echo "ipvs-local-none-dropped"
 echo "ipvs-local-none-pod $(get pod0 192.168.122.141 80)"
 step "UDP through the ClusterIP"
 for i in 1 2 3; do echo "ipvs-udp $(echo q | ip netns exec client socat -T2 - UDP:10.96.100.100:53)"; done
+step "UDP: a removed endpoint's conntrack entries are cleared, so the same flow moves on"
+ask() { echo q | ip netns exec client socat -T2 - UDP:10.96.100.151:53,sourceport=4000; }
+first=$(ask)
+echo "ipvs-udp-flow-first $first"
+case $first in 111) keep=10.244.2.2 ;; *) keep=10.244.1.2 ;; esac
+sed "s/^endpoints: .*/endpoints: [{addresses: [$keep], nodeName: node-1}]/" /m/udp.yaml >/tmp/udp.yaml
+mv /tmp/udp.yaml /m/udp.yaml
+i=0
+until [ "$(ip netns exec node ipvsadm -Ln -u 10.96.100.151:53 | grep -c '\-> 10.244')" = 1 ]; do
+    i=$((i + 1))
+    if [ $i -gt 100 ]; then ip netns exec node ipvsadm -Ln; echo "the UDP endpoint was not removed"; exit 1; fi
+    sleep 0.1
+done
+sleep 0.5
+for i in 1 2; do echo "ipvs-udp-flow-after $(ask)"; done
 step "sessionAffinity ClientIP: persistence"
 ip netns exec node ipvsadm -Ln -t 10.96.100.160:80 | grep -q 'persistent 10800'
 for i in 1 2 3 4 5 6; do echo "ipvs-sticky $(get client 10.96.100.160 80)"; done
@@ -698,6 +731,16 @@ fn rudder_ipvs_mode_in_the_guest() {
         "{lines:?}\n{}",
         out.output
     );
+    // The same UDP flow (client port 4000) after its endpoint went: the other endpoint.
+    let first = answers(&out, "ipvs-udp-flow-first ");
+    let after = answers(&out, "ipvs-udp-flow-after ");
+    assert!(
+        first.len() == 1 && ["111", "222"].contains(&first[0].as_str()),
+        "{first:?}\n{}",
+        out.output
+    );
+    let other = if first[0] == "111" { "222" } else { "111" };
+    assert_eq!(after, [other, other], "{}", out.output);
     // Persistence: one client, one real server.
     let sticky: std::collections::BTreeSet<String> =
         answers(&out, "ipvs-sticky ").into_iter().collect();
