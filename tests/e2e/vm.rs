@@ -540,7 +540,7 @@ echo "ipvs-local-none-dropped"
 echo "ipvs-local-none-pod $(get pod0 192.168.122.141 80)"
 step "UDP through the ClusterIP"
 for i in 1 2 3; do echo "ipvs-udp $(echo q | ip netns exec client socat -T2 - UDP:10.96.100.100:53)"; done
-step "UDP: a removed endpoint's conntrack entries are cleared, so the same flow moves on"
+step "UDP: the same flow moves on when its endpoint goes (IPVS expires its connection and conntrack entry, expire_nodest_conn=1)"
 ask() { echo q | ip netns exec client socat -T2 - UDP:10.96.100.151:53,sourceport=4000; }
 first=$(ask)
 echo "ipvs-udp-flow-first $first"
