@@ -453,15 +453,7 @@ pub fn skeleton(
 
     // masquerading
     let masq = n(MASQUERADING);
-    tx.add_rule(
-        table,
-        &masq,
-        Rule::new(vec![
-            Stmt::Cmp(Expr::MarkAnd(mark), CmpOp::Ne, Expr::Const(Atom::Int(0))),
-            Stmt::MarkXor(mark),
-            Stmt::Masquerade { fully_random: true },
-        ]),
-    );
+    tx.add_rule(table, &masq, masquerade_marked(mark));
     tx.add_rule(
         table,
         &masq,
@@ -549,9 +541,31 @@ pub fn skeleton(
         )),
     );
     let rj = n(REJECT_CHAIN);
-    tx.add_rule(
-        table,
-        &rj,
+    for r in reject_rules() {
+        tx.add_rule(table, &rj, r);
+    }
+
+    let mut rs = Ruleset::new();
+    // The skeleton is built from constants and typed values only; if it ever failed to apply
+    // that would be a bug caught by the unit tests, so an empty ruleset is a safe fallback.
+    let _ = rs.apply(&tx);
+    rs
+}
+
+/// The rule that masquerades what carries the masquerade `mark`, clearing it first (so a
+/// packet that goes through the stack again is not masqueraded twice).
+pub fn masquerade_marked(mark: u32) -> Rule {
+    Rule::new(vec![
+        Stmt::Cmp(Expr::MarkAnd(mark), CmpOp::Ne, Expr::Const(Atom::Int(0))),
+        Stmt::MarkXor(mark),
+        Stmt::Masquerade { fully_random: true },
+    ])
+}
+
+/// The rules of the reject chain: a TCP reset for TCP (not subject to ICMP rate limits),
+/// ICMP port unreachable for the rest.
+pub fn reject_rules() -> [Rule; 2] {
+    [
         Rule::new(vec![
             Stmt::Cmp(
                 Expr::L4Proto,
@@ -560,14 +574,8 @@ pub fn skeleton(
             ),
             Stmt::Reject(Reject::TcpReset),
         ]),
-    );
-    tx.add_rule(table, &rj, Rule::new(vec![Stmt::Reject(Reject::Default)]));
-
-    let mut rs = Ruleset::new();
-    // The skeleton is built from constants and typed values only; if it ever failed to apply
-    // that would be a bug caught by the unit tests, so an empty ruleset is a safe fallback.
-    let _ = rs.apply(&tx);
-    rs
+        Rule::new(vec![Stmt::Reject(Reject::Default)]),
+    ]
 }
 
 /// The match for local (`Eq`) or non-local (`Ne`) traffic by the detector, if it has one

@@ -49,7 +49,9 @@ use conflict::{Conflict, Contenders, FrontendKey, FrontendRank, Rank};
 use family::*;
 
 pub use conflict::{ClaimRank, ClaimedFrontend, claimed_frontends};
-pub use layout::{Class, SetId, local_match, loopback, names, nodeport_match};
+pub use layout::{
+    Class, SetId, local_match, loopback, masquerade_marked, names, nodeport_match, reject_rules,
+};
 pub use policy::{Categorized, Topology, categorize, uses_cluster_endpoints, uses_local_endpoints};
 pub use service::allowed_sources;
 

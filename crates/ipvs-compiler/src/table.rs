@@ -31,10 +31,13 @@
 
 use std::net::IpAddr;
 
-use rudder_compiler::{NodeContext, NodePortIps, local_match, loopback, nodeport_match};
+use rudder_compiler::{
+    NodeContext, NodePortIps, local_match, loopback, masquerade_marked, nodeport_match,
+    reject_rules,
+};
 use rudder_nft::{
     Atom, ChainDecl, ChainType, CmpOp, DataType, Expr, Family, FibKind, Hook, Key, KeyType,
-    L4Proto, Name, Reject, Rule, SetDecl, SetFlag, Stmt, TableRef, Transaction, Verdict,
+    L4Proto, Name, Rule, SetDecl, SetFlag, Stmt, TableRef, Transaction, Verdict,
 };
 
 /// Names of the table's objects.
@@ -454,15 +457,7 @@ pub fn skeleton(f: Family, config: &TableConfig, node: &NodeContext) -> Transact
 
     // masquerading: what was marked, and hairpin connections.
     let masq = n(MASQUERADING);
-    tx.add_rule(
-        &table,
-        &masq,
-        Rule::new(vec![
-            Stmt::Cmp(Expr::MarkAnd(mark), CmpOp::Ne, Expr::Const(Atom::Int(0))),
-            Stmt::MarkXor(mark),
-            Stmt::Masquerade { fully_random: true },
-        ]),
-    );
+    tx.add_rule(&table, &masq, masquerade_marked(mark));
     tx.add_rule(
         &table,
         &masq,
@@ -586,19 +581,9 @@ pub fn skeleton(f: Family, config: &TableConfig, node: &NodeContext) -> Transact
             .with_comment("a VIP port that is no service"),
     );
     let rj = n(REJECT_CHAIN);
-    tx.add_rule(
-        &table,
-        &rj,
-        Rule::new(vec![
-            Stmt::Cmp(
-                Expr::L4Proto,
-                CmpOp::Eq,
-                Expr::Const(Atom::Proto(L4Proto::Tcp)),
-            ),
-            Stmt::Reject(Reject::TcpReset),
-        ]),
-    );
-    tx.add_rule(&table, &rj, Rule::new(vec![Stmt::Reject(Reject::Default)]));
+    for r in reject_rules() {
+        tx.add_rule(&table, &rj, r);
+    }
     tx
 }
 

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
 use futures::TryStreamExt;
+use rtnetlink::packet_route::address::AddressMessage;
 use rudder_controller::DataplaneError;
 use rudder_controller::ipvs::IpvsDataplane;
 use rudder_ipvs::request::Request;
@@ -174,7 +175,7 @@ async fn ensure(handle: &rtnetlink::Handle) -> Result<u32, String> {
 }
 
 /// The protocol an address was added with, if the kernel reports one.
-fn proto_of(m: &rtnetlink::packet_route::address::AddressMessage) -> Option<u8> {
+fn proto_of(m: &AddressMessage) -> Option<u8> {
     use rtnetlink::packet_route::address::AddressAttribute;
     m.attributes.iter().find_map(|a| match a {
         AddressAttribute::Protocol(p) => Some(u8::from(*p)),
@@ -182,12 +183,12 @@ fn proto_of(m: &rtnetlink::packet_route::address::AddressMessage) -> Option<u8> 
     })
 }
 
-/// The addresses on the interface `index` that are Rudder's under `owned`.
-async fn addresses(
+/// Every address on the interface `index`: the address, the protocol it was added with, and
+/// the kernel's message (to delete it with).
+async fn address_messages(
     handle: &rtnetlink::Handle,
     index: u32,
-    owned: Ownership,
-) -> Result<Vec<IpAddr>, String> {
+) -> Result<Vec<(IpAddr, Option<u8>, AddressMessage)>, String> {
     use rtnetlink::packet_route::address::AddressAttribute;
     let mut out = Vec::new();
     let mut msgs = handle
@@ -204,14 +205,29 @@ async fn addresses(
             continue;
         }
         let proto = proto_of(&m);
-        for a in &m.attributes {
-            if let AddressAttribute::Address(ip) = a {
-                if owned.owns(ip, proto) {
-                    out.push(*ip);
-                }
-            }
+        let ip = m.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        });
+        if let Some(ip) = ip {
+            out.push((ip, proto, m));
         }
     }
+    Ok(out)
+}
+
+/// The addresses on the interface `index` that are Rudder's under `owned`.
+async fn addresses(
+    handle: &rtnetlink::Handle,
+    index: u32,
+    owned: Ownership,
+) -> Result<Vec<IpAddr>, String> {
+    let mut out: Vec<IpAddr> = address_messages(handle, index)
+        .await?
+        .into_iter()
+        .filter(|(ip, proto, _)| owned.owns(ip, *proto))
+        .map(|(ip, _, _)| ip)
+        .collect();
     out.sort();
     out.dedup();
     Ok(out)
@@ -728,29 +744,12 @@ async fn cleanup_link(owned: Ownership) -> Result<(Vec<IpAddr>, bool), String> {
     };
     let mut removed = Vec::new();
     let mut others = 0usize;
-    let mut msgs = handle
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute();
     let mut mine = Vec::new();
-    while let Some(m) = msgs
-        .try_next()
-        .await
-        .map_err(|e| format!("listing the addresses of {DUMMY}: {e}"))?
-    {
-        if m.header.index != index {
-            continue;
-        }
-        let proto = proto_of(&m);
-        let ip = m.attributes.iter().find_map(|a| match a {
-            rtnetlink::packet_route::address::AddressAttribute::Address(ip) => Some(*ip),
-            _ => None,
-        });
-        match ip {
-            Some(ip) if owned.owns(&ip, proto) => mine.push((ip, m)),
-            Some(ip) if Ownership::All.owns(&ip, proto) => others += 1,
-            _ => {}
+    for (ip, proto, m) in address_messages(&handle, index).await? {
+        if owned.owns(&ip, proto) {
+            mine.push((ip, m));
+        } else if Ownership::All.owns(&ip, proto) {
+            others += 1;
         }
     }
     for (ip, m) in mine {
