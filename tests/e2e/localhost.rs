@@ -545,14 +545,17 @@ fn localhost_listeners_start_only_for_explicit_loopback_and_come_back_after_rest
     let node = &topo.node;
     let mut n = Node::new(&topo);
     // A host process listens on the loopback addresses on a node port.
-    let host = [addr("127.0.0.1:30080"), addr("[::1]:30080")].map(|a| {
-        let l = node
-            .enter(|| TcpListener::bind(a))
-            .expect("enter")
-            .expect("bind host listener");
-        l.set_nonblocking(true).expect("nonblocking");
-        l
-    });
+    let bind_host = || {
+        [addr("127.0.0.1:30080"), addr("[::1]:30080")].map(|a| {
+            let l = node
+                .enter(|| TcpListener::bind(a))
+                .expect("enter")
+                .expect("bind host listener");
+            l.set_nonblocking(true).expect("nonblocking");
+            l
+        })
+    };
+    let host = bind_host();
     let host_accepts = |host: &[TcpListener; 2]| {
         host.iter()
             .map(|l| {
@@ -584,28 +587,12 @@ fn localhost_listeners_start_only_for_explicit_loopback_and_come_back_after_rest
         None
     );
     n.stop();
-    // The gate off: loopback traffic is left alone, and reaches the host process.
-    n.start_with(
-        &topo,
-        &[
-            "--nodeport-addresses",
-            "primary",
-            "--feature-gates",
-            "KubeProxyNFTablesLocalhostNodePorts=false",
-        ],
-        false,
-    );
-    for to in ["127.0.0.1:30080", "[::1]:30080"] {
-        node.enter(|| TcpStream::connect_timeout(&addr(to), Duration::from_secs(2)))
-            .expect("enter")
-            .unwrap_or_else(|e| panic!("{to} with the gate off: {e}"));
-    }
-    assert_eq!(host_accepts(&host), [1, 1], "the host process is reached");
-    n.stop();
     drop(host);
-    // Restarted with localhost: the listeners come up (kubernetes#142183), and again after
-    // another restart (the ports are bound anew while old connections linger); the second
-    // time from `nodePortAddresses` in a `--config` file.
+    // Restarted with localhost straight from `primary`, whose reject rules for loopback node
+    // ports are still in the kernel (kube-proxy's reproduction of kubernetes#142183): the
+    // listeners come up and are reached, and again after another restart (the ports are
+    // bound anew while old connections linger); the second time from `nodePortAddresses`
+    // in a `--config` file.
     let config_dir = TempDir::new("localhost-config").expect("temp dir");
     let config = config_dir
         .write(
@@ -632,6 +619,26 @@ fn localhost_listeners_start_only_for_explicit_loopback_and_come_back_after_rest
         );
         n.stop();
     }
+    // The gate off: loopback traffic is left alone, and reaches the host process.
+    let host = bind_host();
+    n.start_with(
+        &topo,
+        &[
+            "--nodeport-addresses",
+            "primary",
+            "--feature-gates",
+            "KubeProxyNFTablesLocalhostNodePorts=false",
+        ],
+        false,
+    );
+    for to in ["127.0.0.1:30080", "[::1]:30080"] {
+        node.enter(|| TcpStream::connect_timeout(&addr(to), Duration::from_secs(2)))
+            .expect("enter")
+            .unwrap_or_else(|e| panic!("{to} with the gate off: {e}"));
+    }
+    assert_eq!(host_accepts(&host), [1, 1], "the host process is reached");
+    n.stop();
+    drop(host);
     // A loopback prefix without 127.0.0.1, and `all`: no listener (kubernetes#142129;
     // `all` is no explicit loopback in kube-proxy 1.37).
     for flag in ["primary,127.0.0.2/32", "all"] {
