@@ -321,6 +321,34 @@ impl fmt::Display for Cidr {
 mod tests {
     use super::*;
 
+    #[test]
+    fn sloppy_parsing_takes_leading_zeros_but_nothing_else() {
+        assert_eq!(
+            parse_ip("010.001.002.003"),
+            Some("10.1.2.3".parse().unwrap())
+        );
+        // Four digits, a sign, an empty octet: not an address, even though `u8` would parse
+        // some of them.
+        for bad in [
+            "0001.2.3.4",
+            "+1.2.3.4",
+            "1..2.3",
+            "1.2.3",
+            "1.2.3.4.5",
+            " 1.2.3.4",
+        ] {
+            assert_eq!(parse_ip(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_a_zero_prefix_covers_everything() {
+        assert!(Cidr::new("0.0.0.0".parse().unwrap(), 0).unwrap().is_all());
+        assert!(Cidr::new("::".parse().unwrap(), 0).unwrap().is_all());
+        assert!(!Cidr::new("0.0.0.0".parse().unwrap(), 1).unwrap().is_all());
+        assert!(!Cidr::host("10.0.0.1".parse().unwrap()).is_all());
+    }
+
     fn c(s: &str) -> Cidr {
         s.parse().unwrap()
     }

@@ -191,3 +191,38 @@ pub struct UdpFlow {
     /// Source of the reply direction (the endpoint, for DNATed flows).
     pub reply_src: std::net::SocketAddr,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_and_protocols_read_and_print_as_kubernetes_writes_them() {
+        assert_eq!(IpFamily::V4.to_string(), "IPv4");
+        assert_eq!(IpFamily::V6.to_string(), "IPv6");
+        assert_eq!(Protocol::parse(None), Some(Protocol::Tcp));
+        assert_eq!(Protocol::parse(Some("TCP")), Some(Protocol::Tcp));
+        assert_eq!(Protocol::parse(Some("UDP")), Some(Protocol::Udp));
+        assert_eq!(Protocol::parse(Some("SCTP")), Some(Protocol::Sctp));
+        assert_eq!(Protocol::parse(Some("tcp")), None);
+        assert_eq!(Protocol::Sctp.to_string(), "sctp");
+    }
+
+    #[test]
+    fn a_nodes_address_is_the_first_of_its_family() {
+        let node = Node {
+            addresses: vec![
+                "fd00::2".parse().unwrap(),
+                "172.18.0.2".parse().unwrap(),
+                "172.18.0.3".parse().unwrap(),
+            ],
+            ..Node::default()
+        };
+        assert_eq!(
+            node.address(IpFamily::V4),
+            Some("172.18.0.2".parse().unwrap())
+        );
+        assert_eq!(node.address(IpFamily::V6), Some("fd00::2".parse().unwrap()));
+        assert_eq!(Node::default().address(IpFamily::V4), None);
+    }
+}
