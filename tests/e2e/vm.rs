@@ -659,10 +659,12 @@ for i in 1 2 3; do echo "ipvs-after-restart $(get client 10.96.100.100 80)"; don
 kill $rudder
 wait $rudder || true
 step "rudder cleanup"
+# Another tool's virtual server on the node's address, outside the node-port range.
+ip netns exec node ipvsadm -A -t 172.18.0.2:8443 -s wlc
 ip netns exec node rudder cleanup --ipvs-exclude-cidrs 10.200.0.0/16
 ip netns exec node ipvsadm -Ln
 ip -n node addr show kube-ipvs0
-test "$(ip netns exec node ipvsadm -Sn)" = "-A -t 10.200.0.1:80 -s wlc"
+test "$(ip netns exec node ipvsadm -Sn | sort | tr '\n' ' ')" = "-A -t 10.200.0.1:80 -s wlc -A -t 172.18.0.2:8443 -s wlc "
 test "$(ip -n node -4 addr show kube-ipvs0 | grep -c inet)" = 1
 if ip netns exec node nft list tables | grep -q rudder; then echo "a table is left"; exit 1; fi
 echo "ipvs-cleaned"

@@ -34,6 +34,25 @@ pub trait IpvsDataplane: Send {
 
     /// Applies `ops` in order; stops at the first failure.
     fn apply(&mut self, ops: &[Op]) -> Result<(), DataplaneError>;
+
+    /// Whether the virtual server `key` is someone else's to remove (kube-proxy's
+    /// `--ipvs-exclude-cidrs`): Rudder creates and changes it when a service wants it, but
+    /// never deletes it or its real servers.
+    fn excluded(&self, _key: &rudder_ipvs_compiler::VsKey) -> bool {
+        false
+    }
+}
+
+/// The operations that make `have` what the compiler wants, without removing anything
+/// excluded (see [`IpvsDataplane::excluded`]).
+fn ipvs_repair<D: IpvsDataplane>(dataplane: &D, have: &Target, want: &Target) -> Vec<Op> {
+    diff(have, want)
+        .into_iter()
+        .filter(|op| match op {
+            Op::DelService(k) | Op::Retire(k, _) => !dataplane.excluded(k),
+            _ => true,
+        })
+        .collect()
 }
 
 /// IPVS in memory, with the kernel's rules for what it refuses (adding what exists, changing
@@ -42,9 +61,20 @@ pub trait IpvsDataplane: Send {
 pub struct MemoryIpvs {
     /// What it holds. Retired real servers are deleted at once (no connections here).
     pub target: Target,
+    /// Virtual servers on addresses in these prefixes are excluded.
+    pub exclude: Vec<rudder_model::Cidr>,
 }
 
 impl IpvsDataplane for MemoryIpvs {
+    fn excluded(&self, key: &rudder_ipvs_compiler::VsKey) -> bool {
+        match key {
+            rudder_ipvs_compiler::VsKey::Addr { addr, .. } => {
+                self.exclude.iter().any(|c| c.contains(&addr.ip()))
+            }
+            rudder_ipvs_compiler::VsKey::Fwmark { .. } => true,
+        }
+    }
+
     fn read(&mut self) -> Result<Target, DataplaneError> {
         Ok(self.target.clone())
     }
@@ -236,12 +266,25 @@ impl<D: IpvsDataplane, N: Dataplane> ProxyMode for IpvsMode<D, N> {
                     .full_tables()
                     .and_then(|tx| Ok((tx, self.dataplane.read()?)))
                 {
-                    Ok((tx, have)) => Ok((tx, diff(&have, self.compiler.target()), compile, t1)),
+                    Ok((tx, have)) => Ok((
+                        tx,
+                        ipvs_repair(&self.dataplane, &have, self.compiler.target()),
+                        compile,
+                        t1,
+                    )),
                     Err(e) => Err((e, compile, t1)),
                 }
             }
             Scope::Partial(changed) => {
-                let ops = self.compiler.update(state, changed);
+                let ops: Vec<Op> = self
+                    .compiler
+                    .update(state, changed)
+                    .into_iter()
+                    .filter(|op| match op {
+                        Op::DelService(k) | Op::Retire(k, _) => !self.dataplane.excluded(k),
+                        _ => true,
+                    })
+                    .collect();
                 let tx = self.compiler.take_table_changes();
                 Ok((tx, ops, t0.elapsed(), Instant::now()))
             }
@@ -302,7 +345,7 @@ impl<D: IpvsDataplane, N: Dataplane> ProxyMode for IpvsMode<D, N> {
             Ok(h) => h,
             Err(e) => return Some(Err(e)),
         };
-        let mut out: Vec<String> = diff(&have, self.compiler.target())
+        let mut out: Vec<String> = ipvs_repair(&self.dataplane, &have, self.compiler.target())
             .iter()
             .map(|op| format!("{op:?}"))
             .collect();
@@ -410,6 +453,66 @@ mod tests {
             .values()
             .flat_map(|s| s.real.keys().map(|a| a.to_string()))
             .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn excluded_virtual_servers_are_never_deleted_and_wanted_ones_are_kept_there() {
+        let mut l = ipvs_loop();
+        // Someone else's virtual server in the excluded prefix, and the node port's (which
+        // Rudder wants) in it too.
+        l.mode_mut().dataplane_mut().exclude = vec!["172.18.0.0/24".parse().unwrap()];
+        let theirs = rudder_ipvs_compiler::VsKey::tcp("172.18.0.9:80".parse().unwrap());
+        MemoryIpvs::apply(
+            l.mode_mut().dataplane_mut(),
+            &[Op::AddService(rudder_ipvs::VirtualServer::new(
+                theirs,
+                rudder_ipvs::Scheduler::RoundRobin,
+            ))],
+        )
+        .expect("theirs");
+        l.apply_change(Change::Snapshot {
+            services: vec![svc("web", "10.96.0.10")],
+            slices: vec![slice("web", &["10.244.1.5"])],
+            node: None,
+            service_cidrs: Vec::new(),
+        });
+        l.sync().expect("a sync").expect("applied");
+        let keys = |l: &SyncLoop<IpvsMode<MemoryIpvs>>| -> Vec<String> {
+            l.mode()
+                .dataplane()
+                .target
+                .servers
+                .keys()
+                .map(|k| format!("{k:?}"))
+                .collect()
+        };
+        let all = keys(&l);
+        assert_eq!(all.len(), 3, "{all:?}");
+        assert!(all.iter().any(|k| k.contains("172.18.0.9:80")), "{all:?}");
+        assert!(
+            all.iter().any(|k| k.contains("172.18.0.2:30080")),
+            "{all:?}"
+        );
+        // The next full syncs neither fail (the wanted one exists) nor delete theirs.
+        for _ in 0..2 {
+            tokio::time::advance(Duration::from_secs(3601)).await;
+            let r = l.sync().expect("a full sync").expect("applied");
+            assert_eq!((r.objects, r.elements_added, r.elements_deleted), (0, 0, 0));
+        }
+        assert_eq!(keys(&l), all);
+        assert!(
+            l.mode_mut()
+                .verify()
+                .expect("verifies")
+                .expect("reads")
+                .is_empty()
+        );
+        // The service goes: its ClusterIP server is deleted, the excluded node port's stays.
+        l.apply_change(Change::ServiceDeleted(ServiceKey::new("ns", "web")));
+        l.sync().expect("a sync").expect("applied");
+        let left = keys(&l);
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(!left.iter().any(|k| k.contains("10.96.0.10")), "{left:?}");
     }
 
     #[tokio::test(start_paused = true)]

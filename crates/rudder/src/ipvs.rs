@@ -332,13 +332,6 @@ impl IpvsKernel {
         })
     }
 
-    fn excluded(&self, key: &VsKey) -> bool {
-        match key {
-            VsKey::Addr { addr, .. } => self.exclude.iter().any(|c| c.contains(&addr.ip())),
-            VsKey::Fwmark { .. } => true,
-        }
-    }
-
     /// Deletes the drained real servers whose connections are gone (kube-proxy's graceful
     /// termination), and forgets those taken back.
     fn sweep(&mut self) {
@@ -353,7 +346,9 @@ impl IpvsKernel {
             if d.server.weight.get() != 0 {
                 continue;
             }
-            if d.active_conns == 0 {
+            // Active and inactive ones (a half-closed stream is inactive but still sends),
+            // as kube-proxy counts them.
+            if d.active_conns + d.inactive_conns == 0 {
                 match self.handle.apply(&Request::DelDest(key, addr)) {
                     Ok(()) => debug!(?key, %addr, "drained real server deleted"),
                     Err(e) => warn!(?key, %addr, "cannot delete a drained real server: {e}"),
@@ -366,21 +361,32 @@ impl IpvsKernel {
 }
 
 impl IpvsDataplane for IpvsKernel {
+    fn excluded(&self, key: &VsKey) -> bool {
+        match key {
+            VsKey::Addr { addr, .. } => self.exclude.iter().any(|c| c.contains(&addr.ip())),
+            VsKey::Fwmark { .. } => true,
+        }
+    }
+
     fn read(&mut self) -> Result<Target, DataplaneError> {
         self.sweep();
         let mut t = Target::default();
         for e in self.handle.services().map_err(err)? {
             let key = e.server.key;
-            if self.excluded(&key) {
-                continue;
-            }
             let real = self
                 .handle
                 .dests(&key)
                 .map_err(err)?
                 .into_iter()
                 .map(|d| (d.server.addr, d.server.weight.get()))
-                .collect();
+                .collect::<std::collections::BTreeMap<_, _>>();
+            // A real server at weight 0 is being drained, by this run or an earlier one:
+            // it is deleted once its connections are gone (kube-proxy re-queues them too).
+            for (addr, _) in real.iter().filter(|(_, w)| **w == 0) {
+                if !self.excluded(&key) {
+                    self.draining.insert((key, *addr));
+                }
+            }
             t.servers.insert(
                 key,
                 Server {
@@ -439,15 +445,16 @@ impl IpvsDataplane for IpvsKernel {
                         .map_err(err)?
                 }
                 Op::Retire(k, a) => {
-                    let udp = matches!(
+                    let at_once = matches!(
                         k,
                         VsKey::Addr {
-                            protocol: Protocol::Udp,
+                            protocol: Protocol::Udp | Protocol::Sctp,
                             ..
                         }
                     );
-                    if udp {
-                        // kube-proxy deletes UDP real servers at once.
+                    if at_once {
+                        // kube-proxy deletes UDP and SCTP real servers at once
+                        // (`IsRsGracefulTerminationNeeded`).
                         self.handle.apply(&Request::DelDest(*k, *a)).map_err(err)?;
                     } else {
                         self.handle
@@ -684,13 +691,51 @@ pub struct Cleaned {
     pub interface: bool,
 }
 
-/// `rudder cleanup` for the IPVS mode: the virtual servers outside `exclude` (those the
-/// daemon owns, as kube-proxy's IPVS mode owns them), Rudder's addresses on the dummy
-/// interface, and the interface itself once nothing else is on it. IPVS is left alone when
-/// it is not loaded (cleanup never loads the module).
+/// The node-port range of a default API server (`--service-node-port-range`).
+const NODE_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
+
+/// Whether `rudder cleanup` deletes the virtual server `key`: one on a VIP Rudder bound to the
+/// dummy interface (`vips`), or a node port's (in the default node-port range on one of the
+/// node's own addresses, `local`), and never one in `exclude`. Anything else (keepalived's,
+/// a load balancer's on the host) is not Rudder's.
+fn rudders_virtual_server(
+    key: &VsKey,
+    vips: &[IpAddr],
+    local: &[IpAddr],
+    exclude: &[Cidr],
+) -> bool {
+    let VsKey::Addr { addr, .. } = key else {
+        return false;
+    };
+    let ip = addr.ip();
+    if exclude.iter().any(|c| c.contains(&ip)) {
+        return false;
+    }
+    vips.contains(&ip) || (local.contains(&ip) && NODE_PORTS.contains(&addr.port()))
+}
+
+/// `rudder cleanup` for the IPVS mode, when it ran here (the dummy interface exists; else
+/// nothing is touched): the virtual servers Rudder makes (on its VIPs, and node ports on the
+/// node's addresses) outside `exclude`, its addresses on the dummy interface, and the
+/// interface itself once nothing else is on it. IPVS is left alone when it is not loaded
+/// (cleanup never loads the module).
 pub fn cleanup(exclude: &[Cidr]) -> anyhow::Result<Cleaned> {
     let mut out = Cleaned::default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let owned = ownership();
+    let Some(vips) = rt
+        .block_on(dummy_addresses(owned))
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+    else {
+        return Ok(out);
+    };
     if std::path::Path::new("/proc/net/ip_vs").exists() {
+        let local: Vec<IpAddr> = crate::proxier::local_addresses()
+            .into_iter()
+            .filter(|a| !vips.contains(a))
+            .collect();
         let mut handle = rudder_ipvs::Handle::new()
             .map_err(|e| anyhow::anyhow!("opening IPVS for cleanup: {e}"))?;
         for e in handle
@@ -698,11 +743,7 @@ pub fn cleanup(exclude: &[Cidr]) -> anyhow::Result<Cleaned> {
             .map_err(|e| anyhow::anyhow!("listing the virtual servers: {e}"))?
         {
             let key = e.server.key;
-            let mine = match key {
-                VsKey::Addr { addr, .. } => !exclude.iter().any(|c| c.contains(&addr.ip())),
-                VsKey::Fwmark { .. } => false,
-            };
-            if !mine {
+            if !rudders_virtual_server(&key, &vips, &local, exclude) {
                 continue;
             }
             handle
@@ -716,15 +757,34 @@ pub fn cleanup(exclude: &[Cidr]) -> anyhow::Result<Cleaned> {
             });
         }
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let (addresses, interface) = rt
-        .block_on(cleanup_link(ownership()))
+        .block_on(cleanup_link(owned))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     out.addresses = addresses;
     out.interface = interface;
     Ok(out)
+}
+
+/// The dummy interface's index, if it exists.
+async fn dummy_index(handle: &rtnetlink::Handle) -> Result<Option<u32>, String> {
+    let mut links = handle.link().get().match_name(DUMMY.to_owned()).execute();
+    match links.try_next().await {
+        Ok(Some(l)) => Ok(Some(l.header.index)),
+        Ok(None) => Ok(None),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -19 => Ok(None),
+        Err(e) => Err(format!("listing {DUMMY}: {e}")),
+    }
+}
+
+/// Rudder's addresses on the dummy interface (`None`: there is no dummy interface).
+async fn dummy_addresses(owned: Ownership) -> Result<Option<Vec<IpAddr>>, String> {
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| format!("no rtnetlink socket: {e}"))?;
+    tokio::spawn(conn);
+    let Some(index) = dummy_index(&handle).await? else {
+        return Ok(None);
+    };
+    Ok(Some(addresses(&handle, index, owned).await?))
 }
 
 /// Removes Rudder's addresses from the dummy interface, and the interface when nothing else
@@ -733,14 +793,8 @@ async fn cleanup_link(owned: Ownership) -> Result<(Vec<IpAddr>, bool), String> {
     let (conn, handle, _) =
         rtnetlink::new_connection().map_err(|e| format!("no rtnetlink socket: {e}"))?;
     tokio::spawn(conn);
-    let mut links = handle.link().get().match_name(DUMMY.to_owned()).execute();
-    let index = match links.try_next().await {
-        Ok(Some(l)) => l.header.index,
-        Ok(None) => return Ok((Vec::new(), false)),
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -19 => {
-            return Ok((Vec::new(), false));
-        }
-        Err(e) => return Err(format!("listing {DUMMY}: {e}")),
+    let Some(index) = dummy_index(&handle).await? else {
+        return Ok((Vec::new(), false));
     };
     let mut removed = Vec::new();
     let mut others = 0usize;
@@ -833,6 +887,27 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("test address")
+    }
+
+    #[test]
+    fn cleanup_deletes_only_virtual_servers_on_rudders_vips_and_node_ports() {
+        let sa = |s: &str| -> std::net::SocketAddr { s.parse().expect("test address") };
+        let vips = [ip("10.96.0.10")];
+        let local = [ip("172.18.0.2")];
+        let exclude: Vec<Cidr> = vec!["10.96.0.8/29".parse().expect("cidr")];
+        let mine = |k: &str| rudders_virtual_server(&VsKey::tcp(sa(k)), &vips, &local, &[]);
+        assert!(mine("10.96.0.10:80"));
+        assert!(mine("172.18.0.2:30080"));
+        assert!(mine("172.18.0.2:32767"));
+        // keepalived's on the node's address, another on an address that is not local.
+        assert!(!mine("172.18.0.2:80"));
+        assert!(!mine("192.0.2.7:30080"));
+        assert!(!rudders_virtual_server(
+            &VsKey::tcp(sa("10.96.0.10:80")),
+            &vips,
+            &local,
+            &exclude
+        ));
     }
 
     #[test]
