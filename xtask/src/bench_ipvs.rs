@@ -28,7 +28,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -40,7 +40,8 @@ use rudder_model::{EndpointSlice, IpFamily, Service};
 /// Services per manifest file.
 const CHUNK: usize = 500;
 
-/// The guest's part: `N`, `K`, `WAIT`, `VIP` and `FUNCTIONS` are set before it.
+/// The guest's part: `N`, `K`, `WAIT`, `VIP`, `FUNCTIONS` and `KERNEL_TESTS` are set before
+/// it.
 const SCRIPT: &str = r##"
 set -e
 now() { date +%s.%N; }
@@ -181,6 +182,11 @@ wait_syncs $((n + 1)) $WAIT
 summary restart
 stop_rudder
 echo nop >$T/current_tracer
+
+echo "== IPVS requests without the daemon: one by one, and batched"
+RUDDER_IPVS_MEASURE_SERVICES=$N $KERNEL_TESTS --ignored --exact measure_one_by_one_and_batched \
+    --nocapture --test-threads 1 >/tmp/batch.out 2>&1 || { cat /tmp/batch.out; exit 1; }
+grep BENCH-BATCH /tmp/batch.out
 sed 's/^/BENCH-TRACED-LOG /' $LOG
 sed 's/^/BENCH-LOG /' /tmp/rudder.log
 echo BENCH-OK
@@ -383,6 +389,8 @@ struct SizeResult {
     idle: BTreeMap<String, u64>,
     /// Start to the log line of the first snapshot's arrival ("node context changed") (s).
     loaded: f64,
+    /// `measure_one_by_one_and_batched`: what → (requests, seconds).
+    batch: BTreeMap<String, (u64, f64)>,
     facts: Vec<String>,
     wall: Duration,
 }
@@ -406,6 +414,8 @@ fn parse(services: usize, output: &str) -> anyhow::Result<SizeResult> {
     let mut changes_at = Vec::new();
     let mut logs = Vec::new();
     for line in output.lines() {
+        // A marker may follow other output on its line (the test harness's `test … ...`).
+        let line = line.find("BENCH-").map_or(line, |i| &line[i..]);
         let mut w = line.split_whitespace();
         let tag = w.next().unwrap_or_default();
         let rest: Vec<&str> = w.collect();
@@ -475,6 +485,11 @@ fn parse(services: usize, output: &str) -> anyhow::Result<SizeResult> {
                     r.idle.insert((*phase).to_owned(), t as u64);
                 }
             }
+            "BENCH-BATCH" => {
+                if let (Some(what), Some(n), Some(secs)) = (rest.first(), num(2), num(3)) {
+                    r.batch.insert((*what).to_owned(), (n as u64, secs));
+                }
+            }
             "BENCH-TRACED-LOG" => r.traced.extend(sync_of(&rest.join(" "))),
             "BENCH-LOG" => logs.push(rest.join(" ")),
             _ => {}
@@ -524,9 +539,40 @@ fn quantile(v: &[f64], p: f64) -> f64 {
     s[rank - 1]
 }
 
+/// Builds `rudder-ipvs`'s kernel tests (release), whose `measure_one_by_one_and_batched`
+/// runs in the guest, and returns the test binary.
+fn ipvs_kernel_tests() -> anyhow::Result<PathBuf> {
+    let mut cmd = crate::cargo();
+    cmd.current_dir(crate::demo::workspace_root())
+        .args([
+            "test",
+            "--release",
+            "--locked",
+            "-p",
+            "rudder-ipvs",
+            "--test",
+            "kernel",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .stderr(std::process::Stdio::inherit());
+    eprintln!("xtask: running {cmd:?}");
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed with {}", out.status);
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "kernel")
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .context("cargo named no test binary for rudder-ipvs's kernel tests")
+}
+
 fn run_size(
     prepared: &vm::Prepared,
     rudder: &Path,
+    kernel_tests: &Path,
     services: usize,
     changes: usize,
 ) -> anyhow::Result<SizeResult> {
@@ -536,8 +582,9 @@ fn run_size(
     let vip = bench_state::service(&shape, changed(services)).cluster_ips[0];
     let wait = 1500 + services / 5;
     let script = format!(
-        "N={services}\nK={changes}\nWAIT={wait}\nVIP={vip}\nFUNCTIONS=\"{}\"\n{SCRIPT}",
-        FUNCTIONS.join(" ")
+        "N={services}\nK={changes}\nWAIT={wait}\nVIP={vip}\nFUNCTIONS=\"{}\"\nKERNEL_TESTS={}\n{SCRIPT}",
+        FUNCTIONS.join(" "),
+        kernel_tests.display()
     );
     let machine = Vm::new(prepared)
         .modules(&vm::default_modules())
@@ -548,6 +595,7 @@ fn run_size(
         .host_binary("/usr/sbin/ip")
         .host_binary("/usr/sbin/ipvsadm")
         .host_binary("/usr/bin/date")
+        .host_binary(kernel_tests)
         .timeout(Duration::from_secs(900 + services as u64 / 2));
     let t = Instant::now();
     eprintln!("xtask: bench-ipvs: {services} services × 10 endpoints, {changes} changes");
@@ -780,6 +828,25 @@ fn report(results: &[SizeResult], changes: usize) -> String {
             per_call(x("nfnetlink_rcv"))
         );
     }
+    s.push_str("\n### IPVS requests without the daemon (`rudder_ipvs::Handle`, `measure_one_by_one_and_batched` in `crates/ipvs/tests/kernel.rs`): N virtual + 10·N real servers\n\n");
+    s.push_str("| services | one by one (`Handle::apply`, as the IPVS mode writes) | per request | batched (`Handle::batch`, 64 per datagram) | per request | read back (1 + N dumps) |\n|---|---|---|---|---|---|\n");
+    for r in results {
+        let b = |w: &str| r.batch.get(w).copied().unwrap_or((0, f64::NAN));
+        let (n, one) = b("one-by-one");
+        let (_, batched) = b("batched");
+        let (_, dump) = b("dump");
+        let per = |secs: f64| secs * 1e6 / n.max(1) as f64;
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0} µs | {} | {:.0} µs | {} |",
+            r.services,
+            ms(one),
+            per(one),
+            ms(batched),
+            per(batched),
+            ms(dump)
+        );
+    }
     s.push_str("\n### Reading the kernel: what kube-proxy does on every sync, Rudder at start and once per full-sync period\n\n");
     s.push_str("| services | `ipvsadm -Ln` (1 + N dumps), median of 3 | lines | Rudder restart: apply of the first sync (nothing written to IPVS) | restart → sync done | kube-proxy reads per sync (requests / records) |\n|---|---|---|---|---|---|\n");
     for r in results {
@@ -866,9 +933,10 @@ pub fn bench_ipvs(args: &[String]) -> anyhow::Result<()> {
     let started = Instant::now();
     let prepared = vm::prepare().context("preparing the VM (cargo xtask vm-prepare)")?;
     let rudder = vm::static_rudder().context("the static rudder")?;
+    let kernel_tests = ipvs_kernel_tests()?;
     let mut results = Vec::new();
     for &n in &sizes {
-        let r = run_size(&prepared, &rudder, n, changes)?;
+        let r = run_size(&prepared, &rudder, &kernel_tests, n, changes)?;
         eprintln!(
             "xtask: bench-ipvs: {n} services: first sync {}, apply {:.0} ms, change apply median {:.2} ms ({:.0} s)",
             ms(r.first_sync),
@@ -929,6 +997,8 @@ BENCH-CPU first (rudder-manifest) 150 20
 BENCH-CPU first (rudder) 30 40
 BENCH-CPU first (tokio-rt-worker) 1 2
 BENCH-IDLE first 1050
+test measure_one_by_one_and_batched ... BENCH-BATCH one-by-one 2 22 0.022
+BENCH-BATCH batched 2 22 0.0022
 BENCH-TRACED-LOG 2026-01-02T03:05:05.250000Z  INFO rudder_controller::sync: sync done kind=\"full\" services_changed=2 objects=4 elements_added=24 elements_deleted=0 bytes=100 compile_ms=1.5 apply_ms=900.5 quarantined=0
 BENCH-LOG 2026-01-02T03:04:01.000000Z  INFO rudder: starting Rudder node=node-0
 BENCH-LOG 2026-01-02T03:04:05.250000Z  INFO rudder_controller::sync: sync done kind=\"full\" services_changed=2 objects=4 elements_added=24 elements_deleted=0 bytes=100 compile_ms=1.5 apply_ms=300.25 quarantined=0
@@ -965,6 +1035,10 @@ BENCH-LOG 2026-01-02T03:04:31.000000Z  INFO rudder_controller::sync: sync done k
         assert!(text.contains("| 2 | 5250 ms | 2625000 µs |"), "{text}");
         assert!(text.contains("| 2 | 900 ms |"), "{text}");
         assert!(text.contains("22 × 200 µs = 4 ms"), "{text}");
+        assert!(
+            text.contains("| 2 | 22 ms | 1000 µs | 2 ms | 100 µs |"),
+            "{text}"
+        );
     }
 
     #[test]
