@@ -128,6 +128,10 @@ wait_syncs $((n + 1)) $WAIT
 cpu restart
 mem restart
 stop_rudder
+# Empty the namespace: IPVS's table of virtual servers and the list of IPv4 addresses the
+# kernel's lifetime check walks are shared by all namespaces.
+ip netns exec node ipvsadm -C
+ip -n node link del kube-ipvs0
 
 echo "== the same again, traced: which kernel handlers the time goes to"
 mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true
@@ -182,6 +186,8 @@ wait_syncs $((n + 1)) $WAIT
 summary restart
 stop_rudder
 echo nop >$T/current_tracer
+ip netns exec ft ipvsadm -C
+ip -n ft link del kube-ipvs0
 
 echo "== IPVS requests without the daemon: one by one, and batched"
 RUDDER_IPVS_MEASURE_SERVICES=$N $KERNEL_TESTS --ignored --exact measure_one_by_one_and_batched \
@@ -337,6 +343,7 @@ const FUNCTIONS: &[&str] = &[
     "__inet_insert_ifa",
     "rtmsg_ifa",
     "fib_add_ifaddr",
+    "check_lifetime",
     "inet_dump_ifaddr",
     "ip_vs_genl_set_cmd",
     "ip_vs_genl_get_cmd",
@@ -764,7 +771,7 @@ fn report(results: &[SizeResult], changes: usize) -> String {
         );
     }
     s.push_str("\n### Where the first sync's apply goes (traced run: ftrace function_graph, calls × mean = total, time inside each kernel handler)\n\n");
-    s.push_str("| services | apply, traced | netlink sends (`netlink_sendmsg`) | VIP address adds (`inet_rtm_newaddr`) | of which route (`fib_add_ifaddr`) / notification (`rtmsg_ifa`) / the rest (address list) | IPVS changes (`ip_vs_genl_set_cmd`) | of which `ip_vs_add_dest` | nf_tables batches (`nfnetlink_rcv`) | dumps | RCU waits |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("| services | apply, traced | netlink sends (`netlink_sendmsg`) | VIP address adds (`inet_rtm_newaddr`) | of which route (`fib_add_ifaddr`) / notification (`rtmsg_ifa`) / the rest (address list walks) | lifetime check (`check_lifetime`, a kworker walking every IPv4 address) | IPVS changes (`ip_vs_genl_set_cmd`) | of which `ip_vs_add_dest` | nf_tables batches (`nfnetlink_rcv`) | dumps | RCU waits |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in results {
         let t = |f: &str| r.traced("first", f);
         let dumps = Traced {
@@ -779,7 +786,7 @@ fn report(results: &[SizeResult], changes: usize) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {:.0} ms | {} | {} | {:.0} / {:.0} / {:.0} µs | {} | {} | {} | {} | {} |",
+            "| {} | {:.0} ms | {} | {} | {:.0} / {:.0} / {:.0} µs | {} | {} | {} | {} | {} | {} |",
             r.services,
             r.traced.first().map_or(f64::NAN, |x| x.apply_ms),
             per_call(t("netlink_sendmsg")),
@@ -788,6 +795,7 @@ fn report(results: &[SizeResult], changes: usize) -> String {
             t("rtmsg_ifa").us / t("rtmsg_ifa").calls.max(1) as f64,
             (t("inet_rtm_newaddr").us - t("fib_add_ifaddr").us - t("rtmsg_ifa").us)
                 / t("inet_rtm_newaddr").calls.max(1) as f64,
+            per_call(t("check_lifetime")),
             per_call(t("ip_vs_genl_set_cmd")),
             per_call(t("ip_vs_add_dest")),
             per_call(t("nfnetlink_rcv")),
