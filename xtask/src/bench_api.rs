@@ -40,7 +40,7 @@ fn slice(i: usize, eps: usize, shift: usize) -> anyhow::Result<EndpointSlice> {
 
 /// Parses the RFC 3339 timestamp that starts a default `tracing` log line, as seconds since
 /// the epoch (UTC, `2026-11-23T17:24:02.123456Z`).
-fn log_time(line: &str) -> Option<f64> {
+pub(crate) fn log_time(line: &str) -> Option<f64> {
     let t: jiff::Timestamp = line.split_whitespace().next()?.parse().ok()?;
     Some(t.as_duration().as_secs_f64())
 }

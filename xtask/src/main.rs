@@ -8,6 +8,8 @@
 //!   with a kube-proxy-style layout, printed as Markdown for `docs/performance.md`;
 //! - `bench-api`: the daemon against the test API server at scale: start to first sync,
 //!   change-to-kernel latency, peak memory;
+//! - `bench-ipvs [--quick]`: the IPVS mode at scale in the test VM (first sync, one-endpoint
+//!   changes, RSS, netlink requests, the reads kube-proxy's IPVS mode does on every sync);
 //! - `dist [--check]`: `target/dist/rudder`, one static binary; `--check` runs it in an empty
 //!   chroot (`test` does this too);
 //! - `fuzz [--secs N] [--seed N] [TARGET]`: the fuzz targets (manifests, the config file), optimized, N seconds each (default 60), with executions and findings;
@@ -20,6 +22,7 @@
 
 mod bench;
 mod bench_api;
+mod bench_ipvs;
 mod bench_refusals;
 mod demo;
 mod dist;
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
         Some("demo") => demo::demo(),
         Some("bench") => bench::bench(&args[1..]),
         Some("bench-api") => bench_api::bench_api(&args[1..]),
+        Some("bench-ipvs") => bench_ipvs::bench_ipvs(&args[1..]),
         Some("bench-refusals") => bench_refusals::bench_refusals(&args[1..]),
         Some("soak") => soak::soak(&args[1..]),
         Some("deps") => install_deps(),
@@ -57,7 +61,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench|bench-api|bench-refusals|fuzz|dist|soak|kind|deps|vm-prepare|vm> [args]"
+                "usage: cargo xtask <test|demo|bench|bench-api|bench-ipvs|bench-refusals|fuzz|dist|soak|kind|deps|vm-prepare|vm> [args]"
             );
             return ExitCode::from(2);
         }

@@ -244,3 +244,82 @@ fn recapture() {
         &exchange(&Request::DelService(tcp).encode(family, 6), false),
     );
 }
+
+/// A measurement, not a test (`cargo xtask bench-ipvs` runs it in the VM; docs/performance.md,
+/// "IPVS mode"): `RUDDER_IPVS_MEASURE_SERVICES` (default 200) virtual servers with 10 real
+/// servers each, written one request at a time and waiting for each acknowledgement
+/// (`Handle::apply`, as the IPVS mode writes them), then in a fresh namespace the same requests
+/// batched (`Handle::batch`, 64 per datagram), then every virtual server's real servers read
+/// back (one dump of the services, one dump per service). Prints `BENCH-BATCH <what>
+/// <services> <requests> <seconds>`.
+#[test]
+#[ignore = "a measurement: needs root and a kernel with ip_vs (the VM harness)"]
+fn measure_one_by_one_and_batched() {
+    let services: u32 = std::env::var("RUDDER_IPVS_MEASURE_SERVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let mut requests = Vec::new();
+    for i in 0..services {
+        let vip = std::net::Ipv4Addr::from(0x0a60_0000 + i);
+        let key = ServiceKey::tcp(SocketAddr::from((vip, 80)));
+        requests.push(Request::NewService(VirtualServer::new(
+            key,
+            Scheduler::RoundRobin,
+        )));
+        for e in 0..10 {
+            let ep = std::net::Ipv4Addr::from(0x0a00_0000 + i * 64 + e + 1);
+            requests.push(Request::NewDest(
+                key,
+                RealServer::masquerade(SocketAddr::from((ep, 8080)), Weight::ONE),
+            ));
+        }
+    }
+    let n = requests.len();
+    let report = |what: &str, started: std::time::Instant| {
+        println!(
+            "BENCH-BATCH {what} {services} {n} {:.6}",
+            started.elapsed().as_secs_f64()
+        );
+    };
+
+    // A masqueraded real server must be a unicast address by the namespace's local table,
+    // which a namespace only has once an interface is up.
+    let fresh_namespace = || {
+        own_namespace();
+        let up = std::process::Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .expect("ip link set lo up");
+        assert!(up.success(), "ip link set lo up: {up}");
+    };
+    fresh_namespace();
+    let mut ipvs = Handle::new().expect("a kernel with IPVS");
+    let started = std::time::Instant::now();
+    for r in &requests {
+        ipvs.apply(r).expect("one by one");
+    }
+    report("one-by-one", started);
+    let started = std::time::Instant::now();
+    let mut read = 0;
+    for s in ipvs.services().expect("dump") {
+        read += ipvs.dests(&s.server.key).expect("dests").len();
+    }
+    report("dump", started);
+    assert_eq!(read, 10 * services as usize);
+    // IPVS hashes the virtual servers of every namespace into one table: empty it first.
+    ipvs.apply(&Request::Flush).expect("flush");
+    drop(ipvs);
+
+    fresh_namespace();
+    let mut ipvs = Handle::new().expect("a kernel with IPVS");
+    let started = std::time::Instant::now();
+    let outcomes = ipvs.batch(&requests).expect("batched");
+    report("batched", started);
+    assert!(
+        outcomes.iter().all(Result::is_ok),
+        "a batched request failed"
+    );
+    assert_eq!(ipvs.services().expect("dump").len(), services as usize);
+    ipvs.apply(&Request::Flush).expect("flush");
+}
