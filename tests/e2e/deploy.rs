@@ -393,7 +393,24 @@ fn render(template: &str, values: &Value) -> String {
                     } else if let Some(path) = a.strip_prefix("if ") {
                         let mut body = String::new();
                         let next = run(toks, i + 1, values, dot, &mut body);
-                        if truthy(lookup(path.trim(), values, dot)) {
+                        // `eq PATH "text"` and `ne PATH "text"`, or a value's truth.
+                        let cond = path.trim();
+                        let compare = |c: &str| {
+                            let (p, lit) = c.split_once(' ').expect("eq/ne PATH \"text\"");
+                            let lit = lit
+                                .trim()
+                                .strip_prefix('"')
+                                .and_then(|l| l.strip_suffix('"'));
+                            scalar(lookup(p, values, dot)) == lit.expect("a quoted string")
+                        };
+                        let yes = if let Some(c) = cond.strip_prefix("eq ") {
+                            compare(c)
+                        } else if let Some(c) = cond.strip_prefix("ne ") {
+                            !compare(c)
+                        } else {
+                            truthy(lookup(cond, values, dot))
+                        };
+                        if yes {
                             out.push_str(&body);
                         }
                         i = next;
@@ -459,6 +476,7 @@ fn helm_values_change_the_objects_and_they_still_parse_strictly() {
     values["mode"] = json!("ipvs");
     values["ipvs"]["strictARP"] = json!(true);
     values["ipvs"]["tcpTimeout"] = json!("15m");
+    values["ipvs"]["excludeCIDRs"] = json!(["10.0.0.0/8"]);
     let objs = chart_objects(&values);
     let ds: DaemonSet = strict(
         objs.iter()
@@ -476,6 +494,28 @@ fn helm_values_change_the_objects_and_they_still_parse_strictly() {
         c.image.as_deref(),
         Some("ghcr.io/rudder-proxy/rudder:9.9.9")
     );
+    // IPVS mode sets sysctls: privileged, as kube-proxy's DaemonSet (a writable /proc/sys).
+    let sc = c.security_context.as_ref().expect("securityContext");
+    assert_eq!(sc.privileged, Some(true), "{sc:?}");
+    assert_eq!(sc.capabilities, None, "{sc:?}");
+    // nftables mode (the default) stays unprivileged, with CAP_NET_ADMIN only.
+    let default_ds: DaemonSet = strict(
+        chart_objects(&chart_values())
+            .iter()
+            .find(|o| o["kind"] == "DaemonSet")
+            .expect("DaemonSet"),
+    );
+    let default_pod = default_ds.spec.template.spec.expect("pod");
+    let dsc = default_pod.containers[0]
+        .security_context
+        .as_ref()
+        .expect("securityContext");
+    assert_eq!(dsc.privileged, None, "{dsc:?}");
+    assert_eq!(dsc.allow_privilege_escalation, Some(false), "{dsc:?}");
+    assert_eq!(
+        dsc.capabilities.as_ref().and_then(|c| c.add.clone()),
+        Some(vec!["NET_ADMIN".to_string()])
+    );
     assert!(
         c.args
             .as_ref()
@@ -489,6 +529,10 @@ fn helm_values_change_the_objects_and_they_still_parse_strictly() {
     let config = cm.data.expect("data")["config.yaml"].clone();
     assert!(
         config.contains("clusterCIDR: 10.0.0.0/8,fd00::/56") && config.contains("syncPeriod: 45s"),
+        "{config}"
+    );
+    assert!(
+        config.contains("excludeCIDRs:\n  - \"10.0.0.0/8\"\n"),
         "{config}"
     );
     // The rendered configuration and arguments are accepted by Rudder itself.

@@ -136,6 +136,11 @@ pub struct NodeContext {
     pub node_port_ips: NodePortIps,
     /// The node's primary IPs (at most one per family).
     pub ips: Vec<IpAddr>,
+    /// The local addresses `NodePortIps::All` stands for (loopback and IPVS's `kube-ipvs0`
+    /// left out), where a mode needs them listed: IPVS mode makes a virtual server per
+    /// node-port address. Empty when not listed (nftables mode matches any local address
+    /// instead); the IPVS compiler falls back to `ips` then.
+    pub local_ips: Vec<IpAddr>,
     /// The node's `topology.kubernetes.io/zone` label, for topology hints.
     pub zone: Option<String>,
     /// How local (pod) traffic is recognised.
@@ -152,6 +157,7 @@ impl NodeContext {
             name,
             node_port_ips,
             ips: Vec::new(),
+            local_ips: Vec::new(),
             service_cidrs: Vec::new(),
             zone: None,
             local_detector: LocalDetector::None,

@@ -877,17 +877,19 @@ pub(crate) fn vs_key(protocol: Protocol, addr: SocketAddr) -> VsKey {
     }
 }
 
-/// The addresses node ports are served on in `family`: the node-port addresses, or the
-/// node's addresses when every local address is (`NodePortIps::All`; kube-proxy lists the
-/// local addresses then).
+/// The addresses node ports are served on in `family`: the node-port addresses, or, when
+/// every local address is one (`NodePortIps::All`), the local addresses the context lists
+/// (kube-proxy's IPVS mode takes every local address but loopback and `kube-ipvs0`'s), or
+/// the node's primary IPs when it lists none (offline).
 fn node_port_addresses(node: &NodeContext, family: IpFamily) -> Vec<IpAddr> {
     let all = match &node.node_port_ips {
         NodePortIps::Only(ips) => ips.clone(),
-        NodePortIps::All => node.ips.clone(),
+        NodePortIps::All if node.local_ips.is_empty() => node.ips.clone(),
+        NodePortIps::All => node.local_ips.clone(),
     };
     let mut v: Vec<IpAddr> = all
         .into_iter()
-        .filter(|a| IpFamily::of(a) == family)
+        .filter(|a| IpFamily::of(a) == family && !a.is_loopback())
         .collect();
     v.sort();
     v.dedup();

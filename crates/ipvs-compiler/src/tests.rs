@@ -97,6 +97,47 @@ fn every_frontend_is_a_virtual_server_and_only_vips_are_bound() {
     assert!(!t.servers[&tcp("172.18.0.2:30080")].bind);
 }
 
+/// The node ports' virtual-server addresses of a compile.
+fn node_port_servers(t: &Target) -> Vec<String> {
+    t.servers
+        .keys()
+        .filter_map(|k| match k {
+            VsKey::Addr { addr, .. } if addr.port() == 30080 => Some(addr.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn all_node_port_addresses_are_the_listed_local_addresses() {
+    let st = web();
+    let mut ctx = NodeContext::new("node-a".into(), NodePortIps::All);
+    ctx.ips = vec![ip("172.18.0.2")];
+    // Nothing listed (offline): the node's primary IP stands in.
+    let t = compiler(ctx.clone()).full(&st).clone();
+    assert_eq!(node_port_servers(&t), ["172.18.0.2:30080"]);
+    // Listed: every local address, per family, loopback never (it cannot be DNATed).
+    ctx.local_ips = vec![
+        ip("10.0.0.5"),
+        ip("172.18.0.2"),
+        ip("127.0.0.1"),
+        ip("fd00:18::2"),
+    ];
+    let t = compiler(ctx.clone()).full(&st).clone();
+    assert_eq!(
+        node_port_servers(&t),
+        ["10.0.0.5:30080", "172.18.0.2:30080"]
+    );
+    // The primary IP only matters through the list when it is listed.
+    ctx.local_ips = vec![ip("10.0.0.5")];
+    let t = compiler(ctx.clone()).full(&st).clone();
+    assert_eq!(node_port_servers(&t), ["10.0.0.5:30080"]);
+    // Only(..) ignores the list.
+    ctx.node_port_ips = NodePortIps::Only(vec![ip("172.18.0.2")]);
+    let t = compiler(ctx).full(&st).clone();
+    assert_eq!(node_port_servers(&t), ["172.18.0.2:30080"]);
+}
+
 #[test]
 fn local_policies_pick_local_endpoints_and_fall_back_to_all() {
     let mut st = web();

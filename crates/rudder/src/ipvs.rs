@@ -17,7 +17,7 @@ use rudder_ipvs::request::Request;
 use rudder_ipvs::types::{Protocol, RealServer, Weight};
 use rudder_ipvs_compiler::{Op, Server, Target, VsKey};
 use rudder_model::Cidr;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// The dummy interface that holds the VIPs, as kube-proxy names it.
 pub const DUMMY: &str = "kube-ipvs0";
@@ -640,8 +640,18 @@ pub fn write_sysctls(proc_sys: &std::path::Path, writes: &[Sysctl]) -> Vec<Sysct
         .collect()
 }
 
+/// Whether `o` failed to turn `net.ipv4.vs.conntrack` on and it reads 0 (under `proc_sys`):
+/// IPVS then marks the packets it forwards untracked, so the masquerade rules (conntrack
+/// NAT) never see them and masqueraded traffic does not work.
+pub fn ipvs_conntrack_left_off(proc_sys: &std::path::Path, o: &SysctlOutcome) -> bool {
+    o.result.is_err()
+        && o.sysctl.name == "net.ipv4.vs.conntrack"
+        && std::fs::read_to_string(proc_sys.join(o.sysctl.path())).is_ok_and(|v| v.trim() == "0")
+}
+
 /// kube-proxy's IPVS sysctls ([`plan_sysctls`]) for this kernel, in this network namespace,
-/// each with a log line; one that cannot be set is a warning, not a failure.
+/// each with a log line; one that cannot be set is a warning, not a failure (an error line
+/// when it is `net.ipv4.vs.conntrack`, left at 0: masquerading cannot work then).
 pub fn set_sysctls(strict_arp: bool) {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map_err(|e| format!("reading /proc/sys/kernel/osrelease: {e}"))
@@ -666,11 +676,18 @@ pub fn set_sysctls(strict_arp: bool) {
     if strict_arp {
         info!("--ipvs-strict-arp: arp_ignore=1 and arp_announce=2 on all interfaces");
     }
-    for o in write_sysctls(std::path::Path::new("/proc/sys"), &plan.writes) {
+    let proc_sys = std::path::Path::new("/proc/sys");
+    for o in write_sysctls(proc_sys, &plan.writes) {
         let (sysctl, new) = (o.sysctl.name, o.sysctl.value);
+        let left_off = ipvs_conntrack_left_off(proc_sys, &o);
         match o.result {
             Ok(Some(old)) => info!(sysctl, old, new, "set IPVS sysctl"),
             Ok(None) => debug!(sysctl, value = new, "IPVS sysctl already set"),
+            Err(e) if left_off => error!(
+                sysctl,
+                value = new,
+                "cannot set IPVS sysctl and it is 0: IPVS marks the packets it forwards untracked, so masquerading (off-cluster clients of ClusterIPs, node ports, hairpin traffic) will not work; set it to 1 on the host or run privileged: {e}"
+            ),
             Err(e) => warn!(
                 sysctl,
                 value = new,
@@ -1093,6 +1110,34 @@ mod tests {
             "1\n",
             "not rewritten"
         );
+    }
+
+    #[test]
+    fn a_conntrack_sysctl_left_at_zero_is_told_apart() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let dir = root.path().join("net/ipv4/vs");
+        std::fs::create_dir_all(&dir).expect("dirs");
+        let conntrack = Sysctl::new("net.ipv4.vs.conntrack", "1");
+        let failed = |s: Sysctl| SysctlOutcome {
+            sysctl: s,
+            result: Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied)),
+        };
+        std::fs::write(dir.join("conntrack"), "0\n").expect("write");
+        assert!(ipvs_conntrack_left_off(root.path(), &failed(conntrack)));
+        // Set after all (by the host), written, or another sysctl: no error.
+        let ok = SysctlOutcome {
+            sysctl: conntrack,
+            result: Ok(Some("0".to_owned())),
+        };
+        assert!(!ipvs_conntrack_left_off(root.path(), &ok));
+        std::fs::write(dir.join("expire_nodest_conn"), "0\n").expect("write");
+        let other = Sysctl::new("net.ipv4.vs.expire_nodest_conn", "1");
+        assert!(!ipvs_conntrack_left_off(root.path(), &failed(other)));
+        std::fs::write(dir.join("conntrack"), "1\n").expect("write");
+        assert!(!ipvs_conntrack_left_off(root.path(), &failed(conntrack)));
+        // Unreadable (no IPVS module): nothing known, no error.
+        std::fs::remove_file(dir.join("conntrack")).expect("remove");
+        assert!(!ipvs_conntrack_left_off(root.path(), &failed(conntrack)));
     }
 
     #[test]

@@ -336,6 +336,17 @@ fn explain(args: cli::ExplainArgs) -> anyhow::Result<ExitCode> {
     }
     let (state, node, _) = load_offline(&args.proxy)?;
     let settings = proxier::Settings::from_args(&args.proxy)?;
+    if settings.mode == proxier::Mode::Ipvs {
+        // What `rudder compile --proxy-mode ipvs` programs, and the packet through it.
+        let mut compiler = rudder_ipvs_compiler::IpvsCompiler::new(
+            &[IpFamily::V4, IpFamily::V6],
+            settings.ipvs_options(),
+            node,
+        );
+        compiler.full(&state);
+        print!("{}", compiler.explain(&state, &q));
+        return Ok(ExitCode::SUCCESS);
+    }
     print!(
         "{}",
         rudder_compiler::explain::explain(&state, &settings.config, &node, &q)

@@ -333,7 +333,24 @@ impl Settings {
     /// interfaces (`None` when compiling offline: node IPs stand in for them).
     pub fn node_context(&self, node: Option<&Node>, local_addrs: Option<&[IpAddr]>) -> NodeContext {
         let node_ips = self.node_ips(node);
+        let candidates: &[IpAddr] = match local_addrs {
+            Some(a) => a,
+            None => &node_ips,
+        };
+        let mut local_ips = Vec::new();
         let node_port_ips = if self.nodeport.cidrs.iter().any(Cidr::is_all) {
+            // IPVS mode makes a virtual server per node-port address, so it needs them
+            // listed; nftables mode matches any local address and leaves them out (a change
+            // of them is no reason for a full sync there).
+            if self.mode == Mode::Ipvs {
+                local_ips = candidates
+                    .iter()
+                    .copied()
+                    .filter(|ip| !ip.is_loopback())
+                    .collect();
+                local_ips.sort();
+                local_ips.dedup();
+            }
             NodePortIps::All
         } else {
             let mut ips: Vec<IpAddr> = Vec::new();
@@ -341,10 +358,6 @@ impl Settings {
                 ips.extend(node_ips.iter().copied());
             }
             if !self.nodeport.cidrs.is_empty() {
-                let candidates: &[IpAddr] = match local_addrs {
-                    Some(a) => a,
-                    None => &node_ips,
-                };
                 ips.extend(candidates.iter().copied().filter(|ip| {
                     !ip.is_loopback() && self.nodeport.cidrs.iter().any(|c| c.contains(ip))
                 }));
@@ -370,6 +383,7 @@ impl Settings {
             name: self.hostname.clone(),
             node_port_ips,
             ips: self.node_ips(node),
+            local_ips,
             service_cidrs: Vec::new(),
             zone: node.and_then(|n| n.zone.clone()),
             local_detector,
@@ -385,21 +399,32 @@ impl Settings {
     }
 }
 
-/// Addresses of the local interfaces of this network namespace.
+/// Addresses of the local interfaces of this network namespace, except those of IPVS's
+/// dummy interface (`kube-ipvs0`): they are service addresses, not the node's (as node-port
+/// addresses, or to the ClusterIP guard, they would make the node's services its own).
 pub fn local_addresses() -> Vec<IpAddr> {
     let mut out = Vec::new();
     if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
-        for a in addrs {
-            if let Some(addr) = a.address {
-                if let Some(v4) = addr.as_sockaddr_in() {
-                    out.push(IpAddr::V4(v4.ip()));
-                } else if let Some(v6) = addr.as_sockaddr_in6() {
-                    out.push(IpAddr::V6(v6.ip()));
-                }
-            }
-        }
+        out = node_addresses_of(addrs.filter_map(|a| {
+            let addr = a.address?;
+            let ip = if let Some(v4) = addr.as_sockaddr_in() {
+                IpAddr::V4(v4.ip())
+            } else {
+                IpAddr::V6(addr.as_sockaddr_in6()?.ip())
+            };
+            Some((a.interface_name, ip))
+        }));
     }
     out
+}
+
+/// The addresses of (interface, address) pairs that are the node's: all but `kube-ipvs0`'s.
+fn node_addresses_of(addrs: impl IntoIterator<Item = (String, IpAddr)>) -> Vec<IpAddr> {
+    addrs
+        .into_iter()
+        .filter(|(iface, _)| iface != crate::ipvs::DUMMY)
+        .map(|(_, ip)| ip)
+        .collect()
 }
 
 /// Whether this network namespace has IPv6.
@@ -502,6 +527,57 @@ mod tests {
         }
         let e = spec("Primary").unwrap_err().to_string();
         assert!(e.contains("primary, localhost, all"), "{e}");
+    }
+
+    #[test]
+    fn ipvs_mode_lists_every_local_address_but_loopback_and_kube_ipvs0s_for_all() {
+        let node = Node {
+            addresses: ips(&["172.18.0.2"]),
+            ..Node::default()
+        };
+        // kube-ipvs0's addresses are services' (a ClusterIP here), never the node's.
+        let local = node_addresses_of(
+            [
+                ("lo", "127.0.0.1"),
+                ("eth0", "172.18.0.2"),
+                ("eth1", "10.0.0.5"),
+                (crate::ipvs::DUMMY, "10.96.0.10"),
+                ("eth0", "fc00::2"),
+            ]
+            .map(|(i, a)| (i.to_string(), a.parse().unwrap())),
+        );
+        assert_eq!(
+            local,
+            ips(&["127.0.0.1", "172.18.0.2", "10.0.0.5", "fc00::2"])
+        );
+        let settings = |mode: Mode, s: &str| Settings {
+            mode,
+            ipvs: IpvsSettings {
+                scheduler: rudder_ipvs::types::Scheduler::RoundRobin,
+                exclude: Vec::new(),
+            },
+            hostname: "n1".into(),
+            node_ip_override: Vec::new(),
+            nodeport: spec(s).unwrap(),
+            detect_local: DetectLocal::NodeCidr,
+            gates: FeatureGates::default(),
+            config: Config::default(),
+        };
+        let ctx = settings(Mode::Ipvs, "all").node_context(Some(&node), Some(&local));
+        assert_eq!(ctx.node_port_ips, NodePortIps::All);
+        assert_eq!(ctx.local_ips, ips(&["10.0.0.5", "172.18.0.2", "fc00::2"]));
+        // Offline, the node's IPs stand in for the local addresses.
+        let ctx = settings(Mode::Ipvs, "0.0.0.0/0").node_context(Some(&node), None);
+        assert_eq!(ctx.local_ips, ips(&["172.18.0.2"]));
+        // nftables mode matches any local address and lists none; other specs list none.
+        let ctx = settings(Mode::Nftables, "all").node_context(Some(&node), Some(&local));
+        assert!(ctx.local_ips.is_empty());
+        let ctx = settings(Mode::Ipvs, "10.0.0.0/8").node_context(Some(&node), Some(&local));
+        assert!(ctx.local_ips.is_empty());
+        assert_eq!(ctx.node_port_ips, NodePortIps::Only(ips(&["10.0.0.5"])));
+        // A CIDR covering the service range takes no kube-ipvs0 address either.
+        let ctx = settings(Mode::Ipvs, "10.96.0.0/12").node_context(Some(&node), Some(&local));
+        assert_eq!(ctx.node_port_ips, NodePortIps::Only(Vec::new()));
     }
 
     /// Settings as `rudder compile` reads them from `args` (after the subcommand).

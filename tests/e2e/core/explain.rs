@@ -45,6 +45,45 @@ fn explained_backends(text: &str) -> Vec<String> {
     names
 }
 
+/// `rudder explain` offline on the example manifests, with `extra` flags.
+fn explain_offline(extra: &[&str], to: &str) -> String {
+    let out = std::process::Command::new(rudder_bin())
+        .arg("explain")
+        .arg("--manifests")
+        .arg(example_dir())
+        .args([
+            "--hostname-override",
+            "node-1",
+            "--to",
+            to,
+            "--from",
+            "172.18.0.10",
+        ])
+        .args(extra)
+        .output()
+        .expect("rudder explain");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Offline, `--proxy-mode ipvs` explains what IPVS mode programs (no root needed).
+#[test]
+fn offline_explain_follows_the_proxy_mode() {
+    let ipvs = explain_offline(
+        &["--proxy-mode", "ipvs", "--cluster-cidr", "10.244.0.0/16"],
+        "172.18.0.2:30001",
+    );
+    assert!(ipvs.contains("picked by IPVS's rr scheduler"), "{ipvs}");
+    assert!(ipvs.contains("IPVS virtual server"), "{ipvs}");
+    let nft = explain_offline(&["--cluster-cidr", "10.244.0.0/16"], "172.18.0.2:30001");
+    assert!(!nft.contains("IPVS"), "{nft}");
+    assert!(nft.contains("verdict:     DNAT"), "{nft}");
+}
+
 #[test]
 fn explain_predicts_where_packets_go() {
     if !e2e_enabled() {
