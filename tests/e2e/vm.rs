@@ -505,6 +505,10 @@ step "ClusterIP from off the cluster"
 for i in 1 2 3; do echo "ipvs-client-clusterip $(get client 10.96.100.100 80)"; done
 step "NodePort from the client"
 for i in 1 2 3; do echo "ipvs-nodeport $(get client 172.18.0.2 30001)"; done
+step "external IP from the client"
+for i in 1 2 3; do echo "ipvs-external-ip $(get client 192.168.122.200 80)"; done
+step "/proxyMode on the metrics address (no curl in the guest)"
+echo "ipvs-proxy-mode $(printf 'GET /proxyMode HTTP/1.0\r\n\r\n' | ip netns exec node nc -w 5 127.0.0.1 10249 | tail -n 1)"
 ip netns exec node nft list table ip rudder
 step "ClusterIP from a pod, which may be its own endpoint (hairpin)"
 for i in 1 2 3 4 5 6; do echo "ipvs-pod-clusterip $(get pod0 10.96.100.100 80)"; done
@@ -696,6 +700,7 @@ fn rudder_ipvs_mode_in_the_guest() {
             ("ipvs-node-clusterip ", 6),
             ("ipvs-client-clusterip ", 3),
             ("ipvs-nodeport ", 3),
+            ("ipvs-external-ip ", 3),
             ("ipvs-nodeport-after ", 3),
             ("ipvs-pod-clusterip ", 6),
             ("ipvs-while-down ", 3),
@@ -720,6 +725,13 @@ fn rudder_ipvs_mode_in_the_guest() {
         out.output
     );
     assert_eq!(answers(&out, "ipvs-host-port "), ["host"], "{}", out.output);
+    // kube-proxy's /proxyMode names the mode.
+    assert_eq!(
+        answers(&out, "ipvs-proxy-mode "),
+        ["ipvs"],
+        "{}",
+        out.output
+    );
     // IPVS holds what the compiler says, line for line, after the churn.
     let lines: Vec<u32> = answers(&out, "ipvs-matches-ir ")
         .iter()
