@@ -133,17 +133,7 @@ impl Links {
 
 /// The index of the dummy interface, created (and set up) when it is missing.
 async fn ensure(handle: &rtnetlink::Handle) -> Result<u32, String> {
-    let find = || async {
-        let mut links = handle.link().get().match_name(DUMMY.to_owned()).execute();
-        match links.try_next().await {
-            Ok(Some(l)) => Ok(Some(l.header.index)),
-            Ok(None) => Ok(None),
-            // "No such device" is how the kernel says it is not there.
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -19 => Ok(None),
-            Err(e) => Err(format!("listing {DUMMY}: {e}")),
-        }
-    };
-    let index = match find().await? {
+    let index = match dummy_index(handle).await? {
         Some(i) => i,
         None => {
             handle
@@ -160,7 +150,7 @@ async fn ensure(handle: &rtnetlink::Handle) -> Result<u32, String> {
                 interface = DUMMY,
                 "created the dummy interface for the VIPs"
             );
-            find()
+            dummy_index(handle)
                 .await?
                 .ok_or_else(|| format!("{DUMMY} created but not found"))?
         }
@@ -788,6 +778,7 @@ async fn dummy_index(handle: &rtnetlink::Handle) -> Result<Option<u32>, String> 
     match links.try_next().await {
         Ok(Some(l)) => Ok(Some(l.header.index)),
         Ok(None) => Ok(None),
+        // "No such device" is how the kernel says it is not there.
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -19 => Ok(None),
         Err(e) => Err(format!("listing {DUMMY}: {e}")),
     }
